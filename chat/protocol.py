@@ -1,0 +1,273 @@
+"""
+The line protocol: bytes in, commands to the avatar, JSON replies out.
+
+The flow on one connection:
+
+ 1. Each line (LF-terminated, a trailing CR stripped) is parsed by
+    L{chat.commands.parse}; a bad line gets an ERROR reply and the
+    connection stays usable.
+ 2. C{auth} logs in through the portal with the username and password and
+    opens a session; every other command logs in through the portal with
+    the token it carries, and calls the L{IChatUser} avatar it gets.
+ 3. Replies go out in request order: while one command waits (for the
+    store's commit, or a password hash), later lines wait in a queue; if a
+    client pipelines more than C{max_pipeline} lines, reading pauses.
+ 4. A line longer than C{max_line} gets one ERROR reply, after the replies
+    to the lines before it, and the connection is closed; nothing after it
+    runs.
+
+Domain errors become the course's error replies; anything unexpected is
+logged and answered with C{internal error}, never with a traceback.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from chat import commands
+from chat.checkers import SessionToken
+from chat.errors import (
+    NoSuchUser,
+    SessionNotFound,
+    StorageUnavailable,
+    UnknownUser,
+    WrongPassword,
+)
+from chat.interfaces import IChatUser
+from chat.logs import make_logger
+from chat.model import Message
+
+Reply = dict[str, object]
+
+#: Domain failures and their wire replies, most specific first.
+ERRORS: list[tuple[type[Exception], str, str]] = [
+    (UnknownUser, "User Tidak Ada", "unknown_user"),
+    (WrongPassword, "Password Salah", "wrong_password"),
+    (SessionNotFound, "Session Tidak Ditemukan", "no_session"),
+    (NoSuchUser, "User Tidak Ditemukan", "no_such_user"),
+    (StorageUnavailable, "storage unavailable", "storage_unavailable"),
+]
+
+_TOO_LONG = object()
+
+
+def inbox_reply(messages: list[Message]) -> Reply:
+    """
+    The course's inbox shape: messages grouped by sender, in send order.
+    """
+    grouped: dict[str, list[dict[str, object]]] = {}
+    for message in messages:
+        grouped.setdefault(message.sender, []).append(message.to_wire())
+    return commands.ok(messages=grouped)
+
+
+class ChatProtocol(LineReceiver):
+    """
+    One client connection speaking the v1 line protocol.
+    """
+
+    delimiter = b"\n"
+    factory: ChatFactory
+    log = make_logger()
+
+    def __init__(self, portal: Portal, max_line: int, max_pipeline: int = 64) -> None:
+        # +1 so that a line of exactly max_line characters may end in CR LF.
+        self.MAX_LENGTH = max_line + 1
+        self.portal = portal
+        self.max_pipeline = max_pipeline
+        self._queue: deque[Any] = deque()
+        self._busy = False
+        self._draining = False
+        self._input_closed = False
+        self._reading_paused = False
+        self._peer = "?"
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.log.info("Connection from {peer}", peer=self._peer)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._input_closed = True
+        self._queue.clear()
+        self.log.info("Connection from {peer} closed", peer=self._peer)
+
+    # Input.
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._input_closed:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self._queue.append(line)
+        self._drain()
+        if len(self._queue) >= self.max_pipeline and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._queue.append(_TOO_LONG)
+        self._input_closed = True
+        self._drain()
+
+    def _drain(self) -> None:
+        """
+        Run queued lines, one at a time, until one has to wait.
+        """
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._queue and not self._busy:
+                item = self._queue.popleft()
+                if item is _TOO_LONG:
+                    self._write(commands.error("line too long", "line_too_long"))
+                    self._queue.clear()
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+                self._busy = True
+                self._respond(item).addCallback(self._answered)
+        finally:
+            self._draining = False
+        if self._reading_paused and len(self._queue) < self.max_pipeline // 2:
+            self._reading_paused = False
+            if not self._input_closed:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _answered(self, reply: Reply | None) -> None:
+        self._busy = False
+        if reply is not None:
+            self._write(reply)
+        self._drain()
+
+    def _write(self, reply: Reply) -> None:
+        self.transport.write(commands.encode(reply))  # type: ignore[union-attr]
+
+    # Commands.
+
+    def _respond(self, line: bytes) -> Deferred[Reply | None]:
+        factory = self.factory
+        if not factory.is_open:
+            return factory.when_open().addCallback(lambda _: self._respond(line))
+        try:
+            command = commands.parse(line)
+        except commands.BadCommand as e:
+            return succeed(e.reply())
+        try:
+            d = self._dispatch(command)
+        except Exception:
+            d = Deferred.fromFailure(Failure())
+        return d.addErrback(self._failed, command)
+
+    def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
+        if isinstance(command, commands.Auth):
+            return self._auth(command)
+        if isinstance(command, commands.Send):
+            return self._with_avatar(command.token).addCallback(
+                lambda avatar: avatar.send(command.recipient, command.text)
+            ).addCallback(lambda _: commands.ok(message="Message Sent"))
+        if isinstance(command, commands.Inbox):
+            return (
+                self._with_avatar(command.token)
+                .addCallback(lambda avatar: avatar.inbox())
+                .addCallback(inbox_reply)
+            )
+        if isinstance(command, commands.Ping):
+            reply = commands.ok(message="PONG")
+            if command.echo is not None:
+                reply["echo"] = command.echo
+            return succeed(reply)
+        if isinstance(command, commands.Quit):
+            self._write(commands.ok(message="bye"))
+            self._input_closed = True
+            self._queue.clear()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return succeed(None)
+        raise AssertionError(f"unhandled command {command!r}")
+
+    def _auth(self, command: commands.Auth) -> Deferred[Reply | None]:
+        credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
+        d = self.portal.login(credentials, None, IChatUser)
+
+        def logged_in(result: tuple[Any, IChatUser, Any]) -> Deferred[str]:
+            self.log.info(
+                "Login by {user} from {peer}", user=command.username, peer=self._peer
+            )
+            return result[1].open_session()
+
+        def refused(f: Failure) -> Failure:
+            if f.check(UnauthorizedLogin):
+                self.log.info(
+                    "Failed login for {user} from {peer}: {why}",
+                    user=command.username,
+                    peer=self._peer,
+                    why=type(f.value).__name__,
+                )
+            return f
+
+        d.addCallbacks(logged_in, refused)
+        return d.addCallback(lambda token: commands.ok(tokenid=token))
+
+    def _with_avatar(self, token: str) -> Deferred[Any]:
+        d = self.portal.login(SessionToken(token), None, IChatUser)
+        return d.addCallback(lambda result: result[1])
+
+    def _failed(self, f: Failure, command: commands.Command) -> Reply:
+        for kind, message, code in ERRORS:
+            if f.check(kind):
+                return commands.error(message, code)
+        self.log.failure(
+            "Unexpected error for {command} from {peer}",
+            f,
+            command=type(command).__name__,
+            peer=self._peer,
+        )
+        return commands.error("internal error", "internal")
+
+
+class ChatFactory(Factory):
+    """
+    Builds a L{ChatProtocol} for each connection.
+    """
+
+    def __init__(self, portal: Portal, max_line: int = 16 * 1024) -> None:
+        self.portal = portal
+        self.max_line = max_line
+        self._waiting: list[Deferred[None]] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._waiting is None
+
+    def hold(self) -> None:
+        """
+        Accept connections but run no command until L{open}.
+        """
+        if self._waiting is None:
+            self._waiting = []
+
+    def open(self) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for d in waiting:
+            d.callback(None)
+
+    def when_open(self) -> Deferred[None]:
+        if self._waiting is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def buildProtocol(self, addr: Any) -> ChatProtocol:
+        protocol = ChatProtocol(self.portal, self.max_line)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,189 @@
+"""
+Login sessions: uuid4 tokens, stored as sha256 hashes, with an idle timeout
+and a maximum age, surviving restarts.
+
+Validating a token must be cheap, since every command carries one, so the
+manager keeps a cache of live sessions. Activity is written back to the
+store at most once per C{touch_interval} per session; that write also
+re-checks that the session still exists in the store (the admin tool may
+have deleted the user or changed its password), so such a change takes
+effect within C{touch_interval} seconds. After a restart, idle time is
+counted from the last written activity, at most C{touch_interval} early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from chat.errors import NoSuchUser, SessionNotFound
+from chat.interfaces import IChatStore
+from chat.logs import make_logger, token_label
+from chat.model import Session
+
+
+def hash_token(token: str) -> str:
+    """
+    The stored form of a token.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@attrs.define
+class _Live:
+    username: str
+    created_at: float
+    last_seen_at: float
+    stored_last_seen_at: float
+
+
+@attrs.define
+class SessionManager:
+    """
+    Creates and resolves session tokens.
+
+    @ivar idle_timeout: seconds without activity after which a session ends.
+    @ivar max_age: seconds after creation after which a session ends anyway.
+    """
+
+    store: IChatStore
+    clock: IReactorTime
+    idle_timeout: float
+    max_age: float
+    touch_interval: float = 60.0
+    sweep_interval: float = 600.0
+    _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
+    _sweeper: LoopingCall | None = attrs.field(default=None, init=False)
+
+    log = make_logger()
+
+    def start(self) -> None:
+        """
+        Start deleting expired sessions every C{sweep_interval} seconds.
+        """
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.sweep_interval, now=True).addErrback(
+            lambda f: self.log.failure("Session sweeper stopped", f)
+        )
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+
+    def sweep(self) -> Deferred[int]:
+        """
+        Forget and delete every expired session.
+        """
+        now = self.clock.seconds()
+        for token_hash, live in list(self._live.items()):
+            if self._expired(live, now):
+                del self._live[token_hash]
+        d = self.store.delete_expired_sessions(
+            now - self.idle_timeout, now - self.max_age
+        )
+
+        def swept(count: int) -> int:
+            if count:
+                self.log.info("Deleted {count} expired sessions", count=count)
+            return count
+
+        def failed(f: Failure) -> int:
+            self.log.warn("Could not delete expired sessions: {why}", why=f.value)
+            return 0
+
+        return d.addCallbacks(swept, failed)
+
+    def create(self, username: str) -> Deferred[str]:
+        """
+        Start a session for C{username}.
+
+        @return: fires with the token once the session is stored.
+        """
+        token = str(uuid.uuid4())
+        token_hash = hash_token(token)
+        now = self.clock.seconds()
+        d = self.store.create_session(Session(token_hash, username, now, now))
+
+        def created(_: None) -> str:
+            self._live[token_hash] = _Live(username, now, now, now)
+            self.log.info(
+                "Session {session} started for {user}",
+                session=token_label(token_hash),
+                user=username,
+            )
+            return token
+
+        def user_gone(f: Failure) -> str:
+            f.trap(NoSuchUser)
+            raise SessionNotFound("the user no longer exists")
+
+        return d.addCallbacks(created, user_gone)
+
+    def resolve(self, token: str) -> Deferred[str]:
+        """
+        The username a token belongs to, recording activity.
+
+        @return: fails with L{SessionNotFound} for an unknown, expired or
+            revoked token.
+        """
+        token_hash = hash_token(token)
+        live = self._live.get(token_hash)
+        if live is not None:
+            return self._use(token_hash, live)
+        d = self.store.get_session(token_hash)
+
+        def loaded(session: Session | None) -> Deferred[str]:
+            if session is None:
+                return fail(SessionNotFound())
+            found = self._live.setdefault(
+                token_hash,
+                _Live(
+                    session.username,
+                    session.created_at,
+                    session.last_seen_at,
+                    session.last_seen_at,
+                ),
+            )
+            return self._use(token_hash, found)
+
+        return d.addCallback(loaded)
+
+    def _expired(self, live: _Live, now: float) -> bool:
+        return (
+            now - live.last_seen_at > self.idle_timeout
+            or now - live.created_at > self.max_age
+        )
+
+    def _use(self, token_hash: str, live: _Live) -> Deferred[str]:
+        now = self.clock.seconds()
+        if self._expired(live, now):
+            self._end(token_hash, "expired")
+            return fail(SessionNotFound())
+        live.last_seen_at = max(live.last_seen_at, now)
+        if now - live.stored_last_seen_at < self.touch_interval:
+            return succeed(live.username)
+        live.stored_last_seen_at = now
+
+        def touched(exists: bool) -> str:
+            if not exists:
+                self._live.pop(token_hash, None)
+                raise SessionNotFound()
+            return live.username
+
+        return self.store.touch_session(token_hash, now).addCallback(touched)
+
+    def _end(self, token_hash: str, why: str) -> None:
+        self._live.pop(token_hash, None)
+        self.log.info(
+            "Session {session} ended: {why}", session=token_label(token_hash), why=why
+        )
+        self.store.delete_session(token_hash).addErrback(
+            lambda f: self.log.warn("Could not delete a session: {why}", why=f.value)
+        )

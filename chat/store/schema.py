@@ -1,0 +1,117 @@
+"""
+The SQLite schema and its versions.
+
+SCHEMA_VERSION changelog:
+
+    1: users, sessions (token hashes), messages with delivery marks.
+
+A fresh database is created from C{sql/sqlite/v<N>.sql} in a temporary file
+that is renamed into place, so a crash never leaves a half-made database.
+An older database is backed up (C{<file>.v<old>.bak}) and then upgraded by
+C{sql/sqlite/upgrade-to-v<k>.sql}, one transaction per step. A newer one is
+refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from importlib import resources
+
+from chat.errors import SchemaTooNew, StorageUnavailable
+
+SCHEMA_VERSION = 1
+
+
+def _sql(name: str) -> str:
+    return (
+        resources.files("chat.store")
+        .joinpath("sql", "sqlite", name)
+        .read_text(encoding="utf-8")
+    )
+
+
+def read_version(connection: sqlite3.Connection) -> int:
+    """
+    The schema version of an existing database.
+
+    @raise StorageUnavailable: if the file is not a chat database.
+    """
+    try:
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise StorageUnavailable(f"not a chat database: {e}") from None
+    if row is None:
+        raise StorageUnavailable("not a chat database: empty schema_version")
+    return int(row[0])
+
+
+def prepare(path: str) -> int:
+    """
+    Make sure the database at C{path} exists and has the current schema.
+
+    @return: the schema version the file had before (0 if it was created).
+    @raise SchemaTooNew: if the file was written by a newer chat.
+    @raise StorageUnavailable: if the file is not a chat database.
+    """
+    if not os.path.exists(path):
+        _create(path)
+        return 0
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        version = read_version(connection)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {version}, but this chat supports "
+                f"at most {SCHEMA_VERSION}: upgrade chat, or use another --store"
+            )
+        if version < SCHEMA_VERSION:
+            connection.close()
+            shutil.copy2(path, f"{path}.v{version}.bak")
+            connection = sqlite3.connect(path, isolation_level=None)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                _run_script(connection, _sql(f"upgrade-to-v{step}.sql"))
+        return version
+    finally:
+        connection.close()
+
+
+def _run_script(connection: sqlite3.Connection, script: str) -> None:
+    """
+    Run a multi-statement script in one transaction.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(script):
+            connection.execute(statement)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """
+    Split a script of ';'-terminated statements (no ';' inside literals).
+    """
+    lines = [
+        line for line in script.splitlines() if not line.lstrip().startswith("--")
+    ]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _create(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.creating-{os.getpid()}"
+    for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    connection = sqlite3.connect(temporary, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        _run_script(connection, _sql(f"v{SCHEMA_VERSION}.sql"))
+    finally:
+        connection.close()
+    os.replace(temporary, path)

@@ -1,0 +1,420 @@
+"""
+The SQLite store: one connection on one dedicated thread, group commit.
+
+Every operation is a synchronous C{_something_txn(connection, ...)}
+function. Operations are queued; when no transaction is in flight, the whole
+queue goes to the store's thread as one batch and runs in one transaction
+(each operation inside its own SAVEPOINT, so a domain error such as an
+unknown recipient undoes only that operation). Every operation's Deferred
+fires only after COMMIT returned. Operations that arrive while a batch is
+being committed form the next batch: under load, many sends share one
+fsync (group commit), so durability does not cost throughput.
+
+The database runs in WAL mode with C{synchronous=FULL}: a commit that
+returned survives a power cut.
+
+If SQLite fails (disk full, I/O error), the whole batch is rolled back and
+every operation in it fails with L{StorageUnavailable}: nothing is
+acknowledged that was not stored. The next batch tries again, so the store
+recovers by itself when space returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from chat.errors import NoSuchUser, StorageUnavailable, UserExists
+from chat.interfaces import IChatStore
+from chat.model import Message, Session, User
+from chat.store import schema
+
+_Op = Callable[..., Any]
+_Job = tuple[_Op, tuple[Any, ...], "Deferred[Any]"]
+
+
+@implementer(IChatStore)
+class SQLiteStore:
+    """
+    L{IChatStore} on a SQLite file.
+
+    @ivar commits: how many transactions have been committed (for tests and
+        statistics).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        path: str,
+        connection_setup: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """
+        Open (creating or upgrading if needed) the database at C{path}.
+
+        @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
+        """
+        schema.prepare(path)
+        self.path = path
+        self.commits = 0
+        self._reactor = reactor
+        self._setup = connection_setup
+        self._connection: sqlite3.Connection | None = None
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="chat-sqlite")
+        self._pending: list[_Job] = []
+        self._in_flight: Deferred[None] | None = None
+        self._closed = False
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        """
+        Start the store's thread. Operations queued before this wait.
+        """
+        self._pool.start()
+
+    def close(self) -> Deferred[None]:
+        """
+        Commit what is queued, then close the connection and the thread.
+        Operations asked for after this fail with L{StorageUnavailable}.
+        """
+        self._closed = True
+        idle: Deferred[None] = Deferred()
+        if self._in_flight is None:
+            idle.callback(None)
+        else:
+            self._idle_waiters.append(idle)
+        idle.addCallback(
+            lambda _: deferToThreadPool(
+                self._reactor,  # type: ignore[arg-type]
+                self._pool,
+                self._close_txn,
+            )
+        )
+        idle.addBoth(lambda passthrough: (self._pool.stop(), passthrough)[1])
+        return idle
+
+    def _close_txn(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # Group commit.
+
+    def _run(self, op: _Op, *args: Any) -> Deferred[Any]:
+        """
+        Queue C{op(connection, *args)} for the next transaction.
+        """
+        if self._closed:
+            return fail(StorageUnavailable("the store is closed"))
+        d: Deferred[Any] = Deferred()
+        self._pending.append((op, args, d))
+        if self._in_flight is None:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._in_flight = deferToThreadPool(
+            self._reactor,  # type: ignore[arg-type]
+            self._pool,
+            self._run_batch_txn,
+            [(op, args) for op, args, _ in batch],
+        )
+        self._in_flight.addBoth(self._batch_done, batch)
+
+    def _batch_done(self, outcome: object, batch: list[_Job]) -> None:
+        if isinstance(outcome, Failure):
+            if not outcome.check(StorageUnavailable):
+                self.log.failure("Unexpected error in a store batch", outcome)
+            error = StorageUnavailable(str(outcome.value))
+            for _, _, d in batch:
+                d.errback(error)
+        else:
+            assert isinstance(outcome, list)
+            for (_, _, d), (succeeded, value) in zip(batch, outcome):
+                if succeeded:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+        self._in_flight = None
+        if self._pending:
+            self._flush()
+        else:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA busy_timeout=5000")
+            if self._setup is not None:
+                self._setup(connection)
+            self._connection = connection
+        return self._connection
+
+    def _run_batch_txn(
+        self, batch: list[tuple[_Op, tuple[Any, ...]]]
+    ) -> list[tuple[bool, Any]]:
+        """
+        Run a batch in one transaction, in the store's thread.
+        """
+        results: list[tuple[bool, Any]] = []
+        try:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            for op, args in batch:
+                connection.execute("SAVEPOINT op")
+                try:
+                    value = op(connection, *args)
+                except sqlite3.Error:
+                    raise
+                except Exception as e:
+                    connection.execute("ROLLBACK TO op")
+                    connection.execute("RELEASE op")
+                    results.append((False, e))
+                else:
+                    connection.execute("RELEASE op")
+                    results.append((True, value))
+            connection.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._abandon()
+            self.log.error("Storage error, batch rolled back: {error}", error=str(e))
+            raise StorageUnavailable(str(e)) from None
+        self.commits += 1
+        return results
+
+    def _abandon(self) -> None:
+        """
+        Roll back after a failure; drop the connection if even that fails.
+        """
+        if self._connection is None:
+            return
+        try:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._connection.close()
+            self._connection = None
+
+    # IChatStore.
+
+    def add_user(self, user: User) -> Deferred[None]:
+        return self._run(_add_user_txn, user)
+
+    def get_user(self, username: str) -> Deferred[User]:
+        return self._run(_get_user_txn, username)
+
+    def set_password_hash(self, username: str, password_hash: str) -> Deferred[None]:
+        return self._run(_set_password_hash_txn, username, password_hash)
+
+    def delete_user(self, username: str) -> Deferred[None]:
+        return self._run(_delete_user_txn, username)
+
+    def list_users(self) -> Deferred[list[User]]:
+        return self._run(_list_users_txn)
+
+    def create_session(self, session: Session) -> Deferred[None]:
+        return self._run(_create_session_txn, session)
+
+    def get_session(self, token_hash: str) -> Deferred[Session | None]:
+        return self._run(_get_session_txn, token_hash)
+
+    def touch_session(self, token_hash: str, last_seen_at: float) -> Deferred[bool]:
+        return self._run(_touch_session_txn, token_hash, last_seen_at)
+
+    def delete_session(self, token_hash: str) -> Deferred[None]:
+        return self._run(_delete_session_txn, token_hash)
+
+    def delete_expired_sessions(
+        self, idle_since: float, created_since: float
+    ) -> Deferred[int]:
+        return self._run(_delete_expired_sessions_txn, idle_since, created_since)
+
+    def store_message(
+        self, sender: str, recipient: str, text: str, sent_at: float
+    ) -> Deferred[Message]:
+        return self._run(_store_message_txn, sender, recipient, text, sent_at)
+
+    def drain_inbox(self, username: str, delivered_at: float) -> Deferred[list[Message]]:
+        return self._run(_drain_inbox_txn, username, delivered_at)
+
+
+# The operations. Each runs inside the batch transaction, in the store's
+# thread; a ChatError undoes just that operation.
+
+_USER_COLUMNS = "username, full_name, country, password_hash"
+_MESSAGE_COLUMNS = (
+    "id, sender, recipient, sender_name, recipient_name, body, sent_at"
+)
+
+
+def _add_user_txn(connection: sqlite3.Connection, user: User) -> None:
+    try:
+        connection.execute(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)",
+            (user.username, user.full_name, user.country, user.password_hash),
+        )
+    except sqlite3.IntegrityError:
+        raise UserExists(user.username) from None
+
+
+def _get_user_txn(connection: sqlite3.Connection, username: str) -> User:
+    row = connection.execute(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)
+    ).fetchone()
+    if row is None:
+        raise NoSuchUser(username)
+    return User(*row)
+
+
+def _set_password_hash_txn(
+    connection: sqlite3.Connection, username: str, password_hash: str
+) -> None:
+    cursor = connection.execute(
+        "UPDATE users SET password_hash = ? WHERE username = ?",
+        (password_hash, username),
+    )
+    if cursor.rowcount == 0:
+        raise NoSuchUser(username)
+    connection.execute("DELETE FROM sessions WHERE username = ?", (username,))
+
+
+def _delete_user_txn(connection: sqlite3.Connection, username: str) -> None:
+    cursor = connection.execute("DELETE FROM users WHERE username = ?", (username,))
+    if cursor.rowcount == 0:
+        raise NoSuchUser(username)
+
+
+def _list_users_txn(connection: sqlite3.Connection) -> list[User]:
+    rows = connection.execute(
+        f"SELECT {_USER_COLUMNS} FROM users ORDER BY username"
+    ).fetchall()
+    return [User(*row) for row in rows]
+
+
+def _create_session_txn(connection: sqlite3.Connection, session: Session) -> None:
+    try:
+        connection.execute(
+            "INSERT INTO sessions (token_hash, username, created_at, last_seen_at)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                session.token_hash,
+                session.username,
+                session.created_at,
+                session.last_seen_at,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise NoSuchUser(session.username) from None
+
+
+def _get_session_txn(
+    connection: sqlite3.Connection, token_hash: str
+) -> Session | None:
+    row = connection.execute(
+        "SELECT token_hash, username, created_at, last_seen_at FROM sessions"
+        " WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    return None if row is None else Session(*row)
+
+
+def _touch_session_txn(
+    connection: sqlite3.Connection, token_hash: str, last_seen_at: float
+) -> bool:
+    cursor = connection.execute(
+        "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?"
+        " AND last_seen_at < ?",
+        (last_seen_at, token_hash, last_seen_at),
+    )
+    if cursor.rowcount:
+        return True
+    return (
+        connection.execute(
+            "SELECT 1 FROM sessions WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _delete_session_txn(connection: sqlite3.Connection, token_hash: str) -> None:
+    connection.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+
+def _delete_expired_sessions_txn(
+    connection: sqlite3.Connection, idle_since: float, created_since: float
+) -> int:
+    cursor = connection.execute(
+        "DELETE FROM sessions WHERE last_seen_at < ? OR created_at < ?",
+        (idle_since, created_since),
+    )
+    return cursor.rowcount
+
+
+def _store_message_txn(
+    connection: sqlite3.Connection,
+    sender: str,
+    recipient: str,
+    text: str,
+    sent_at: float,
+) -> Message:
+    names = dict(
+        connection.execute(
+            "SELECT username, full_name FROM users WHERE username IN (?, ?)",
+            (sender, recipient),
+        ).fetchall()
+    )
+    for username in (sender, recipient):
+        if username not in names:
+            raise NoSuchUser(username)
+    cursor = connection.execute(
+        "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+        " body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (sender, recipient, names[sender], names[recipient], text, sent_at),
+    )
+    assert cursor.lastrowid is not None
+    return Message(
+        cursor.lastrowid,
+        sender,
+        recipient,
+        names[sender],
+        names[recipient],
+        text,
+        sent_at,
+    )
+
+
+def _drain_inbox_txn(
+    connection: sqlite3.Connection, username: str, delivered_at: float
+) -> list[Message]:
+    rows = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id",
+        (username,),
+    ).fetchall()
+    if rows:
+        connection.execute(
+            "UPDATE messages SET delivered_at = ?"
+            " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
+            (delivered_at, username, rows[-1][0]),
+        )
+    return [Message(*row) for row in rows]
+
