@@ -1,7 +1,8 @@
 """
 C{chat-admin}: manage accounts in a chat store.
 
-    chat-admin --store sqlite:chat.sqlite useradd USERNAME --name "Full Name" [--country C]
+    chat-admin --store sqlite:chat.sqlite useradd USERNAME --name "Full Name" \
+        [--country C]
     chat-admin --store sqlite:chat.sqlite passwd USERNAME
     chat-admin --store sqlite:chat.sqlite userdel USERNAME
     chat-admin --store sqlite:chat.sqlite users
@@ -13,6 +14,7 @@ could see them. It is safe to run while the server runs.
 
 from __future__ import annotations
 
+import getopt
 import getpass
 import sys
 from typing import Any, TextIO
@@ -27,14 +29,39 @@ from chat.model import User, validate_username
 from chat.store import STORE_HELP, open_store
 
 
-class UserAddOptions(usage.Options):
+class InterspersedOptions(usage.Options):
+    """
+    Options that may come after positional arguments too, as in
+    C{useradd USERNAME --name "Full Name"} (Twisted stops at the first
+    positional argument, like POSIX getopt).
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            found, arguments = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for option, value in found:
+            if option.startswith("--"):
+                takes_value = option[2:] + "=" in self.longOpt
+                ordered.append(f"{option}={value}" if takes_value else option)
+            else:
+                takes_value = option[1:] + ":" in self.shortOpt
+                ordered.extend([option, value] if takes_value else [option])
+        super().parseOptions([*ordered, "--", *arguments])
+
+
+class UserAddOptions(InterspersedOptions):
     synopsis = "USERNAME --name 'Full Name' [--country COUNTRY]"
     optParameters = [
         ["name", None, None, "The user's full name (required)."],
         ["country", None, "", "The user's country."],
     ]
 
-    def parseArgs(self, username: str) -> None:
+    def parseArgs(self, username: str) -> None:  # type: ignore[override]
         self["username"] = username
 
     def postOptions(self) -> None:
@@ -42,10 +69,10 @@ class UserAddOptions(usage.Options):
             raise usage.UsageError("--name is required")
 
 
-class UserOptions(usage.Options):
+class UserOptions(InterspersedOptions):
     synopsis = "USERNAME"
 
-    def parseArgs(self, username: str) -> None:
+    def parseArgs(self, username: str) -> None:  # type: ignore[override]
         self["username"] = username
 
 
@@ -60,8 +87,12 @@ class AdminOptions(usage.Options):
     ]
     subCommands = [
         ["useradd", None, UserAddOptions, "Create a user (password on stdin)."],
-        ["passwd", None, UserOptions, "Set a user's password (on stdin); ends "
-         "its sessions."],
+        [
+            "passwd",
+            None,
+            UserOptions,
+            "Set a user's password (on stdin); ends its sessions.",
+        ],
         ["userdel", None, UserOptions, "Delete a user, its sessions and its mailbox."],
         ["users", None, NoOptions, "List the users."],
     ]
@@ -85,7 +116,9 @@ def read_password(stdin: TextIO) -> str:
     if not password:
         raise ChatError("the password is empty")
     if any(c.isspace() for c in password):
-        raise ChatError("the password contains whitespace, which the protocol cannot carry")
+        raise ChatError(
+            "the password contains whitespace, which the protocol cannot carry"
+        )
     return password
 
 
@@ -104,7 +137,9 @@ async def run(
     try:
         if command == "useradd":
             assert password_hash is not None
-            user = User(sub["username"], sub["name"].strip(), sub["country"], password_hash)
+            user = User(
+                sub["username"], sub["name"].strip(), sub["country"], password_hash
+            )
             await store.add_user(user)
             print(f"created user {user.username}", file=stdout)
         elif command == "passwd":

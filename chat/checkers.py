@@ -15,7 +15,7 @@ from typing import Any
 import argon2
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -44,7 +44,9 @@ class Argon2Hasher:
     ) -> None:
         self._reactor = reactor
         self._hasher = hasher or argon2.PasswordHasher()
-        self._pool = ThreadPool(minthreads=0, maxthreads=concurrency, name="chat-argon2")
+        self._pool = ThreadPool(
+            minthreads=0, maxthreads=concurrency, name="chat-argon2"
+        )
 
     def start(self) -> None:
         self._pool.start()
@@ -53,7 +55,7 @@ class Argon2Hasher:
         self._pool.stop()
 
     def _call(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, f, *args)  # type: ignore[arg-type]
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def hash(self, password: str) -> Deferred[str]:
         return self._call(self._hasher.hash, password)
@@ -90,15 +92,11 @@ class StoreChecker:
     hasher: IPasswordHasher
     credentialInterfaces = (IUsernamePassword,)
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[str]:
-        username = credentials.username
-        password = credentials.password
-        if isinstance(username, bytes):
-            username = username.decode("utf-8")
-        if isinstance(password, bytes):
-            password = password.decode("utf-8")
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
+        username = _text(credentials.username)
+        password = _text(credentials.password)
 
-        def unknown(f: Failure) -> None:
+        def unknown(f: Failure) -> str:
             f.trap(NoSuchUser)
             raise UnknownUser()
 
@@ -108,11 +106,13 @@ class StoreChecker:
                     raise WrongPassword()
                 return user.username
 
-            return self.hasher.verify(user.password_hash, password).addCallback(
-                checked
-            )
+            return self.hasher.verify(user.password_hash, password).addCallback(checked)
 
         return self.store.get_user(username).addCallbacks(check, unknown)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class ISessionToken(Interface):
@@ -123,7 +123,7 @@ class ISessionToken(Interface):
     token = Attribute("The token, a str.")
 
 
-@implementer(ISessionToken)
+@implementer(ISessionToken, ICredentials)
 @attrs.frozen
 class SessionToken:
     token: str = attrs.field(repr=False)
@@ -139,5 +139,5 @@ class SessionChecker:
     sessions: SessionManager
     credentialInterfaces = (ISessionToken,)
 
-    def requestAvatarId(self, credentials: ISessionToken) -> Deferred[str]:
+    def requestAvatarId(self, credentials: ISessionToken) -> Deferred[Any]:
         return self.sessions.resolve(credentials.token)

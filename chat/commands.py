@@ -14,9 +14,9 @@ Grammar (requests, then the OK reply)::
 
     auth <user> <password>        {"status":"OK","tokenid":"<uuid4>"}
     send <token> <to> <text...>   {"status":"OK","message":"Message Sent"}
-    inbox <token>                 {"status":"OK","messages":{"<from user>":[<msg>, ...]}}
+    inbox <token>                 {"status":"OK","messages":{"<from>":[<msg>, ...]}}
     ping [<word>]                 {"status":"OK","message":"PONG"[,"echo":"<word>"]}
-    quit                          {"status":"OK","message":"bye"}, then the server closes
+    quit                          {"status":"OK","message":"bye"}, then closes
 
     <msg> = {"msg_from":"<full name>","msg_to":"<full name>","msg":"<text>",
              "id":<int>,"sent_at":"<ISO-8601 UTC>","from":"<user>","to":"<user>"}
@@ -42,7 +42,6 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
 from __future__ import annotations
 
 import json
-from typing import Union
 
 import attrs
 
@@ -110,7 +109,7 @@ class Quit:
     pass
 
 
-Command = Union[Auth, Send, Inbox, Ping, Quit]
+Command = Auth | Send | Inbox | Ping | Quit
 
 
 def parse(line: bytes) -> Command:

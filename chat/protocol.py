@@ -28,8 +28,8 @@ from typing import Any
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
@@ -96,7 +96,7 @@ class ChatProtocol(LineReceiver):
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.log.info("Connection from {peer}", peer=self._peer)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._input_closed = True
         self._queue.clear()
         self.log.info("Connection from {peer} closed", peer=self._peer)
@@ -165,16 +165,20 @@ class ChatProtocol(LineReceiver):
         try:
             d = self._dispatch(command)
         except Exception:
-            d = Deferred.fromFailure(Failure())
+            d = fail()
         return d.addErrback(self._failed, command)
 
     def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
         if isinstance(command, commands.Auth):
             return self._auth(command)
         if isinstance(command, commands.Send):
-            return self._with_avatar(command.token).addCallback(
-                lambda avatar: avatar.send(command.recipient, command.text)
-            ).addCallback(lambda _: commands.ok(message="Message Sent"))
+            return (
+                self._with_avatar(command.token)
+                .addCallback(
+                    lambda avatar: avatar.send(command.recipient, command.text)
+                )
+                .addCallback(lambda _: commands.ok(message="Message Sent"))
+            )
         if isinstance(command, commands.Inbox):
             return (
                 self._with_avatar(command.token)
@@ -195,27 +199,25 @@ class ChatProtocol(LineReceiver):
         raise AssertionError(f"unhandled command {command!r}")
 
     def _auth(self, command: commands.Auth) -> Deferred[Reply | None]:
+        return ensureDeferred(self._login(command))
+
+    async def _login(self, command: commands.Auth) -> Reply | None:
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
-        d = self.portal.login(credentials, None, IChatUser)
-
-        def logged_in(result: tuple[Any, IChatUser, Any]) -> Deferred[str]:
+        try:
+            _, avatar, _ = await self.portal.login(credentials, None, IChatUser)
+        except UnauthorizedLogin as e:
             self.log.info(
-                "Login by {user} from {peer}", user=command.username, peer=self._peer
+                "Failed login for {user} from {peer}: {why}",
+                user=command.username,
+                peer=self._peer,
+                why=type(e).__name__,
             )
-            return result[1].open_session()
-
-        def refused(f: Failure) -> Failure:
-            if f.check(UnauthorizedLogin):
-                self.log.info(
-                    "Failed login for {user} from {peer}: {why}",
-                    user=command.username,
-                    peer=self._peer,
-                    why=type(f.value).__name__,
-                )
-            return f
-
-        d.addCallbacks(logged_in, refused)
-        return d.addCallback(lambda token: commands.ok(tokenid=token))
+            raise
+        self.log.info(
+            "Login by {user} from {peer}", user=command.username, peer=self._peer
+        )
+        token = await IChatUser(avatar).open_session()
+        return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
         d = self.portal.login(SessionToken(token), None, IChatUser)
@@ -267,7 +269,7 @@ class ChatFactory(Factory):
         self._waiting.append(d)
         return d
 
-    def buildProtocol(self, addr: Any) -> ChatProtocol:
+    def buildProtocol(self, addr: Any) -> ChatProtocol:  # type: ignore[override]
         protocol = ChatProtocol(self.portal, self.max_line)
         protocol.factory = self
         return protocol

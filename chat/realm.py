@@ -23,7 +23,8 @@ avatars it gets from it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.cred.portal import IRealm
@@ -97,7 +98,8 @@ class ChatUser:
             # A session can outlive its user by a little (see chat.sessions);
             # a message from a user who no longer exists is refused like a
             # message without a session.
-            if f.check(NoSuchUser) and f.value.username == self.username:
+            error = f.value
+            if isinstance(error, NoSuchUser) and error.username == self.username:
                 raise SessionNotFound("the user no longer exists")
             return f
 

@@ -12,7 +12,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
-    gatherResults,
+    ensureDeferred,
     maybeDeferred,
     succeed,
 )
@@ -38,30 +38,21 @@ DEMO_USERS = [
 DEMO_PASSWORD = "surabaya"
 
 
-def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> Deferred[Any]:
+async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
     """
     Create the course's demo users that do not exist yet.
     """
-
-    def created_meanwhile(f: Failure) -> None:
-        f.trap(UserExists)
-
-    def ensure(username: str, full_name: str, country: str) -> Deferred[Any]:
-        def missing(f: Failure) -> Deferred[None]:
-            f.trap(NoSuchUser)
-            d = hasher.hash(DEMO_PASSWORD)
-            d.addCallback(
-                lambda password_hash: store.add_user(
-                    User(username, full_name, country, password_hash)
-                )
-            )
-            return d.addErrback(created_meanwhile)
-
-        return store.get_user(username).addCallbacks(lambda _: None, missing)
-
-    return gatherResults(
-        [ensure(*user) for user in DEMO_USERS], consumeErrors=True
-    )
+    for username, full_name, country in DEMO_USERS:
+        try:
+            await store.get_user(username)
+            continue
+        except NoSuchUser:
+            pass
+        password_hash = await hasher.hash(DEMO_PASSWORD)
+        try:
+            await store.add_user(User(username, full_name, country, password_hash))
+        except UserExists:
+            pass  # created meanwhile, by chat-admin or another node
 
 
 class ChatService(Service):
@@ -111,9 +102,9 @@ class ChatService(Service):
         super().privilegedStartService()
         for description in self.endpoints:
             outcome: list[Any] = []
-            serverFromString(self.reactor, description).listen(
-                self.factory
-            ).addBoth(outcome.append)
+            serverFromString(self.reactor, description).listen(self.factory).addBoth(
+                outcome.append
+            )
             if outcome and isinstance(outcome[0], Failure):
                 self._stop_listening()
                 raise SystemExit(
@@ -142,7 +133,7 @@ class ChatService(Service):
                 "the course's well-known password. Never use --demo on a "
                 "server others can reach."
             )
-            d = ensure_demo_users(self.store, self.hasher)
+            d = ensureDeferred(ensure_demo_users(self.store, self.hasher))
         else:
             d = succeed(None)
 

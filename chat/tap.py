@@ -26,7 +26,9 @@ def duration(text: str) -> float:
     """
     match = _DURATION.fullmatch(text.strip())
     if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"not a positive duration: {text!r} (examples: 90s 15m 24h 30d)")
+        raise ValueError(
+            f"not a positive duration: {text!r} (examples: 90s 15m 24h 30d)"
+        )
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -51,21 +53,50 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["demo", None, "Create the course's demo users (messi, henderson, "
-         "lineker; password surabaya) if they do not exist."],
+        [
+            "demo",
+            None,
+            "Create the course's demo users (messi, henderson, "
+            "lineker; password surabaya) if they do not exist.",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["store", None, "sqlite:chat.sqlite", f"Where chat state lives: {STORE_HELP}."],
-        ["max-line", None, 16 * 1024, "Longest request line in bytes; a longer "
-         "one is answered with an error and the connection is closed.", positive_int],
-        ["session-idle", None, "24h", "A session ends after this long without a "
-         "command (90s, 15m, 24h, 30d).", duration],
-        ["session-max-age", None, "30d", "A session ends this long after login, "
-         "however active.", duration],
-        ["hash-concurrency", None, 2, "Most password hashes computed at once.",
-         positive_int],
-        ["log-level", None, "info", "Lowest level logged: debug (every command), "
-         "info, warn, error."],
+        [
+            "max-line",
+            None,
+            16 * 1024,
+            "Longest request line in bytes; a longer "
+            "one is answered with an error and the connection is closed.",
+            positive_int,
+        ],
+        [
+            "session-idle",
+            None,
+            "24h",
+            "A session ends after this long without a command (90s, 15m, 24h, 30d).",
+            duration,
+        ],
+        [
+            "session-max-age",
+            None,
+            "30d",
+            "A session ends this long after login, however active.",
+            duration,
+        ],
+        [
+            "hash-concurrency",
+            None,
+            2,
+            "Most password hashes computed at once.",
+            positive_int,
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "Lowest level logged: debug (every command), info, warn, error.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -97,15 +128,17 @@ def makeService(options: Options) -> IService:
     """
     Open the store and wire the chat service; twistd starts it.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
 
+    from chat.checkers import Argon2Hasher
     from chat.service import ChatService
+
+    reactor: Any = global_reactor
 
     try:
         store = open_store(reactor, options["store"])
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
-    from chat.checkers import Argon2Hasher
 
     return ChatService(
         reactor,

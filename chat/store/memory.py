@@ -4,7 +4,8 @@ An in-memory L{IChatStore} for unit tests: every Deferred has already fired.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,7 +23,7 @@ class _Stored:
 
 
 @implementer(IChatStore)
-@attrs.define
+@attrs.define(slots=False)
 class MemoryStore:
     """
     Keeps everything in dicts. Set C{broken} to make every operation fail
@@ -147,7 +148,9 @@ class MemoryStore:
 
         return self._run(store)
 
-    def drain_inbox(self, username: str, delivered_at: float) -> Deferred[list[Message]]:
+    def drain_inbox(
+        self, username: str, delivered_at: float
+    ) -> Deferred[list[Message]]:
         def drain() -> list[Message]:
             taken = []
             for stored in self.messages:

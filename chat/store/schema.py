@@ -95,9 +95,7 @@ def _statements(script: str) -> list[str]:
     """
     Split a script of ';'-terminated statements (no ';' inside literals).
     """
-    lines = [
-        line for line in script.splitlines() if not line.lstrip().startswith("--")
-    ]
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 

@@ -22,7 +22,8 @@ recovers by itself when space returns.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
@@ -94,15 +95,15 @@ class SQLiteStore:
             idle.callback(None)
         else:
             self._idle_waiters.append(idle)
-        idle.addCallback(
-            lambda _: deferToThreadPool(
-                self._reactor,  # type: ignore[arg-type]
-                self._pool,
-                self._close_txn,
-            )
+        closed = idle.addCallback(
+            lambda _: deferToThreadPool(self._reactor, self._pool, self._close_txn)
         )
-        idle.addBoth(lambda passthrough: (self._pool.stop(), passthrough)[1])
-        return idle
+
+        def stop_thread(passthrough: object) -> object:
+            self._pool.stop()
+            return passthrough
+
+        return closed.addBoth(stop_thread)
 
     def _close_txn(self) -> None:
         if self._connection is not None:
@@ -125,13 +126,13 @@ class SQLiteStore:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        self._in_flight = deferToThreadPool(
-            self._reactor,  # type: ignore[arg-type]
+        batch_done: Deferred[list[tuple[bool, Any]]] = deferToThreadPool(
+            self._reactor,
             self._pool,
             self._run_batch_txn,
             [(op, args) for op, args, _ in batch],
         )
-        self._in_flight.addBoth(self._batch_done, batch)
+        self._in_flight = batch_done.addBoth(self._batch_done, batch)
 
     def _batch_done(self, outcome: object, batch: list[_Job]) -> None:
         if isinstance(outcome, Failure):
@@ -142,7 +143,7 @@ class SQLiteStore:
                 d.errback(error)
         else:
             assert isinstance(outcome, list)
-            for (_, _, d), (succeeded, value) in zip(batch, outcome):
+            for (_, _, d), (succeeded, value) in zip(batch, outcome, strict=True):
                 if succeeded:
                     d.callback(value)
                 else:
@@ -252,7 +253,9 @@ class SQLiteStore:
     ) -> Deferred[Message]:
         return self._run(_store_message_txn, sender, recipient, text, sent_at)
 
-    def drain_inbox(self, username: str, delivered_at: float) -> Deferred[list[Message]]:
+    def drain_inbox(
+        self, username: str, delivered_at: float
+    ) -> Deferred[list[Message]]:
         return self._run(_drain_inbox_txn, username, delivered_at)
 
 
@@ -260,16 +263,14 @@ class SQLiteStore:
 # thread; a ChatError undoes just that operation.
 
 _USER_COLUMNS = "username, full_name, country, password_hash"
-_MESSAGE_COLUMNS = (
-    "id, sender, recipient, sender_name, recipient_name, body, sent_at"
-)
+_MESSAGE_COLUMNS = "id, sender, recipient, sender_name, recipient_name, body, sent_at"
 
 
 def _add_user_txn(connection: sqlite3.Connection, user: User) -> None:
     try:
         connection.execute(
             "INSERT INTO users (username, full_name, country, password_hash,"
-            " created_at) VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0)",
+            " created_at) VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400)",
             (user.username, user.full_name, user.country, user.password_hash),
         )
     except sqlite3.IntegrityError:
@@ -326,9 +327,7 @@ def _create_session_txn(connection: sqlite3.Connection, session: Session) -> Non
         raise NoSuchUser(session.username) from None
 
 
-def _get_session_txn(
-    connection: sqlite3.Connection, token_hash: str
-) -> Session | None:
+def _get_session_txn(connection: sqlite3.Connection, token_hash: str) -> Session | None:
     row = connection.execute(
         "SELECT token_hash, username, created_at, last_seen_at FROM sessions"
         " WHERE token_hash = ?",
@@ -417,4 +416,3 @@ def _drain_inbox_txn(
             (delivered_at, username, rows[-1][0]),
         )
     return [Message(*row) for row in rows]
-

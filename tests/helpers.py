@@ -1,0 +1,155 @@
+"""
+Shared test helpers: a fast synchronous hasher, an in-memory server on a
+StringTransport, and Deferred inspection for plain pytest functions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import argon2
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chat.checkers import SessionChecker, StoreChecker, verify_password
+from chat.interfaces import IPasswordHasher
+from chat.model import User
+from chat.protocol import ChatFactory, ChatProtocol
+from chat.realm import ChatRealm
+from chat.sessions import SessionManager
+from chat.store.memory import MemoryStore
+
+#: Cheap argon2id parameters: tests need the real algorithm, not its cost.
+FAST_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+DEMO = [
+    ("messi", "Lionel Messi", "Argentina"),
+    ("henderson", "Jordan Henderson", "Inggris"),
+    ("lineker", "Gary Lineker", "Inggris"),
+]
+
+
+@implementer(IPasswordHasher)
+class InlineHasher:
+    """
+    argon2id computed at once, for tests on a fake clock.
+    """
+
+    def hash(self, password: str) -> Deferred[str]:
+        return succeed(FAST_ARGON2.hash(password))
+
+    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
+        return succeed(verify_password(FAST_ARGON2, password_hash, password))
+
+
+def demo_users() -> list[User]:
+    password_hash = FAST_ARGON2.hash("surabaya")
+    return [User(name, full, country, password_hash) for name, full, country in DEMO]
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """
+    The result of a Deferred that has already succeeded.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d: Deferred[Any], *kinds: type[BaseException]) -> Failure:
+    """
+    The Failure of a Deferred that has already failed with one of C{kinds}.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    assert isinstance(results[0], Failure), f"succeeded with {results[0]!r}"
+    assert results[0].check(*kinds), results[0]
+    return results[0]
+
+
+def no_result(d: Deferred[Any]) -> None:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert not results, f"the Deferred fired with {results[0]!r}"
+    d.addErrback(lambda f: None)
+
+
+class Server:
+    """
+    A whole server in memory: MemoryStore, fake clock, inline hashing.
+    """
+
+    def __init__(
+        self,
+        store: Any = None,
+        clock: Clock | None = None,
+        idle: float = 3600.0,
+        max_age: float = 86400.0,
+        max_line: int = 16 * 1024,
+    ) -> None:
+        self.clock = clock or Clock()
+        if store is None:
+            store = MemoryStore()
+            for user in demo_users():
+                result_of(store.add_user(user))
+        self.store = store
+        self.sessions = SessionManager(store, self.clock, idle, max_age)
+        self.realm = ChatRealm(store, self.clock, self.sessions)
+        self.portal = Portal(
+            self.realm,
+            [StoreChecker(store, InlineHasher()), SessionChecker(self.sessions)],
+        )
+        self.factory = ChatFactory(self.portal, max_line)
+
+    def connect(self) -> Connection:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        return Connection(protocol, transport)
+
+
+class Connection:
+    """
+    One client on a StringTransport.
+    """
+
+    def __init__(self, protocol: ChatProtocol, transport: StringTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def replies(self) -> list[dict[str, Any]]:
+        """
+        The replies written since the last call, parsed.
+        """
+        data = self.transport.value()
+        self.transport.clear()
+        assert data == b"" or data.endswith(b"\r\n\r\n"), data
+        return [json.loads(chunk) for chunk in data.split(b"\r\n\r\n") if chunk]
+
+    def request(self, line: str) -> dict[str, Any]:
+        """
+        Send one line (CRLF added) and return its one reply.
+        """
+        self.send(line.encode("utf-8") + b"\r\n")
+        replies = self.replies()
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def login(self, username: str = "messi", password: str = "surabaya") -> str:
+        reply = self.request(f"auth {username} {password}")
+        assert reply["status"] == "OK", reply
+        token: str = reply["tokenid"]
+        return token

@@ -1,0 +1,188 @@
+"""
+Sessions, the cred checkers and the realm, on a fake clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest_twisted
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+
+from chat.checkers import Argon2Hasher, SessionChecker, SessionToken, StoreChecker
+from chat.errors import SessionNotFound, UnknownUser, WrongPassword
+from chat.interfaces import IChatUser
+from chat.realm import ChatUser
+from chat.sessions import SessionManager, hash_token
+from tests.helpers import FAST_ARGON2, Server, failure_of, result_of
+
+
+def test_store_checker_accepts_right_password() -> None:
+    """The checker yields the username for the right password."""
+    server = Server()
+    checker = StoreChecker(server.store, _hasher())
+    d = checker.requestAvatarId(UsernamePassword(b"messi", b"surabaya"))
+    assert result_of(d) == "messi"
+
+
+def test_store_checker_wrong_password_and_unknown_user() -> None:
+    """Wrong password and unknown user both fail as UnauthorizedLogin, told apart."""
+    server = Server()
+    checker = StoreChecker(server.store, _hasher())
+    wrong = failure_of(
+        checker.requestAvatarId(UsernamePassword("messi", "x")), WrongPassword
+    )
+    unknown = failure_of(
+        checker.requestAvatarId(UsernamePassword("ronaldo", "x")), UnknownUser
+    )
+    assert wrong.check(UnauthorizedLogin) and unknown.check(UnauthorizedLogin)
+
+
+def test_malformed_hash_never_matches() -> None:
+    """A corrupted hash in the store is a wrong password, not a crash."""
+    from chat.checkers import verify_password
+    from tests.helpers import FAST_ARGON2
+
+    assert verify_password(FAST_ARGON2, "not-a-hash", "surabaya") is False
+
+
+def test_portal_gives_chat_user_avatar() -> None:
+    """Logging in through the portal yields a ChatUser for that user."""
+    server = Server()
+    iface, avatar, logout = result_of(
+        server.portal.login(UsernamePassword("lineker", "surabaya"), None, IChatUser)
+    )
+    assert iface is IChatUser
+    assert isinstance(avatar, ChatUser) and avatar.username == "lineker"
+    logout()
+    logout()
+
+
+def test_token_is_stored_hashed() -> None:
+    """The store holds the sha256 of the token, never the token."""
+    server = Server()
+    token = server.connect().login()
+    assert list(server.store.sessions) == [hash_token(token)]
+    assert token not in repr(server.store.sessions)
+
+
+def test_session_idle_expiry() -> None:
+    """A session unused for longer than the idle timeout ends."""
+    server = Server(idle=100, max_age=1000)
+    client = server.connect()
+    token = client.login()
+    server.clock.advance(99)
+    assert client.request(f"inbox {token}")["status"] == "OK"
+    server.clock.advance(99)
+    assert client.request(f"inbox {token}")["status"] == "OK"
+    server.clock.advance(101)
+    assert client.request(f"inbox {token}")["message"] == "Session Tidak Ditemukan"
+    assert server.store.sessions == {}
+
+
+def test_session_max_age() -> None:
+    """A session ends after its maximum age even while in use."""
+    server = Server(idle=100, max_age=250)
+    client = server.connect()
+    token = client.login()
+    for _ in range(5):
+        server.clock.advance(50)
+        assert client.request(f"inbox {token}")["status"] == "OK"
+    server.clock.advance(1)
+    assert client.request(f"inbox {token}")["message"] == "Session Tidak Ditemukan"
+
+
+def test_session_survives_restart() -> None:
+    """A new session manager on the same store accepts an old token."""
+    server = Server()
+    token = server.connect().login()
+    restarted = Server(store=server.store, clock=server.clock)
+    client = restarted.connect()
+    assert client.request(f"send {token} henderson after restart")["status"] == "OK"
+
+
+def test_restart_counts_idle_from_stored_activity() -> None:
+    """After a restart, idle time counts from the last stored activity."""
+    server = Server(idle=1000, max_age=100000)
+    client = server.connect()
+    token = client.login()
+    server.clock.advance(500)
+    client.request(f"inbox {token}")
+    restarted = Server(
+        store=server.store, clock=server.clock, idle=1000, max_age=100000
+    )
+    server.clock.advance(900)
+    assert restarted.connect().request(f"inbox {token}")["status"] == "OK"
+
+
+def test_revoked_session_ends_within_touch_interval() -> None:
+    """A session deleted in the store stops working within the touch interval."""
+    server = Server()
+    client = server.connect()
+    token = client.login()
+    server.store.sessions.clear()
+    server.clock.advance(server.sessions.touch_interval + 1)
+    assert client.request(f"inbox {token}")["message"] == "Session Tidak Ditemukan"
+
+
+def test_deleted_user_cannot_send() -> None:
+    """Once its user is deleted, a token is refused."""
+    server = Server()
+    client = server.connect()
+    token = client.login("lineker")
+    result_of(server.store.delete_user("lineker"))
+    reply = client.request(f"send {token} messi hi")
+    assert reply["message"] == "Session Tidak Ditemukan"
+    assert server.store.messages == []
+
+
+def test_sweep_deletes_expired_sessions() -> None:
+    """The periodic sweep deletes expired sessions from the store."""
+    server = Server()
+    store = server.store
+    sessions = SessionManager(store, server.clock, idle_timeout=10, max_age=100)
+    token = result_of(sessions.create("messi"))
+    sessions.start()
+    server.clock.advance(11)
+    server.clock.advance(sessions.sweep_interval)
+    assert store.sessions == {}
+    failure_of(sessions.resolve(token), SessionNotFound)
+    sessions.stop()
+
+
+def test_session_checker_unknown_token() -> None:
+    """The session checker fails an unknown token with SessionNotFound."""
+    server = Server()
+    checker = SessionChecker(server.sessions)
+    failure_of(
+        checker.requestAvatarId(SessionToken(str(uuid.uuid4()))), SessionNotFound
+    )
+
+
+def test_session_for_deleted_user_cannot_be_created() -> None:
+    """Opening a session for a user deleted meanwhile fails cleanly."""
+    server = Server()
+    failure_of(server.sessions.create("ronaldo"), SessionNotFound)
+
+
+def _hasher() -> object:
+    from tests.helpers import InlineHasher
+
+    return InlineHasher()
+
+
+@pytest_twisted.ensureDeferred
+async def test_argon2_hasher_runs_in_threads() -> None:
+    """The threaded hasher produces argon2id hashes that verify."""
+    from twisted.internet import reactor
+
+    hasher = Argon2Hasher(reactor, concurrency=1, hasher=FAST_ARGON2)
+    hasher.start()
+    try:
+        password_hash = await hasher.hash("pässword")
+        assert password_hash.startswith("$argon2id$")
+        assert await hasher.verify(password_hash, "pässword") is True
+        assert await hasher.verify(password_hash, "password") is False
+    finally:
+        hasher.stop()
