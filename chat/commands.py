@@ -42,6 +42,8 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import attrs
 
@@ -81,35 +83,114 @@ class NulByte(BadCommand):
     code = "bad_request"
 
 
+#: Command classes by their (lowercase) command word.
+VERBS: dict[str, type[Command]] = {}
+
+
+class Command:
+    """
+    Base of all commands. A subclass names its command word in C{verb} and
+    builds itself from the rest of the line in C{from_arguments}.
+    """
+
+    verb: ClassVar[str]
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Command:
+        raise NotImplementedError
+
+
+C = TypeVar("C", bound=type[Command])
+
+
+def verb(word: str) -> Callable[[C], C]:
+    """
+    Register a command class under its command word.
+    """
+
+    def register(cls: C) -> C:
+        cls.verb = word
+        VERBS[word] = cls
+        return cls
+
+    return register
+
+
+def words(rest: str, count: int) -> list[str]:
+    """
+    The first C{count} words of C{rest}; later words are ignored.
+
+    @raise MissingArgument: if there are fewer.
+    """
+    found = rest.split()
+    if len(found) < count:
+        raise MissingArgument()
+    return found[:count]
+
+
+def words_and_text(rest: str, count: int) -> tuple[list[str], str]:
+    """
+    C{count} words, then the rest of the line as non-empty, stripped text.
+
+    @raise MissingArgument: if a word or the text is missing.
+    """
+    parts = rest.split(None, count)
+    if len(parts) <= count or not parts[count].strip():
+        raise MissingArgument()
+    return parts[:count], parts[count].strip()
+
+
+@verb("auth")
 @attrs.frozen
-class Auth:
+class Auth(Command):
     username: str
     password: str = attrs.field(repr=False)
 
+    @classmethod
+    def from_arguments(cls, rest: str) -> Auth:
+        return cls(*words(rest, 2))
 
+
+@verb("send")
 @attrs.frozen
-class Send:
+class Send(Command):
     token: str = attrs.field(repr=False)
     recipient: str
     text: str
 
+    @classmethod
+    def from_arguments(cls, rest: str) -> Send:
+        (token, recipient), text = words_and_text(rest, 2)
+        return cls(token, recipient, text)
 
+
+@verb("inbox")
 @attrs.frozen
-class Inbox:
+class Inbox(Command):
     token: str = attrs.field(repr=False)
 
+    @classmethod
+    def from_arguments(cls, rest: str) -> Inbox:
+        return cls(*words(rest, 1))
 
+
+@verb("ping")
 @attrs.frozen
-class Ping:
+class Ping(Command):
     echo: str | None = None
 
+    @classmethod
+    def from_arguments(cls, rest: str) -> Ping:
+        found = rest.split(None, 1)
+        return cls(found[0] if found else None)
 
+
+@verb("quit")
 @attrs.frozen
-class Quit:
-    pass
-
-
-Command = Auth | Send | Inbox | Ping | Quit
+class Quit(Command):
+    @classmethod
+    def from_arguments(cls, rest: str) -> Quit:
+        return cls()
 
 
 def parse(line: bytes) -> Command:
@@ -124,38 +205,13 @@ def parse(line: bytes) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise BadEncoding() from None
-    words = text.split(None, 1)
-    if not words:
+    found = text.split(None, 1)
+    if not found:
         raise UnknownCommand()
-    verb = words[0].lower()
-    rest = words[1] if len(words) > 1 else ""
-    if verb == "auth":
-        username, password = _arguments(rest, 2)
-        return Auth(username, password)
-    if verb == "send":
-        parts = rest.split(None, 2)
-        if len(parts) < 3 or not parts[2].strip():
-            raise MissingArgument()
-        return Send(parts[0], parts[1], parts[2].strip())
-    if verb == "inbox":
-        (token,) = _arguments(rest, 1)
-        return Inbox(token)
-    if verb == "ping":
-        echo = rest.split()
-        return Ping(echo[0] if echo else None)
-    if verb == "quit":
-        return Quit()
-    raise UnknownCommand()
-
-
-def _arguments(rest: str, count: int) -> list[str]:
-    """
-    The first C{count} words of C{rest}; later words are ignored.
-    """
-    words = rest.split()
-    if len(words) < count:
-        raise MissingArgument()
-    return words[:count]
+    command = VERBS.get(found[0].lower())
+    if command is None:
+        raise UnknownCommand()
+    return command.from_arguments(found[1] if len(found) > 1 else "")
 
 
 def ok(**fields: object) -> dict[str, object]:

@@ -169,36 +169,38 @@ class ChatProtocol(LineReceiver):
         return d.addErrback(self._failed, command)
 
     def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
-        if isinstance(command, commands.Auth):
-            return self._auth(command)
-        if isinstance(command, commands.Send):
-            return (
-                self._with_avatar(command.token)
-                .addCallback(
-                    lambda avatar: avatar.send(command.recipient, command.text)
-                )
-                .addCallback(lambda _: commands.ok(message="Message Sent"))
-            )
-        if isinstance(command, commands.Inbox):
-            return (
-                self._with_avatar(command.token)
-                .addCallback(lambda avatar: avatar.inbox())
-                .addCallback(inbox_reply)
-            )
-        if isinstance(command, commands.Ping):
-            reply = commands.ok(message="PONG")
-            if command.echo is not None:
-                reply["echo"] = command.echo
-            return succeed(reply)
-        if isinstance(command, commands.Quit):
-            self._write(commands.ok(message="bye"))
-            self._input_closed = True
-            self._queue.clear()
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return succeed(None)
-        raise AssertionError(f"unhandled command {command!r}")
+        handler = getattr(self, f"do_{command.verb}")
+        result: Deferred[Reply | None] = handler(command)
+        return result
 
-    def _auth(self, command: commands.Auth) -> Deferred[Reply | None]:
+    # One do_<verb> method per command: each returns a Deferred firing with
+    # the reply (or None if it already answered), or failing with a domain
+    # error that _failed turns into the wire's error reply.
+
+    def do_send(self, command: commands.Send) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.send(command.recipient, command.text))
+        return d.addCallback(lambda _: commands.ok(message="Message Sent"))
+
+    def do_inbox(self, command: commands.Inbox) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.inbox())
+        return d.addCallback(inbox_reply)
+
+    def do_ping(self, command: commands.Ping) -> Deferred[Reply | None]:
+        reply = commands.ok(message="PONG")
+        if command.echo is not None:
+            reply["echo"] = command.echo
+        return succeed(reply)
+
+    def do_quit(self, command: commands.Quit) -> Deferred[Reply | None]:
+        self._write(commands.ok(message="bye"))
+        self._input_closed = True
+        self._queue.clear()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        return succeed(None)
+
+    def do_auth(self, command: commands.Auth) -> Deferred[Reply | None]:
         return ensureDeferred(self._login(command))
 
     async def _login(self, command: commands.Auth) -> Reply | None:
