@@ -60,6 +60,16 @@ class InvalidUsername(ChatError):
     """
 
 
+class RateLimited(ChatError):
+    """
+    Too many attempts; the client may try again after C{retry_after} seconds.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.3f}s")
+        self.retry_after = retry_after
+
+
 class StorageUnavailable(ChatError):
     """
     The store could not complete an operation (disk full, I/O error, ...).

@@ -37,6 +37,7 @@ from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
     NoSuchUser,
+    RateLimited,
     SessionNotFound,
     StorageUnavailable,
     UnknownUser,
@@ -226,6 +227,12 @@ class ChatProtocol(LineReceiver):
         return d.addCallback(lambda result: result[1])
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
+        if isinstance(f.value, RateLimited):
+            return commands.error(
+                "too many attempts",
+                "rate_limited",
+                retry_after_ms=max(1, round(f.value.retry_after * 1000)),
+            )
         for kind, message, code in ERRORS:
             if f.check(kind):
                 return commands.error(message, code)

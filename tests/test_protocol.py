@@ -395,3 +395,21 @@ def test_commands_wait_until_factory_opens() -> None:
     assert client.replies() == []
     server.factory.open()
     assert client.replies()[0]["echo"] == "early"
+
+
+def test_rate_limited_reply_carries_retry_after() -> None:
+    """A rate-limited command answers 'too many attempts' with retry_after_ms."""
+    from twisted.internet.defer import fail
+
+    from chat.errors import RateLimited
+
+    server = Server()
+    client = server.connect()
+    token = client.login()
+    server.store.store_message = lambda *args: fail(RateLimited(1.5))
+    assert client.request(f"send {token} henderson hi") == {
+        "status": "ERROR",
+        "message": "too many attempts",
+        "code": "rate_limited",
+        "retry_after_ms": 1500,
+    }
