@@ -35,6 +35,7 @@ class IChatUser(Interface):
 
         @return: fires with the stored L{Message}; fails with
             L{chat.errors.NoSuchUser} for an unknown recipient,
+            L{chat.errors.MailboxFull} if the recipient's mailbox is full,
             L{chat.errors.SessionNotFound} if this user was deleted, or
             L{chat.errors.StorageUnavailable}.
         """
@@ -142,7 +143,9 @@ class IChatStore(Interface):
 
         @return: fires with the stored L{Message} after the commit; fails
             with L{chat.errors.NoSuchUser} naming whichever of sender or
-            recipient does not exist.
+            recipient does not exist, or L{chat.errors.MailboxFull} if the
+            recipient already has the store's maximum of undelivered
+            messages (checked in the same transaction as the insert).
         """
 
     def drain_inbox(username: str, delivered_at: float) -> Deferred[list[Message]]:

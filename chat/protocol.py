@@ -16,6 +16,24 @@ The flow on one connection:
     to the lines before it, and the connection is closed; nothing after it
     runs.
 
+Limits on one connection (values in L{chat.limits.Limits}, kept by the
+factory):
+
+ - Over the connection limits (in total, per address) a new connection
+   gets one ERROR reply and is closed.
+ - A connection must log in (a successful C{auth}, or any command with a
+   valid token) within C{login_timeout} of connecting, whatever it sends
+   meanwhile; after that it is closed when idle for C{idle_timeout}.
+ - Failed logins (per username and per address) and invalid tokens (per
+   address) are limited before the password is hashed or the token looked
+   up; a refused attempt gets C{too many attempts} with C{retry_after_ms}.
+ - Commands beyond C{command_rate} are not refused: reading pauses until
+   the connection's bucket has a token again.
+ - The protocol is the streaming producer of its transport: when the
+   client stops reading and the transport's buffer fills, reading its
+   input pauses, and if more than C{max_output} bytes of replies (or
+   events) pile up meanwhile, the connection is dropped.
+
 Domain errors become the course's error replies; anything unexpected is
 logged and answered with C{internal error}, never with a traceback.
 """
@@ -29,6 +47,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -36,6 +55,7 @@ from twisted.python.failure import Failure
 from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
+    MailboxFull,
     NoSuchUser,
     RateLimited,
     SessionNotFound,
@@ -44,6 +64,13 @@ from chat.errors import (
     WrongPassword,
 )
 from chat.interfaces import IChatUser
+from chat.limits import (
+    ConnectionTracker,
+    FailureLimiter,
+    IdleTimer,
+    Limits,
+    RateLimiter,
+)
 from chat.logs import make_logger
 from chat.model import Message
 
@@ -56,6 +83,7 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
     (SessionNotFound, "Session Tidak Ditemukan", "no_session"),
     (NoSuchUser, "User Tidak Ditemukan", "no_such_user"),
     (StorageUnavailable, "storage unavailable", "storage_unavailable"),
+    (MailboxFull, "mailbox full", "mailbox_full"),
 ]
 
 _TOO_LONG = object()
@@ -89,31 +117,164 @@ class ChatProtocol(LineReceiver):
         self._busy = False
         self._draining = False
         self._input_closed = False
-        self._reading_paused = False
         self._peer = "?"
+        # Connection lifecycle and limits (see the module docstring).
+        self._address = ""
+        self._counted = False
+        self._closing = False
+        self._logged_in = False
+        self._pause_reasons: set[str] = set()
+        self._login_deadline: IDelayedCall | None = None
+        self._idle: IdleTimer | None = None
+        self._throttle: IDelayedCall | None = None
+        self._producing = False
+        self._output_blocked = False
+        self._unsent = 0
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        host = getattr(peer, "host", None)
+        self._address = str(host or "")
+        self._peer = f"{host or peer}:{getattr(peer, 'port', '')}"
+        factory = self.factory
+        refused = factory.connections.admit(self._address)
+        if refused is not None:
+            self.log.info(
+                "Refused connection from {peer}: {why}", peer=self._peer, why=refused
+            )
+            self._write(commands.error(refused, "too_many_connections"))
+            self._close()
+            return
+        self._counted = True
         self.log.info("Connection from {peer}", peer=self._peer)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._producing = True
+        self._login_deadline = factory.clock.callLater(
+            factory.limits.login_timeout, self._login_timed_out
+        )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._input_closed = True
+        self._closing = True
         self._queue.clear()
-        self.log.info("Connection from {peer} closed", peer=self._peer)
+        for call in (self._login_deadline, self._throttle):
+            if call is not None and call.active():
+                call.cancel()
+        self._login_deadline = self._throttle = None
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.factory.command_limiter is not None:
+            self.factory.command_limiter.forget(self)
+        if self._counted:
+            self._counted = False
+            self.factory.connections.release(self._address)
+            self.log.info("Connection from {peer} closed", peer=self._peer)
+
+    # Lifecycle: login deadline, idle timeout, closing.
+
+    def _login_timed_out(self) -> None:
+        self._login_deadline = None
+        self._close_with_error("login timeout", "login_timeout")
+
+    def _idle_timed_out(self) -> None:
+        self._idle = None
+        self._close_with_error("idle timeout", "idle_timeout")
+
+    def _close_with_error(self, message: str, code: str) -> None:
+        self.log.info(
+            "Closing connection from {peer}: {why}", peer=self._peer, why=message
+        )
+        self._write(commands.error(message, code))
+        self._close()
+
+    def _logged_in_now(self) -> None:
+        """
+        The connection proved who it is: the login deadline gives way to the
+        idle timeout.
+        """
+        if self._logged_in or self._closing:
+            return
+        self._logged_in = True
+        if self._login_deadline is not None and self._login_deadline.active():
+            self._login_deadline.cancel()
+        self._login_deadline = None
+        self._idle = IdleTimer(
+            self.factory.clock, self.factory.limits.idle_timeout, self._idle_timed_out
+        )
+
+    def _close(self, abort: bool = False) -> None:
+        """
+        Stop reading and running commands, and close the connection: after
+        flushing what was written, or at once if the client is not reading
+        (or C{abort}).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._input_closed = True
+        self._queue.clear()
+        transport: Any = self.transport
+        if self._producing:
+            # A registered producer keeps a transport from closing.
+            self._producing = False
+            transport.unregisterProducer()
+        if abort or self._output_blocked:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+    # Reading: paused while any reason holds (too many queued lines, command
+    # rate, a client that does not read its replies).
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._pause_reasons and not self._input_closed:
+            # LineReceiver stops splitting buffered lines while paused.
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._pause_reasons.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if self._pause_reasons or self._input_closed:
+            return
+        self.paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.dataReceived(b"")  # lines that arrived before the pause
+
+    # IPushProducer: the transport calls these when its send buffer fills up
+    # (the client is not reading) and when it has been flushed again.
+
+    def pauseProducing(self) -> None:
+        self._output_blocked = True
+        self._unsent = 0
+        self._pause_reading("output")
+
+    def resumeProducing(self) -> None:
+        self._output_blocked = False
+        self._unsent = 0
+        self._resume_reading("output")
+
+    def stopProducing(self) -> None:
+        self._producing = False
+        self._input_closed = True
+        self._queue.clear()
 
     # Input.
 
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
             return
+        if self._idle is not None:
+            self._idle.touch()
         if line.endswith(b"\r"):
             line = line[:-1]
         self._queue.append(line)
         self._drain()
-        if len(self._queue) >= self.max_pipeline and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        if len(self._queue) >= self.max_pipeline:
+            self._pause_reading("pipeline")
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._queue.append(_TOO_LONG)
@@ -128,21 +289,41 @@ class ChatProtocol(LineReceiver):
             return
         self._draining = True
         try:
-            while self._queue and not self._busy:
-                item = self._queue.popleft()
+            while self._queue and not self._busy and self._throttle is None:
+                item = self._queue[0]
                 if item is _TOO_LONG:
                     self._write(commands.error("line too long", "line_too_long"))
-                    self._queue.clear()
-                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    self._close()
                     return
+                if self._throttled():
+                    break
+                self._queue.popleft()
                 self._busy = True
                 self._respond(item).addCallback(self._answered)
         finally:
             self._draining = False
-        if self._reading_paused and len(self._queue) < self.max_pipeline // 2:
-            self._reading_paused = False
-            if not self._input_closed:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if len(self._queue) < self.max_pipeline // 2:
+            self._resume_reading("pipeline")
+
+    def _throttled(self) -> bool:
+        """
+        Whether the command rate says to wait; if so, pause reading until
+        the connection may run its next command.
+        """
+        limiter = self.factory.command_limiter
+        if limiter is None:
+            return False
+        wait = limiter.consume(self)
+        if not wait:
+            return False
+        self._pause_reading("rate")
+        self._throttle = self.factory.clock.callLater(wait, self._unthrottle)
+        return True
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        self._resume_reading("rate")
+        self._drain()
 
     def _answered(self, reply: Reply | None) -> None:
         self._busy = False
@@ -151,7 +332,22 @@ class ChatProtocol(LineReceiver):
         self._drain()
 
     def _write(self, reply: Reply) -> None:
-        self.transport.write(commands.encode(reply))  # type: ignore[union-attr]
+        if self._closing:
+            return
+        data = commands.encode(reply)
+        if self._output_blocked:
+            # The transport's buffer is full and the client is not reading:
+            # count what piles up behind it.
+            self._unsent += len(data)
+            if self._unsent > self.factory.limits.max_output:
+                self.log.info(
+                    "Dropping connection from {peer}: over {limit} bytes unsent",
+                    peer=self._peer,
+                    limit=self.factory.limits.max_output,
+                )
+                self._close(abort=True)
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
 
     # Commands.
 
@@ -196,19 +392,29 @@ class ChatProtocol(LineReceiver):
 
     def do_quit(self, command: commands.Quit) -> Deferred[Reply | None]:
         self._write(commands.ok(message="bye"))
-        self._input_closed = True
-        self._queue.clear()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
         return succeed(None)
 
     def do_auth(self, command: commands.Auth) -> Deferred[Reply | None]:
         return ensureDeferred(self._login(command))
 
     async def _login(self, command: commands.Auth) -> Reply | None:
+        failures = self.factory.failures
+        try:
+            # Before hashing: a refused attempt costs no KDF.
+            failures.check_login(command.username, self._address)
+        except RateLimited:
+            self.log.debug(
+                "Refused login for {user} from {peer}: too many failures",
+                user=command.username,
+                peer=self._peer,
+            )
+            raise
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
         try:
             _, avatar, _ = await self.portal.login(credentials, None, IChatUser)
         except UnauthorizedLogin as e:
+            failures.login_failed(command.username, self._address)
             self.log.info(
                 "Failed login for {user} from {peer}: {why}",
                 user=command.username,
@@ -220,11 +426,27 @@ class ChatProtocol(LineReceiver):
             "Login by {user} from {peer}", user=command.username, peer=self._peer
         )
         token = await IChatUser(avatar).open_session()
+        self._logged_in_now()
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
+        failures = self.factory.failures
+        try:
+            failures.check_token(self._address)
+        except RateLimited:
+            return fail()
         d = self.portal.login(SessionToken(token), None, IChatUser)
-        return d.addCallback(lambda result: result[1])
+
+        def found(result: tuple[Any, Any, Any]) -> Any:
+            self._logged_in_now()
+            return result[1]
+
+        def not_found(f: Failure) -> Failure:
+            if f.check(SessionNotFound):
+                failures.token_failed(self._address)
+            return f
+
+        return d.addCallbacks(found, not_found)
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):
@@ -247,12 +469,37 @@ class ChatProtocol(LineReceiver):
 
 class ChatFactory(Factory):
     """
-    Builds a L{ChatProtocol} for each connection.
+    Builds a L{ChatProtocol} for each connection, and keeps what the
+    connections share: the limits, the clock they run on, the connection
+    counts and the failure limiters.
     """
 
-    def __init__(self, portal: Portal, max_line: int = 16 * 1024) -> None:
+    def __init__(
+        self,
+        portal: Portal,
+        max_line: int = 16 * 1024,
+        *,
+        limits: Limits | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
         self.portal = portal
         self.max_line = max_line
+        self.limits = limits = limits or Limits()
+        self.clock = clock
+        self.connections = ConnectionTracker(
+            limits.max_connections, limits.max_connections_per_address
+        )
+        self.failures = FailureLimiter.of(clock, limits)
+        self.command_limiter: RateLimiter | None = (
+            None
+            if limits.command_rate is None
+            else RateLimiter.of(clock, limits.command_rate)
+        )
         self._waiting: list[Deferred[None]] | None = None
 
     @property

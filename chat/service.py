@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.errors import NoSuchUser, UserExists
 from chat.interfaces import IChatStore, IPasswordHasher
+from chat.limits import Limits, raise_open_file_limit
 from chat.logs import make_logger
 from chat.model import User
 from chat.protocol import ChatFactory
@@ -36,6 +37,10 @@ DEMO_USERS = [
     ("lineker", "Gary Lineker", "Inggris"),
 ]
 DEMO_PASSWORD = "surabaya"
+
+#: Open files kept for other things than client connections: listening
+#: sockets, the database and its journal, logs.
+SPARE_FILES = 64
 
 
 async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
@@ -77,6 +82,7 @@ class ChatService(Service):
         max_line: int = 16 * 1024,
         session_idle: float = 86400.0,
         session_max_age: float = 30 * 86400.0,
+        limits: Limits | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -89,7 +95,7 @@ class ChatService(Service):
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
         )
-        self.factory = ChatFactory(self.portal, max_line)
+        self.factory = ChatFactory(self.portal, max_line, limits=limits, clock=reactor)
         self.factory.hold()
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[None] = Deferred()
@@ -100,6 +106,7 @@ class ChatService(Service):
         with a clear message instead of a server listening nowhere.
         """
         super().privilegedStartService()
+        self._ensure_open_files()
         for description in self.endpoints:
             outcome: list[Any] = []
             serverFromString(self.reactor, description).listen(self.factory).addBoth(
@@ -119,6 +126,25 @@ class ChatService(Service):
                 address=port.getHost(),
                 description=description,
             )
+
+    def _ensure_open_files(self) -> None:
+        """
+        Raise the open-file limit to fit max-connections; if the system does
+        not allow that many, accept fewer connections instead of failing to
+        accept (EMFILE) under load.
+        """
+        connections = self.factory.connections
+        available = raise_open_file_limit(connections.max_total + SPARE_FILES)
+        if available - SPARE_FILES < connections.max_total:
+            fitting = max(1, available - SPARE_FILES)
+            self.log.warn(
+                "The open-file limit is {available}: accepting at most {fitting} "
+                "connections instead of {wanted} (raise 'ulimit -n')",
+                available=available,
+                fitting=fitting,
+                wanted=connections.max_total,
+            )
+            connections.max_total = fitting
 
     def startService(self) -> None:
         if not self.ports:

@@ -12,9 +12,12 @@ from twisted.python import usage
 
 from chat import logs
 from chat.errors import SchemaTooNew, StorageUnavailable
+from chat.limits import Limits, Rate
 from chat.store import STORE_HELP, open_store
 
-DEFAULT_LISTEN = "tcp:8889:interface=127.0.0.1"
+#: A backlog of 1024 (Twisted's default is 50) so that a storm of new
+#: connections is queued by the kernel rather than refused.
+DEFAULT_LISTEN = "tcp:8889:interface=127.0.0.1:backlog=1024"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,6 +40,58 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise ValueError(f"must be positive: {text}")
     return value
+
+
+_SIZE = re.compile(r"(\d+)([kmg]?)(i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def size(text: str) -> int:
+    """
+    Bytes from C{65536}, C{64k}, C{1M} or C{1MiB} (binary units).
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(f"not a positive size: {text!r} (examples: 65536 64k 1M)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def rate(text: str) -> Rate:
+    """
+    A L{Rate} from C{COUNT/DURATION}: C{10/1m} is bursts of up to 10,
+    refilling at 10 per minute.
+    """
+    count, slash, per = text.partition("/")
+    try:
+        value = float(count)
+    except ValueError:
+        value = 0
+    if not slash or value <= 0:
+        raise ValueError(f"not a rate: {text!r} (examples: 10/1m 1000/1s)")
+    return Rate(value, duration(per))
+
+
+def rate_or_off(text: str) -> Rate | None:
+    """
+    Like L{rate}, or None for C{off}.
+    """
+    return None if text.strip().lower() == "off" else rate(text)
+
+
+_DEFAULTS = Limits()
+
+#: Options converted in postOptions, so that their defaults are parsed too.
+_CONVERTED = {
+    "session-idle": duration,
+    "session-max-age": duration,
+    "login-timeout": duration,
+    "idle-timeout": duration,
+    "login-failures-per-user": rate,
+    "login-failures-per-address": rate,
+    "token-failures-per-address": rate,
+    "command-rate": rate_or_off,
+    "max-output": size,
+}
 
 
 class Options(usage.Options):
@@ -92,6 +147,75 @@ class Options(usage.Options):
             positive_int,
         ],
         [
+            "login-timeout",
+            None,
+            "30s",
+            "A connection that has not logged in this long after connecting is closed.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            "10m",
+            "A logged-in connection that sends nothing this long is closed.",
+        ],
+        [
+            "login-failures-per-user",
+            None,
+            "10/1m",
+            "Failed logins allowed per username, as COUNT/DURATION (bursts of "
+            "COUNT, refilled at COUNT per DURATION); beyond it every login for "
+            "that user gets 'too many attempts' without checking the password.",
+        ],
+        [
+            "login-failures-per-address",
+            None,
+            "30/1m",
+            "Failed logins allowed per client address (COUNT/DURATION).",
+        ],
+        [
+            "token-failures-per-address",
+            None,
+            "60/1m",
+            "Commands with an invalid token allowed per client address "
+            "(COUNT/DURATION).",
+        ],
+        [
+            "command-rate",
+            None,
+            "1000/1s",
+            "Commands per connection (COUNT/DURATION, or off); beyond it the "
+            "server reads the connection more slowly.",
+        ],
+        [
+            "max-connections",
+            None,
+            _DEFAULTS.max_connections,
+            "Most open connections; more get an error and are closed.",
+            positive_int,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            _DEFAULTS.max_connections_per_address,
+            "Most open connections from one client address.",
+            positive_int,
+        ],
+        [
+            "max-output",
+            None,
+            "1M",
+            "Bytes of replies that may pile up for a client that does not read "
+            "them before it is disconnected (64k, 1M, ...).",
+        ],
+        [
+            "max-mailbox",
+            None,
+            _DEFAULTS.max_mailbox,
+            "Most undelivered messages stored per user; more are refused "
+            "with 'mailbox full'.",
+            positive_int,
+        ],
+        [
             "log-level",
             None,
             "info",
@@ -105,17 +229,20 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """
-        Listen on this Twisted endpoint (repeatable).
-        [default: tcp:8889:interface=127.0.0.1]
+        Listen on this Twisted endpoint (repeatable); add backlog=1024 to
+        your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("session-idle", "session-max-age"):
+        for name, convert in _CONVERTED.items():
             if isinstance(self[name], str):
-                self[name] = duration(self[name])
+                try:
+                    self[name] = convert(self[name])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{name}: {e}") from None
         if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
@@ -135,8 +262,9 @@ def makeService(options: Options) -> IService:
 
     reactor: Any = global_reactor
 
+    limits = limits_from(options)
     try:
-        store = open_store(reactor, options["store"])
+        store = open_store(reactor, options["store"], max_mailbox=limits.max_mailbox)
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 
@@ -149,4 +277,23 @@ def makeService(options: Options) -> IService:
         max_line=options["max-line"],
         session_idle=options["session-idle"],
         session_max_age=options["session-max-age"],
+        limits=limits,
+    )
+
+
+def limits_from(options: Options) -> Limits:
+    """
+    The L{Limits} given by parsed options.
+    """
+    return Limits(
+        login_timeout=options["login-timeout"],
+        idle_timeout=options["idle-timeout"],
+        login_failures_per_user=options["login-failures-per-user"],
+        login_failures_per_address=options["login-failures-per-address"],
+        token_failures_per_address=options["token-failures-per-address"],
+        command_rate=options["command-rate"],
+        max_connections=options["max-connections"],
+        max_connections_per_address=options["max-connections-per-address"],
+        max_output=options["max-output"],
+        max_mailbox=options["max-mailbox"],
     )

@@ -12,6 +12,7 @@ import argon2
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -19,6 +20,7 @@ from zope.interface import implementer
 
 from chat.checkers import SessionChecker, StoreChecker, verify_password
 from chat.interfaces import IPasswordHasher
+from chat.limits import Limits
 from chat.model import User
 from chat.protocol import ChatFactory, ChatProtocol
 from chat.realm import ChatRealm
@@ -84,9 +86,25 @@ def no_result(d: Deferred[Any]) -> None:
     d.addErrback(lambda f: None)
 
 
+class CountingHasher(InlineHasher):
+    """
+    An L{InlineHasher} that counts the passwords it verifies.
+    """
+
+    def __init__(self) -> None:
+        self.verified = 0
+
+    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
+        self.verified += 1
+        return super().verify(password_hash, password)
+
+
 class Server:
     """
     A whole server in memory: MemoryStore, fake clock, inline hashing.
+
+    C{limits} are the server's limits (L{Limits} defaults if not given);
+    every timer and rate runs on C{clock}.
     """
 
     def __init__(
@@ -96,6 +114,7 @@ class Server:
         idle: float = 3600.0,
         max_age: float = 86400.0,
         max_line: int = 16 * 1024,
+        limits: Limits | None = None,
     ) -> None:
         self.clock = clock or Clock()
         if store is None:
@@ -103,17 +122,26 @@ class Server:
             for user in demo_users():
                 result_of(store.add_user(user))
         self.store = store
+        self.hasher = CountingHasher()
         self.sessions = SessionManager(store, self.clock, idle, max_age)
         self.realm = ChatRealm(store, self.clock, self.sessions)
         self.portal = Portal(
             self.realm,
-            [StoreChecker(store, InlineHasher()), SessionChecker(self.sessions)],
+            [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
         )
-        self.factory = ChatFactory(self.portal, max_line)
+        self.factory = ChatFactory(
+            self.portal, max_line, limits=limits, clock=self.clock
+        )
+        self._next_port = 40000
 
-    def connect(self) -> Connection:
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    def connect(self, host: str = "127.0.0.1") -> Connection:
+        """
+        A new client connection from C{host}.
+        """
+        self._next_port += 1
+        address = IPv4Address("TCP", host, self._next_port)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
         return Connection(protocol, transport)
 
@@ -129,6 +157,19 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the server closed (or aborted) the connection.
+        """
+        return bool(self.transport.disconnecting)
+
+    def lose(self) -> None:
+        """
+        The client goes away.
+        """
+        self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def replies(self) -> list[dict[str, Any]]:
         """

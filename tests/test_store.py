@@ -17,7 +17,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
-from chat.errors import NoSuchUser, SchemaTooNew, StorageUnavailable, UserExists
+from chat.errors import (
+    MailboxFull,
+    NoSuchUser,
+    SchemaTooNew,
+    StorageUnavailable,
+    UserExists,
+)
 from chat.interfaces import IChatStore
 from chat.model import Session, User
 from chat.store import open_store, schema
@@ -34,6 +40,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield MemoryStore()
         return
     sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
+    sqlite_store.start()
+    yield sqlite_store
+    pytest_twisted.blockon(sqlite_store.close())
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def small_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """
+    Both stores with mailboxes of 3 messages.
+    """
+    if request.param == "memory":
+        yield MemoryStore(max_mailbox=3)
+        return
+    sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=3)
     sqlite_store.start()
     yield sqlite_store
     pytest_twisted.blockon(sqlite_store.close())
@@ -145,6 +165,52 @@ async def test_deleting_user_keeps_their_sent_messages(store: Any) -> None:
     assert [(m.text, m.sender_name) for m in drained] == [
         ("still here", "Lionel Messi")
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_full(small_store: Any) -> None:
+    """A mailbox holds max_mailbox undelivered messages; reading frees it."""
+    await _with_users(small_store)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    with pytest.raises(MailboxFull) as raised:
+        await small_store.store_message("messi", "henderson", "m3", 2.0)
+    assert raised.value.username == "henderson"
+    # Only undelivered messages count, and only the recipient's.
+    await small_store.store_message("henderson", "messi", "other", 2.0)
+    drained = await small_store.drain_inbox("henderson", 3.0)
+    assert [m.text for m in drained] == ["m0", "m1", "m2"]
+    await small_store.store_message("messi", "henderson", "m4", 4.0)
+    assert [m.text for m in await small_store.drain_inbox("henderson", 5.0)] == ["m4"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_full_undoes_only_that_send(tmp_path: Path) -> None:
+    """In one SQLite batch, a send to a full mailbox fails alone."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=2)
+    store.start()
+    try:
+        await _with_users(store)
+        before = store.commits
+        results = await gatherResults(
+            [
+                store.store_message("messi", "henderson", f"m{i}", 1.0).addErrback(
+                    lambda f: f.trap(MailboxFull) and "full"
+                )
+                for i in range(4)
+            ]
+            + [store.store_message("henderson", "messi", "back", 1.0)]
+        )
+        assert [getattr(r, "text", r) for r in results] == [
+            "m0",
+            "m1",
+            "full",
+            "full",
+            "back",
+        ]
+        assert store.commits - before == 1
+    finally:
+        await store.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -11,8 +11,9 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from chat.errors import NoSuchUser, StorageUnavailable, UserExists
+from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable, UserExists
 from chat.interfaces import IChatStore
+from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message, Session, User
 
 
@@ -27,13 +28,15 @@ class _Stored:
 class MemoryStore:
     """
     Keeps everything in dicts. Set C{broken} to make every operation fail
-    with L{StorageUnavailable}, as a full disk would.
+    with L{StorageUnavailable}, as a full disk would. A recipient holds at
+    most C{max_mailbox} undelivered messages.
     """
 
     users: dict[str, User] = attrs.field(factory=dict)
     sessions: dict[str, Session] = attrs.field(factory=dict)
     messages: list[_Stored] = attrs.field(factory=list)
     broken: bool = False
+    max_mailbox: int = DEFAULT_MAX_MAILBOX
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.broken:
@@ -134,6 +137,13 @@ class MemoryStore:
         def store() -> Message:
             from_user = self._user(sender)
             to_user = self._user(recipient)
+            undelivered = sum(
+                1
+                for s in self.messages
+                if s.message.recipient == recipient and s.delivered_at is None
+            )
+            if undelivered >= self.max_mailbox:
+                raise MailboxFull(recipient)
             message = Message(
                 len(self.messages) + 1,
                 sender,

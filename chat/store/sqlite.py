@@ -13,6 +13,11 @@ fsync (group commit), so durability does not cost throughput.
 The database runs in WAL mode with C{synchronous=FULL}: a commit that
 returned survives a power cut.
 
+A message is refused with L{MailboxFull} when its recipient already has
+C{max_mailbox} undelivered messages; the count runs inside the inserting
+transaction, on the partial index of undelivered messages, and stops at
+C{max_mailbox} rows, so it costs at most that many index entries.
+
 If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
 acknowledged that was not stored. The next batch tries again, so the store
@@ -33,8 +38,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from chat.errors import NoSuchUser, StorageUnavailable, UserExists
+from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable, UserExists
 from chat.interfaces import IChatStore
+from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message, Session, User
 from chat.store import schema
 
@@ -58,14 +64,18 @@ class SQLiteStore:
         reactor: IReactorFromThreads,
         path: str,
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
+        max_mailbox: int = DEFAULT_MAX_MAILBOX,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
+
+        @param max_mailbox: the most undelivered messages per recipient.
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         """
         schema.prepare(path)
         self.path = path
+        self.max_mailbox = max_mailbox
         self.commits = 0
         self._reactor = reactor
         self._setup = connection_setup
@@ -251,7 +261,9 @@ class SQLiteStore:
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
-        return self._run(_store_message_txn, sender, recipient, text, sent_at)
+        return self._run(
+            _store_message_txn, sender, recipient, text, sent_at, self.max_mailbox
+        )
 
     def drain_inbox(
         self, username: str, delivered_at: float
@@ -374,6 +386,7 @@ def _store_message_txn(
     recipient: str,
     text: str,
     sent_at: float,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
 ) -> Message:
     names = dict(
         connection.execute(
@@ -384,6 +397,13 @@ def _store_message_txn(
     for username in (sender, recipient):
         if username not in names:
             raise NoSuchUser(username)
+    (undelivered,) = connection.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM messages"
+        " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
+        (recipient, max_mailbox),
+    ).fetchone()
+    if undelivered >= max_mailbox:
+        raise MailboxFull(recipient)
     cursor = connection.execute(
         "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
         " body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
