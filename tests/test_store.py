@@ -214,6 +214,58 @@ async def test_mailbox_full_undoes_only_that_send(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_counts_forget_failed_batches(tmp_path: Path) -> None:
+    """A send undone by a storage error does not count towards the mailbox."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=3)
+    store.start()
+    try:
+        await _with_users(store)
+        await store.store_message("messi", "henderson", "one", 1.0)
+        await store._run(lambda c: c.execute("PRAGMA max_page_count=1").fetchall())
+        # One batch: a small send that fits, then one that fills the disk.
+        small = store.store_message("messi", "henderson", "two", 1.0)
+        huge = store.store_message("messi", "henderson", "x" * 20000, 1.0)
+        for d in (small, huge):
+            with pytest.raises(StorageUnavailable):
+                await d
+        await store._run(
+            lambda c: c.execute("PRAGMA max_page_count=1000000").fetchall()
+        )
+        await store.store_message("messi", "henderson", "two", 1.0)
+        await store.store_message("messi", "henderson", "three", 1.0)
+        with pytest.raises(MailboxFull):
+            await store.store_message("messi", "henderson", "four", 1.0)
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_counts_follow_users_made_again(tmp_path: Path) -> None:
+    """A user deleted and made again elsewhere (chat-admin) starts at zero."""
+    path = str(tmp_path / "chat.sqlite")
+    store = SQLiteStore(reactor, path, max_mailbox=2)
+    store.start()
+    try:
+        await _with_users(store)
+        for text in ("one", "two"):
+            await store.store_message("messi", "henderson", text, 1.0)
+        with pytest.raises(MailboxFull):
+            await store.store_message("messi", "henderson", "three", 1.0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("PRAGMA foreign_keys=ON")
+        other.execute("DELETE FROM users WHERE username = 'henderson'")
+        other.execute(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES ('henderson', 'J H', '', 'x', 12345.0)"
+        )
+        other.close()
+        await store.store_message("messi", "henderson", "new", 2.0)
+        assert [m.text for m in await store.drain_inbox("henderson", 3.0)] == ["new"]
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_group_commit(sqlite_store: SQLiteStore) -> None:
     """Many concurrent sends share few commits, and all are acknowledged."""
     await _with_users(sqlite_store)

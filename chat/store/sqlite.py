@@ -14,9 +14,11 @@ The database runs in WAL mode with C{synchronous=FULL}: a commit that
 returned survives a power cut.
 
 A message is refused with L{MailboxFull} when its recipient already has
-C{max_mailbox} undelivered messages; the count runs inside the inserting
-transaction, on the partial index of undelivered messages, and stops at
-C{max_mailbox} rows, so it costs at most that many index entries.
+C{max_mailbox} undelivered messages, checked inside the inserting
+transaction. Counting a mailbox (on the partial index of undelivered
+messages, stopping at C{max_mailbox}) takes up to a millisecond when it is
+nearly full, so the store's thread keeps the counts it has made and keeps
+them up to date (L{_MailboxCounts}); a failed batch forgets them all.
 
 If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
@@ -48,6 +50,39 @@ _Op = Callable[..., Any]
 _Job = tuple[_Op, tuple[Any, ...], "Deferred[Any]"]
 
 
+class _MailboxCounts:
+    """
+    Undelivered messages per mailbox, as counted by the store's thread.
+
+    Only the store's thread reads or changes it. A count belongs to the
+    recipient's C{created_at}, so a user deleted and made again (by
+    chat-admin, in another process) is counted afresh. Every change the
+    store makes to a mailbox updates or drops its count; if a batch fails,
+    all counts are forgotten, since its changes were undone.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.counts: dict[str, tuple[float, int]] = {}
+
+    def get(self, recipient: str, created_at: float) -> int | None:
+        found = self.counts.get(recipient)
+        if found is None or found[0] != created_at:
+            return None
+        return found[1]
+
+    def set(self, recipient: str, created_at: float, count: int) -> None:
+        if recipient not in self.counts and len(self.counts) >= self.max_entries:
+            self.counts.clear()
+        self.counts[recipient] = (created_at, count)
+
+    def drop(self, recipient: str) -> None:
+        self.counts.pop(recipient, None)
+
+    def clear(self) -> None:
+        self.counts.clear()
+
+
 @implementer(IChatStore)
 class SQLiteStore:
     """
@@ -77,6 +112,7 @@ class SQLiteStore:
         self.path = path
         self.max_mailbox = max_mailbox
         self.commits = 0
+        self._mailboxes = _MailboxCounts()
         self._reactor = reactor
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
@@ -205,6 +241,7 @@ class SQLiteStore:
                     results.append((True, value))
             connection.execute("COMMIT")
         except sqlite3.Error as e:
+            self._mailboxes.clear()
             self._abandon()
             self.log.error("Storage error, batch rolled back: {error}", error=str(e))
             raise StorageUnavailable(str(e)) from None
@@ -262,13 +299,19 @@ class SQLiteStore:
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
         return self._run(
-            _store_message_txn, sender, recipient, text, sent_at, self.max_mailbox
+            _store_message_txn,
+            sender,
+            recipient,
+            text,
+            sent_at,
+            self.max_mailbox,
+            self._mailboxes,
         )
 
     def drain_inbox(
         self, username: str, delivered_at: float
     ) -> Deferred[list[Message]]:
-        return self._run(_drain_inbox_txn, username, delivered_at)
+        return self._run(_drain_inbox_txn, username, delivered_at, self._mailboxes)
 
 
 # The operations. Each runs inside the batch transaction, in the store's
@@ -387,22 +430,27 @@ def _store_message_txn(
     text: str,
     sent_at: float,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
 ) -> Message:
-    names = dict(
-        connection.execute(
-            "SELECT username, full_name FROM users WHERE username IN (?, ?)",
-            (sender, recipient),
-        ).fetchall()
-    )
+    rows = connection.execute(
+        "SELECT username, full_name, created_at FROM users WHERE username IN (?, ?)",
+        (sender, recipient),
+    ).fetchall()
+    names = {username: full_name for username, full_name, _ in rows}
     for username in (sender, recipient):
         if username not in names:
             raise NoSuchUser(username)
-    (undelivered,) = connection.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM messages"
-        " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
-        (recipient, max_mailbox),
-    ).fetchone()
+    created_at = next(r[2] for r in rows if r[0] == recipient)
+    undelivered = None if mailboxes is None else mailboxes.get(recipient, created_at)
+    if undelivered is None:
+        (undelivered,) = connection.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM messages"
+            " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
+            (recipient, max_mailbox),
+        ).fetchone()
     if undelivered >= max_mailbox:
+        if mailboxes is not None:
+            mailboxes.set(recipient, created_at, undelivered)
         raise MailboxFull(recipient)
     cursor = connection.execute(
         "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
@@ -410,6 +458,8 @@ def _store_message_txn(
         (sender, recipient, names[sender], names[recipient], text, sent_at),
     )
     assert cursor.lastrowid is not None
+    if mailboxes is not None:
+        mailboxes.set(recipient, created_at, undelivered + 1)
     return Message(
         cursor.lastrowid,
         sender,
@@ -422,8 +472,13 @@ def _store_message_txn(
 
 
 def _drain_inbox_txn(
-    connection: sqlite3.Connection, username: str, delivered_at: float
+    connection: sqlite3.Connection,
+    username: str,
+    delivered_at: float,
+    mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
+    if mailboxes is not None:
+        mailboxes.drop(username)
     rows = connection.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages"
         " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id",
