@@ -440,3 +440,59 @@ def test_default_limits() -> None:
     assert factory.limits.max_output == 1024 * 1024
     assert factory.limits.max_mailbox == 10_000
     assert factory.command_limiter is not None
+
+
+# Edges.
+
+
+def test_reply_after_close_is_dropped_but_message_kept() -> None:
+    """A command still running when the connection times out is finished, unanswered."""
+    server = limited(idle_timeout=60)
+    client = server.connect()
+    token = client.login()
+    slow: Deferred[object] = Deferred()
+    original = server.store.store_message
+    server.store.store_message = lambda *args: slow.addCallback(  # type: ignore[method-assign]
+        lambda _: original(*args)
+    )
+    client.send(f"send {token} henderson late\r\n".encode())
+    server.clock.advance(60)
+    assert client.replies() == [IDLE_TIMEOUT]
+    slow.callback(None)
+    assert client.replies() == []
+    assert [s.message.text for s in server.store.messages] == ["late"]
+
+
+def test_storage_errors_are_not_token_failures() -> None:
+    """A token that cannot be checked (storage failing) does not count as invalid."""
+    server = limited(token_failures_per_address=Rate(1, 60))
+    client = server.connect()
+    server.store.broken = True
+    for _ in range(3):
+        assert client.request(f"inbox {uuid.uuid4()}")["code"] == "storage_unavailable"
+    server.store.broken = False
+    assert client.request(f"inbox {uuid.uuid4()}")["code"] == "no_session"
+
+
+def test_reading_resumes_only_when_every_reason_is_gone() -> None:
+    """Output drained while the command rate still holds: reading stays paused."""
+    server = limited(command_rate=Rate(2, 1))
+    client = buffered_client(server, buffer_size=10_000)
+    client.send(b"ping\r\n" * 4)
+    assert len(client.transport.value().split(b"\r\n\r\n")) == 3  # 2 replies
+    assert client.transport.producerState == "paused"
+    client.protocol.pauseProducing()  # the transport's buffer filled up too
+    client.protocol.resumeProducing()  # and was flushed
+    assert client.transport.producerState == "paused"
+    server.clock.advance(1)
+    assert client.transport.producerState == "producing"
+    assert client.transport.value().count(b"PONG") == 4
+
+
+def test_factory_defaults_to_global_reactor() -> None:
+    """Without a clock, the factory's timers run on the global reactor."""
+    from twisted.internet import reactor
+
+    from chat.protocol import ChatFactory
+
+    assert ChatFactory(Server().portal).clock is reactor
