@@ -36,6 +36,11 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     NUL byte in request       bad_request        the line contains a NUL byte
     line too long             line_too_long      then the server closes the connection
     storage unavailable       storage_unavailable  nothing was stored; retry later
+    mailbox full              mailbox_full       send: the recipient's mailbox is full
+    too many attempts         rate_limited       too many failures; has retry_after_ms
+    login timeout             login_timeout      not logged in in time; then closes
+    idle timeout              idle_timeout       silent too long; then closes
+    too many connections      too_many_connections  instead of any reply; then closes
     internal error            internal           a bug: logged on the server
 """
 
