@@ -11,7 +11,8 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
  - L{FailureLimiter}: failed logins per username and per address, and
    invalid tokens per address. Only failures cost tokens; the check runs
    before any password hashing, so a refused attempt costs no KDF.
- - L{ConnectionTracker}: connections in total and per address.
+ - L{ConnectionTracker}: connections in total and per address
+   (L{address_key}: IPv6 clients by their /64).
  - L{IdleTimer}: a timer that fires after some time without activity,
    cheap to keep alive (activity only records a timestamp).
  - L{Limits}: every limit's value, with the defaults of C{twistd chat}.
@@ -19,6 +20,7 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
+import ipaddress
 import resource
 from collections.abc import Callable, Hashable
 
@@ -106,6 +108,11 @@ class RateLimiter:
     def _set(self, key: Hashable, tokens: float, now: float) -> None:
         if key not in self._buckets and len(self._buckets) >= self.max_keys:
             self.prune()
+            if len(self._buckets) >= self.max_keys:
+                # Still full (a flood of distinct keys): forget the oldest
+                # tenth rather than grow without bound.
+                for old in list(self._buckets)[: max(1, self.max_keys // 10)]:
+                    del self._buckets[old]
         self._buckets[key] = (tokens, now)
 
     def retry_after(self, key: Hashable) -> float:
@@ -277,6 +284,23 @@ class IdleTimer:
         else:
             self._call = None
             self._expired()
+
+
+def address_key(host: str) -> str:
+    """
+    The key for per-address limits: an IPv4 address as it is, an IPv6
+    address by its /64 network (one site's share, which a single client
+    can fill with addresses), an IPv4-mapped IPv6 address as IPv4.
+    """
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def raise_open_file_limit(wanted: int) -> int:

@@ -70,6 +70,7 @@ from chat.limits import (
     IdleTimer,
     Limits,
     RateLimiter,
+    address_key,
 )
 from chat.logs import make_logger
 from chat.model import Message
@@ -134,7 +135,7 @@ class ChatProtocol(LineReceiver):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", None)
-        self._address = str(host or "")
+        self._address = address_key(str(host or ""))
         self._peer = f"{host or peer}:{getattr(peer, 'port', '')}"
         factory = self.factory
         refused = factory.connections.admit(self._address)

@@ -10,7 +10,7 @@ from typing import Any
 
 import argon2
 from twisted.cred.portal import Portal
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -139,7 +139,8 @@ class Server:
         A new client connection from C{host}.
         """
         self._next_port += 1
-        address = IPv4Address("TCP", host, self._next_port)
+        kind = IPv6Address if ":" in host else IPv4Address
+        address = kind("TCP", host, self._next_port)
         protocol = self.factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)

@@ -261,6 +261,15 @@ def test_max_connections_total() -> None:
     assert not second.closed
 
 
+def test_ipv6_clients_counted_by_network() -> None:
+    """IPv6 clients of one /64 share the per-address limits."""
+    server = limited(max_connections_per_address=2)
+    server.connect("2001:db8::1")
+    server.connect("2001:db8::2")
+    assert server.connect("2001:db8::3").closed
+    assert not server.connect("2001:db8:0:1::1").closed
+
+
 def test_max_connections_per_address() -> None:
     """Over the per-address limit only that address is refused."""
     server = limited(max_connections_per_address=2)

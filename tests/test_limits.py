@@ -18,6 +18,7 @@ from chat.limits import (
     Limits,
     Rate,
     RateLimiter,
+    address_key,
     raise_open_file_limit,
 )
 
@@ -170,3 +171,24 @@ def test_raise_open_file_limit() -> None:
             assert raise_open_file_limit(hard + 1000) == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_flood_of_keys_stays_bounded() -> None:
+    """Distinct keys that never refill cannot grow the limiter past max_keys."""
+    limiter = RateLimiter(Clock(), rate=0.001, burst=1, max_keys=100)
+    for key in range(1000):
+        limiter.charge(key)
+    assert len(limiter._buckets) <= 100
+    assert limiter.retry_after(999) > 0
+
+
+def test_address_keys() -> None:
+    """IPv4 as is; IPv6 by /64; IPv4-mapped IPv6 as IPv4."""
+    assert address_key("203.0.113.7") == "203.0.113.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert address_key("::ffff:198.51.100.1") == "198.51.100.1"
+    assert address_key("fe80::1%eth0") == "fe80::/64"
+    assert address_key("") == ""
+    assert address_key("not:an:address") == "not:an:address"
