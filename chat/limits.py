@@ -13,16 +13,21 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
    before any password hashing, so a refused attempt costs no KDF.
  - L{ConnectionTracker}: connections in total and per address
    (L{address_key}: IPv6 clients by their /64).
- - L{IdleTimer}: a timer that fires after some time without activity,
-   cheap to keep alive (activity only records a timestamp).
+ - L{take_token}: one connection's own token bucket, kept in two floats.
+ - L{Deadlines}: every connection's next deadline (login, idle) on one
+   timer, in slots of a second: adding and removing is O(1) and costs a
+   set entry, so 10,000 idle connections do not mean 10,000 timers.
  - L{Limits}: every limit's value, with the defaults of C{twistd chat}.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import math
 import resource
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -249,41 +254,104 @@ class ConnectionTracker:
         return self._by_address.get(address, 0)
 
 
-class IdleTimer:
+def take_token(
+    tokens: float, updated_at: float, now: float, rate: Rate
+) -> tuple[float, float]:
     """
-    Calls C{expired} once C{timeout} seconds pass without L{touch}.
+    Take one token from a bucket of C{rate} that held C{tokens} at
+    C{updated_at}.
 
-    L{touch} only records the time; the one scheduled call re-arms itself
-    for the remaining time when it finds there was activity, so keeping a
-    busy connection alive costs no timer operations.
+    @return: the tokens the bucket holds now, and 0 if one was taken, or
+        else the seconds until one can be.
+    """
+    tokens = min(rate.count, tokens + (now - updated_at) * rate.per_second)
+    if tokens >= 1:
+        return tokens - 1, 0.0
+    return tokens, (1 - tokens) / rate.per_second
+
+
+class HasDeadline(Protocol):
+    def deadline_passed(self, now: float) -> None:
+        """
+        Its deadline passed: act on it (perhaps L{Deadlines.add} it again).
+        """
+
+
+class Deadlines:
+    """
+    Deadlines of many items on one timer.
+
+    Items wait in slots of C{resolution} seconds, so a deadline is acted on
+    up to C{resolution} late. When a slot is due, each of its items is told
+    (L{HasDeadline.deadline_passed}); an item with another deadline adds
+    itself again. L{add} and L{remove} are O(1), and an item costs one set
+    entry.
     """
 
-    __slots__ = ("_call", "_clock", "_expired", "_last", "timeout")
-
-    def __init__(
-        self, clock: IReactorTime, timeout: float, expired: Callable[[], object]
-    ) -> None:
+    def __init__(self, clock: IReactorTime, resolution: float = 1.0) -> None:
         self._clock = clock
-        self.timeout = timeout
-        self._expired = expired
-        self._last = clock.seconds()
-        self._call: IDelayedCall | None = clock.callLater(timeout, self._check)
+        self.resolution = resolution
+        self._slots: dict[int, set[HasDeadline]] = {}
+        self._due: list[int] = []  # a heap of slots, perhaps emptied since
+        self._call: IDelayedCall | None = None
+        self._call_slot = 0
 
-    def touch(self) -> None:
-        self._last = self._clock.seconds()
+    def __len__(self) -> int:
+        return sum(len(items) for items in self._slots.values())
 
-    def cancel(self) -> None:
+    def add(self, item: HasDeadline, when: float) -> int:
+        """
+        Call C{item.deadline_passed} once C{when} has passed.
+
+        @return: the slot, for L{remove}.
+        """
+        now_slot = math.floor(self._clock.seconds() / self.resolution)
+        slot = max(math.ceil(when / self.resolution), now_slot + 1)
+        items = self._slots.get(slot)
+        if items is None:
+            items = self._slots[slot] = set()
+            heapq.heappush(self._due, slot)
+            self._arm()
+        items.add(item)
+        return slot
+
+    def remove(self, item: HasDeadline, slot: int) -> None:
+        items = self._slots.get(slot)
+        if items is None:
+            return
+        items.discard(item)
+        if not items:
+            del self._slots[slot]
+            if not self._slots:
+                self._due.clear()
+                if self._call is not None:
+                    self._call.cancel()
+                    self._call = None
+
+    def _arm(self) -> None:
+        while self._due and self._due[0] not in self._slots:
+            heapq.heappop(self._due)
+        if not self._due:
+            return
+        first = self._due[0]
         if self._call is not None:
+            if self._call_slot <= first:
+                return
             self._call.cancel()
-            self._call = None
+        delay = max(0.0, first * self.resolution - self._clock.seconds())
+        self._call = self._clock.callLater(delay, self._fire)
+        self._call_slot = first
 
-    def _check(self) -> None:
-        remaining = self._last + self.timeout - self._clock.seconds()
-        if remaining > 0:
-            self._call = self._clock.callLater(remaining, self._check)
-        else:
-            self._call = None
-            self._expired()
+    def _fire(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        while self._due and self._due[0] * self.resolution <= now:
+            slot = heapq.heappop(self._due)
+            for item in self._slots.pop(slot, ()):
+                item.deadline_passed(now)
+        if not self._slots:
+            self._due.clear()
+        self._arm()
 
 
 def address_key(host: str) -> str:

@@ -16,8 +16,9 @@ The flow on one connection:
     to the lines before it, and the connection is closed; nothing after it
     runs.
 
-Limits on one connection (values in L{chat.limits.Limits}, kept by the
-factory):
+Limits on one connection (values in L{chat.limits.Limits}; the factory
+keeps what connections share, including one L{chat.limits.Deadlines} for
+every connection's login deadline and idle timeout):
 
  - Over the connection limits (in total, per address) a new connection
    gets one ERROR reply and is closed.
@@ -66,11 +67,11 @@ from chat.errors import (
 from chat.interfaces import IChatUser
 from chat.limits import (
     ConnectionTracker,
+    Deadlines,
     FailureLimiter,
-    IdleTimer,
     Limits,
-    RateLimiter,
     address_key,
+    take_token,
 )
 from chat.logs import make_logger
 from chat.model import Message
@@ -88,6 +89,11 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
 ]
 
 _TOO_LONG = object()
+
+# Why reading is paused (bits of ChatProtocol._paused_by).
+_PIPELINE = 1  # too many lines queued behind a slow command
+_RATE = 2  # the command rate
+_OUTPUT = 4  # the client is not reading its replies
 
 
 def inbox_reply(messages: list[Message]) -> Reply:
@@ -119,14 +125,17 @@ class ChatProtocol(LineReceiver):
         self._draining = False
         self._input_closed = False
         self._peer = "?"
-        # Connection lifecycle and limits (see the module docstring).
+        # Connection lifecycle and limits (see the module docstring). This
+        # is kept small: a server holds thousands of idle connections.
         self._address = ""
         self._counted = False
         self._closing = False
         self._logged_in = False
-        self._pause_reasons: set[str] = set()
-        self._login_deadline: IDelayedCall | None = None
-        self._idle: IdleTimer | None = None
+        self._paused_by = 0
+        self._deadline_slot = 0
+        self._last_active = 0.0
+        self._rate_tokens = 0.0
+        self._rate_at = 0.0
         self._throttle: IDelayedCall | None = None
         self._producing = False
         self._output_blocked = False
@@ -150,37 +159,44 @@ class ChatProtocol(LineReceiver):
         self.log.info("Connection from {peer}", peer=self._peer)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True
-        self._login_deadline = factory.clock.callLater(
-            factory.limits.login_timeout, self._login_timed_out
+        now = factory.clock.seconds()
+        self._last_active = self._rate_at = now
+        if factory.limits.command_rate is not None:
+            self._rate_tokens = factory.limits.command_rate.count
+        self._deadline_slot = factory.deadlines.add(
+            self, now + factory.limits.login_timeout
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._input_closed = True
         self._closing = True
         self._queue.clear()
-        for call in (self._login_deadline, self._throttle):
-            if call is not None and call.active():
-                call.cancel()
-        self._login_deadline = self._throttle = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self.factory.command_limiter is not None:
-            self.factory.command_limiter.forget(self)
+        if self._throttle is not None and self._throttle.active():
+            self._throttle.cancel()
+        self._throttle = None
         if self._counted:
             self._counted = False
+            self.factory.deadlines.remove(self, self._deadline_slot)
             self.factory.connections.release(self._address)
             self.log.info("Connection from {peer} closed", peer=self._peer)
 
     # Lifecycle: login deadline, idle timeout, closing.
 
-    def _login_timed_out(self) -> None:
-        self._login_deadline = None
-        self._close_with_error("login timeout", "login_timeout")
-
-    def _idle_timed_out(self) -> None:
-        self._idle = None
-        self._close_with_error("idle timeout", "idle_timeout")
+    def deadline_passed(self, now: float) -> None:
+        """
+        Called by the factory's L{Deadlines}: before login, the login
+        deadline passed; after, the idle timeout may have.
+        """
+        if self._closing:
+            return
+        if not self._logged_in:
+            self._close_with_error("login timeout", "login_timeout")
+            return
+        idle_until = self._last_active + self.factory.limits.idle_timeout
+        if idle_until <= now:
+            self._close_with_error("idle timeout", "idle_timeout")
+        else:
+            self._deadline_slot = self.factory.deadlines.add(self, idle_until)
 
     def _close_with_error(self, message: str, code: str) -> None:
         self.log.info(
@@ -197,11 +213,11 @@ class ChatProtocol(LineReceiver):
         if self._logged_in or self._closing:
             return
         self._logged_in = True
-        if self._login_deadline is not None and self._login_deadline.active():
-            self._login_deadline.cancel()
-        self._login_deadline = None
-        self._idle = IdleTimer(
-            self.factory.clock, self.factory.limits.idle_timeout, self._idle_timed_out
+        factory = self.factory
+        factory.deadlines.remove(self, self._deadline_slot)
+        self._last_active = now = factory.clock.seconds()
+        self._deadline_slot = factory.deadlines.add(
+            self, now + factory.limits.idle_timeout
         )
 
     def _close(self, abort: bool = False) -> None:
@@ -228,18 +244,18 @@ class ChatProtocol(LineReceiver):
     # Reading: paused while any reason holds (too many queued lines, command
     # rate, a client that does not read its replies).
 
-    def _pause_reading(self, reason: str) -> None:
-        if not self._pause_reasons and not self._input_closed:
+    def _pause_reading(self, reason: int) -> None:
+        if not self._paused_by and not self._input_closed:
             # LineReceiver stops splitting buffered lines while paused.
             self.paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._pause_reasons.add(reason)
+        self._paused_by |= reason
 
-    def _resume_reading(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
+    def _resume_reading(self, reason: int) -> None:
+        if not self._paused_by & reason:
             return
-        self._pause_reasons.discard(reason)
-        if self._pause_reasons or self._input_closed:
+        self._paused_by &= ~reason
+        if self._paused_by or self._input_closed:
             return
         self.paused = False
         self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -251,12 +267,12 @@ class ChatProtocol(LineReceiver):
     def pauseProducing(self) -> None:
         self._output_blocked = True
         self._unsent = 0
-        self._pause_reading("output")
+        self._pause_reading(_OUTPUT)
 
     def resumeProducing(self) -> None:
         self._output_blocked = False
         self._unsent = 0
-        self._resume_reading("output")
+        self._resume_reading(_OUTPUT)
 
     def stopProducing(self) -> None:
         self._producing = False
@@ -268,14 +284,14 @@ class ChatProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
             return
-        if self._idle is not None:
-            self._idle.touch()
+        if self._logged_in:
+            self._last_active = self.factory.clock.seconds()
         if line.endswith(b"\r"):
             line = line[:-1]
         self._queue.append(line)
         self._drain()
         if len(self._queue) >= self.max_pipeline:
-            self._pause_reading("pipeline")
+            self._pause_reading(_PIPELINE)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._queue.append(_TOO_LONG)
@@ -304,26 +320,31 @@ class ChatProtocol(LineReceiver):
         finally:
             self._draining = False
         if len(self._queue) < self.max_pipeline // 2:
-            self._resume_reading("pipeline")
+            self._resume_reading(_PIPELINE)
 
     def _throttled(self) -> bool:
         """
         Whether the command rate says to wait; if so, pause reading until
         the connection may run its next command.
         """
-        limiter = self.factory.command_limiter
-        if limiter is None:
+        factory = self.factory
+        rate = factory.limits.command_rate
+        if rate is None:
             return False
-        wait = limiter.consume(self)
+        now = factory.clock.seconds()
+        self._rate_tokens, wait = take_token(
+            self._rate_tokens, self._rate_at, now, rate
+        )
+        self._rate_at = now
         if not wait:
             return False
-        self._pause_reading("rate")
-        self._throttle = self.factory.clock.callLater(wait, self._unthrottle)
+        self._pause_reading(_RATE)
+        self._throttle = factory.clock.callLater(wait, self._unthrottle)
         return True
 
     def _unthrottle(self) -> None:
         self._throttle = None
-        self._resume_reading("rate")
+        self._resume_reading(_RATE)
         self._drain()
 
     def _answered(self, reply: Reply | None) -> None:
@@ -496,11 +517,7 @@ class ChatFactory(Factory):
             limits.max_connections, limits.max_connections_per_address
         )
         self.failures = FailureLimiter.of(clock, limits)
-        self.command_limiter: RateLimiter | None = (
-            None
-            if limits.command_rate is None
-            else RateLimiter.of(clock, limits.command_rate)
-        )
+        self.deadlines = Deadlines(clock)
         self._waiting: list[Deferred[None]] | None = None
 
     @property

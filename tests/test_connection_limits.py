@@ -448,7 +448,6 @@ def test_default_limits() -> None:
     assert factory.limits.idle_timeout == 600
     assert factory.limits.max_output == 1024 * 1024
     assert factory.limits.max_mailbox == 10_000
-    assert factory.command_limiter is not None
 
 
 # Edges.

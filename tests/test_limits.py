@@ -1,6 +1,6 @@
 """
 The limit building blocks on a fake clock: token buckets, failure limits,
-connection counts, idle timers.
+connection counts, deadlines.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from twisted.internet.task import Clock
 from chat.errors import RateLimited
 from chat.limits import (
     ConnectionTracker,
+    Deadlines,
     FailureLimiter,
-    IdleTimer,
     Limits,
     Rate,
     RateLimiter,
     address_key,
     raise_open_file_limit,
+    take_token,
 )
 
 
@@ -133,29 +134,102 @@ def test_connection_tracker() -> None:
     assert tracker.admit("c") is None
 
 
-def test_idle_timer() -> None:
-    """The timer fires after timeout without a touch; touches push it back."""
+class Item:
+    """
+    A deadline holder that records when it was told, and may ask again.
+    """
+
+    def __init__(self, deadlines: Deadlines, again: float | None = None) -> None:
+        self.deadlines = deadlines
+        self.again = again
+        self.passed: list[float] = []
+        self.slot = 0
+
+    def deadline_passed(self, now: float) -> None:
+        self.passed.append(now)
+        if self.again is not None:
+            self.slot = self.deadlines.add(self, now + self.again)
+            self.again = None
+
+
+def test_deadlines_fire_in_order_on_one_timer() -> None:
+    """Many deadlines share one timer and each fires once it is due."""
     clock = Clock()
-    fired: list[float] = []
-    timer = IdleTimer(clock, 10, lambda: fired.append(clock.seconds()))
-    clock.advance(6)
-    timer.touch()
-    clock.advance(6)
-    assert fired == []
+    deadlines = Deadlines(clock)
+    items = [Item(deadlines) for _ in range(100)]
+    for i, item in enumerate(items):
+        item.slot = deadlines.add(item, 10 + i % 3)
     assert len(clock.getDelayedCalls()) == 1
-    clock.advance(4)
-    assert fired == [16]
-    assert clock.getDelayedCalls() == []
+    assert len(deadlines) == 100
+    clock.advance(9.5)
+    assert not any(item.passed for item in items)
+    clock.advance(0.5)
+    assert [bool(item.passed) for item in items[:3]] == [True, False, False]
+    clock.advance(2)
+    assert all(item.passed for item in items)
+    assert clock.getDelayedCalls() == [] and len(deadlines) == 0
 
 
-def test_idle_timer_cancel() -> None:
-    """A cancelled timer never fires and leaves no call behind."""
+def test_deadlines_round_up_to_their_slot() -> None:
+    """A deadline between slots fires at the next slot, never early."""
     clock = Clock()
-    timer = IdleTimer(clock, 10, lambda: pytest.fail("fired"))
-    timer.cancel()
-    timer.cancel()
-    clock.advance(20)
+    deadlines = Deadlines(clock, resolution=1.0)
+    item = Item(deadlines)
+    deadlines.add(item, 2.3)
+    clock.advance(2.9)
+    assert item.passed == []
+    clock.advance(0.1)
+    assert item.passed == [3.0]
+
+
+def test_deadline_removed_never_fires() -> None:
+    """A removed item is not told; with nothing left, no timer remains."""
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    kept, gone = Item(deadlines), Item(deadlines)
+    kept.slot = deadlines.add(kept, 5)
+    gone.slot = deadlines.add(gone, 5)
+    deadlines.remove(gone, gone.slot)
+    deadlines.remove(gone, gone.slot)
+    clock.advance(5)
+    assert (kept.passed, gone.passed) == ([5], [])
+    late = Item(deadlines)
+    late.slot = deadlines.add(late, 20)
+    deadlines.remove(late, late.slot)
     assert clock.getDelayedCalls() == []
+
+
+def test_deadline_added_again_and_earlier() -> None:
+    """An item may add itself again when told; an earlier slot re-arms the timer."""
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    repeating = Item(deadlines, again=7)
+    repeating.slot = deadlines.add(repeating, 10)
+    early = Item(deadlines)
+    early.slot = deadlines.add(early, 3)
+    clock.advance(3)
+    assert early.passed == [3]
+    clock.advance(7)
+    assert repeating.passed == [10]
+    clock.advance(7)
+    assert repeating.passed == [10, 17]
+    # A deadline already past waits for the next slot, not forever.
+    past = Item(deadlines)
+    past.slot = deadlines.add(past, 0)
+    clock.advance(1)
+    assert past.passed == [18]
+
+
+def test_take_token() -> None:
+    """A bucket in two floats: takes a token, or says how long to wait."""
+    rate = Rate(2, 1)
+    tokens, wait = take_token(2, 0, 0, rate)
+    assert (tokens, wait) == (1, 0)
+    tokens, wait = take_token(tokens, 0, 0, rate)
+    assert (tokens, wait) == (0, 0)
+    tokens, wait = take_token(tokens, 0, 0.25, rate)
+    assert tokens == pytest.approx(0.5) and wait == pytest.approx(0.25)
+    assert take_token(0, 0, 100, rate) == (1, 0)
 
 
 def test_raise_open_file_limit() -> None:
