@@ -124,6 +124,8 @@ class RateLimiter:
         """
         Seconds until C{key} may try again; 0 if it may now. Takes nothing.
         """
+        if key not in self._buckets:
+            return 0.0  # the common case, without asking the clock
         tokens = self._tokens(key, self.clock.seconds())
         return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 

@@ -458,17 +458,17 @@ class ChatProtocol(LineReceiver):
         except RateLimited:
             return fail()
         d = self.portal.login(SessionToken(token), None, IChatUser)
+        return d.addCallbacks(self._token_valid, self._token_invalid)
 
-        def found(result: tuple[Any, Any, Any]) -> Any:
+    def _token_valid(self, result: tuple[Any, Any, Any]) -> Any:
+        if not self._logged_in:
             self._logged_in_now()
-            return result[1]
+        return result[1]
 
-        def not_found(f: Failure) -> Failure:
-            if f.check(SessionNotFound):
-                failures.token_failed(self._address)
-            return f
-
-        return d.addCallbacks(found, not_found)
+    def _token_invalid(self, f: Failure) -> Failure:
+        if f.check(SessionNotFound):
+            self.factory.failures.token_failed(self._address)
+        return f
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):
