@@ -130,7 +130,7 @@ class ChatProtocol(LineReceiver):
         self._address = ""
         self._counted = False
         self._closing = False
-        self._logged_in = False
+        self._authenticated = False
         self._paused_by = 0
         self._deadline_slot = 0
         self._last_active = 0.0
@@ -189,7 +189,7 @@ class ChatProtocol(LineReceiver):
         """
         if self._closing:
             return
-        if not self._logged_in:
+        if not self._authenticated:
             self._close_with_error("login timeout", "login_timeout")
             return
         idle_until = self._last_active + self.factory.limits.idle_timeout
@@ -205,14 +205,14 @@ class ChatProtocol(LineReceiver):
         self._write(commands.error(message, code))
         self._close()
 
-    def _logged_in_now(self) -> None:
+    def _authenticated_now(self) -> None:
         """
         The connection proved who it is: the login deadline gives way to the
         idle timeout.
         """
-        if self._logged_in or self._closing:
+        if self._authenticated or self._closing:
             return
-        self._logged_in = True
+        self._authenticated = True
         factory = self.factory
         factory.deadlines.remove(self, self._deadline_slot)
         self._last_active = now = factory.clock.seconds()
@@ -284,7 +284,7 @@ class ChatProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
             return
-        if self._logged_in:
+        if self._authenticated:
             self._last_active = self.factory.clock.seconds()
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -448,7 +448,7 @@ class ChatProtocol(LineReceiver):
             "Login by {user} from {peer}", user=command.username, peer=self._peer
         )
         token = await IChatUser(avatar).open_session()
-        self._logged_in_now()
+        self._authenticated_now()
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
@@ -461,8 +461,8 @@ class ChatProtocol(LineReceiver):
         return d.addCallbacks(self._token_valid, self._token_invalid)
 
     def _token_valid(self, result: tuple[Any, Any, Any]) -> Any:
-        if not self._logged_in:
-            self._logged_in_now()
+        if not self._authenticated:
+            self._authenticated_now()
         return result[1]
 
     def _token_invalid(self, f: Failure) -> Failure:
