@@ -16,6 +16,10 @@ Grammar (requests, then the OK reply)::
     send <token> <to> <text...>   {"status":"OK","message":"Message Sent"}
     inbox <token>                 {"status":"OK","messages":{"<from>":[<msg>, ...]}}
     ping [<word>]                 {"status":"OK","message":"PONG"[,"echo":"<word>"]}
+    subscribe <token>             {"status":"OK","message":"Subscribed"}, then events
+    ack <token> <id>              {"status":"OK","message":"Acknowledged","count":<n>}
+    who <token>                   {"status":"OK","users":[{"username":..,
+                                                           "full_name":..}, ...]}
     quit                          {"status":"OK","message":"bye"}, then closes
 
     <msg> = {"msg_from":"<full name>","msg_to":"<full name>","msg":"<text>",
@@ -23,6 +27,15 @@ Grammar (requests, then the OK reply)::
 
 <text...> is the rest of the line after <to>, surrounding whitespace
 stripped and inner whitespace kept; it must not be empty.
+
+Events (only on a connection that sent subscribe; never a "status" key)::
+
+    {"event":"message", <msg keys>}        a message for the subscribed user
+    {"event":"presence","user":..,"full_name":..,"online":true|false}
+    {"event":"unsubscribed","reason":..}   the session ended (logout)
+
+Pushed messages stay undelivered until acknowledged with ack (every id up
+to the given one); at most a window of them is pushed unacknowledged.
 
 Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
 
@@ -34,6 +47,7 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     User Tidak Ditemukan      no_such_user       send: no such recipient
     invalid UTF-8 in request  bad_encoding       the line is not UTF-8
     NUL byte in request       bad_request        the line contains a NUL byte
+    <what is wrong>           bad_argument       a malformed argument (e.g. an id)
     line too long             line_too_long      then the server closes the connection
     storage unavailable       storage_unavailable  nothing was stored; retry later
     internal error            internal           a bug: logged on the server
@@ -71,6 +85,18 @@ class UnknownCommand(BadCommand):
 class MissingArgument(BadCommand):
     message = "--Protocol Tidak Benar"
     code = "missing_argument"
+
+
+class BadArgument(BadCommand):
+    """
+    An argument is malformed; the message says which and why.
+    """
+
+    code = "bad_argument"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class BadEncoding(BadCommand):
@@ -191,6 +217,40 @@ class Quit(Command):
     @classmethod
     def from_arguments(cls, rest: str) -> Quit:
         return cls()
+
+
+@verb("subscribe")
+@attrs.frozen
+class Subscribe(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Subscribe:
+        return cls(*words(rest, 1))
+
+
+@verb("ack")
+@attrs.frozen
+class Ack(Command):
+    token: str = attrs.field(repr=False)
+    up_to_id: int
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Ack:
+        token, up_to_id = words(rest, 2)
+        if not up_to_id.isascii() or not up_to_id.isdigit():
+            raise BadArgument("the message id must be a number")
+        return cls(token, int(up_to_id))
+
+
+@verb("who")
+@attrs.frozen
+class Who(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Who:
+        return cls(*words(rest, 1))
 
 
 def parse(line: bytes) -> Command:

@@ -4,6 +4,7 @@ The seams between the protocol, the realm and the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from chat.model import Message, Session, User
+    from chat.push import Subscription
 
 
 class IChatUser(Interface):
@@ -46,6 +48,64 @@ class IChatUser(Interface):
 
         @return: fires with the messages after the commit; fails with
             L{chat.errors.StorageUnavailable} (then nothing was marked).
+        """
+
+    def subscribe(client: IChatClient, token: str) -> Subscription:
+        """
+        Push this user's messages (and presence changes) to C{client} until
+        L{unsubscribe}, or until the session of C{token} ends.
+        """
+
+    def unsubscribe(subscription: Subscription) -> None:
+        """
+        Stop a subscription.
+        """
+
+    def acknowledge(up_to_id: int) -> Deferred[int]:
+        """
+        Mark this user's messages up to C{up_to_id} delivered.
+
+        @return: fires with how many were marked.
+        """
+
+    def online() -> list[tuple[str, str]]:
+        """
+        (username, full name) of every user with a live connection.
+        """
+
+
+class IChatClient(Interface):
+    """
+    The mind of a connection: what the realm can push to it.
+    """
+
+    def send_event(event: dict[str, object]) -> None:
+        """
+        Deliver one event (a JSON object with an C{"event"} key).
+        """
+
+
+class IFanout(Interface):
+    """
+    Tells listeners that messages were committed for their users.
+
+    In one process this is a dict of listeners; with several nodes on one
+    database it is fed by the database's notifications as well.
+    """
+
+    def listen(username: str, listener: Callable[[Message], None]) -> None:
+        """
+        Call C{listener} with each message committed for C{username}.
+        """
+
+    def unlisten(username: str, listener: Callable[[Message], None]) -> None:
+        """
+        Stop calling C{listener} (a no-op if it was not listening).
+        """
+
+    def publish(message: Message) -> None:
+        """
+        Announce a committed message to its recipient's listeners.
         """
 
 
@@ -150,6 +210,24 @@ class IChatStore(Interface):
         Return the user's undelivered messages, oldest first, and mark them
         delivered in the same transaction. Each message is returned by
         exactly one call.
+        """
+
+    def undelivered(
+        username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        """
+        Read (without marking) up to C{limit} undelivered messages of the
+        user with ids above C{after_id}, oldest first.
+        """
+
+    def mark_delivered(
+        username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        """
+        Mark every undelivered message of the user with an id up to
+        C{up_to_id} delivered.
+
+        @return: fires with how many were marked.
         """
 
     def close() -> Deferred[None]:

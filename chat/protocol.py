@@ -23,6 +23,7 @@ logged and answered with C{internal error}, never with a traceback.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -32,6 +33,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chat import commands
 from chat.checkers import SessionToken
@@ -43,7 +45,7 @@ from chat.errors import (
     UnknownUser,
     WrongPassword,
 )
-from chat.interfaces import IChatUser
+from chat.interfaces import IChatClient, IChatUser
 from chat.logs import make_logger
 from chat.model import Message
 
@@ -71,6 +73,7 @@ def inbox_reply(messages: list[Message]) -> Reply:
     return commands.ok(messages=grouped)
 
 
+@implementer(IChatClient)
 class ChatProtocol(LineReceiver):
     """
     One client connection speaking the v1 line protocol.
@@ -91,6 +94,8 @@ class ChatProtocol(LineReceiver):
         self._input_closed = False
         self._reading_paused = False
         self._peer = "?"
+        self._logouts: dict[str, Callable[[], None]] = {}
+        self._subscription: tuple[Any, Any] | None = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -100,6 +105,10 @@ class ChatProtocol(LineReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._input_closed = True
         self._queue.clear()
+        self._unsubscribe()
+        logouts, self._logouts = self._logouts, {}
+        for logout in logouts.values():
+            logout()
         self.log.info("Connection from {peer} closed", peer=self._peer)
 
     # Input.
@@ -194,6 +203,32 @@ class ChatProtocol(LineReceiver):
             reply["echo"] = command.echo
         return succeed(reply)
 
+    def do_subscribe(self, command: commands.Subscribe) -> Deferred[Reply | None]:
+        def subscribe(avatar: IChatUser) -> None:
+            self._unsubscribe()
+            # The reply goes out before the first event.
+            self._write(commands.ok(message="Subscribed"))
+            self._subscription = (avatar, avatar.subscribe(self, command.token))
+
+        return self._with_avatar(command.token).addCallback(subscribe)
+
+    def do_ack(self, command: commands.Ack) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.acknowledge(command.up_to_id))
+        return d.addCallback(
+            lambda count: commands.ok(message="Acknowledged", count=count)
+        )
+
+    def do_who(self, command: commands.Who) -> Deferred[Reply | None]:
+        def who(avatar: IChatUser) -> Reply:
+            users = [
+                {"username": username, "full_name": full_name}
+                for username, full_name in avatar.online()
+            ]
+            return commands.ok(users=users)
+
+        return self._with_avatar(command.token).addCallback(who)
+
     def do_quit(self, command: commands.Quit) -> Deferred[Reply | None]:
         self._write(commands.ok(message="bye"))
         self._input_closed = True
@@ -207,7 +242,7 @@ class ChatProtocol(LineReceiver):
     async def _login(self, command: commands.Auth) -> Reply | None:
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
         try:
-            _, avatar, _ = await self.portal.login(credentials, None, IChatUser)
+            _, avatar, logout = await self.portal.login(credentials, self, IChatUser)
         except UnauthorizedLogin as e:
             self.log.info(
                 "Failed login for {user} from {peer}: {why}",
@@ -219,12 +254,29 @@ class ChatProtocol(LineReceiver):
         self.log.info(
             "Login by {user} from {peer}", user=command.username, peer=self._peer
         )
+        self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
-        d = self.portal.login(SessionToken(token), None, IChatUser)
-        return d.addCallback(lambda result: result[1])
+        d = self.portal.login(SessionToken(token), self, IChatUser)
+        return d.addCallback(self._logged_in)
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
+        _, avatar, logout = result
+        self._logouts.setdefault(avatar.username, logout)
+        return avatar
+
+    def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            avatar, subscription = self._subscription
+            self._subscription = None
+            avatar.unsubscribe(subscription)
+
+    # IChatClient
+
+    def send_event(self, event: dict[str, object]) -> None:
+        self._write(event)
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):

@@ -13,9 +13,13 @@ The flow, step by step:
  3. For C{send} and C{inbox} the protocol logs in again with that token
     (L{SessionChecker}, answered from a cache) and calls the avatar.
  4. L{ChatUser.send} stores the message; the Deferred fires only after the
-    store committed it, and only then does the client hear "Message Sent".
-    L{ChatUser.inbox} takes the undelivered messages and marks them
-    delivered in one transaction.
+    store committed it, and only then does the client hear "Message Sent"
+    and is the message published to the recipient's subscriptions
+    (L{chat.push}). L{ChatUser.inbox} takes the undelivered messages and
+    marks them delivered in one transaction.
+ 5. Each login passes the connection as the cred "mind": the realm counts
+    the user as online while it has a connection, and the logout callable
+    it returns takes the connection away again.
 
 The protocol never touches the store: it only talks to the portal and the
 avatars it gets from it.
@@ -24,6 +28,7 @@ avatars it gets from it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -34,35 +39,84 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat.errors import NoSuchUser, SessionNotFound
-from chat.interfaces import IChatStore, IChatUser
+from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
 from chat.logs import make_logger
-from chat.model import Message
-from chat.sessions import SessionManager
+from chat.model import Message, User
+from chat.push import LocalFanout, Presence, Subscription
+from chat.sessions import SessionManager, hash_token
 
 
 @implementer(IRealm)
 @attrs.define
 class ChatRealm:
     """
-    Hands out L{ChatUser} avatars.
+    Hands out L{ChatUser} avatars and keeps the live state: who is online
+    (one entry per connection, the cred "mind") and the subscriptions.
     """
 
     store: IChatStore
     clock: IReactorTime
     sessions: SessionManager
+    fanout: IFanout = attrs.field(factory=LocalFanout)
+    push_window: int = 100
+    presence: Presence = attrs.field(factory=Presence)
+    _subscriptions: dict[str, set[Subscription]] = attrs.field(factory=dict)
 
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
-    ) -> tuple[Any, ChatUser, Callable[[], None]]:
+    ) -> tuple[Any, ChatUser, Callable[[], None]] | Deferred[Any]:
         if IChatUser not in interfaces:
             raise NotImplementedError("ChatRealm only provides IChatUser")
         username = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        return IChatUser, ChatUser(self, username), _nothing_to_clean_up
+        avatar = ChatUser(self, username)
+        if mind is None:
+            return IChatUser, avatar, _nothing_to_clean_up
+        logout = partial(self.presence.detach, username, mind)
+        if self.presence.is_attached(username, mind):
+            return IChatUser, avatar, logout
+
+        def attach(user: User) -> tuple[Any, ChatUser, Callable[[], None]]:
+            self.presence.attach(username, user.full_name, mind)
+            return IChatUser, avatar, logout
+
+        def gone(f: Failure) -> None:
+            f.trap(NoSuchUser)
+            raise SessionNotFound("the user no longer exists")
+
+        return self.store.get_user(username).addCallbacks(attach, gone)
+
+    def subscriptions_of(self, username: str) -> list[Subscription]:
+        return list(self._subscriptions.get(username, ()))
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        self._subscriptions.setdefault(subscription.username, set()).add(subscription)
+        self.presence.watch(subscription.client)
+        subscription.start()
+
+    def remove_subscription(self, subscription: Subscription) -> None:
+        subscription.stop()
+        self.presence.unwatch(subscription.client)
+        subscriptions = self._subscriptions.get(subscription.username, set())
+        subscriptions.discard(subscription)
+        if not subscriptions:
+            self._subscriptions.pop(subscription.username, None)
+
+    def end_subscriptions(self, token_hash: str, reason: str) -> None:
+        """
+        Stop every subscription made with this session (it ended).
+        """
+        for subscriptions in list(self._subscriptions.values()):
+            for subscription in list(subscriptions):
+                if subscription.token_hash == token_hash:
+                    self.remove_subscription(subscription)
+                    subscription.client.send_event(
+                        {"event": "unsubscribed", "reason": reason}
+                    )
 
 
 def _nothing_to_clean_up() -> None:
     """
-    Avatars hold no per-connection state yet, so logging out is a no-op.
+    A login without a mind (a connection) leaves nothing to clean up.
     """
 
 
@@ -92,6 +146,7 @@ class ChatUser:
                 sender=self.username,
                 recipient=recipient,
             )
+            self.realm.fanout.publish(message)
             return message
 
         def sender_gone(f: Failure) -> Failure:
@@ -114,6 +169,41 @@ class ChatUser:
                 user=self.username,
                 count=len(messages),
             )
+            if messages:
+                self._delivered(messages[-1].id)
             return messages
 
         return d.addCallback(drained)
+
+    def subscribe(self, client: IChatClient, token: str) -> Subscription:
+        subscription = Subscription(
+            self.realm.store,
+            self.realm.fanout,
+            self.realm.clock,
+            client,
+            self.username,
+            hash_token(token),
+            self.realm.push_window,
+        )
+        self.realm.add_subscription(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.realm.remove_subscription(subscription)
+
+    def acknowledge(self, up_to_id: int) -> Deferred[int]:
+        now = self.realm.clock.seconds()
+        d = self.realm.store.mark_delivered(self.username, up_to_id, now)
+
+        def marked(count: int) -> int:
+            self._delivered(up_to_id)
+            return count
+
+        return d.addCallback(marked)
+
+    def _delivered(self, up_to_id: int) -> None:
+        for subscription in self.realm.subscriptions_of(self.username):
+            subscription.acknowledged(up_to_id)
+
+    def online(self) -> list[tuple[str, str]]:
+        return self.realm.presence.online()

@@ -96,6 +96,7 @@ class Server:
         idle: float = 3600.0,
         max_age: float = 86400.0,
         max_line: int = 16 * 1024,
+        push_window: int = 100,
     ) -> None:
         self.clock = clock or Clock()
         if store is None:
@@ -104,7 +105,9 @@ class Server:
                 result_of(store.add_user(user))
         self.store = store
         self.sessions = SessionManager(store, self.clock, idle, max_age)
-        self.realm = ChatRealm(store, self.clock, self.sessions)
+        self.realm = ChatRealm(
+            store, self.clock, self.sessions, push_window=push_window
+        )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, InlineHasher()), SessionChecker(self.sessions)],
@@ -138,6 +141,12 @@ class Connection:
         self.transport.clear()
         assert data == b"" or data.endswith(b"\r\n\r\n"), data
         return [json.loads(chunk) for chunk in data.split(b"\r\n\r\n") if chunk]
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        The replies and events written since the last call, parsed.
+        """
+        return self.replies()
 
     def request(self, line: str) -> dict[str, Any]:
         """

@@ -349,3 +349,36 @@ def test_open_store_descriptions(tmp_path: Path) -> None:
     assert isinstance(store, SQLiteStore)
     with pytest.raises(ValueError, match="unknown store"):
         open_store(reactor, "mysql://nope")
+
+
+@pytest_twisted.ensureDeferred
+async def test_undelivered_and_mark_delivered(store: Any) -> None:
+    """Reading undelivered messages marks nothing; marking goes up to an id."""
+    await _with_users(store)
+    ids = [
+        (await store.store_message("messi", "henderson", f"m{i}", 1.0)).id
+        for i in range(5)
+    ]
+    await store.store_message("henderson", "messi", "other mailbox", 1.0)
+    page = await store.undelivered("henderson", 0, 3)
+    assert [m.text for m in page] == ["m0", "m1", "m2"]
+    assert [m.text for m in await store.undelivered("henderson", ids[2], 10)] == [
+        "m3",
+        "m4",
+    ]
+    assert len(await store.undelivered("henderson", 0, 10)) == 5
+    assert await store.mark_delivered("henderson", ids[1], 2.0) == 2
+    assert await store.mark_delivered("henderson", ids[1], 2.0) == 0
+    assert [m.text for m in await store.undelivered("henderson", 0, 10)] == [
+        "m2",
+        "m3",
+        "m4",
+    ]
+    assert [m.text for m in await store.drain_inbox("henderson", 3.0)] == [
+        "m2",
+        "m3",
+        "m4",
+    ]
+    assert [m.text for m in await store.undelivered("messi", 0, 10)] == [
+        "other mailbox"
+    ]

@@ -161,5 +161,38 @@ class MemoryStore:
 
         return self._run(drain)
 
+    def undelivered(
+        self, username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        def read() -> list[Message]:
+            found = [
+                stored.message
+                for stored in self.messages
+                if stored.message.recipient == username
+                and stored.delivered_at is None
+                and stored.message.id > after_id
+            ]
+            return found[:limit]
+
+        return self._run(read)
+
+    def mark_delivered(
+        self, username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        def mark() -> int:
+            count = 0
+            for stored in self.messages:
+                message = stored.message
+                if (
+                    message.recipient == username
+                    and stored.delivered_at is None
+                    and message.id <= up_to_id
+                ):
+                    stored.delivered_at = delivered_at
+                    count += 1
+            return count
+
+        return self._run(mark)
+
     def close(self) -> Deferred[None]:
         return succeed(None)

@@ -258,6 +258,16 @@ class SQLiteStore:
     ) -> Deferred[list[Message]]:
         return self._run(_drain_inbox_txn, username, delivered_at)
 
+    def undelivered(
+        self, username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        return self._run(_undelivered_txn, username, after_id, limit)
+
+    def mark_delivered(
+        self, username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        return self._run(_mark_delivered_txn, username, up_to_id, delivered_at)
+
 
 # The operations. Each runs inside the batch transaction, in the store's
 # thread; a ChatError undoes just that operation.
@@ -416,3 +426,28 @@ def _drain_inbox_txn(
             (delivered_at, username, rows[-1][0]),
         )
     return [Message(*row) for row in rows]
+
+
+def _undelivered_txn(
+    connection: sqlite3.Connection, username: str, after_id: int, limit: int
+) -> list[Message]:
+    rows = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE recipient = ?"
+        " AND delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+        (username, after_id, limit),
+    ).fetchall()
+    return [Message(*row) for row in rows]
+
+
+def _mark_delivered_txn(
+    connection: sqlite3.Connection,
+    username: str,
+    up_to_id: int,
+    delivered_at: float,
+) -> int:
+    cursor = connection.execute(
+        "UPDATE messages SET delivered_at = ?"
+        " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
+        (delivered_at, username, up_to_id),
+    )
+    return cursor.rowcount
