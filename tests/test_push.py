@@ -113,7 +113,7 @@ def test_window_bounds_unacked_pushes() -> None:
     assert texts(events) == ["m0", "m1", "m2"]
     messi.request(f"send {token} henderson m5")
     assert henderson.events() == []
-    henderson.send(f"ack {token_h} {events[2]['id']}\r\n".encode())
+    henderson.send(f"ack {token_h} {events[-1]['id']}\r\n".encode())
     after = henderson.events()
     # Events may come before or after the ack's reply.
     assert [e["message"] for e in after if "status" in e] == ["Acknowledged"]
@@ -171,7 +171,7 @@ def test_who_and_presence_events() -> None:
 def test_second_connection_keeps_user_online() -> None:
     """A user stays online while any of their connections is open."""
     server = Server()
-    watcher, token_w = subscribed(server, "lineker")
+    watcher, _ = subscribed(server, "lineker")
     first = server.connect()
     first.login("messi")
     second = server.connect()
