@@ -439,6 +439,7 @@ class Options(usage.Options):
 async def run(reactor: Any, options: Options) -> int:
     interactive = sys.stdin.isatty()
     endpoint = clientFromString(reactor, options["connect"])
+
     def connect(wait: bool) -> Deferred[Any]:
         return service.whenConnected(failAfterFailures=None if wait else 1)
 

@@ -77,6 +77,7 @@ class ChatService(Service):
         max_line: int = 16 * 1024,
         session_idle: float = 86400.0,
         session_max_age: float = 30 * 86400.0,
+        push_window: int = 100,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -84,7 +85,7 @@ class ChatService(Service):
         self.hasher = hasher or Argon2Hasher(reactor)
         self.demo = demo
         self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
-        self.realm = ChatRealm(store, reactor, self.sessions)
+        self.realm = ChatRealm(store, reactor, self.sessions, push_window=push_window)
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],

@@ -85,6 +85,13 @@ class Options(usage.Options):
             duration,
         ],
         [
+            "push-window",
+            None,
+            100,
+            "Most pushed messages a subscriber may leave unacknowledged.",
+            positive_int,
+        ],
+        [
             "hash-concurrency",
             None,
             2,
@@ -149,4 +156,5 @@ def makeService(options: Options) -> IService:
         max_line=options["max-line"],
         session_idle=options["session-idle"],
         session_max_age=options["session-max-age"],
+        push_window=options["push-window"],
     )

@@ -75,12 +75,15 @@ def test_make_service(tmp_path: Path) -> None:
         "1000",
         "--session-idle",
         "1h",
+        "--push-window",
+        "7",
     )
     service = tap.makeService(options)
     assert isinstance(service, ChatService)
     assert service.demo
     assert service.factory.max_line == 1000
     assert service.sessions.idle_timeout == 3600
+    assert service.realm.push_window == 7
     assert (tmp_path / "c.sqlite").exists()
 
 
