@@ -219,7 +219,10 @@ class Controller:
             return
         if self.interactive:
             self.console.write(f"\r\x1b[K{text}\n")
-            self.show_prompt()
+            if not self._running:
+                # Between commands: the person may be typing, so give the
+                # prompt back. After a command, _ran draws it.
+                self.show_prompt()
         else:
             self.console.write(f"{text}\n")
 

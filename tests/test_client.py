@@ -242,7 +242,11 @@ def test_prompt_shows_user() -> None:
     assert h.output() == "chat> "
     h.type("auth messi surabaya")
     h.reply({"status": "OK", "tokenid": "T1"})
-    assert h.output().endswith("messi> ")
+    h.reply({"status": "OK", "message": "Subscribed"})
+    assert h.output() == "\r\x1b[Klogged in as messi\nmessi> "
+    h.type("who")
+    h.reply({"status": "OK", "users": []})
+    assert h.output() == "\r\x1b[Konline: nobody\nmessi> "
 
 
 def test_client_against_in_memory_server() -> None:
