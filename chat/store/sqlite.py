@@ -273,6 +273,11 @@ class SQLiteStore:
 # thread; a ChatError undoes just that operation.
 
 _USER_COLUMNS = "username, full_name, country, password_hash"
+# Mailbox queries must walk the small partial index of undelivered messages,
+# not every message the user ever received: SQLite's planner, without
+# statistics, prefers the full (recipient, id) index for "id > ?" ranges.
+_UNDELIVERED = "messages INDEXED BY messages_undelivered"
+
 _MESSAGE_COLUMNS = "id, sender, recipient, sender_name, recipient_name, body, sent_at"
 
 
@@ -415,13 +420,13 @@ def _drain_inbox_txn(
     connection: sqlite3.Connection, username: str, delivered_at: float
 ) -> list[Message]:
     rows = connection.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
         " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id",
         (username,),
     ).fetchall()
     if rows:
         connection.execute(
-            "UPDATE messages SET delivered_at = ?"
+            f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
             " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
             (delivered_at, username, rows[-1][0]),
         )
@@ -432,7 +437,7 @@ def _undelivered_txn(
     connection: sqlite3.Connection, username: str, after_id: int, limit: int
 ) -> list[Message]:
     rows = connection.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE recipient = ?"
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED} WHERE recipient = ?"
         " AND delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
         (username, after_id, limit),
     ).fetchall()
@@ -446,7 +451,7 @@ def _mark_delivered_txn(
     delivered_at: float,
 ) -> int:
     cursor = connection.execute(
-        "UPDATE messages SET delivered_at = ?"
+        f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
         " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
         (delivered_at, username, up_to_id),
     )
