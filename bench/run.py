@@ -97,6 +97,22 @@ def free_port() -> int:
         return port
 
 
+def chat_version(src: str) -> str:
+    """
+    The commit of the chat sources measured, and whether chat/ had local
+    changes then.
+    """
+
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", "-C", src, *command], capture_output=True)
+        return done.stdout.decode(errors="replace").strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (
+        " + uncommitted changes" if git("status", "--short", "chat") else ""
+    )
+
+
 # /proc readings.
 
 
@@ -505,18 +521,29 @@ def print_idle(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
 
 
+def interference(r: dict[str, Any]) -> str | None:
+    """
+    Whether a CPU was much busier than the process pinned to it (the server
+    on CPU 0, loadgen on CPU 1): then something else competed with it, and
+    the run's figures are too low. Kernel I/O threads take a few % at most.
+    """
+    busy = r.get("cpu_busy_pct", {})
+    for cpu, key, who in (
+        ("cpu0", "server_cpu_pct", "the server"),
+        ("cpu1", "lg_cpu_pct", "loadgen"),
+    ):
+        if cpu in busy and r.get(key) is not None and busy[cpu] - r[key] > 20:
+            return f"{cpu} was {busy[cpu]:.0f}% busy but {who} used {r[key]:.0f}%"
+    return None
+
+
 def print_interference(results: list[dict[str, Any]]) -> None:
-    """
-    Warn about runs where CPU 0 was much busier than the server itself:
-    another process competed with it, and its figures are too low.
-    """
     for r in results:
-        busy, own = r.get("cpu_busy_pct", {}).get("cpu0"), r.get("server_cpu_pct")
-        if busy is not None and own is not None and busy - own > 20:
+        why = interference(r)
+        if why:
             print(
-                f"\n?? {r['server']} with {r['conns']} connections: CPU 0 was "
-                f"{busy:.0f}% busy but the server used {own:.0f}%: something "
-                "else ran on it; rerun on a quiet machine"
+                f"\n?? {r['server']} with {r['conns']} connections: {why}: "
+                "something else ran there, so these figures are too low"
             )
 
 
@@ -581,6 +608,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="do not pin the server to CPU 0 and loadgen to CPU 1",
     )
+    add(
+        "--retries",
+        type=int,
+        default=2,
+        help="rerun a load run this often while another process competes "
+        "for the CPUs (%(default)s)",
+    )
     add("--json", metavar="PATH", help="also write every figure as JSON")
     add("--keep", action="store_true", help="keep the servers' directories and logs")
     args = parser.parse_args(argv)
@@ -624,6 +658,7 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "nofile": nofile,
         },
+        "chat": chat_version(args.chat_src),
         "closed": [],
         "idle": [],
     }
@@ -632,7 +667,14 @@ def main(argv: list[str]) -> int:
         for kind in args.servers:
             for conns in args.conns:
                 log(f"{kind}: {conns} connections, {args.duration:g} s")
-                r = closed_run(kind, conns, args, workdir)
+                for attempt in range(1 + args.retries):
+                    r = closed_run(kind, conns, args, workdir)
+                    r["attempt"] = attempt + 1
+                    why = interference(r)
+                    if not why or attempt == args.retries:
+                        break
+                    log(f"  {why}: something else ran; again in 10 s")
+                    time.sleep(10)
                 results["closed"].append(r)
                 if "rps" in r:
                     log(
@@ -653,6 +695,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
+    print(f"twistd chat from {args.chat_src} at {results['chat']}")
     print_closed(results["closed"], args)
     if results["idle"]:
         print()
