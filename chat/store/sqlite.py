@@ -860,20 +860,32 @@ def _list_groups_txn(connection: sqlite3.Connection, username: str) -> list[Grou
 
 def _page(
     connection: sqlite3.Connection,
-    query: str,
-    arguments: tuple[Any, ...],
+    conditions: list[tuple[str, tuple[Any, ...]]],
     limit: int,
     before_id: int | None,
     max_bytes: int | None,
 ) -> Page:
+    """
+    The newest messages matching any of C{conditions} (each a WHERE clause
+    and its arguments, disjoint, each served by an index in id order).
+    """
+    below = _NO_ID_LIMIT if before_id is None else before_id
+    branches = [
+        f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages"
+        f" WHERE {where} AND id < ? ORDER BY id DESC LIMIT ?)"
+        for where, _ in conditions
+    ]
+    arguments = [a for _, args in conditions for a in (*args, below, limit + 1)]
     cursor = connection.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE ({query}) AND id < ?"
-        " ORDER BY id DESC LIMIT ?",
-        (*arguments, _NO_ID_LIMIT if before_id is None else before_id, limit + 1),
+        " UNION ALL ".join(branches) + " ORDER BY id DESC LIMIT ?",
+        (*arguments, limit + 1),
     )
     rows, more = _within(cursor, max_bytes, limit)
     cursor.close()
     return Page(tuple(_messages(connection, rows)), more)
+
+
+_CONVERSATION = "recipient = ? AND sender = ? AND group_name IS NULL"
 
 
 def _conversation_txn(
@@ -885,15 +897,10 @@ def _conversation_txn(
     max_bytes: int | None,
 ) -> Page:
     _require_user(connection, peer)
-    return _page(
-        connection,
-        "group_name IS NULL AND ((recipient = ? AND sender = ?)"
-        " OR (recipient = ? AND sender = ?))",
-        (peer, username, username, peer),
-        limit,
-        before_id,
-        max_bytes,
-    )
+    conditions = [(_CONVERSATION, (peer, username))]
+    if peer != username:
+        conditions.append((_CONVERSATION, (username, peer)))
+    return _page(connection, conditions, limit, before_id, max_bytes)
 
 
 def _group_history_txn(
@@ -909,8 +916,7 @@ def _group_history_txn(
         raise NotAMember(group, username)
     return _page(
         connection,
-        "recipient = ? AND group_name = ?",
-        (username, group),
+        [("recipient = ? AND group_name = ?", (username, group))],
         limit,
         before_id,
         max_bytes,
