@@ -282,8 +282,10 @@ class ChatUser:
     def history(
         self, peer: str, limit: int, before_id: int | None = None
     ) -> Deferred[Page]:
-        return self.realm.store.conversation(
-            self.username, peer, limit, before_id, REPLY_BUDGET
+        return self._stored(
+            self.realm.store.conversation(
+                self.username, peer, limit, before_id, REPLY_BUDGET
+            )
         )
 
     def group_history(

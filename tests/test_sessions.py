@@ -244,3 +244,28 @@ def test_lookup_in_flight_does_not_revive_ended_session() -> None:
     late = restarted.resolve(token)
     fifo.release()
     failure_of(late, SessionNotFound)
+
+
+def test_avatar_and_registrar_provide_their_interfaces() -> None:
+    """ChatUser provides IChatUser and Registrar IRegistrar, signatures included."""
+    from zope.interface.verify import verifyObject
+
+    from chat.interfaces import IRegistrar
+
+    server = Server()
+    _, avatar, _ = result_of(
+        server.portal.login(UsernamePassword("messi", "surabaya"), None, IChatUser)
+    )
+    assert verifyObject(IChatUser, avatar)
+    assert verifyObject(IRegistrar, server.registrar)
+
+
+def test_history_with_oneself_after_deletion_is_no_session() -> None:
+    """A deleted user asking for its own notes is refused like a bad session."""
+    server = Server()
+    client = server.connect()
+    token = client.login("lineker")
+    result_of(server.store.delete_user("lineker"))
+    # The cached session still resolves until the next touch.
+    reply = client.request(f"history {token} lineker")
+    assert reply["code"] == "no_session"
