@@ -7,7 +7,8 @@ The flow on one connection:
     L{chat.commands.parse}; a bad line gets an ERROR reply and the
     connection stays usable.
  2. C{auth} logs in through the portal with the username and password and
-    opens a session; every other command logs in through the portal with
+    opens a session; C{register} asks the factory's L{IRegistrar} (it
+    needs no login); every other command logs in through the portal with
     the token it carries, and calls the L{IChatUser} avatar it gets.
  3. Replies go out in request order: while one command waits (for the
     store's commit, or a password hash), later lines wait in a queue; if a
@@ -38,27 +39,68 @@ from zope.interface import implementer
 from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
+    AlreadyAMember,
+    CannotKickSelf,
+    FileTooLarge,
+    GroupExists,
+    InvalidFileName,
+    InvalidFullName,
+    InvalidGroupName,
+    InvalidPassword,
+    InvalidUsername,
+    NoSuchGroup,
     NoSuchUser,
+    NoSuchUsers,
+    NotAMember,
+    NotGroupOwner,
     RateLimited,
+    RegistrationClosed,
     SessionNotFound,
     StorageUnavailable,
+    TooManyRecipients,
     UnknownUser,
+    UserExists,
     WrongPassword,
 )
-from chat.interfaces import IChatClient, IChatUser
+from chat.interfaces import IChatClient, IChatUser, IRegistrar
 from chat.logs import make_logger
-from chat.model import Message
+from chat.model import Group, Message, Page
 
 Reply = dict[str, object]
 
-#: Domain failures and their wire replies, most specific first.
+#: Domain failures and their wire replies, most specific first. The
+#: message is formatted with the exception ("{}" is its text).
 ERRORS: list[tuple[type[Exception], str, str]] = [
     (UnknownUser, "User Tidak Ada", "unknown_user"),
     (WrongPassword, "Password Salah", "wrong_password"),
     (SessionNotFound, "Session Tidak Ditemukan", "no_session"),
     (NoSuchUser, "User Tidak Ditemukan", "no_such_user"),
+    (NoSuchUsers, "User Tidak Ditemukan: {}", "no_such_user"),
     (StorageUnavailable, "storage unavailable", "storage_unavailable"),
+    (RegistrationClosed, "registration is disabled", "registration_closed"),
+    (InvalidUsername, "invalid username: {}", "invalid_username"),
+    (InvalidPassword, "invalid password: {}", "invalid_password"),
+    (InvalidFullName, "invalid full name: {}", "invalid_full_name"),
+    (UserExists, "user already exists", "user_exists"),
+    (InvalidGroupName, "invalid group name: {}", "invalid_group_name"),
+    (NoSuchGroup, "no such group", "no_such_group"),
+    (GroupExists, "group already exists", "group_exists"),
+    (NotAMember, "not a member of the group", "not_a_member"),
+    (AlreadyAMember, "already a member of the group", "already_member"),
+    (NotGroupOwner, "only the group owner can do this", "not_owner"),
+    (CannotKickSelf, "the owner cannot kick themselves", "cannot_kick_self"),
+    (TooManyRecipients, "too many recipients", "too_many_recipients"),
+    (InvalidFileName, "invalid file name: {}", "invalid_file_name"),
+    (FileTooLarge, "file too large", "file_too_large"),
 ]
+
+#: Extra keys of some error replies.
+ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
+    NoSuchUsers: lambda e: {"users": list(e.usernames)},
+    NotAMember: lambda e: {"group": e.name, "username": e.username},
+    TooManyRecipients: lambda e: {"max_recipients": e.limit},
+    FileTooLarge: lambda e: {"max_file_size": e.limit},
+}
 
 _TOO_LONG = object()
 
@@ -71,6 +113,31 @@ def inbox_reply(messages: list[Message]) -> Reply:
     for message in messages:
         grouped.setdefault(message.sender, []).append(message.to_wire())
     return commands.ok(messages=grouped)
+
+
+def history_reply(page: Page) -> Reply:
+    """
+    One page of a history, newest first, and where the next page starts.
+    """
+    next_before_id = page.messages[-1].id if page.more and page.messages else None
+    return commands.ok(
+        messages=[message.to_wire() for message in page.messages],
+        next_before_id=next_before_id,
+    )
+
+
+def file_sent_reply(messages: list[Message]) -> Reply:
+    first = messages[0]
+    return commands.ok(
+        message="File Sent",
+        file_name=first.file_name,
+        file_size=first.file_size,
+        file_sha256=first.file_sha256,
+    )
+
+
+def group_reply(message: str) -> Callable[[Group], Reply]:
+    return lambda group: commands.ok(message=message, group=group.to_wire())
 
 
 @implementer(IChatClient)
@@ -96,10 +163,14 @@ class ChatProtocol(LineReceiver):
         self._peer = "?"
         self._logouts: dict[str, Callable[[], None]] = {}
         self._subscription: tuple[Any, Any] | None = None
+        self._host = "?"
+        self._partial: list[bytes] = []
+        self._partial_length = 0
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._host = str(getattr(peer, "host", peer))
+        self._peer = f"{self._host}:{getattr(peer, 'port', '')}"
         self.log.info("Connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -109,9 +180,32 @@ class ChatProtocol(LineReceiver):
         logouts, self._logouts = self._logouts, {}
         for logout in logouts.values():
             logout()
+        self._partial.clear()
         self.log.info("Connection from {peer} closed", peer=self._peer)
 
     # Input.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Collect the reads of a long line until one brings its end.
+
+        LineReceiver appends every read to its buffer and searches all of
+        it for the delimiter, which is quadratic in the reads of one line;
+        lines carrying files are megabytes long.
+        """
+        if self._input_closed:
+            return
+        if self.delimiter not in data and not self._busyReceiving:
+            self._partial.append(data)
+            self._partial_length += len(data)
+            if len(self._buffer) + self._partial_length <= self.MAX_LENGTH:
+                return
+            data = b""
+        if self._partial:
+            data = b"".join(self._partial) + data
+            self._partial.clear()
+            self._partial_length = 0
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
@@ -196,6 +290,109 @@ class ChatProtocol(LineReceiver):
         d = self._with_avatar(command.token)
         d.addCallback(lambda avatar: avatar.inbox())
         return d.addCallback(inbox_reply)
+
+    def do_register(self, command: commands.Register) -> Deferred[Reply | None]:
+        registrar = self.factory.registrar
+        if registrar is None:
+            return fail(RegistrationClosed())
+        d = registrar.register(
+            command.username, command.password, command.full_name, self._host
+        )
+        return d.addCallback(
+            lambda user: commands.ok(message="User Registered", username=user.username)
+        )
+
+    def do_logout(self, command: commands.Logout) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.end_session(command.token))
+        return d.addCallback(lambda _: commands.ok(message="Logged Out"))
+
+    def do_sendgroup(self, command: commands.SendGroup) -> Deferred[Reply | None]:
+        targets = command.targets
+        d = self._with_avatar(command.token)
+        if targets.group is not None:
+            group = targets.group
+            d.addCallback(lambda avatar: avatar.send_to_group(group, command.text))
+        else:
+            d.addCallback(lambda avatar: avatar.send_many(targets.users, command.text))
+        return d.addCallback(lambda _: commands.ok(message="Message Sent"))
+
+    def do_sendfile(self, command: commands.SendFile) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_file(
+                [command.recipient], command.file_name, command.content
+            )
+        )
+        return d.addCallback(file_sent_reply)
+
+    def do_sendgroupfile(
+        self, command: commands.SendGroupFile
+    ) -> Deferred[Reply | None]:
+        targets = command.targets
+        d = self._with_avatar(command.token)
+        if targets.group is not None:
+            group = targets.group
+            d.addCallback(
+                lambda avatar: avatar.send_file_to_group(
+                    group, command.file_name, command.content
+                )
+            )
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_file(
+                    targets.users, command.file_name, command.content
+                )
+            )
+        return d.addCallback(file_sent_reply)
+
+    def do_creategroup(self, command: commands.CreateGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.create_group(command.group))
+        return d.addCallback(group_reply("Group Created"))
+
+    def do_joingroup(self, command: commands.JoinGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.join_group(command.group))
+        return d.addCallback(group_reply("Group Joined"))
+
+    def do_leavegroup(self, command: commands.LeaveGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.leave_group(command.group))
+        return d.addCallback(
+            lambda group: commands.ok(
+                message="Group Left",
+                group=None if group is None else group.to_wire(),
+            )
+        )
+
+    def do_kickgroup(self, command: commands.KickGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.kick(command.group, command.username))
+        return d.addCallback(group_reply("Member Removed"))
+
+    def do_groups(self, command: commands.Groups) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.groups())
+        return d.addCallback(
+            lambda groups: commands.ok(groups=[group.to_wire() for group in groups])
+        )
+
+    def do_history(self, command: commands.History) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        if command.group is not None:
+            group = command.group
+            d.addCallback(
+                lambda avatar: avatar.group_history(
+                    group, command.limit, command.before_id
+                )
+            )
+        else:
+            peer = command.peer
+            d.addCallback(
+                lambda avatar: avatar.history(peer, command.limit, command.before_id)
+            )
+        return d.addCallback(history_reply)
 
     def do_ping(self, command: commands.Ping) -> Deferred[Reply | None]:
         reply = commands.ok(message="PONG")
@@ -287,7 +484,8 @@ class ChatProtocol(LineReceiver):
             )
         for kind, message, code in ERRORS:
             if f.check(kind):
-                return commands.error(message, code)
+                extra = ERROR_FIELDS.get(kind, lambda e: {})(f.value)
+                return commands.error(message.format(f.value), code, **extra)
         self.log.failure(
             "Unexpected error for {command} from {peer}",
             f,
@@ -302,9 +500,15 @@ class ChatFactory(Factory):
     Builds a L{ChatProtocol} for each connection.
     """
 
-    def __init__(self, portal: Portal, max_line: int = 16 * 1024) -> None:
+    def __init__(
+        self,
+        portal: Portal,
+        max_line: int = 16 * 1024,
+        registrar: IRegistrar | None = None,
+    ) -> None:
         self.portal = portal
         self.max_line = max_line
+        self.registrar = registrar
         self._waiting: list[Deferred[None]] | None = None
 
     @property

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from chat import logs
+from chat import commands, logs
 from chat.errors import SchemaTooNew, StorageUnavailable
 from chat.store import STORE_HELP, open_store
 
@@ -39,6 +39,46 @@ def positive_int(text: str) -> int:
     return value
 
 
+_SIZE = re.compile(r"(\d+)([kKmM]?)")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def size(text: str) -> int:
+    """
+    Bytes from C{1048576}, C{512K} or C{1M} (binary units).
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(f"not a positive size: {text!r} (examples: 65536 512K 1M)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def rate(text: str) -> tuple[int, float]:
+    """
+    C{(count, seconds)} from C{COUNT/DURATION}, e.g. C{5/1h}: bursts of
+    COUNT, refilled at COUNT per DURATION.
+    """
+    count, slash, period = text.partition("/")
+    if not slash:
+        raise ValueError(f"not a rate: {text!r} (example: 5/1h)")
+    return positive_int(count), duration(period)
+
+
+def retention(text: str) -> float | None:
+    """
+    Seconds from a duration, or None for C{forever}.
+    """
+    if text.strip() == "forever":
+        return None
+    return duration(text)
+
+
+def registration(text: str) -> str:
+    if text not in ("open", "closed"):
+        raise ValueError(f"expected open or closed, not {text!r}")
+    return text
+
+
 class Options(usage.Options):
     """
     Options of C{twistd chat}.
@@ -46,8 +86,9 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "A chat server speaking the course chat protocol (auth/send/inbox) "
-        "with durable storage. Endpoints use Twisted's endpoint syntax, "
+        "A chat server speaking the course chat protocol (auth/send/inbox, "
+        "and register, groups, files, history) with durable storage. "
+        "Endpoints use Twisted's endpoint syntax, "
         "e.g. tcp:8889:interface=127.0.0.1 or "
         "ssl:8890:privateKey=key.pem:certKey=cert.pem."
     )
@@ -65,10 +106,50 @@ class Options(usage.Options):
         [
             "max-line",
             None,
-            16 * 1024,
-            "Longest request line in bytes; a longer "
-            "one is answered with an error and the connection is closed.",
+            None,
+            "Longest request line in bytes; a longer one is answered with an "
+            "error and the connection is closed. [default: room for a file of "
+            "--max-file-size in base64, plus 16384]",
             positive_int,
+        ],
+        [
+            "max-file-size",
+            None,
+            "1M",
+            "Largest file sendfile and sendgroupfile accept, in bytes "
+            "(512K, 1M, ...), decoded.",
+            size,
+        ],
+        [
+            "max-recipients",
+            None,
+            100,
+            "Most distinct users one sendgroup or sendgroupfile may name.",
+            positive_int,
+        ],
+        [
+            "registration",
+            None,
+            "closed",
+            "open: anyone may create an account with register; closed: "
+            "only chat-admin creates accounts.",
+            registration,
+        ],
+        [
+            "registration-rate",
+            None,
+            "5/1h",
+            "Registration attempts per client address: COUNT/DURATION allows "
+            "bursts of COUNT, refilled at COUNT per DURATION.",
+            rate,
+        ],
+        [
+            "retention",
+            None,
+            "forever",
+            "Delete messages (delivered or not) and files this long after "
+            "they were sent (90s, 15m, 24h, 30d), or keep them forever.",
+            retention,
         ],
         [
             "session-idle",
@@ -120,9 +201,27 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("session-idle", "session-max-age"):
+        # Defaults are not coerced by usage.Options; the same functions
+        # turn them into values here.
+        defaults = {
+            "session-idle": duration,
+            "session-max-age": duration,
+            "max-file-size": size,
+            "registration-rate": rate,
+            "retention": retention,
+        }
+        for name, coerce in defaults.items():
             if isinstance(self[name], str):
-                self[name] = duration(self[name])
+                self[name] = coerce(self[name])
+        needed = commands.max_line_for_file(self["max-file-size"])
+        if self["max-line"] is None:
+            self["max-line"] = needed
+        elif self["max-line"] < needed:
+            raise usage.UsageError(
+                f"--max-line {self['max-line']} cannot carry a file of "
+                f"--max-file-size {self['max-file-size']} bytes: use at least "
+                f"{needed}, or a smaller --max-file-size"
+            )
         if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
@@ -157,4 +256,9 @@ def makeService(options: Options) -> IService:
         session_idle=options["session-idle"],
         session_max_age=options["session-max-age"],
         push_window=options["push-window"],
+        registration_open=options["registration"] == "open",
+        registration_rate=options["registration-rate"],
+        max_file_size=options["max-file-size"],
+        max_recipients=options["max-recipients"],
+        retention=options["retention"],
     )

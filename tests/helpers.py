@@ -17,11 +17,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chat import commands
 from chat.checkers import SessionChecker, StoreChecker, verify_password
 from chat.interfaces import IPasswordHasher
+from chat.limits import RateLimiter
 from chat.model import User
 from chat.protocol import ChatFactory, ChatProtocol
 from chat.realm import ChatRealm
+from chat.registration import Registrar
 from chat.sessions import SessionManager
 from chat.store.memory import MemoryStore
 
@@ -87,6 +90,7 @@ def no_result(d: Deferred[Any]) -> None:
 class Server:
     """
     A whole server in memory: MemoryStore, fake clock, inline hashing.
+    Registration is open, 5 attempts per address per hour.
     """
 
     def __init__(
@@ -95,7 +99,10 @@ class Server:
         clock: Clock | None = None,
         idle: float = 3600.0,
         max_age: float = 86400.0,
-        max_line: int = 16 * 1024,
+        max_line: int | None = None,
+        max_file_size: int = 1024 * 1024,
+        max_recipients: int = 100,
+        registration: bool = True,
         push_window: int = 100,
     ) -> None:
         self.clock = clock or Clock()
@@ -106,17 +113,31 @@ class Server:
         self.store = store
         self.sessions = SessionManager(store, self.clock, idle, max_age)
         self.realm = ChatRealm(
-            store, self.clock, self.sessions, push_window=push_window
+            store,
+            self.clock,
+            self.sessions,
+            max_file_size=max_file_size,
+            max_recipients=max_recipients,
+            push_window=push_window,
         )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, InlineHasher()), SessionChecker(self.sessions)],
         )
-        self.factory = ChatFactory(self.portal, max_line)
+        self.registrar = Registrar(
+            store,
+            InlineHasher(),
+            RateLimiter(self.clock, rate=5 / 3600, burst=5),
+            open=registration,
+        )
+        if max_line is None:
+            max_line = commands.max_line_for_file(max_file_size)
+        self.factory = ChatFactory(self.portal, max_line, self.registrar)
 
-    def connect(self) -> Connection:
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    def connect(self, host: str = "127.0.0.1") -> Connection:
+        address = IPv4Address("TCP", host, 40000)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
         return Connection(protocol, transport)
 

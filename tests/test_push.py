@@ -212,7 +212,7 @@ def test_ack_argument_errors() -> None:
     assert client.request(f"ack {token} abc") == {
         "status": "ERROR",
         "message": "the message id must be a number",
-        "code": "bad_argument",
+        "code": "invalid_argument",
     }
     assert client.request(f"ack {token}")["message"] == "--Protocol Tidak Benar"
     assert client.request("ack nope 1")["message"] == "Session Tidak Ditemukan"
@@ -253,3 +253,59 @@ def test_store_failure_while_pushing_retries() -> None:
     server.store.undelivered = original
     server.clock.advance(1.0)
     assert texts(henderson.events()) == ["later"]
+
+
+def test_logout_ends_subscriptions_of_that_session() -> None:
+    """logout stops the subscriptions made with that token, and says so."""
+    server = Server()
+    henderson, token_h = subscribed(server, "henderson")
+    other, _ = subscribed(server, "henderson")
+    henderson.events()
+    other.events()
+    henderson.send(f"logout {token_h}\r\n".encode())
+    events = henderson.events()
+    assert {"event": "unsubscribed", "reason": "logged out"} in events
+    assert {"status": "OK", "message": "Logged Out"} in events
+    assert len(server.realm.subscriptions_of("henderson")) == 1
+    messi = server.connect()
+    token = messi.login("messi")
+    messi.request(f"send {token} henderson still here")
+    assert henderson.events() == []
+    assert texts(other.events()) == ["still here"]
+
+
+def test_group_and_list_messages_are_pushed() -> None:
+    """sendgroup to a list or a group pushes to every recipient but the sender."""
+    server = Server()
+    henderson, _ = subscribed(server, "henderson")
+    lineker, _ = subscribed(server, "lineker")
+    messi_sub, _ = subscribed(server, "messi")
+    for client in (henderson, lineker, messi_sub):
+        client.events()
+    messi = server.connect()
+    token = messi.login("messi")
+    messi.request(f"creategroup {token} team")
+    for name in ("henderson", "lineker"):
+        client = server.connect()
+        client.request(f"joingroup {client.login(name)} team")
+    messi.request(f"sendgroup {token} henderson,lineker to both")
+    messi.request(f"sendgroup {token} #team to the team")
+    assert texts(henderson.events()) == ["to both", "to the team"]
+    lineker_events = [e for e in lineker.events() if e.get("event") == "message"]
+    assert [e["msg"] for e in lineker_events] == ["to both", "to the team"]
+    assert lineker_events[1]["group"] == "team"
+    assert texts(messi_sub.events()) == []
+
+
+def test_file_message_is_pushed_with_content() -> None:
+    """A file arrives live with its name, size, hash and base64 content."""
+    server = Server()
+    henderson, _ = subscribed(server, "henderson")
+    henderson.events()
+    messi = server.connect()
+    token = messi.login("messi")
+    messi.request(f"sendfile {token} henderson hi.txt aGVsbG8=")
+    (event,) = [e for e in henderson.events() if e.get("event") == "message"]
+    assert event["file_name"] == "hi.txt"
+    assert event["file_size"] == 5
+    assert event["file_content"] == "aGVsbG8="
