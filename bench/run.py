@@ -18,6 +18,7 @@ use the same interpreter):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -97,20 +99,33 @@ def free_port() -> int:
         return port
 
 
+def git(src: str, *command: str) -> str:
+    done = subprocess.run(["git", "-C", src, *command], capture_output=True)
+    return done.stdout.decode(errors="replace").strip()
+
+
 def chat_version(src: str) -> str:
     """
     The commit of the chat sources measured, and whether chat/ had local
     changes then.
     """
-
-    def git(*command: str) -> str:
-        done = subprocess.run(["git", "-C", src, *command], capture_output=True)
-        return done.stdout.decode(errors="replace").strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    commit = git(src, "rev-parse", "--short", "HEAD") or "unknown"
     return commit + (
-        " + uncommitted changes" if git("status", "--short", "chat") else ""
+        " + uncommitted changes" if git(src, "status", "--short", "chat") else ""
     )
+
+
+def export_commit(commit: str, into: Path) -> str:
+    """
+    Write chat/ and twisted/plugins/ as of C{commit} into C{into}: a server
+    that does not change while the benchmark runs, whatever happens to the
+    work tree meanwhile. Return the short commit id.
+    """
+    command = ["git", "-C", str(REPO), "archive", commit, "chat", "twisted"]
+    archive = subprocess.run(command, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return git(str(REPO), "rev-parse", "--short", commit)
 
 
 # /proc readings.
@@ -152,6 +167,24 @@ def cpus_busy() -> dict[str, float]:
             v = [int(x) for x in values]
             busy[name] = (sum(v[:8]) - v[3] - v[4]) / ticks  # minus idle, iowait
     return busy
+
+
+def wait_quiet(timeout: float, window: float = 2.0, threshold: float = 10.0) -> None:
+    """
+    Wait until every CPU was under C{threshold}% busy for C{window} seconds,
+    or C{timeout} seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpus_busy()
+        time.sleep(window)
+        after = cpus_busy()
+        busiest = max(100 * (after[c] - before[c]) / window for c in after)
+        if busiest < threshold:
+            return
+        if time.monotonic() >= deadline:
+            log(f"CPUs still busy ({busiest:.0f}%) after {timeout:g} s: going on")
+            return
 
 
 # Servers.
@@ -600,7 +633,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add(
         "--chat-src",
         default=str(REPO),
-        help="PYTHONPATH for twistd chat (default: this checkout)",
+        help="PYTHONPATH for twistd chat (default: this checkout's work tree)",
+    )
+    add(
+        "--chat-commit",
+        metavar="REV",
+        help="measure chat as of this commit (e.g. HEAD), exported from git, "
+        "instead of the work tree",
+    )
+    add(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for the CPUs to "
+        "be idle (%(default)s)",
     )
     add(
         "--no-pin",
@@ -658,16 +704,23 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "nofile": nofile,
         },
-        "chat": chat_version(args.chat_src),
+        "chat": "",
         "closed": [],
         "idle": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    if args.chat_commit:
+        args.chat_src = str(workdir / "chat-src")
+        commit = export_commit(args.chat_commit, Path(args.chat_src))
+        results["chat"] = f"{commit} (exported)"
+    else:
+        results["chat"] = chat_version(args.chat_src)
     try:
         for kind in args.servers:
             for conns in args.conns:
                 log(f"{kind}: {conns} connections, {args.duration:g} s")
                 for attempt in range(1 + args.retries):
+                    wait_quiet(args.quiet_wait)
                     r = closed_run(kind, conns, args, workdir)
                     r["attempt"] = attempt + 1
                     why = interference(r)
@@ -685,6 +738,7 @@ def main(argv: list[str]) -> int:
                     log(f"  failed: {r.get('failed') or r.get('loadgen_failed')}")
             if args.idle_conns > 0:
                 log(f"{kind}: {args.idle_conns} idle connections, {args.hold:g} s")
+                wait_quiet(args.quiet_wait)
                 r = idle_run(kind, args, workdir)
                 results["idle"].append(r)
                 log(f"  {r.get('established')} held, RSS {r.get('rss_held_kb')} kB")
