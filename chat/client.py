@@ -21,11 +21,13 @@ It never imports the server's realm or store: it only knows the wire.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -40,6 +42,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chat.downloads import save
+
 DEFAULT_CONNECT = "tcp:host=127.0.0.1:port=8889"
 
 HELP = """\
@@ -48,9 +52,39 @@ commands:
   send <user> <text>       send a message
   inbox                    show messages not shown yet
   who                      who is online
+  sendfile <user> <path>   send a file (saved by the receiver's client)
+  sendgroup <u1,u2,..|#group> <text>
+                           send to several users, or to a group
+  creategroup <group>      create a group (joingroup, leavegroup too)
+  kickgroup <group> <user> remove a member from a group you own
+  groups                   your groups and their members
+  history <user|#group> [n]  the last n messages of a conversation
   logout                   end the session
   help                     this list
   quit                     leave (Ctrl-D works too)"""
+
+
+#: Commands that need a login: each has a Controller._<verb> method.
+_NEEDS_LOGIN = (
+    "send",
+    "inbox",
+    "who",
+    "logout",
+    "sendfile",
+    "sendgroup",
+    "creategroup",
+    "joingroup",
+    "leavegroup",
+    "kickgroup",
+    "groups",
+    "history",
+)
+HELP_LINES = {
+    "creategroup": "creategroup <group>",
+    "joingroup": "joingroup <group>",
+    "leavegroup": "leavegroup <group>",
+    "kickgroup": "kickgroup <group> <user>",
+}
 
 
 class ServerError(Exception):
@@ -181,7 +215,9 @@ class Controller:
         interactive: bool,
         where: str,
         timezone: tzinfo | None = None,
+        downloads: Path = Path("chat-downloads"),
     ) -> None:
+        self.downloads = downloads
         self.clock = clock
         self.connect = connect
         self.interactive = interactive
@@ -234,10 +270,16 @@ class Controller:
             when = sent.astimezone(self.timezone).strftime("%H:%M")
         except (KeyError, ValueError):
             when = "--:--"
-        return (
-            f"[{when}] {message.get('msg_from', '?')} "
-            f"({message.get('from', '?')}): {message.get('msg', '')}"
-        )
+        where = f"#{message['group']} " if message.get("group") else ""
+        who = f"{message.get('msg_from', '?')} ({message.get('from', '?')})"
+        if message.get("file_name") is not None:
+            what = (
+                f"sent a file: {message['file_name']} "
+                f"({message.get('file_size', '?')} bytes)"
+            )
+        else:
+            what = str(message.get("msg", ""))
+        return f"[{when}] {where}{who}: {what}"
 
     # Input.
 
@@ -287,7 +329,7 @@ class Controller:
                 self.say("usage: auth <user> <password>")
                 return
             await self.login(words[1], words[2])
-        elif verb in ("send", "inbox", "who", "logout"):
+        elif verb in _NEEDS_LOGIN:
             if self.token is None:
                 self.say("not logged in: auth <user> <password> first")
                 return
@@ -337,6 +379,75 @@ class Controller:
         if await self._request(f"send {self.token} {parts[1]} {parts[2]}"):
             self.say(f"message sent to {parts[1]}")
 
+    async def _sendfile(self, text: str) -> None:
+        parts = text.split(None, 2)
+        if len(parts) < 3:
+            self.say("usage: sendfile <user> <path>")
+            return
+        path = Path(parts[2]).expanduser()
+        try:
+            content = path.read_bytes()
+        except OSError as e:
+            self.say(f"error: cannot read {path}: {e.strerror}")
+            return
+        encoded = base64.b64encode(content).decode("ascii")
+        line = f"sendfile {self.token} {parts[1]} {path.name} {encoded}"
+        if await self._request(line):
+            self.say(f"file {path.name} ({len(content)} bytes) sent to {parts[1]}")
+
+    async def _sendgroup(self, text: str) -> None:
+        parts = text.split(None, 2)
+        if len(parts) < 3:
+            self.say("usage: sendgroup <user1,user2,...|#group> <text>")
+            return
+        if await self._request(f"sendgroup {self.token} {parts[1]} {parts[2]}"):
+            self.say(f"message sent to {parts[1]}")
+
+    async def _group_command(self, text: str, arguments: int, done: str) -> None:
+        parts = text.split()
+        verb = parts[0].lower()
+        if len(parts) != arguments + 1:
+            self.say(f"usage: {HELP_LINES[verb]}")
+            return
+        reply = await self._request(" ".join([verb, self.token or "", *parts[1:]]))
+        if reply is not None:
+            self.say(done.format(*parts[1:]))
+
+    async def _creategroup(self, text: str) -> None:
+        await self._group_command(text, 1, "created group {0}")
+
+    async def _joingroup(self, text: str) -> None:
+        await self._group_command(text, 1, "joined group {0}")
+
+    async def _leavegroup(self, text: str) -> None:
+        await self._group_command(text, 1, "left group {0}")
+
+    async def _kickgroup(self, text: str) -> None:
+        await self._group_command(text, 2, "removed {1} from group {0}")
+
+    async def _groups(self, text: str) -> None:
+        reply = await self._request(f"groups {self.token}")
+        if reply is None:
+            return
+        if not reply["groups"]:
+            self.say("no groups")
+        for group in reply["groups"]:
+            members = ", ".join(group["members"])
+            self.say(f"#{group['name']} (owner {group['owner']}): {members}")
+
+    async def _history(self, text: str) -> None:
+        parts = text.split()
+        if len(parts) not in (2, 3):
+            self.say("usage: history <user|#group> [count]")
+            return
+        reply = await self._request(" ".join(["history", self.token or "", *parts[1:]]))
+        if reply is None:
+            return
+        if not reply["messages"]:
+            self.say("no messages")
+        for message in reversed(reply["messages"]):
+            self.say(self.format_message(message))
+
     async def _inbox(self, text: str) -> None:
         reply = await self._request(f"inbox {self.token}")
         if reply is None:
@@ -370,6 +481,17 @@ class Controller:
                 return
             self._seen.append(message_id)
         self.say(self.format_message(message))
+        if message.get("file_content") is not None:
+            self._save_file(message)
+
+    def _save_file(self, message: dict[str, Any]) -> None:
+        try:
+            content = base64.b64decode(str(message["file_content"]), validate=True)
+            path = save(self.downloads, str(message.get("file_name", "file")), content)
+        except (ValueError, OSError) as e:
+            self.say(f"  could not save the file: {e}")
+        else:
+            self.say(f"  saved to {path}")
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -428,13 +550,19 @@ class Controller:
 
 
 class Options(usage.Options):
-    synopsis = "[--connect ENDPOINT]"
+    synopsis = "[--connect ENDPOINT] [--downloads FOLDER]"
     optParameters = [
         [
             "connect",
             "c",
             DEFAULT_CONNECT,
             "The server, as a Twisted client endpoint (ssl:host=...:port=... too).",
+        ],
+        [
+            "downloads",
+            "d",
+            "chat-downloads",
+            "Folder where received files are saved (never overwriting).",
         ],
     ]
 
@@ -447,7 +575,11 @@ async def run(reactor: Any, options: Options) -> int:
         return service.whenConnected(failAfterFailures=None if wait else 1)
 
     controller = Controller(
-        reactor, connect, interactive=interactive, where=options["connect"]
+        reactor,
+        connect,
+        interactive=interactive,
+        where=options["connect"],
+        downloads=Path(options["downloads"]),
     )
     service = ClientService(
         endpoint,

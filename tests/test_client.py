@@ -294,3 +294,87 @@ def _message(message_id: int, sender: str, name: str, text: str) -> dict[str, An
         "msg": text,
         "sent_at": "2026-11-25T08:30:00.000Z",
     }
+
+
+def test_sendfile_reads_and_encodes(tmp_path: Any) -> None:
+    """sendfile sends the file's base name and base64 content."""
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"hello\x00world")
+    h = Harness()
+    h.type("auth messi surabaya")
+    h.reply({"status": "OK", "tokenid": "T1"})
+    h.sent()
+    h.output()
+    h.type(f"sendfile henderson {source}")
+    assert h.sent() == ["sendfile T1 henderson notes.txt aGVsbG8Ad29ybGQ="]
+    h.reply({"status": "OK", "message": "File Sent"})
+    assert h.output() == "file notes.txt (11 bytes) sent to henderson\n"
+    h.type(f"sendfile henderson {tmp_path / 'missing.bin'}")
+    assert h.output().startswith("error: cannot read ")
+    assert h.sent() == []
+
+
+def test_received_file_saved_safely(tmp_path: Any) -> None:
+    """A received file is saved in the downloads folder under a safe name."""
+    h = Harness()
+    h.controller.downloads = tmp_path / "dl"
+    event = {
+        "event": "message",
+        **_message(11, "messi", "Lionel Messi", "x"),
+        "file_name": "../../evil.sh",
+        "file_size": 5,
+        "file_content": "aGVsbG8=",
+    }
+    h.controller.event(event)
+    saved = tmp_path / "dl" / "evil.sh"
+    assert h.output() == (
+        "[08:30] Lionel Messi (messi): sent a file: ../../evil.sh (5 bytes)\n"
+        f"  saved to {saved}\n"
+    )
+    assert saved.read_bytes() == b"hello"
+    assert not (tmp_path / "evil.sh").exists()
+
+
+def test_group_commands() -> None:
+    """Group commands are forwarded with the token and confirmed."""
+    h = Harness()
+    h.type("auth messi surabaya")
+    h.reply({"status": "OK", "tokenid": "T1"})
+    h.sent()
+    h.output()
+    h.type("creategroup team")
+    assert h.sent() == ["creategroup T1 team"]
+    h.reply({"status": "OK", "message": "Group Created", "group": {}})
+    assert h.output() == "created group team\n"
+    h.type("sendgroup #team kick off at 3")
+    assert h.sent() == ["sendgroup T1 #team kick off at 3"]
+    h.reply({"status": "OK", "message": "Message Sent"})
+    assert h.output() == "message sent to #team\n"
+    h.type("groups")
+    h.reply(
+        {
+            "status": "OK",
+            "groups": [{"name": "team", "owner": "messi", "members": ["messi", "x"]}],
+        }
+    )
+    assert h.output() == "#team (owner messi): messi, x\n"
+    h.type("kickgroup team")
+    assert h.output() == "usage: kickgroup <group> <user>\n"
+
+
+def test_history_prints_oldest_first() -> None:
+    """history prints a page oldest first; group messages name the group."""
+    h = Harness()
+    h.type("auth henderson surabaya")
+    h.reply({"status": "OK", "tokenid": "T2"})
+    h.sent()
+    h.output()
+    h.type("history #team 2")
+    assert h.sent() == ["history T2 #team 2"]
+    newest = {**_message(5, "messi", "Lionel Messi", "second"), "group": "team"}
+    oldest = {**_message(4, "messi", "Lionel Messi", "first"), "group": "team"}
+    h.reply({"status": "OK", "messages": [newest, oldest], "next_before_id": 4})
+    assert h.output() == (
+        "[08:30] #team Lionel Messi (messi): first\n"
+        "[08:30] #team Lionel Messi (messi): second\n"
+    )

@@ -165,3 +165,39 @@ def test_piped_commands_and_exit_codes(server: TwistdChat) -> None:
     assert f"cannot reach the server at tcp:host=127.0.0.1:port={port}" in (
         unreachable.stdout
     )
+
+
+def test_file_round_trip_between_clients(server: TwistdChat, tmp_path: Path) -> None:
+    """A file sent by one client is saved byte-identical by the other."""
+    import hashlib
+
+    port = server.start()
+    source = tmp_path / "photo.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+    sent = script(port, f"auth messi surabaya\nsendfile henderson {source}\n")
+    assert sent.stdout.splitlines()[-1] == (
+        "file photo.bin (256000 bytes) sent to henderson"
+    )
+    downloads = tmp_path / "downloads"
+    received = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chat.client",
+            "--connect",
+            f"tcp:host=127.0.0.1:port={port}",
+            "--downloads",
+            str(downloads),
+        ],
+        input="auth henderson surabaya\ninbox\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC"),
+    )
+    assert "sent a file: photo.bin (256000 bytes)" in received.stdout
+    saved = downloads / "photo.bin"
+    assert (
+        hashlib.sha256(saved.read_bytes()).hexdigest()
+        == hashlib.sha256(source.read_bytes()).hexdigest()
+    )
