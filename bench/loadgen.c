@@ -8,7 +8,8 @@
  *
  *   closed loop (default): open --conns connections, authenticate each
  *   distinct user once and share that token across the user's connections,
- *   then every connection loops "send one request, wait for its full reply".
+ *   check every connection with one "ping", then every connection loops
+ *   "send one request, wait for its full reply".
  *   Requests are "send <token> <next user> <text>", every --inbox-every'th
  *   one an "inbox <token>". After --warmup seconds, replies are counted and
  *   their latencies recorded for --duration seconds.
@@ -173,7 +174,7 @@ enum conn_state {
     C_CONNECTING,   /* non-blocking connect in progress */
     C_WAIT_TOKEN,   /* connected; another connection authenticates its user */
     C_AUTHING,      /* our auth request is in flight */
-    C_READY,        /* closed loop: has a token, waits for the load phase */
+    C_READY,        /* closed loop: ping answered, waits for the load phase */
     C_BUSY,         /* a request is in flight */
     C_IDLE,         /* idle mode: ping answered, holding */
     C_DEAD,         /* gave up on this connection */
@@ -311,16 +312,17 @@ static void close_fd(struct conn *c)
 
 static void start_connect(struct conn *c);
 
-/* The user's token is known: put c to work (or to wait for the load). */
+/*
+ * The user's token is known: check the connection end to end with a ping.
+ * A connect() that succeeded does not mean the server accepted the
+ * connection: when its listen queue is full, the kernel drops the client's
+ * final ACK and the connection is accepted only after a SYN-ACK retransmit
+ * (1 s, 3 s, ... later). Without the ping, such a connection would count as
+ * ready and its first measured request would take seconds.
+ */
 static void got_token(struct conn *c)
 {
-    if (opt.idle) {
-        send_request(c, R_PING);
-    } else if (phase == PH_LOAD) {
-        send_request(c, R_SEND);
-    } else {
-        set_state(c, C_READY);
-    }
+    send_request(c, R_PING);
 }
 
 /* Another connection of this user should log in: the one that did died. */
@@ -557,7 +559,7 @@ static void handle_reply(struct conn *c, const char *r, size_t len)
             kill_conn(c, "bad ping reply");
             return;
         }
-        set_state(c, C_IDLE);
+        set_state(c, opt.idle ? C_IDLE : C_READY);
         return;
     }
 
