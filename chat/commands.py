@@ -16,13 +16,59 @@ Grammar (requests, then the OK reply)::
     send <token> <to> <text...>   {"status":"OK","message":"Message Sent"}
     inbox <token>                 {"status":"OK","messages":{"<from>":[<msg>, ...]}}
     ping [<word>]                 {"status":"OK","message":"PONG"[,"echo":"<word>"]}
+    subscribe <token>             {"status":"OK","message":"Subscribed"}, then events
+    ack <token> <id>              {"status":"OK","message":"Acknowledged","count":<n>}
+    who <token>                   {"status":"OK","users":[{"username":..,
+                                                           "full_name":..}, ...]}
     quit                          {"status":"OK","message":"bye"}, then closes
 
+    register <user> <password> <full name...>
+        {"status":"OK","message":"User Registered","username":"<user>"}
+    logout <token>
+        {"status":"OK","message":"Logged Out"}
+    sendgroup <token> <targets> <text...>
+        {"status":"OK","message":"Message Sent"}
+    sendfile <token> <to> <file name> <content>
+        {"status":"OK","message":"File Sent",<file>}
+    sendgroupfile <token> <targets> <file name> <content>
+        {"status":"OK","message":"File Sent",<file>}
+    creategroup <token> <group>
+        {"status":"OK","message":"Group Created","group":<group>}
+    joingroup <token> <group>
+        {"status":"OK","message":"Group Joined","group":<group>}
+    leavegroup <token> <group>
+        {"status":"OK","message":"Group Left","group":<group>|null}
+    kickgroup <token> <group> <user>
+        {"status":"OK","message":"Member Removed","group":<group>}
+    groups <token>
+        {"status":"OK","groups":[<group>, ...]}
+    history <token> <user>|#<group> [<limit> [<before id>]]
+        {"status":"OK","messages":[<msg>, ...],"next_before_id":<id>|null}
+
     <msg> = {"msg_from":"<full name>","msg_to":"<full name>","msg":"<text>",
-             "id":<int>,"sent_at":"<ISO-8601 UTC>","from":"<user>","to":"<user>"}
+             "id":<int>,"sent_at":"<ISO-8601 UTC>","from":"<user>","to":"<user>"
+             [,"group":"<group>"]
+             [,"file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
+               "file_content":"<base64>"]}
+    <file> = "file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>"
+    <group> = {"name":"<group>","owner":"<user>","members":["<user>", ...],
+               "created_at":"<ISO-8601 UTC>"}
+    <targets> = <user>[,<user>...] | #<group>
+    <content> = base64 | b'base64' (the Python repr of base64 bytes)
 
 <text...> is the rest of the line after <to>, surrounding whitespace
-stripped and inner whitespace kept; it must not be empty.
+stripped and inner whitespace kept; it must not be empty. <full name...> is
+the rest of the line the same way. A <group> argument may carry a leading
+C{#}. <limit> is 1-500 (default 50); <before id> (exclusive) pages back.
+
+Events (only on a connection that sent subscribe; never a "status" key)::
+
+    {"event":"message", <msg keys>}        a message for the subscribed user
+    {"event":"presence","user":..,"full_name":..,"online":true|false}
+    {"event":"unsubscribed","reason":..}   the session ended (logout)
+
+Pushed messages stay undelivered until acknowledged with ack (every id up
+to the given one); at most a window of them is pushed unacknowledged.
 
 Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
 
@@ -31,28 +77,68 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     User Tidak Ada            unknown_user       auth: no such user
     Password Salah            wrong_password     auth: wrong password
     Session Tidak Ditemukan   no_session         unknown, expired or revoked token
-    User Tidak Ditemukan      no_such_user       send: no such recipient
+    User Tidak Ditemukan      no_such_user       no such recipient (for several:
+                                                 "User Tidak Ditemukan: a, b" and
+                                                 "users":["a","b"])
     invalid UTF-8 in request  bad_encoding       the line is not UTF-8
     NUL byte in request       bad_request        the line contains a NUL byte
     line too long             line_too_long      then the server closes the connection
     storage unavailable       storage_unavailable  nothing was stored; retry later
+    too many attempts         rate_limited       with "retry_after_ms"
     mailbox full              mailbox_full       send: the recipient's mailbox is full
-    too many attempts         rate_limited       too many failures; has retry_after_ms
     login timeout             login_timeout      not logged in in time; then closes
     idle timeout              idle_timeout       silent too long; then closes
     too many connections      too_many_connections  instead of any reply; then closes
     internal error            internal           a bug: logged on the server
+
+    registration is disabled      registration_closed  no --registration open
+    invalid username: ...         invalid_username     register: bad characters/length
+    invalid password: ...         invalid_password     register: not 8-1024 characters
+    invalid full name: ...        invalid_full_name    register: empty, long, control
+    user already exists           user_exists          register: the username is taken
+    invalid group name: ...       invalid_group_name   creategroup: bad name
+    no such group                 no_such_group        the group does not exist
+    group already exists          group_exists         creategroup: the name is taken
+    not a member of the group     not_a_member         the caller, or the user to kick
+    already a member of the group already_member       joingroup twice
+    only the group owner can do this  not_owner        kickgroup by another member
+    the owner cannot kick themselves  cannot_kick_self use leavegroup instead
+    too many recipients           too_many_recipients  with "max_recipients"
+    invalid file name: ...        invalid_file_name    empty, over 255 bytes, path-like
+    file too large                file_too_large       with "max_file_size" (bytes)
+    invalid base64 content        invalid_base64       the file content is not base64
+    invalid limit: ...            invalid_argument     history: limit or before id
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
+import re
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 import attrs
 
 DELIMITER = b"\r\n\r\n"
+
+#: history: the default and the largest number of messages per page.
+HISTORY_LIMIT = 50
+HISTORY_MAX_LIMIT = 500
+
+#: Room on a request line for everything but a file's base64: the command
+#: word, the token, the recipients and the file name.
+COMMAND_ALLOWANCE = 16 * 1024
+
+
+def max_line_for_file(max_file_size: int) -> int:
+    """
+    The shortest request line that carries a file of C{max_file_size}
+    bytes: its base64 (in the C{b'...'} form), plus L{COMMAND_ALLOWANCE}.
+    """
+    return 4 * math.ceil(max_file_size / 3) + len("b''") + COMMAND_ALLOWANCE
 
 
 class BadCommand(Exception):
@@ -86,6 +172,23 @@ class BadEncoding(BadCommand):
 class NulByte(BadCommand):
     message = "NUL byte in request"
     code = "bad_request"
+
+
+class InvalidArgument(BadCommand):
+    """
+    An argument is present but malformed; the reply says which.
+    """
+
+    code = "invalid_argument"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidBase64(BadCommand):
+    message = "invalid base64 content"
+    code = "invalid_base64"
 
 
 #: Command classes by their (lowercase) command word.
@@ -196,6 +299,246 @@ class Quit(Command):
     @classmethod
     def from_arguments(cls, rest: str) -> Quit:
         return cls()
+
+
+@verb("subscribe")
+@attrs.frozen
+class Subscribe(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Subscribe:
+        return cls(*words(rest, 1))
+
+
+@verb("ack")
+@attrs.frozen
+class Ack(Command):
+    token: str = attrs.field(repr=False)
+    up_to_id: int
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Ack:
+        token, up_to_id = words(rest, 2)
+        if not up_to_id.isascii() or not up_to_id.isdigit():
+            raise InvalidArgument("the message id must be a number")
+        return cls(token, int(up_to_id))
+
+
+@verb("who")
+@attrs.frozen
+class Who(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Who:
+        return cls(*words(rest, 1))
+
+
+@verb("register")
+@attrs.frozen
+class Register(Command):
+    username: str
+    password: str = attrs.field(repr=False)
+    full_name: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Register:
+        (username, password), full_name = words_and_text(rest, 2)
+        return cls(username, password, full_name)
+
+
+@verb("logout")
+@attrs.frozen
+class Logout(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Logout:
+        return cls(*words(rest, 1))
+
+
+def group_name(word: str) -> str:
+    """
+    A group argument: the name, without the optional leading C{#}.
+    """
+    return word[1:] if word.startswith("#") else word
+
+
+@attrs.frozen
+class Targets:
+    """
+    Where a message to several goes: C{#<group>}, or a comma-separated list
+    of users (duplicates and empty items dropped, order kept).
+    """
+
+    users: tuple[str, ...] = ()
+    group: str | None = None
+
+    @classmethod
+    def parse(cls, word: str) -> Targets:
+        if word.startswith("#"):
+            return cls(group=word[1:])
+        users = tuple(dict.fromkeys(u for u in word.split(",") if u))
+        if not users:
+            raise MissingArgument()
+        return cls(users=users)
+
+
+@verb("sendgroup")
+@attrs.frozen
+class SendGroup(Command):
+    token: str = attrs.field(repr=False)
+    targets: Targets
+    text: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendGroup:
+        (token, targets), text = words_and_text(rest, 2)
+        return cls(token, Targets.parse(targets), text)
+
+
+_BYTES_REPR = re.compile(r"b(['\"])(.*)\1", re.DOTALL)
+
+
+def decode_file_content(text: str) -> bytes:
+    """
+    File bytes from bare base64, or from the Python repr of base64 bytes
+    (C{b'aGk='}), which the course family's clients send.
+
+    @raise InvalidBase64: for anything else.
+    """
+    found = _BYTES_REPR.fullmatch(text)
+    if found is not None:
+        text = found.group(2)
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise InvalidBase64() from None
+
+
+@verb("sendfile")
+@attrs.frozen
+class SendFile(Command):
+    token: str = attrs.field(repr=False)
+    recipient: str
+    file_name: str
+    content: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendFile:
+        (token, recipient, file_name), content = words_and_text(rest, 3)
+        return cls(token, recipient, file_name, decode_file_content(content))
+
+
+@verb("sendgroupfile")
+@attrs.frozen
+class SendGroupFile(Command):
+    token: str = attrs.field(repr=False)
+    targets: Targets
+    file_name: str
+    content: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendGroupFile:
+        (token, targets, file_name), content = words_and_text(rest, 3)
+        return cls(
+            token, Targets.parse(targets), file_name, decode_file_content(content)
+        )
+
+
+@verb("creategroup")
+@attrs.frozen
+class CreateGroup(Command):
+    token: str = attrs.field(repr=False)
+    group: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> CreateGroup:
+        token, name = words(rest, 2)
+        return cls(token, group_name(name))
+
+
+@verb("joingroup")
+@attrs.frozen
+class JoinGroup(Command):
+    token: str = attrs.field(repr=False)
+    group: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> JoinGroup:
+        token, name = words(rest, 2)
+        return cls(token, group_name(name))
+
+
+@verb("leavegroup")
+@attrs.frozen
+class LeaveGroup(Command):
+    token: str = attrs.field(repr=False)
+    group: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> LeaveGroup:
+        token, name = words(rest, 2)
+        return cls(token, group_name(name))
+
+
+@verb("kickgroup")
+@attrs.frozen
+class KickGroup(Command):
+    token: str = attrs.field(repr=False)
+    group: str
+    username: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> KickGroup:
+        token, name, username = words(rest, 3)
+        return cls(token, group_name(name), username)
+
+
+@verb("groups")
+@attrs.frozen
+class Groups(Command):
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Groups:
+        return cls(*words(rest, 1))
+
+
+_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def _number(text: str, what: str, low: int, high: int) -> int:
+    if _NUMBER.fullmatch(text) is None or not low <= int(text) <= high:
+        raise InvalidArgument(f"invalid {what}: expected {low}-{high}")
+    return int(text)
+
+
+@verb("history")
+@attrs.frozen
+class History(Command):
+    token: str = attrs.field(repr=False)
+    peer: str | None
+    group: str | None
+    limit: int = HISTORY_LIMIT
+    before_id: int | None = None
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> History:
+        found = rest.split()
+        if len(found) < 2:
+            raise MissingArgument()
+        token, target = found[:2]
+        limit = HISTORY_LIMIT
+        before_id = None
+        if len(found) > 2:
+            limit = _number(found[2], "limit", 1, HISTORY_MAX_LIMIT)
+        if len(found) > 3:
+            before_id = _number(found[3], "before id", 1, 2**63 - 1)
+        if target.startswith("#"):
+            return cls(token, None, target[1:], limit, before_id)
+        return cls(token, target, None, limit, before_id)
 
 
 def parse(line: bytes) -> Command:

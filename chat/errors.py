@@ -54,10 +54,125 @@ class UserExists(ChatError):
         self.username = username
 
 
+class NoSuchUsers(ChatError):
+    """
+    A message to several users named some that do not exist (all of them
+    are in C{usernames}); nothing was stored.
+    """
+
+    def __init__(self, usernames: list[str]) -> None:
+        super().__init__(", ".join(usernames))
+        self.usernames = usernames
+
+
 class InvalidUsername(ChatError):
     """
     A username is outside the allowed character set or length.
     """
+
+
+class InvalidPassword(ChatError):
+    """
+    A new password is too short or too long.
+    """
+
+
+class InvalidFullName(ChatError):
+    """
+    A new user's full name is empty, too long or has control characters.
+    """
+
+
+class RegistrationClosed(ChatError):
+    """
+    The server does not allow self-registration.
+    """
+
+
+class InvalidGroupName(ChatError):
+    """
+    A group name is outside the allowed character set or length.
+    """
+
+
+class NoSuchGroup(ChatError):
+    """
+    A command named a group that does not exist.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class GroupExists(ChatError):
+    """
+    A group with this name already exists.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class NotAMember(ChatError):
+    """
+    C{username} is not a member of the group C{name}.
+    """
+
+    def __init__(self, name: str, username: str) -> None:
+        super().__init__(f"{username} is not a member of {name}")
+        self.name = name
+        self.username = username
+
+
+class AlreadyAMember(ChatError):
+    """
+    C{username} already is a member of the group C{name}.
+    """
+
+    def __init__(self, name: str, username: str) -> None:
+        super().__init__(f"{username} already is a member of {name}")
+        self.name = name
+        self.username = username
+
+
+class NotGroupOwner(ChatError):
+    """
+    Only the group's owner may do this.
+    """
+
+
+class CannotKickSelf(ChatError):
+    """
+    A group's owner asked to kick themselves (leaving is C{leavegroup}).
+    """
+
+
+class TooManyRecipients(ChatError):
+    """
+    A message names more distinct recipients than allowed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} recipients")
+        self.limit = limit
+
+
+class InvalidFileName(ChatError):
+    """
+    A file name is empty, too long, or looks like a path.
+    """
+
+
+class FileTooLarge(ChatError):
+    """
+    A file is larger than the server accepts (C{limit} bytes).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"files are at most {limit} bytes")
+        self.limit = limit
 
 
 class RateLimited(ChatError):

@@ -4,14 +4,18 @@ The seams between the protocol, the realm and the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.internet.defer import Deferred
 
-    from chat.model import Message, Session, User
+    from chat.model import Attachment, Group, Message, Page, Session, User
+    from chat.push import Subscription
 
 
 class IChatUser(Interface):
@@ -43,10 +47,194 @@ class IChatUser(Interface):
     def inbox() -> Deferred[list[Message]]:
         """
         Take every undelivered message of this user, oldest first, marking
-        them delivered in the same transaction.
+        them delivered in the same transaction. The bytes taken per call are
+        capped (see L{chat.realm.REPLY_BUDGET}); messages beyond the cap
+        stay for the next call.
 
         @return: fires with the messages after the commit; fails with
             L{chat.errors.StorageUnavailable} (then nothing was marked).
+        """
+
+    def end_session(token: str) -> Deferred[None]:
+        """
+        Log out: the session of C{token} (one of this user's) stops working
+        at once, everywhere.
+
+        @return: fires once the session is deleted from the store.
+        """
+
+    def send_many(recipients: Sequence[str], text: str) -> Deferred[list[Message]]:
+        """
+        Store one message for several users, all or none, in one
+        transaction. Duplicates are sent once; the sender may be one of them.
+
+        @return: fires with one L{Message} per recipient; fails with
+            L{chat.errors.NoSuchUsers} naming every unknown recipient,
+            L{chat.errors.TooManyRecipients}, L{chat.errors.SessionNotFound}
+            if this user was deleted, or L{chat.errors.StorageUnavailable}.
+        """
+
+    def send_to_group(group: str, text: str) -> Deferred[list[Message]]:
+        """
+        Store a message for every member of C{group} but this user (and a
+        copy, already delivered, for this user's history).
+
+        @return: fires with the stored messages; fails with
+            L{chat.errors.NoSuchGroup} or L{chat.errors.NotAMember}.
+        """
+
+    def send_file(
+        recipients: Sequence[str], file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        """
+        Like L{send_many}, with a file: C{file_name} must be a plain name
+        (L{chat.model.validate_file_name}) and C{content} at most the
+        server's maximum file size.
+
+        @return: also fails with L{chat.errors.InvalidFileName} or
+            L{chat.errors.FileTooLarge}. With a single recipient, an unknown
+            one fails with L{chat.errors.NoSuchUser}.
+        """
+
+    def send_file_to_group(
+        group: str, file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        """
+        Like L{send_to_group}, with a file (see L{send_file}).
+        """
+
+    def create_group(name: str) -> Deferred[Group]:
+        """
+        Create a group owned by this user, who becomes its first member.
+
+        @return: fails with L{chat.errors.InvalidGroupName} or
+            L{chat.errors.GroupExists}.
+        """
+
+    def join_group(name: str) -> Deferred[Group]:
+        """
+        @return: fires with the group joined; fails with
+            L{chat.errors.NoSuchGroup} or L{chat.errors.AlreadyAMember}.
+        """
+
+    def leave_group(name: str) -> Deferred[Group | None]:
+        """
+        Leave a group. If the owner leaves, the longest-standing remaining
+        member becomes the owner; a group left empty is deleted.
+
+        @return: fires with the group as it is now, or None if deleted;
+            fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember}.
+        """
+
+    def kick(name: str, username: str) -> Deferred[Group]:
+        """
+        Remove a member from a group this user owns.
+
+        @return: fires with the group as it is now; fails with
+            L{chat.errors.NoSuchGroup}, L{chat.errors.NotGroupOwner},
+            L{chat.errors.CannotKickSelf} or L{chat.errors.NotAMember}.
+        """
+
+    def groups() -> Deferred[list[Group]]:
+        """
+        @return: fires with this user's groups, ordered by name.
+        """
+
+    def history(peer: str, limit: int, before_id: int | None = None) -> Deferred[Page]:
+        """
+        The conversation with C{peer}, both ways, newest first.
+
+        @return: fails with L{chat.errors.NoSuchUser} if C{peer} does not
+            exist.
+        """
+
+    def group_history(
+        group: str, limit: int, before_id: int | None = None
+    ) -> Deferred[Page]:
+        """
+        The messages of C{group} in this user's mailbox (sent or received
+        while a member), newest first.
+
+        @return: fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember}.
+        """
+
+    def subscribe(client: IChatClient, token: str) -> Subscription:
+        """
+        Push this user's messages (and presence changes) to C{client} until
+        L{unsubscribe}, or until the session of C{token} ends.
+        """
+
+    def unsubscribe(subscription: Subscription) -> None:
+        """
+        Stop a subscription.
+        """
+
+    def acknowledge(up_to_id: int) -> Deferred[int]:
+        """
+        Mark this user's messages up to C{up_to_id} delivered.
+
+        @return: fires with how many were marked.
+        """
+
+    def online() -> list[tuple[str, str]]:
+        """
+        (username, full name) of every user with a live connection.
+        """
+
+
+class IChatClient(Interface):
+    """
+    The mind of a connection: what the realm can push to it.
+    """
+
+    def send_event(event: dict[str, object]) -> None:
+        """
+        Deliver one event (a JSON object with an C{"event"} key).
+        """
+
+
+class IFanout(Interface):
+    """
+    Tells listeners that messages were committed for their users.
+
+    In one process this is a dict of listeners; with several nodes on one
+    database it is fed by the database's notifications as well.
+    """
+
+    def listen(username: str, listener: Callable[[Message], None]) -> None:
+        """
+        Call C{listener} with each message committed for C{username}.
+        """
+
+    def unlisten(username: str, listener: Callable[[Message], None]) -> None:
+        """
+        Stop calling C{listener} (a no-op if it was not listening).
+        """
+
+    def publish(message: Message) -> None:
+        """
+        Announce a committed message to its recipient's listeners.
+        """
+
+
+class IRegistrar(Interface):
+    """
+    Self-registration of new accounts, before any login.
+    """
+
+    def register(
+        username: str, password: str, full_name: str, address: str
+    ) -> Deferred[User]:
+        """
+        Create an account, hashing the password with argon2id.
+
+        @param address: the client's host, the key of the rate limit.
+        @return: fires with the new L{User}; fails with
+            L{chat.errors.RegistrationClosed}, L{chat.errors.RateLimited},
+            L{chat.errors.InvalidUsername}, L{chat.errors.InvalidPassword},
+            L{chat.errors.InvalidFullName} or L{chat.errors.UserExists}.
         """
 
 
@@ -92,8 +280,9 @@ class IChatStore(Interface):
 
     def delete_user(username: str) -> Deferred[None]:
         """
-        Delete a user, its sessions and its mailbox. Messages it sent to
-        others stay in their mailboxes.
+        Delete a user, its sessions, its mailbox and its group memberships
+        (as if it left each group). Messages it sent to others stay in
+        their mailboxes.
 
         @return: fails with L{chat.errors.NoSuchUser}.
         """
@@ -148,11 +337,155 @@ class IChatStore(Interface):
             messages (checked in the same transaction as the insert).
         """
 
-    def drain_inbox(username: str, delivered_at: float) -> Deferred[list[Message]]:
+    def drain_inbox(
+        username: str, delivered_at: float, max_bytes: int | None = None
+    ) -> Deferred[list[Message]]:
         """
         Return the user's undelivered messages, oldest first, and mark them
         delivered in the same transaction. Each message is returned by
-        exactly one call.
+        exactly one call. Delivered messages stay stored (for L{history}).
+
+        @param max_bytes: if set, stop before the first message whose text
+            and file would take the bytes returned over this (but always
+            return at least one message); the rest stays undelivered.
+        """
+
+    def store_messages(
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        """
+        Store one message (with a file, if C{attachment}) in the mailbox of
+        each distinct recipient, all or none, in one transaction.
+
+        @return: fires with one L{Message} per distinct recipient, in the
+            order given; fails with L{chat.errors.NoSuchUser} if the sender
+            does not exist, L{chat.errors.NoSuchUsers} naming every
+            recipient that does not, or L{chat.errors.MailboxFull} naming a
+            recipient whose mailbox is full (then nothing is stored).
+        """
+
+    def store_group_message(
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        """
+        Store a message in the mailbox of every member of C{group} as it is
+        in this transaction: undelivered for the others, already delivered
+        for the sender (its copy, for its history). Each carries C{group}.
+        A member whose mailbox is full (the store's maximum of undelivered
+        messages) gets a copy stored as delivered, for its history only.
+
+        @return: fires with the sender's copy first, then the undelivered
+            others' in join order; fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember} if the sender is not a member.
+        """
+
+    def create_group(name: str, owner: str, created_at: float) -> Deferred[Group]:
+        """
+        Create a group with C{owner} as its owner and only member.
+
+        @return: fails with L{chat.errors.GroupExists} or
+            L{chat.errors.NoSuchUser} if C{owner} does not exist.
+        """
+
+    def join_group(name: str, username: str, joined_at: float) -> Deferred[Group]:
+        """
+        @return: fires with the group after joining; fails with
+            L{chat.errors.NoSuchGroup}, L{chat.errors.AlreadyAMember} or
+            L{chat.errors.NoSuchUser}.
+        """
+
+    def leave_group(name: str, username: str) -> Deferred[Group | None]:
+        """
+        Remove a member. If it owned the group, the longest-standing
+        remaining member becomes the owner; a group left empty is deleted.
+
+        @return: fires with the group after leaving, or None if it was
+            deleted; fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember}.
+        """
+
+    def kick_from_group(name: str, by: str, username: str) -> Deferred[Group]:
+        """
+        Remove C{username} from a group on behalf of C{by}, who must own it.
+
+        @return: fires with the group after the kick; fails with
+            L{chat.errors.NoSuchGroup}, L{chat.errors.NotGroupOwner},
+            L{chat.errors.CannotKickSelf} or L{chat.errors.NotAMember}
+            (naming C{username}).
+        """
+
+    def list_groups(username: str) -> Deferred[list[Group]]:
+        """
+        @return: fires with the groups C{username} is a member of, ordered
+            by name.
+        """
+
+    def conversation(
+        username: str,
+        peer: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        """
+        The private messages (not group messages) between C{username} and
+        C{peer}, both ways, newest first: at most C{limit}, with ids below
+        C{before_id} if set, and (if C{max_bytes} is set) stopping
+        before the text and file bytes would pass it, but with at least one
+        message.
+
+        @return: fires with the L{Page}; fails with L{chat.errors.NoSuchUser}
+            if C{peer} does not exist.
+        """
+
+    def group_history(
+        username: str,
+        group: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        """
+        The messages of C{group} in C{username}'s mailbox, newest first,
+        paged as in L{conversation}.
+
+        @return: fails with L{chat.errors.NoSuchGroup}, or
+            L{chat.errors.NotAMember} if C{username} is not a member now.
+        """
+
+    def purge_messages(sent_before: float, limit: int) -> Deferred[int]:
+        """
+        Delete at most C{limit} messages (delivered or not) sent before
+        C{sent_before}, oldest first, and the files no message uses any
+        more.
+
+        @return: fires with how many messages were deleted.
+        """
+
+    def undelivered(
+        username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        """
+        Read (without marking) up to C{limit} undelivered messages of the
+        user with ids above C{after_id}, oldest first.
+        """
+
+    def mark_delivered(
+        username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        """
+        Mark every undelivered message of the user with an id up to
+        C{up_to_id} delivered.
+
+        @return: fires with how many were marked.
         """
 
     def close() -> Deferred[None]:

@@ -4,15 +4,38 @@ Frozen values passed between the realm, the store and the protocol.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from datetime import datetime, timezone
 
 import attrs
 
-from chat.errors import InvalidUsername
+from chat.errors import (
+    InvalidFileName,
+    InvalidFullName,
+    InvalidGroupName,
+    InvalidPassword,
+    InvalidUsername,
+)
 
 #: Usernames: lowercase letters, digits, ``_``, ``-`` and ``.``; 1 to 32 long.
 USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{1,32}")
+
+#: Group names follow the username rule; on the wire a C{#} marks them.
+GROUP_NAME_PATTERN = USERNAME_PATTERN
+
+#: The longest file name, in UTF-8 bytes (what most file systems allow).
+MAX_FILE_NAME_BYTES = 255
+
+#: Passwords of new accounts: at least 8 characters (and at most 1024).
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+
+#: Full names of new accounts.
+MAX_FULL_NAME_LENGTH = 128
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_username(username: str) -> str:
@@ -26,6 +49,77 @@ def validate_username(username: str) -> str:
             "usernames are 1-32 characters: lowercase letters, digits, '_', '-', '.'"
         )
     return username
+
+
+def validate_password(password: str) -> str:
+    """
+    Return C{password} if it is acceptable for a new account.
+
+    @raise InvalidPassword: if it is too short or too long.
+    """
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise InvalidPassword(
+            f"passwords are {MIN_PASSWORD_LENGTH}-{MAX_PASSWORD_LENGTH} characters"
+        )
+    return password
+
+
+def validate_full_name(full_name: str) -> str:
+    """
+    Return C{full_name}, stripped, if it is acceptable for a new account.
+
+    @raise InvalidFullName: if it is empty, too long or has control
+        characters.
+    """
+    full_name = full_name.strip()
+    if (
+        not full_name
+        or len(full_name) > MAX_FULL_NAME_LENGTH
+        or _CONTROL.search(full_name)
+    ):
+        raise InvalidFullName(
+            f"full names are 1-{MAX_FULL_NAME_LENGTH} characters without "
+            "control characters"
+        )
+    return full_name
+
+
+def validate_group_name(name: str) -> str:
+    """
+    Return C{name} if it is a valid group name (the username rule).
+
+    @raise InvalidGroupName: if it is not.
+    """
+    if GROUP_NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidGroupName(
+            "group names are 1-32 characters: lowercase letters, digits, '_', '-', '.'"
+        )
+    return name
+
+
+def validate_file_name(name: str) -> str:
+    """
+    Return C{name} if it is a plain file name a receiver can save as is:
+    no directories, nothing hidden or relative.
+
+    @raise InvalidFileName: for an empty name, one longer than 255 UTF-8
+        bytes, or one with C{/}, C{\\}, C{..}, a leading C{.}, NUL or
+        another control character.
+    """
+    if (
+        not name
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES
+        or "/" in name
+        or "\\" in name
+        or ".." in name
+        or name.startswith(".")
+        or _CONTROL.search(name)
+    ):
+        raise InvalidFileName(
+            "file names are 1-255 bytes without '/', '\\', '..', a leading '.' "
+            "or control characters"
+        )
+    return name
 
 
 def iso_utc(when: float) -> str:
@@ -61,9 +155,34 @@ class Session:
 
 
 @attrs.frozen
+class Attachment:
+    """
+    A file sent with a message: its name and its bytes.
+    """
+
+    name: str
+    content: bytes = attrs.field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@attrs.frozen
 class Message:
     """
-    A stored private message, with the full names captured at send time.
+    A stored message in one mailbox, with the full names captured at send
+    time.
+
+    A message to several users (a list, or a group's members) is one
+    L{Message} per mailbox, each with its own C{id}. C{group} names the
+    group it was sent to, if any. A file message carries the file's
+    C{file_name}, C{file_size} and C{file_sha256}, and its bytes in
+    C{file_content} (its C{text} is the file name).
     """
 
     id: int
@@ -73,12 +192,18 @@ class Message:
     recipient_name: str
     text: str
     sent_at: float
+    group: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+    file_sha256: str | None = None
+    file_content: bytes | None = attrs.field(default=None, repr=False)
 
     def to_wire(self) -> dict[str, object]:
         """
-        The course's message shape plus our extra keys.
+        The course's message shape plus our extra keys; C{group} and the
+        C{file_*} keys only when set.
         """
-        return {
+        wire: dict[str, object] = {
             "msg_from": self.sender_name,
             "msg_to": self.recipient_name,
             "msg": self.text,
@@ -87,3 +212,46 @@ class Message:
             "from": self.sender,
             "to": self.recipient,
         }
+        if self.group is not None:
+            wire["group"] = self.group
+        if self.file_name is not None:
+            wire["file_name"] = self.file_name
+            wire["file_size"] = self.file_size
+            wire["file_sha256"] = self.file_sha256
+            if self.file_content is not None:
+                wire["file_content"] = base64.b64encode(self.file_content).decode(
+                    "ascii"
+                )
+        return wire
+
+
+@attrs.frozen
+class Group:
+    """
+    A named group: its owner and its members, longest-standing first (the
+    owner is always a member).
+    """
+
+    name: str
+    owner: str
+    members: tuple[str, ...]
+    created_at: float
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "members": list(self.members),
+            "created_at": iso_utc(self.created_at),
+        }
+
+
+@attrs.frozen
+class Page:
+    """
+    One page of a history, newest first; C{more} says whether older
+    messages remain (ask again with C{before_id} set to the last C{id}).
+    """
+
+    messages: tuple[Message, ...]
+    more: bool

@@ -7,7 +7,8 @@ The flow on one connection:
     L{chat.commands.parse}; a bad line gets an ERROR reply and the
     connection stays usable.
  2. C{auth} logs in through the portal with the username and password and
-    opens a session; every other command logs in through the portal with
+    opens a session; C{register} asks the factory's L{IRegistrar} (it
+    needs no login); every other command logs in through the portal with
     the token it carries, and calls the L{IChatUser} avatar it gets.
  3. Replies go out in request order: while one command waits (for the
     store's commit, or a password hash), later lines wait in a queue; if a
@@ -24,7 +25,8 @@ every connection's login deadline and idle timeout):
    gets one ERROR reply and is closed.
  - A connection must log in (a successful C{auth}, or any command with a
    valid token) within C{login_timeout} of connecting, whatever it sends
-   meanwhile; after that it is closed when idle for C{idle_timeout}.
+   meanwhile; after that it is closed when idle for C{idle_timeout},
+   unless it is subscribed to events.
  - Failed logins (per username and per address) and invalid tokens (per
    address) are limited before the password is hashed or the token looked
    up; a refused attempt gets C{too many attempts} with C{retry_after_ms}.
@@ -32,8 +34,9 @@ every connection's login deadline and idle timeout):
    the connection's bucket has a token again.
  - The protocol is the streaming producer of its transport: when the
    client stops reading and the transport's buffer fills, reading its
-   input pauses, and if more than C{max_output} bytes of replies (or
-   events) pile up meanwhile, the connection is dropped.
+   input and running its queued commands pause until it has read what was
+   sent, so its replies do not pile up; if more than C{max_output} bytes
+   (of pushed events) pile up meanwhile anyway, the connection is dropped.
 
 Domain errors become the course's error replies; anything unexpected is
 logged and answered with C{internal error}, never with a traceback.
@@ -42,6 +45,7 @@ logged and answered with C{internal error}, never with a traceback.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -52,19 +56,36 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
+    AlreadyAMember,
+    CannotKickSelf,
+    FileTooLarge,
+    GroupExists,
+    InvalidFileName,
+    InvalidFullName,
+    InvalidGroupName,
+    InvalidPassword,
+    InvalidUsername,
     MailboxFull,
+    NoSuchGroup,
     NoSuchUser,
+    NoSuchUsers,
+    NotAMember,
+    NotGroupOwner,
     RateLimited,
+    RegistrationClosed,
     SessionNotFound,
     StorageUnavailable,
+    TooManyRecipients,
     UnknownUser,
+    UserExists,
     WrongPassword,
 )
-from chat.interfaces import IChatUser
+from chat.interfaces import IChatClient, IChatUser, IRegistrar
 from chat.limits import (
     ConnectionTracker,
     Deadlines,
@@ -74,19 +95,45 @@ from chat.limits import (
     take_token,
 )
 from chat.logs import make_logger
-from chat.model import Message
+from chat.model import Group, Message, Page
 
 Reply = dict[str, object]
 
-#: Domain failures and their wire replies, most specific first.
+#: Domain failures and their wire replies, most specific first. The
+#: message is formatted with the exception ("{}" is its text).
 ERRORS: list[tuple[type[Exception], str, str]] = [
     (UnknownUser, "User Tidak Ada", "unknown_user"),
     (WrongPassword, "Password Salah", "wrong_password"),
     (SessionNotFound, "Session Tidak Ditemukan", "no_session"),
     (NoSuchUser, "User Tidak Ditemukan", "no_such_user"),
+    (NoSuchUsers, "User Tidak Ditemukan: {}", "no_such_user"),
     (StorageUnavailable, "storage unavailable", "storage_unavailable"),
+    (RegistrationClosed, "registration is disabled", "registration_closed"),
+    (InvalidUsername, "invalid username: {}", "invalid_username"),
+    (InvalidPassword, "invalid password: {}", "invalid_password"),
+    (InvalidFullName, "invalid full name: {}", "invalid_full_name"),
+    (UserExists, "user already exists", "user_exists"),
+    (InvalidGroupName, "invalid group name: {}", "invalid_group_name"),
+    (NoSuchGroup, "no such group", "no_such_group"),
+    (GroupExists, "group already exists", "group_exists"),
+    (NotAMember, "not a member of the group", "not_a_member"),
+    (AlreadyAMember, "already a member of the group", "already_member"),
+    (NotGroupOwner, "only the group owner can do this", "not_owner"),
+    (CannotKickSelf, "the owner cannot kick themselves", "cannot_kick_self"),
+    (TooManyRecipients, "too many recipients", "too_many_recipients"),
+    (InvalidFileName, "invalid file name: {}", "invalid_file_name"),
+    (FileTooLarge, "file too large", "file_too_large"),
     (MailboxFull, "mailbox full", "mailbox_full"),
 ]
+
+#: Extra keys of some error replies.
+ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
+    NoSuchUsers: lambda e: {"users": list(e.usernames)},
+    NotAMember: lambda e: {"group": e.name, "username": e.username},
+    TooManyRecipients: lambda e: {"max_recipients": e.limit},
+    FileTooLarge: lambda e: {"max_file_size": e.limit},
+    MailboxFull: lambda e: {"username": e.username},
+}
 
 _TOO_LONG = object()
 
@@ -106,6 +153,32 @@ def inbox_reply(messages: list[Message]) -> Reply:
     return commands.ok(messages=grouped)
 
 
+def history_reply(page: Page) -> Reply:
+    """
+    One page of a history, newest first, and where the next page starts.
+    """
+    next_before_id = page.messages[-1].id if page.more and page.messages else None
+    return commands.ok(
+        messages=[message.to_wire() for message in page.messages],
+        next_before_id=next_before_id,
+    )
+
+
+def file_sent_reply(messages: list[Message]) -> Reply:
+    first = messages[0]
+    return commands.ok(
+        message="File Sent",
+        file_name=first.file_name,
+        file_size=first.file_size,
+        file_sha256=first.file_sha256,
+    )
+
+
+def group_reply(message: str) -> Callable[[Group], Reply]:
+    return lambda group: commands.ok(message=message, group=group.to_wire())
+
+
+@implementer(IChatClient)
 class ChatProtocol(LineReceiver):
     """
     One client connection speaking the v1 line protocol.
@@ -125,6 +198,11 @@ class ChatProtocol(LineReceiver):
         self._draining = False
         self._input_closed = False
         self._peer = "?"
+        self._logouts: dict[str, Callable[[], None]] = {}
+        self._subscription: tuple[Any, Any] | None = None
+        self._host = "?"
+        self._partial: list[bytes] = []
+        self._partial_length = 0
         # Connection lifecycle and limits (see the module docstring). This
         # is kept small: a server holds thousands of idle connections.
         self._address = ""
@@ -143,9 +221,9 @@ class ChatProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", None)
-        self._address = address_key(str(host or ""))
-        self._peer = f"{host or peer}:{getattr(peer, 'port', '')}"
+        self._host = str(getattr(peer, "host", peer))
+        self._address = address_key(str(getattr(peer, "host", "") or ""))
+        self._peer = f"{self._host}:{getattr(peer, 'port', '')}"
         factory = self.factory
         refused = factory.connections.admit(self._address)
         if refused is not None:
@@ -174,6 +252,11 @@ class ChatProtocol(LineReceiver):
         if self._throttle is not None and self._throttle.active():
             self._throttle.cancel()
         self._throttle = None
+        self._unsubscribe()
+        logouts, self._logouts = self._logouts, {}
+        for logout in logouts.values():
+            logout()
+        self._partial.clear()
         if self._counted:
             self._counted = False
             self.factory.deadlines.remove(self, self._deadline_slot)
@@ -192,11 +275,16 @@ class ChatProtocol(LineReceiver):
         if not self._authenticated:
             self._close_with_error("login timeout", "login_timeout")
             return
-        idle_until = self._last_active + self.factory.limits.idle_timeout
-        if idle_until <= now:
-            self._close_with_error("idle timeout", "idle_timeout")
-        else:
+        idle_timeout = self.factory.limits.idle_timeout
+        idle_until = self._last_active + idle_timeout
+        if idle_until > now:
             self._deadline_slot = self.factory.deadlines.add(self, idle_until)
+        elif self._subscription is not None:
+            # A connection subscribed to events is a listener, quiet by
+            # design (the clients do not ping): it is not idle.
+            self._deadline_slot = self.factory.deadlines.add(self, now + idle_timeout)
+        else:
+            self._close_with_error("idle timeout", "idle_timeout")
 
     def _close_with_error(self, message: str, code: str) -> None:
         self.log.info(
@@ -273,6 +361,7 @@ class ChatProtocol(LineReceiver):
         self._output_blocked = False
         self._unsent = 0
         self._resume_reading(_OUTPUT)
+        self._drain()
 
     def stopProducing(self) -> None:
         self._producing = False
@@ -280,6 +369,29 @@ class ChatProtocol(LineReceiver):
         self._queue.clear()
 
     # Input.
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Collect the reads of a long line until one brings its end.
+
+        LineReceiver appends every read to its buffer and searches all of
+        it for the delimiter, which is quadratic in the reads of one line;
+        lines carrying files are megabytes long.
+        """
+        if self._input_closed:
+            return
+        # (Empty data, from _resume_reading, runs the lines already buffered.)
+        if data and self.delimiter not in data and not self._busyReceiving:
+            self._partial.append(data)
+            self._partial_length += len(data)
+            if len(self._buffer) + self._partial_length <= self.MAX_LENGTH:
+                return
+            data = b""
+        if self._partial:
+            data = b"".join(self._partial) + data
+            self._partial.clear()
+            self._partial_length = 0
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
@@ -306,7 +418,12 @@ class ChatProtocol(LineReceiver):
             return
         self._draining = True
         try:
-            while self._queue and not self._busy and self._throttle is None:
+            while (
+                self._queue
+                and not self._busy
+                and self._throttle is None
+                and not self._output_blocked
+            ):
                 item = self._queue[0]
                 if item is _TOO_LONG:
                     self._write(commands.error("line too long", "line_too_long"))
@@ -359,7 +476,8 @@ class ChatProtocol(LineReceiver):
         data = commands.encode(reply)
         if self._output_blocked:
             # The transport's buffer is full and the client is not reading:
-            # count what piles up behind it.
+            # count what piles up behind it (events, and the reply of a
+            # command that was running when it filled up).
             self._unsent += len(data)
             if self._unsent > self.factory.limits.max_output:
                 self.log.info(
@@ -406,11 +524,140 @@ class ChatProtocol(LineReceiver):
         d.addCallback(lambda avatar: avatar.inbox())
         return d.addCallback(inbox_reply)
 
+    def do_register(self, command: commands.Register) -> Deferred[Reply | None]:
+        registrar = self.factory.registrar
+        if registrar is None:
+            return fail(RegistrationClosed())
+        d = registrar.register(
+            command.username, command.password, command.full_name, self._host
+        )
+        return d.addCallback(
+            lambda user: commands.ok(message="User Registered", username=user.username)
+        )
+
+    def do_logout(self, command: commands.Logout) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.end_session(command.token))
+        return d.addCallback(lambda _: commands.ok(message="Logged Out"))
+
+    def do_sendgroup(self, command: commands.SendGroup) -> Deferred[Reply | None]:
+        targets = command.targets
+        d = self._with_avatar(command.token)
+        if targets.group is not None:
+            group = targets.group
+            d.addCallback(lambda avatar: avatar.send_to_group(group, command.text))
+        else:
+            d.addCallback(lambda avatar: avatar.send_many(targets.users, command.text))
+        return d.addCallback(lambda _: commands.ok(message="Message Sent"))
+
+    def do_sendfile(self, command: commands.SendFile) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_file(
+                [command.recipient], command.file_name, command.content
+            )
+        )
+        return d.addCallback(file_sent_reply)
+
+    def do_sendgroupfile(
+        self, command: commands.SendGroupFile
+    ) -> Deferred[Reply | None]:
+        targets = command.targets
+        d = self._with_avatar(command.token)
+        if targets.group is not None:
+            group = targets.group
+            d.addCallback(
+                lambda avatar: avatar.send_file_to_group(
+                    group, command.file_name, command.content
+                )
+            )
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_file(
+                    targets.users, command.file_name, command.content
+                )
+            )
+        return d.addCallback(file_sent_reply)
+
+    def do_creategroup(self, command: commands.CreateGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.create_group(command.group))
+        return d.addCallback(group_reply("Group Created"))
+
+    def do_joingroup(self, command: commands.JoinGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.join_group(command.group))
+        return d.addCallback(group_reply("Group Joined"))
+
+    def do_leavegroup(self, command: commands.LeaveGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.leave_group(command.group))
+        return d.addCallback(
+            lambda group: commands.ok(
+                message="Group Left",
+                group=None if group is None else group.to_wire(),
+            )
+        )
+
+    def do_kickgroup(self, command: commands.KickGroup) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.kick(command.group, command.username))
+        return d.addCallback(group_reply("Member Removed"))
+
+    def do_groups(self, command: commands.Groups) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.groups())
+        return d.addCallback(
+            lambda groups: commands.ok(groups=[group.to_wire() for group in groups])
+        )
+
+    def do_history(self, command: commands.History) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        if command.group is not None:
+            group = command.group
+            d.addCallback(
+                lambda avatar: avatar.group_history(
+                    group, command.limit, command.before_id
+                )
+            )
+        else:
+            peer = command.peer
+            d.addCallback(
+                lambda avatar: avatar.history(peer, command.limit, command.before_id)
+            )
+        return d.addCallback(history_reply)
+
     def do_ping(self, command: commands.Ping) -> Deferred[Reply | None]:
         reply = commands.ok(message="PONG")
         if command.echo is not None:
             reply["echo"] = command.echo
         return succeed(reply)
+
+    def do_subscribe(self, command: commands.Subscribe) -> Deferred[Reply | None]:
+        def subscribe(avatar: IChatUser) -> None:
+            self._unsubscribe()
+            # The reply goes out before the first event.
+            self._write(commands.ok(message="Subscribed"))
+            self._subscription = (avatar, avatar.subscribe(self, command.token))
+
+        return self._with_avatar(command.token).addCallback(subscribe)
+
+    def do_ack(self, command: commands.Ack) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.acknowledge(command.up_to_id))
+        return d.addCallback(
+            lambda count: commands.ok(message="Acknowledged", count=count)
+        )
+
+    def do_who(self, command: commands.Who) -> Deferred[Reply | None]:
+        def who(avatar: IChatUser) -> Reply:
+            users = [
+                {"username": username, "full_name": full_name}
+                for username, full_name in avatar.online()
+            ]
+            return commands.ok(users=users)
+
+        return self._with_avatar(command.token).addCallback(who)
 
     def do_quit(self, command: commands.Quit) -> Deferred[Reply | None]:
         self._write(commands.ok(message="bye"))
@@ -434,7 +681,7 @@ class ChatProtocol(LineReceiver):
             raise
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
         try:
-            _, avatar, _ = await self.portal.login(credentials, None, IChatUser)
+            _, avatar, logout = await self.portal.login(credentials, self, IChatUser)
         except UnauthorizedLogin as e:
             failures.login_failed(command.username, self._address)
             self.log.info(
@@ -447,6 +694,7 @@ class ChatProtocol(LineReceiver):
         self.log.info(
             "Login by {user} from {peer}", user=command.username, peer=self._peer
         )
+        self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
         self._authenticated_now()
         return commands.ok(tokenid=token)
@@ -457,18 +705,31 @@ class ChatProtocol(LineReceiver):
             failures.check_token(self._address)
         except RateLimited:
             return fail()
-        d = self.portal.login(SessionToken(token), None, IChatUser)
-        return d.addCallbacks(self._token_valid, self._token_invalid)
+        d = self.portal.login(SessionToken(token), self, IChatUser)
+        return d.addCallbacks(self._logged_in, self._token_invalid)
 
-    def _token_valid(self, result: tuple[Any, Any, Any]) -> Any:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
+        _, avatar, logout = result
+        self._logouts.setdefault(avatar.username, logout)
         if not self._authenticated:
             self._authenticated_now()
-        return result[1]
+        return avatar
 
     def _token_invalid(self, f: Failure) -> Failure:
         if f.check(SessionNotFound):
             self.factory.failures.token_failed(self._address)
         return f
+
+    def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            avatar, subscription = self._subscription
+            self._subscription = None
+            avatar.unsubscribe(subscription)
+
+    # IChatClient
+
+    def send_event(self, event: dict[str, object]) -> None:
+        self._write(event)
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):
@@ -479,7 +740,8 @@ class ChatProtocol(LineReceiver):
             )
         for kind, message, code in ERRORS:
             if f.check(kind):
-                return commands.error(message, code)
+                extra = ERROR_FIELDS.get(kind, lambda e: {})(f.value)
+                return commands.error(message.format(f.value), code, **extra)
         self.log.failure(
             "Unexpected error for {command} from {peer}",
             f,
@@ -500,6 +762,7 @@ class ChatFactory(Factory):
         self,
         portal: Portal,
         max_line: int = 16 * 1024,
+        registrar: IRegistrar | None = None,
         *,
         limits: Limits | None = None,
         clock: IReactorTime | None = None,
@@ -511,6 +774,7 @@ class ChatFactory(Factory):
         assert clock is not None
         self.portal = portal
         self.max_line = max_line
+        self.registrar = registrar
         self.limits = limits = limits or Limits()
         self.clock = clock
         self.connections = ConnectionTracker(

@@ -13,9 +13,19 @@ The flow, step by step:
  3. For C{send} and C{inbox} the protocol logs in again with that token
     (L{SessionChecker}, answered from a cache) and calls the avatar.
  4. L{ChatUser.send} stores the message; the Deferred fires only after the
-    store committed it, and only then does the client hear "Message Sent".
-    L{ChatUser.inbox} takes the undelivered messages and marks them
-    delivered in one transaction.
+    store committed it, and only then does the client hear "Message Sent"
+    and is the message published to the recipient's subscriptions
+    (L{chat.push}). L{ChatUser.inbox} takes the undelivered messages and
+    marks them delivered in one transaction. Messages to several users (a
+    list, or a group's members) are stored in one store operation, all or
+    none; files travel the same way, with the file in the message.
+ 5. Each login passes the connection as the cred "mind": the realm counts
+    the user as online while it has a connection, and the logout callable
+    it returns takes the connection away again.
+ 6. Groups (C{creategroup}, C{joingroup}, ...) live in the store: every
+    change is one store operation, so membership is never half-changed.
+ 7. C{logout} ends the session through L{SessionManager.end}: the token
+    stops working at once, and the subscriptions made with it end.
 
 The protocol never touches the store: it only talks to the portal and the
 avatars it gets from it.
@@ -23,46 +33,127 @@ avatars it gets from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import attrs
 from twisted.cred.portal import IRealm
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.errors import NoSuchUser, SessionNotFound
-from chat.interfaces import IChatStore, IChatUser
+from chat.errors import (
+    ChatError,
+    FileTooLarge,
+    NoSuchUser,
+    NoSuchUsers,
+    SessionNotFound,
+    TooManyRecipients,
+)
+from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
 from chat.logs import make_logger
-from chat.model import Message
-from chat.sessions import SessionManager
+from chat.model import (
+    Attachment,
+    Group,
+    Message,
+    Page,
+    User,
+    validate_file_name,
+    validate_group_name,
+)
+from chat.push import LocalFanout, Presence, Subscription
+from chat.sessions import SessionManager, hash_token
+
+#: The most message bytes (text and files) one inbox or history reply
+#: carries; at least one message is always included. More waits for the
+#: next inbox, or the next history page.
+REPLY_BUDGET = 8 * 1024 * 1024
+
+#: Defaults of the C{--max-file-size} and C{--max-recipients} options.
+DEFAULT_MAX_FILE_SIZE = 1024 * 1024
+DEFAULT_MAX_RECIPIENTS = 100
+
+T = TypeVar("T")
 
 
 @implementer(IRealm)
 @attrs.define
 class ChatRealm:
     """
-    Hands out L{ChatUser} avatars.
+    Hands out L{ChatUser} avatars and keeps the live state: who is online
+    (one entry per connection, the cred "mind") and the subscriptions.
     """
 
     store: IChatStore
     clock: IReactorTime
     sessions: SessionManager
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    fanout: IFanout = attrs.field(factory=LocalFanout)
+    push_window: int = 100
+    presence: Presence = attrs.field(factory=Presence)
+    _subscriptions: dict[str, set[Subscription]] = attrs.field(factory=dict)
 
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
-    ) -> tuple[Any, ChatUser, Callable[[], None]]:
+    ) -> tuple[Any, ChatUser, Callable[[], None]] | Deferred[Any]:
         if IChatUser not in interfaces:
             raise NotImplementedError("ChatRealm only provides IChatUser")
         username = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        return IChatUser, ChatUser(self, username), _nothing_to_clean_up
+        avatar = ChatUser(self, username)
+        if mind is None:
+            return IChatUser, avatar, _nothing_to_clean_up
+        logout = partial(self.presence.detach, username, mind)
+        if self.presence.is_attached(username, mind):
+            return IChatUser, avatar, logout
+
+        def attach(user: User) -> tuple[Any, ChatUser, Callable[[], None]]:
+            self.presence.attach(username, user.full_name, mind)
+            return IChatUser, avatar, logout
+
+        def gone(f: Failure) -> None:
+            f.trap(NoSuchUser)
+            raise SessionNotFound("the user no longer exists")
+
+        return self.store.get_user(username).addCallbacks(attach, gone)
+
+    def __attrs_post_init__(self) -> None:
+        self.sessions.ended_listeners.append(self.end_subscriptions)
+
+    def subscriptions_of(self, username: str) -> list[Subscription]:
+        return list(self._subscriptions.get(username, ()))
+
+    def add_subscription(self, subscription: Subscription) -> None:
+        self._subscriptions.setdefault(subscription.username, set()).add(subscription)
+        self.presence.watch(subscription.client)
+        subscription.start()
+
+    def remove_subscription(self, subscription: Subscription) -> None:
+        subscription.stop()
+        self.presence.unwatch(subscription.client)
+        subscriptions = self._subscriptions.get(subscription.username, set())
+        subscriptions.discard(subscription)
+        if not subscriptions:
+            self._subscriptions.pop(subscription.username, None)
+
+    def end_subscriptions(self, token_hash: str, reason: str) -> None:
+        """
+        Stop every subscription made with this session (it ended).
+        """
+        for subscriptions in list(self._subscriptions.values()):
+            for subscription in list(subscriptions):
+                if subscription.token_hash == token_hash:
+                    self.remove_subscription(subscription)
+                    subscription.client.send_event(
+                        {"event": "unsubscribed", "reason": reason}
+                    )
 
 
 def _nothing_to_clean_up() -> None:
     """
-    Avatars hold no per-connection state yet, so logging out is a no-op.
+    A login without a mind (a connection) leaves nothing to clean up.
     """
 
 
@@ -92,21 +183,47 @@ class ChatUser:
                 sender=self.username,
                 recipient=recipient,
             )
+            self.realm.fanout.publish(message)
             return message
 
-        def sender_gone(f: Failure) -> Failure:
-            # A session can outlive its user by a little (see chat.sessions);
-            # a message from a user who no longer exists is refused like a
-            # message without a session.
-            error = f.value
-            if isinstance(error, NoSuchUser) and error.username == self.username:
-                raise SessionNotFound("the user no longer exists")
-            return f
+        return d.addCallbacks(sent, self._sender_gone)
 
-        return d.addCallbacks(sent, sender_gone)
+    def _sender_gone(self, f: Failure) -> Failure:
+        """
+        A session can outlive its user by a little (see chat.sessions); a
+        command from a user who no longer exists is refused like a command
+        without a session.
+        """
+        error = f.value
+        if isinstance(error, NoSuchUser) and error.username == self.username:
+            raise SessionNotFound("the user no longer exists")
+        return f
+
+    def _stored(self, d: Deferred[T]) -> Deferred[T]:
+        return d.addErrback(self._sender_gone)
+
+    def _sent_to(self, what: str) -> Callable[[list[Message]], list[Message]]:
+        def sent(messages: list[Message]) -> list[Message]:
+            self.log.debug(
+                "{count} messages stored from {sender} to {what}",
+                count=len(messages),
+                sender=self.username,
+                what=what,
+            )
+            for message in messages:
+                # The sender's own copy of a group message is stored as
+                # delivered already (for its history): nothing to push.
+                if not (message.group and message.recipient == self.username):
+                    self.realm.fanout.publish(message)
+            return messages
+
+        return sent
 
     def inbox(self) -> Deferred[list[Message]]:
-        d = self.realm.store.drain_inbox(self.username, self.realm.clock.seconds())
+        # The budget is passed positionally: tests replace drain_inbox.
+        d = self.realm.store.drain_inbox(
+            self.username, self.realm.clock.seconds(), REPLY_BUDGET
+        )
 
         def drained(messages: list[Message]) -> list[Message]:
             self.log.debug(
@@ -114,6 +231,165 @@ class ChatUser:
                 user=self.username,
                 count=len(messages),
             )
+            if messages:
+                self._delivered(messages[-1].id)
             return messages
 
         return d.addCallback(drained)
+
+    def end_session(self, token: str) -> Deferred[None]:
+        return self.realm.sessions.end(token)
+
+    def _recipients(self, recipients: Sequence[str]) -> list[str]:
+        distinct = list(dict.fromkeys(recipients))
+        if len(distinct) > self.realm.max_recipients:
+            raise TooManyRecipients(self.realm.max_recipients)
+        return distinct
+
+    def _attachment(self, file_name: str, content: bytes) -> Attachment:
+        validate_file_name(file_name)
+        if len(content) > self.realm.max_file_size:
+            raise FileTooLarge(self.realm.max_file_size)
+        return Attachment(file_name, content)
+
+    def _send_many(
+        self, recipients: Sequence[str], text: str, attachment: Attachment | None
+    ) -> Deferred[list[Message]]:
+        distinct = self._recipients(recipients)
+        d = self.realm.store.store_messages(
+            self.username, distinct, text, self.realm.clock.seconds(), attachment
+        )
+        return self._stored(d).addCallback(self._sent_to(",".join(distinct)))
+
+    def _send_to_group(
+        self, group: str, text: str, attachment: Attachment | None
+    ) -> Deferred[list[Message]]:
+        d = self.realm.store.store_group_message(
+            self.username, group, text, self.realm.clock.seconds(), attachment
+        )
+        return self._stored(d).addCallback(self._sent_to(f"#{group}"))
+
+    def send_many(
+        self, recipients: Sequence[str], text: str
+    ) -> Deferred[list[Message]]:
+        try:
+            return self._send_many(recipients, text, None)
+        except ChatError:
+            return fail()
+
+    def send_to_group(self, group: str, text: str) -> Deferred[list[Message]]:
+        return self._send_to_group(group, text, None)
+
+    def send_file(
+        self, recipients: Sequence[str], file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        try:
+            d = self._send_many(
+                recipients, file_name, self._attachment(file_name, content)
+            )
+        except ChatError:
+            return fail()
+
+        def one_unknown(f: Failure) -> Failure:
+            # To one recipient, as with send: the course's plain error.
+            if isinstance(f.value, NoSuchUsers) and len(set(recipients)) == 1:
+                raise NoSuchUser(f.value.usernames[0])
+            return f
+
+        return d.addErrback(one_unknown)
+
+    def send_file_to_group(
+        self, group: str, file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        try:
+            attachment = self._attachment(file_name, content)
+        except ChatError:
+            return fail()
+        return self._send_to_group(group, file_name, attachment)
+
+    # Groups.
+
+    def _changed(self, what: str, name: str) -> Callable[[T], T]:
+        def changed(result: T) -> T:
+            self.log.info(
+                "{user} {what} group {group}", user=self.username, what=what, group=name
+            )
+            return result
+
+        return changed
+
+    def create_group(self, name: str) -> Deferred[Group]:
+        try:
+            validate_group_name(name)
+        except ChatError:
+            return fail()
+        d = self.realm.store.create_group(
+            name, self.username, self.realm.clock.seconds()
+        )
+        return self._stored(d).addCallback(self._changed("created", name))
+
+    def join_group(self, name: str) -> Deferred[Group]:
+        d = self.realm.store.join_group(name, self.username, self.realm.clock.seconds())
+        return self._stored(d).addCallback(self._changed("joined", name))
+
+    def leave_group(self, name: str) -> Deferred[Group | None]:
+        d = self.realm.store.leave_group(name, self.username)
+        return d.addCallback(self._changed("left", name))
+
+    def kick(self, name: str, username: str) -> Deferred[Group]:
+        d = self.realm.store.kick_from_group(name, self.username, username)
+        return d.addCallback(self._changed(f"removed {username} from", name))
+
+    def groups(self) -> Deferred[list[Group]]:
+        return self.realm.store.list_groups(self.username)
+
+    # History.
+
+    def history(
+        self, peer: str, limit: int, before_id: int | None = None
+    ) -> Deferred[Page]:
+        return self._stored(
+            self.realm.store.conversation(
+                self.username, peer, limit, before_id, REPLY_BUDGET
+            )
+        )
+
+    def group_history(
+        self, group: str, limit: int, before_id: int | None = None
+    ) -> Deferred[Page]:
+        return self.realm.store.group_history(
+            self.username, group, limit, before_id, REPLY_BUDGET
+        )
+
+    def subscribe(self, client: IChatClient, token: str) -> Subscription:
+        subscription = Subscription(
+            self.realm.store,
+            self.realm.fanout,
+            self.realm.clock,
+            client,
+            self.username,
+            hash_token(token),
+            self.realm.push_window,
+        )
+        self.realm.add_subscription(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.realm.remove_subscription(subscription)
+
+    def acknowledge(self, up_to_id: int) -> Deferred[int]:
+        now = self.realm.clock.seconds()
+        d = self.realm.store.mark_delivered(self.username, up_to_id, now)
+
+        def marked(count: int) -> int:
+            self._delivered(up_to_id)
+            return count
+
+        return d.addCallback(marked)
+
+    def _delivered(self, up_to_id: int) -> None:
+        for subscription in self.realm.subscriptions_of(self.username):
+            subscription.acknowledged(up_to_id)
+
+    def online(self) -> list[tuple[str, str]]:
+        return self.realm.presence.online()

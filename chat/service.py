@@ -20,15 +20,22 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
+from chat import commands
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.errors import NoSuchUser, UserExists
 from chat.interfaces import IChatStore, IPasswordHasher
-from chat.limits import Limits, raise_open_file_limit
+from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.logs import make_logger
 from chat.model import User
 from chat.protocol import ChatFactory
-from chat.realm import ChatRealm
+from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
+from chat.registration import Registrar
+from chat.retention import MessagePurger
 from chat.sessions import SessionManager
+
+#: Default of C{--registration-rate}: 5 attempts per address, then one more
+#: every 12 minutes (5 per hour).
+DEFAULT_REGISTRATION_RATE = (5, 3600.0)
 
 #: The course's three users (rm77/progjar), created by C{--demo}.
 DEMO_USERS = [
@@ -79,23 +86,60 @@ class ChatService(Service):
         *,
         hasher: Argon2Hasher | None = None,
         demo: bool = False,
-        max_line: int = 16 * 1024,
+        max_line: int | None = None,
         session_idle: float = 86400.0,
         session_max_age: float = 30 * 86400.0,
+        push_window: int = 100,
+        registration_open: bool = False,
+        registration_rate: tuple[int, float] = DEFAULT_REGISTRATION_RATE,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+        retention: float | None = None,
         limits: Limits | None = None,
     ) -> None:
+        """
+        @param max_line: the longest request line; by default the shortest
+            that carries a file of C{max_file_size} bytes.
+        @param registration_rate: C{(count, seconds)}: each client address
+            may try C{count} registrations at once, then C{count} more per
+            C{seconds}.
+        @param retention: seconds after which messages are deleted; None
+            keeps them forever.
+        """
         self.reactor = reactor
         self.store = store
         self.endpoints = endpoints
         self.hasher = hasher or Argon2Hasher(reactor)
         self.demo = demo
+        self.registration_open = registration_open
         self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
-        self.realm = ChatRealm(store, reactor, self.sessions)
+        self.realm = ChatRealm(
+            store,
+            reactor,
+            self.sessions,
+            max_file_size=max_file_size,
+            max_recipients=max_recipients,
+            push_window=push_window,
+        )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
         )
-        self.factory = ChatFactory(self.portal, max_line, limits=limits, clock=reactor)
+        count, seconds = registration_rate
+        self.registrar = Registrar(
+            store,
+            self.hasher,
+            RateLimiter(reactor, rate=count / seconds, burst=count),
+            open=registration_open,
+        )
+        if max_line is None:
+            max_line = commands.max_line_for_file(max_file_size)
+        self.factory = ChatFactory(
+            self.portal, max_line, self.registrar, limits=limits, clock=reactor
+        )
+        self.purger = (
+            None if retention is None else MessagePurger(store, reactor, retention)
+        )
         self.factory.hold()
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[None] = Deferred()
@@ -153,6 +197,8 @@ class ChatService(Service):
         self.store.start()
         self.hasher.start()
         self.sessions.start()
+        if self.registration_open:
+            self.log.info("Registration is open: anyone may create an account")
         if self.demo:
             self.log.warn(
                 "Demo accounts are enabled: messi, henderson and lineker with "
@@ -164,6 +210,8 @@ class ChatService(Service):
             d = succeed(None)
 
         def started(_: Any) -> None:
+            if self.purger is not None:
+                self.purger.start()
             self.factory.open()
             self.ready.callback(None)
 
@@ -179,6 +227,8 @@ class ChatService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.purger is not None:
+            self.purger.stop()
         d = self._stop_listening()
         d.addBoth(lambda _: self.sessions.stop())
         d.addBoth(lambda _: self.store.close())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -59,6 +60,13 @@ class SessionManager:
     touch_interval: float = 60.0
     sweep_interval: float = 600.0
     _live: dict[str, _Live] = attrs.field(factory=dict, init=False)
+    #: Sessions being ended: a lookup that was in flight when one ended
+    #: must not bring it back into the cache.
+    _ending: dict[str, int] = attrs.field(factory=dict, init=False)
+    #: Called with (token hash, reason) whenever a session ends.
+    ended_listeners: list[Callable[[str, str], None]] = attrs.field(
+        factory=list, init=False
+    )
     _sweeper: LoopingCall | None = attrs.field(default=None, init=False)
 
     log = make_logger()
@@ -140,7 +148,7 @@ class SessionManager:
         d = self.store.get_session(token_hash)
 
         def loaded(session: Session | None) -> Deferred[str]:
-            if session is None:
+            if session is None or token_hash in self._ending:
                 return fail(SessionNotFound())
             found = self._live.setdefault(
                 token_hash,
@@ -164,7 +172,11 @@ class SessionManager:
     def _use(self, token_hash: str, live: _Live) -> Deferred[str]:
         now = self.clock.seconds()
         if self._expired(live, now):
-            self._end(token_hash, "expired")
+            self._end(token_hash, "expired").addErrback(
+                lambda f: self.log.warn(
+                    "Could not delete a session: {why}", why=f.value
+                )
+            )
             return fail(SessionNotFound())
         live.last_seen_at = max(live.last_seen_at, now)
         if now - live.stored_last_seen_at < self.touch_interval:
@@ -179,11 +191,31 @@ class SessionManager:
 
         return self.store.touch_session(token_hash, now).addCallback(touched)
 
-    def _end(self, token_hash: str, why: str) -> None:
+    def end(self, token: str) -> Deferred[None]:
+        """
+        End the session of C{token} (logout): it stops resolving at once,
+        and is deleted from the store. Every way a session is ended
+        explicitly goes through here.
+
+        @return: fires once the deletion has been committed; fails with
+            L{chat.errors.StorageUnavailable} if it could not be (then the
+            session may still work: the client should try again).
+        """
+        return self._end(hash_token(token), "logged out")
+
+    def _end(self, token_hash: str, why: str) -> Deferred[None]:
         self._live.pop(token_hash, None)
+        for listener in list(self.ended_listeners):
+            listener(token_hash, why)
+        self._ending[token_hash] = self._ending.get(token_hash, 0) + 1
         self.log.info(
             "Session {session} ended: {why}", session=token_label(token_hash), why=why
         )
-        self.store.delete_session(token_hash).addErrback(
-            lambda f: self.log.warn("Could not delete a session: {why}", why=f.value)
-        )
+
+        def deleted(passthrough: object) -> object:
+            left = self._ending.pop(token_hash) - 1
+            if left:
+                self._ending[token_hash] = left
+            return passthrough
+
+        return self.store.delete_session(token_hash).addBoth(deleted)

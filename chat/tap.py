@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from chat import logs
+from chat import commands, logs
 from chat.errors import SchemaTooNew, StorageUnavailable
 from chat.limits import Limits, Rate
 from chat.store import STORE_HELP, open_store
@@ -42,21 +42,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-_SIZE = re.compile(r"(\d+)([kmg]?)(i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE = re.compile(r"(\d+)([km]?)(i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
 
 
 def size(text: str) -> int:
     """
-    Bytes from C{65536}, C{64k}, C{1M} or C{1MiB} (binary units).
+    Bytes from C{1048576}, C{512K}, C{1M} or C{1MiB} (binary units).
     """
     match = _SIZE.fullmatch(text.strip())
     if match is None or int(match.group(1)) <= 0:
-        raise ValueError(f"not a positive size: {text!r} (examples: 65536 64k 1M)")
+        raise ValueError(f"not a positive size: {text!r} (examples: 65536 512K 1M)")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
-def rate(text: str) -> Rate:
+def rate(text: str) -> tuple[int, float]:
+    """
+    C{(count, seconds)} from C{COUNT/DURATION}, e.g. C{5/1h}: bursts of
+    COUNT, refilled at COUNT per DURATION.
+    """
+    count, slash, period = text.partition("/")
+    if not slash:
+        raise ValueError(f"not a rate: {text!r} (example: 5/1h)")
+    return positive_int(count), duration(period)
+
+
+def limit_rate(text: str) -> Rate:
     """
     A L{Rate} from C{COUNT/DURATION}: C{10/1m} is bursts of up to 10,
     refilling at 10 per minute.
@@ -71,25 +82,39 @@ def rate(text: str) -> Rate:
     return Rate(value, duration(per))
 
 
-def rate_or_off(text: str) -> Rate | None:
+def limit_rate_or_off(text: str) -> Rate | None:
     """
-    Like L{rate}, or None for C{off}.
+    Like L{limit_rate}, or None for C{off}.
     """
-    return None if text.strip().lower() == "off" else rate(text)
+    return None if text.strip().lower() == "off" else limit_rate(text)
+
+
+def retention(text: str) -> float | None:
+    """
+    Seconds from a duration, or None for C{forever}.
+    """
+    if text.strip() == "forever":
+        return None
+    return duration(text)
+
+
+def registration(text: str) -> str:
+    if text not in ("open", "closed"):
+        raise ValueError(f"expected open or closed, not {text!r}")
+    return text
 
 
 _DEFAULTS = Limits()
 
-#: Options converted in postOptions, so that their defaults are parsed too.
-_CONVERTED = {
-    "session-idle": duration,
-    "session-max-age": duration,
+#: The limits' options, converted in postOptions so that their defaults
+#: are parsed too.
+_LIMIT_OPTIONS = {
     "login-timeout": duration,
     "idle-timeout": duration,
-    "login-failures-per-user": rate,
-    "login-failures-per-address": rate,
-    "token-failures-per-address": rate,
-    "command-rate": rate_or_off,
+    "login-failures-per-user": limit_rate,
+    "login-failures-per-address": limit_rate,
+    "token-failures-per-address": limit_rate,
+    "command-rate": limit_rate_or_off,
     "max-output": size,
 }
 
@@ -101,8 +126,9 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "A chat server speaking the course chat protocol (auth/send/inbox) "
-        "with durable storage. Endpoints use Twisted's endpoint syntax, "
+        "A chat server speaking the course chat protocol (auth/send/inbox, "
+        "and register, groups, files, history) with durable storage. "
+        "Endpoints use Twisted's endpoint syntax, "
         "e.g. tcp:8889:interface=127.0.0.1 or "
         "ssl:8890:privateKey=key.pem:certKey=cert.pem."
     )
@@ -120,10 +146,50 @@ class Options(usage.Options):
         [
             "max-line",
             None,
-            16 * 1024,
-            "Longest request line in bytes; a longer "
-            "one is answered with an error and the connection is closed.",
+            None,
+            "Longest request line in bytes; a longer one is answered with an "
+            "error and the connection is closed. [default: room for a file of "
+            "--max-file-size in base64, plus 16384]",
             positive_int,
+        ],
+        [
+            "max-file-size",
+            None,
+            "1M",
+            "Largest file sendfile and sendgroupfile accept, in bytes "
+            "(512K, 1M, ...), decoded.",
+            size,
+        ],
+        [
+            "max-recipients",
+            None,
+            100,
+            "Most distinct users one sendgroup or sendgroupfile may name.",
+            positive_int,
+        ],
+        [
+            "registration",
+            None,
+            "closed",
+            "open: anyone may create an account with register; closed: "
+            "only chat-admin creates accounts.",
+            registration,
+        ],
+        [
+            "registration-rate",
+            None,
+            "5/1h",
+            "Registration attempts per client address: COUNT/DURATION allows "
+            "bursts of COUNT, refilled at COUNT per DURATION.",
+            rate,
+        ],
+        [
+            "retention",
+            None,
+            "forever",
+            "Delete messages (delivered or not) and files this long after "
+            "they were sent (90s, 15m, 24h, 30d), or keep them forever.",
+            retention,
         ],
         [
             "session-idle",
@@ -138,6 +204,13 @@ class Options(usage.Options):
             "30d",
             "A session ends this long after login, however active.",
             duration,
+        ],
+        [
+            "push-window",
+            None,
+            100,
+            "Most pushed messages a subscriber may leave unacknowledged.",
+            positive_int,
         ],
         [
             "hash-concurrency",
@@ -237,12 +310,33 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name, convert in _CONVERTED.items():
+        # Defaults are not coerced by usage.Options; the same functions
+        # turn them into values here.
+        defaults = {
+            "session-idle": duration,
+            "session-max-age": duration,
+            "max-file-size": size,
+            "registration-rate": rate,
+            "retention": retention,
+        }
+        for name, coerce in defaults.items():
+            if isinstance(self[name], str):
+                self[name] = coerce(self[name])
+        for name, convert in _LIMIT_OPTIONS.items():
             if isinstance(self[name], str):
                 try:
                     self[name] = convert(self[name])
                 except ValueError as e:
                     raise usage.UsageError(f"--{name}: {e}") from None
+        needed = commands.max_line_for_file(self["max-file-size"])
+        if self["max-line"] is None:
+            self["max-line"] = needed
+        elif self["max-line"] < needed:
+            raise usage.UsageError(
+                f"--max-line {self['max-line']} cannot carry a file of "
+                f"--max-file-size {self['max-file-size']} bytes: use at least "
+                f"{needed}, or a smaller --max-file-size"
+            )
         if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
@@ -277,6 +371,12 @@ def makeService(options: Options) -> IService:
         max_line=options["max-line"],
         session_idle=options["session-idle"],
         session_max_age=options["session-max-age"],
+        push_window=options["push-window"],
+        registration_open=options["registration"] == "open",
+        registration_rate=options["registration-rate"],
+        max_file_size=options["max-file-size"],
+        max_recipients=options["max-recipients"],
+        retention=options["retention"],
         limits=limits,
     )
 

@@ -18,12 +18,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chat import commands
 from chat.checkers import SessionChecker, StoreChecker, verify_password
 from chat.interfaces import IPasswordHasher
-from chat.limits import Limits
+from chat.limits import Limits, RateLimiter
 from chat.model import User
 from chat.protocol import ChatFactory, ChatProtocol
 from chat.realm import ChatRealm
+from chat.registration import Registrar
 from chat.sessions import SessionManager
 from chat.store.memory import MemoryStore
 
@@ -102,6 +104,7 @@ class CountingHasher(InlineHasher):
 class Server:
     """
     A whole server in memory: MemoryStore, fake clock, inline hashing.
+    Registration is open, 5 attempts per address per hour.
 
     C{limits} are the server's limits (L{Limits} defaults if not given);
     every timer and rate runs on C{clock}.
@@ -113,7 +116,11 @@ class Server:
         clock: Clock | None = None,
         idle: float = 3600.0,
         max_age: float = 86400.0,
-        max_line: int = 16 * 1024,
+        max_line: int | None = None,
+        max_file_size: int = 1024 * 1024,
+        max_recipients: int = 100,
+        registration: bool = True,
+        push_window: int = 100,
         limits: Limits | None = None,
     ) -> None:
         self.clock = clock or Clock()
@@ -124,13 +131,28 @@ class Server:
         self.store = store
         self.hasher = CountingHasher()
         self.sessions = SessionManager(store, self.clock, idle, max_age)
-        self.realm = ChatRealm(store, self.clock, self.sessions)
+        self.realm = ChatRealm(
+            store,
+            self.clock,
+            self.sessions,
+            max_file_size=max_file_size,
+            max_recipients=max_recipients,
+            push_window=push_window,
+        )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
         )
+        self.registrar = Registrar(
+            store,
+            InlineHasher(),
+            RateLimiter(self.clock, rate=5 / 3600, burst=5),
+            open=registration,
+        )
+        if max_line is None:
+            max_line = commands.max_line_for_file(max_file_size)
         self.factory = ChatFactory(
-            self.portal, max_line, limits=limits, clock=self.clock
+            self.portal, max_line, self.registrar, limits=limits, clock=self.clock
         )
         self._next_port = 40000
 
@@ -180,6 +202,12 @@ class Connection:
         self.transport.clear()
         assert data == b"" or data.endswith(b"\r\n\r\n"), data
         return [json.loads(chunk) for chunk in data.split(b"\r\n\r\n") if chunk]
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        The replies and events written since the last call, parsed.
+        """
+        return self.replies()
 
     def request(self, line: str) -> dict[str, Any]:
         """

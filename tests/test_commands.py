@@ -4,6 +4,7 @@ The pure command parser: examples and properties.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -15,12 +16,26 @@ from chat.commands import (
     Auth,
     BadCommand,
     BadEncoding,
+    CreateGroup,
+    Groups,
+    History,
     Inbox,
+    InvalidArgument,
+    InvalidBase64,
+    JoinGroup,
+    KickGroup,
+    LeaveGroup,
+    Logout,
     MissingArgument,
     NulByte,
     Ping,
     Quit,
+    Register,
     Send,
+    SendFile,
+    SendGroup,
+    SendGroupFile,
+    Targets,
     UnknownCommand,
     parse,
 )
@@ -117,3 +132,95 @@ def test_encode_is_one_ascii_frame(reply: dict[str, object]) -> None:
     body = data[:-4]
     assert b"\r" not in body and b"\n" not in body
     assert json.loads(body.decode("ascii")) == reply
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        (
+            b"register budi rahasia123  Budi  Santoso ",
+            Register("budi", "rahasia123", "Budi  Santoso"),
+        ),
+        (b"LOGOUT tok", Logout("tok")),
+        (
+            b"sendgroup tok a,b,,a, hi  there",
+            SendGroup("tok", Targets(users=("a", "b")), "hi  there"),
+        ),
+        (b"sendgroup tok #team hi", SendGroup("tok", Targets(group="team"), "hi")),
+        (b"sendfile tok bob a.png aGk=", SendFile("tok", "bob", "a.png", b"hi")),
+        (b"sendfile tok bob a.png b'aGk='", SendFile("tok", "bob", "a.png", b"hi")),
+        (b'sendfile tok bob a.png b"aGk="', SendFile("tok", "bob", "a.png", b"hi")),
+        (b"sendfile tok bob e b''", SendFile("tok", "bob", "e", b"")),
+        (
+            b"sendgroupfile tok #team a.png aGk=",
+            SendGroupFile("tok", Targets(group="team"), "a.png", b"hi"),
+        ),
+        (
+            b"sendgroupfile tok a,b a.png aGk=",
+            SendGroupFile("tok", Targets(users=("a", "b")), "a.png", b"hi"),
+        ),
+        (b"creategroup tok team", CreateGroup("tok", "team")),
+        (b"creategroup tok #team", CreateGroup("tok", "team")),
+        (b"joingroup tok #team x", JoinGroup("tok", "team")),
+        (b"leavegroup tok team", LeaveGroup("tok", "team")),
+        (b"kickgroup tok #team bob", KickGroup("tok", "team", "bob")),
+        (b"groups tok", Groups("tok")),
+        (b"history tok bob", History("tok", "bob", None, 50, None)),
+        (b"history tok #team 10", History("tok", None, "team", 10, None)),
+        (b"history tok bob 500 7", History("tok", "bob", None, 500, 7)),
+    ],
+)
+def test_parse_extensions(line: bytes, command: commands.Command) -> None:
+    """Each extension's request line parses to its command."""
+    assert parse(line) == command
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"register budi rahasia123", MissingArgument),
+        (b"logout", MissingArgument),
+        (b"sendgroup tok , hi", MissingArgument),
+        (b"sendgroup tok a,b", MissingArgument),
+        (b"sendfile tok bob a.png", MissingArgument),
+        (b"sendfile tok bob a.png aGk", InvalidBase64),
+        (b"sendfile tok bob a.png aG k=", InvalidBase64),
+        (b"sendfile tok bob a.png b'aGk=' x", InvalidBase64),
+        (b"sendfile tok bob a.png aGk=\xc3\xa9", InvalidBase64),
+        (b"sendgroupfile tok #g a.png %%%%", InvalidBase64),
+        (b"kickgroup tok team", MissingArgument),
+        (b"history tok", MissingArgument),
+        (b"history tok bob 0", InvalidArgument),
+        (b"history tok bob 501", InvalidArgument),
+        (b"history tok bob +5", InvalidArgument),
+        (b"history tok bob 5 0", InvalidArgument),
+        (b"history tok bob 5 9223372036854775808", InvalidArgument),
+    ],
+)
+def test_parse_extension_errors(line: bytes, error: type[BadCommand]) -> None:
+    """Malformed extension requests raise the parser's specific error."""
+    with pytest.raises(error):
+        parse(line)
+
+
+def test_extension_secrets_hidden_from_repr() -> None:
+    """repr() of extension commands never shows passwords, tokens or files."""
+    assert "secret" not in repr(Register("budi", "secret", "Budi"))
+    assert "tok123" not in repr(Logout("tok123"))
+    sent = SendFile("tok123", "bob", "a.png", b"FILEBYTES")
+    assert "tok123" not in repr(sent) and "FILEBYTES" not in repr(sent)
+
+
+@given(st.binary(max_size=3000))
+def test_file_content_round_trip(data: bytes) -> None:
+    """Any bytes, base64-encoded either way, decode to themselves."""
+    encoded = base64.b64encode(data)
+    assert commands.decode_file_content(encoded.decode()) == data
+    assert commands.decode_file_content(str(encoded)) == data
+
+
+def test_max_line_for_file() -> None:
+    """The line budget carries the b'...' base64 of the file plus 16 KiB."""
+    for size in (1, 2, 3, 1024 * 1024):
+        encoded = "b'" + base64.b64encode(b"x" * size).decode() + "'"
+        assert commands.max_line_for_file(size) == len(encoded) + 16 * 1024

@@ -105,6 +105,24 @@ def test_idle_timeout_after_login() -> None:
     assert client.closed
 
 
+def test_subscribed_connection_is_not_idle() -> None:
+    """A connection subscribed to events may stay quiet past the idle timeout."""
+    server = limited(idle_timeout=600)
+    listener = server.connect()
+    token = listener.login("henderson")
+    listener.send(f"subscribe {token}\r\n".encode())
+    listener.replies()
+    quiet = server.connect()
+    quiet.login("lineker")
+    server.clock.advance(1800)
+    assert quiet.replies() == [IDLE_TIMEOUT]
+    assert not listener.closed
+    messi = server.connect()
+    messi.request(f"send {messi.login()} henderson still listening")
+    events = [e for e in listener.replies() if e.get("event") == "message"]
+    assert [e["msg"] for e in events] == ["still listening"]
+
+
 def test_closed_connection_leaves_no_timers() -> None:
     """A connection that goes away cancels its deadline and idle timer."""
     server = limited()
@@ -214,6 +232,20 @@ def test_command_rate_pauses_reading_and_loses_nothing() -> None:
     server.clock.advance(1)
     assert [r["echo"] for r in client.replies()] == ["10", "11"]
     assert client.transport.producerState == "producing"
+
+
+def test_partial_line_while_paused_is_kept() -> None:
+    """Bytes of a line that arrive while reading is paused are not lost."""
+    server = limited(command_rate=Rate(1, 1))
+    client = server.connect()
+    client.send(b"ping a\r\nping b\r\n")
+    assert [r["echo"] for r in client.replies()] == ["a"]
+    client.send(b"ping")
+    client.send(b" c")
+    client.send(b"\r\nping d\r\n")
+    for expected in ["b", "c", "d"]:
+        server.clock.advance(1)
+        assert [r["echo"] for r in client.replies()] == [expected]
 
 
 def test_command_rate_is_per_connection() -> None:
@@ -358,8 +390,8 @@ def test_client_not_reading_pauses_its_input() -> None:
     assert not transport.disconnecting
 
 
-def test_too_much_unsent_output_disconnects() -> None:
-    """Replies piling up past max_output for a client that does not read: dropped."""
+def test_queued_commands_wait_for_a_client_that_does_not_read() -> None:
+    """Commands queued by a client that does not read wait; none piles up or is lost."""
     server = limited(max_output=5000)
     client = buffered_client(server, buffer_size=2000)
     transport: BufferedTransport = client.transport  # type: ignore[assignment]
@@ -375,11 +407,37 @@ def test_too_much_unsent_output_disconnects() -> None:
     client.send(f"send {token} henderson hi\r\n".encode())
     client.send(f"ping {word}\r\n".encode() * 40)
     slow.callback(None)
+    assert not transport.aborted
+    # The transport's buffer, and no more: the rest waits for the client.
+    assert len(transport.value()) <= 2000 + 1100
+    replies = 0
+    while True:
+        data = transport.read_all()
+        if not data:
+            break
+        replies += data.count(b"\r\n\r\n")
+    assert replies == 41
+    assert not transport.aborted
+
+
+def test_too_many_events_disconnect_a_client_that_does_not_read() -> None:
+    """Pushed events piling up past max_output for a non-reading subscriber: dropped."""
+    server = limited(max_output=5000)
+    henderson = buffered_client(server, buffer_size=2000)
+    transport: BufferedTransport = henderson.transport  # type: ignore[assignment]
+    token = henderson.login("henderson")
+    henderson.send(f"subscribe {token}\r\n".encode())
+    transport.read_all()
+    messi = server.connect()
+    sender = messi.login("messi")
+    sent = 0
+    while not transport.aborted and sent < 50:
+        messi.request(f"send {sender} henderson {sent} {'x' * 1000}")
+        sent += 1
     assert transport.aborted
-    # The transport's own buffer, then at most max_output more.
-    written = len(transport.value())
-    assert 5000 < written <= 2000 + 5000 + 1100
-    assert server.factory.connections.total == 1
+    assert 2 < sent < 10
+    # Pushed but unacknowledged: still undelivered, so nothing is lost.
+    assert [s.delivered_at for s in server.store.messages] == [None] * sent
 
 
 def test_timeout_while_client_not_reading_aborts() -> None:
@@ -418,6 +476,7 @@ def test_mailbox_full() -> None:
         "status": "ERROR",
         "message": "mailbox full",
         "code": "mailbox_full",
+        "username": "henderson",
     }
     assert client.request(f"send {messi} lineker other")["status"] == "OK"
     henderson = client.login("henderson")

@@ -6,8 +6,11 @@ client's exact bytes, killed with SIGKILL and restarted.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -101,6 +104,155 @@ async def test_plugin_serves_two_clients(tmp_path: Path) -> None:
     ).fetchall()
     connection.close()
     assert rows == [("messi", "henderson", "halo bro", 1)]
+
+
+async def _start_plugin(database: Path, *arguments: str) -> tuple[Any, int]:
+    """
+    The chat service made by the twistd plugin on an ephemeral port.
+    """
+    maker = chat_maker()
+    options = maker.options()
+    options.parseOptions(
+        [
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--store",
+            f"sqlite:{database}",
+            "--demo",
+            *arguments,
+        ]
+    )
+    service = maker.makeService(options)
+    service.startService()
+    await service.ready
+    return service, service.ports[0].getHost().port
+
+
+async def _connect(port: int, count: int) -> list[ReplyCollector]:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return [await connectProtocol(endpoint, ReplyCollector()) for _ in range(count)]
+
+
+async def _close(*clients: ReplyCollector) -> None:
+    for client in clients:
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_register_and_file_round_trip(tmp_path: Path) -> None:
+    """Over TCP with SQLite: a registered user sends a 1 MiB file (the
+    default maximum) in the course clients' b'...' form; it arrives
+    byte-identical, is stored once, and stays in history."""
+    database = tmp_path / "chat.sqlite"
+    service, port = await _start_plugin(database, "--registration", "open")
+    try:
+        budi, messi = await _connect(port, 2)
+        registered = await budi.request(b"register budi rahasia123 Budi Santoso\r\n")
+        assert registered["message"] == "User Registered"
+        token = (await budi.request(b"auth budi rahasia123\r\n"))["tokenid"]
+        other = (await messi.request(b"auth messi surabaya\r\n"))["tokenid"]
+        data = random.Random(4).randbytes(1024 * 1024)
+        digest = hashlib.sha256(data).hexdigest()
+        # Formatting the bytes gives b'...', as the course clients send it.
+        line = f"sendfile {token} messi photo.jpg {base64.b64encode(data)}\r\n"
+        assert " b'" in line
+        sent = await budi.request(line.encode())
+        assert sent == {
+            "status": "OK",
+            "message": "File Sent",
+            "file_name": "photo.jpg",
+            "file_size": len(data),
+            "file_sha256": digest,
+        }
+        inbox = await messi.request(f"inbox {other}\r\n".encode())
+        (message,) = inbox["messages"]["budi"]
+        received = base64.b64decode(message["file_content"], validate=True)
+        assert hashlib.sha256(received).hexdigest() == digest
+        assert received == data
+        assert (message["msg"], message["msg_from"]) == ("photo.jpg", "Budi Santoso")
+        history = await messi.request(f"history {other} budi\r\n".encode())
+        assert history["messages"][0]["file_sha256"] == digest
+        too_big = base64.b64encode(data + b"!").decode()
+        refused = await budi.request(
+            f"sendfile {token} messi big.bin {too_big}\r\n".encode()
+        )
+        assert refused["code"] == "file_too_large"
+        await _close(budi, messi)
+    finally:
+        await service.stopService()
+    connection = sqlite3.connect(database)
+    rows = connection.execute("SELECT sha256, size, content FROM files").fetchall()
+    connection.close()
+    assert [(sha, size) for sha, size, _ in rows] == [(digest, len(data))]
+    assert hashlib.sha256(rows[0][2]).hexdigest() == digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_groups_and_history(tmp_path: Path) -> None:
+    """Over TCP with SQLite: a group conversation, history pages, logout
+    (with a retention that keeps everything recent)."""
+    service, port = await _start_plugin(tmp_path / "chat.sqlite", "--retention", "30d")
+    assert service.purger is not None and service.purger._loop.running
+    try:
+        clients = await _connect(port, 3)
+        names = ["messi", "henderson", "lineker"]
+        tokens = {}
+        for name, client in zip(names, clients, strict=True):
+            reply = await client.request(f"auth {name} surabaya\r\n".encode())
+            tokens[name] = reply["tokenid"]
+        messi, henderson, lineker = clients
+
+        async def ask(client: ReplyCollector, line: str) -> dict[str, Any]:
+            reply = await client.request(f"{line}\r\n".encode())
+            assert reply["status"] == "OK", (line, reply)
+            return reply
+
+        await ask(messi, f"creategroup {tokens['messi']} team")
+        await ask(henderson, f"joingroup {tokens['henderson']} team")
+        await ask(messi, f"sendgroup {tokens['messi']} #team kick-off at eight")
+        await ask(lineker, f"joingroup {tokens['lineker']} #team")
+        await ask(henderson, f"sendgroup {tokens['henderson']} #team on my way")
+        groups = await ask(lineker, f"groups {tokens['lineker']}")
+        assert groups["groups"][0]["members"] == names
+        inbox = await ask(henderson, f"inbox {tokens['henderson']}")
+        assert [(m["msg"], m["group"]) for m in inbox["messages"]["messi"]] == [
+            ("kick-off at eight", "team")
+        ]
+        inbox = await ask(lineker, f"inbox {tokens['lineker']}")
+        assert list(inbox["messages"]) == ["henderson"]
+        team = await ask(messi, f"history {tokens['messi']} #team")
+        assert [m["msg"] for m in team["messages"]] == [
+            "on my way",
+            "kick-off at eight",
+        ]
+
+        for i in range(7):
+            await ask(messi, f"send {tokens['messi']} henderson m{i}")
+        pages = []
+        before = ""
+        while True:
+            page = await ask(
+                henderson, f"history {tokens['henderson']} messi 3 {before}"
+            )
+            pages.append([m["msg"] for m in page["messages"]])
+            if page["next_before_id"] is None:
+                break
+            before = str(page["next_before_id"])
+        assert pages == [["m6", "m5", "m4"], ["m3", "m2", "m1"], ["m0"]]
+
+        await ask(lineker, f"leavegroup {tokens['lineker']} team")
+        await ask(messi, f"kickgroup {tokens['messi']} team henderson")
+        assert (await ask(messi, f"groups {tokens['messi']}"))["groups"][0][
+            "members"
+        ] == ["messi"]
+        await ask(messi, f"logout {tokens['messi']}")
+        gone = await messi.request(f"groups {tokens['messi']}\r\n".encode())
+        assert gone["message"] == "Session Tidak Ditemukan"
+        await _close(*clients)
+    finally:
+        await service.stopService()
+    assert not service.purger._loop.running
 
 
 # A real twistd process (helpers shared with the fault suite).

@@ -327,7 +327,9 @@ def test_concurrent_drains_deliver_each_message_once(
 
 def test_megabyte_line_hides_no_command(chat: Callable[..., TwistdChat]) -> None:
     """A 1 MiB line is refused then the server closes; a command after it never runs."""
-    server = chat()
+    # Files up to 512 KiB: the longest line is then about 700 KB (by default
+    # it fits a 1 MiB file in base64, so a 1 MiB line would be a valid one).
+    server = chat("--max-file-size", "512k")
     port = server.start()
     server.wait_ready()
     client = LineClient(port)

@@ -9,6 +9,7 @@ import uuid
 import pytest_twisted
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
 
 from chat.checkers import Argon2Hasher, SessionChecker, SessionToken, StoreChecker
 from chat.errors import SessionNotFound, UnknownUser, WrongPassword
@@ -186,3 +187,85 @@ async def test_argon2_hasher_runs_in_threads() -> None:
         assert await hasher.verify(password_hash, "password") is False
     finally:
         hasher.stop()
+
+
+def test_end_forgets_and_deletes_the_session() -> None:
+    """end() refuses the token at once and deletes it from the store."""
+    server = Server()
+    token = result_of(server.sessions.create("messi"))
+    other = result_of(server.sessions.create("messi"))
+    assert result_of(server.sessions.end(token)) is None
+    assert hash_token(token) not in server.store.sessions
+    failure_of(server.sessions.resolve(token), SessionNotFound)
+    assert result_of(server.sessions.resolve(other)) == "messi"
+
+
+class _FifoStore:
+    """
+    A store whose session reads and deletes complete only on release(), in
+    the order asked, as the SQLite store's queue completes them.
+    """
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.waiting: list[tuple[Deferred[object], object]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def _later(self, result: Deferred[object]) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.waiting.append((d, result_of(result)))
+        return d
+
+    def get_session(self, token_hash: str) -> Deferred[object]:
+        return self._later(self._store.get_session(token_hash))  # type: ignore[attr-defined]
+
+    def delete_session(self, token_hash: str) -> Deferred[object]:
+        return self._later(self._store.delete_session(token_hash))  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, result in waiting:
+            d.callback(result)
+
+
+def test_lookup_in_flight_does_not_revive_ended_session() -> None:
+    """A lookup that read the session before a logout does not cache it again."""
+    server = Server()
+    token = result_of(server.sessions.create("messi"))
+    fifo = _FifoStore(server.store)
+    restarted = SessionManager(fifo, server.clock, 3600, 86400)  # type: ignore[arg-type]
+    lookup = restarted.resolve(token)
+    ending = restarted.end(token)
+    fifo.release()
+    failure_of(lookup, SessionNotFound)
+    result_of(ending)
+    late = restarted.resolve(token)
+    fifo.release()
+    failure_of(late, SessionNotFound)
+
+
+def test_avatar_and_registrar_provide_their_interfaces() -> None:
+    """ChatUser provides IChatUser and Registrar IRegistrar, signatures included."""
+    from zope.interface.verify import verifyObject
+
+    from chat.interfaces import IRegistrar
+
+    server = Server()
+    _, avatar, _ = result_of(
+        server.portal.login(UsernamePassword("messi", "surabaya"), None, IChatUser)
+    )
+    assert verifyObject(IChatUser, avatar)
+    assert verifyObject(IRegistrar, server.registrar)
+
+
+def test_history_with_oneself_after_deletion_is_no_session() -> None:
+    """A deleted user asking for its own notes is refused like a bad session."""
+    server = Server()
+    client = server.connect()
+    token = client.login("lineker")
+    result_of(server.store.delete_user("lineker"))
+    # The cached session still resolves until the next touch.
+    reply = client.request(f"history {token} lineker")
+    assert reply["code"] == "no_session"

@@ -18,20 +18,29 @@ from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
 from chat.errors import (
+    AlreadyAMember,
+    CannotKickSelf,
+    GroupExists,
     MailboxFull,
+    NoSuchGroup,
     NoSuchUser,
+    NoSuchUsers,
+    NotAMember,
+    NotGroupOwner,
     SchemaTooNew,
     StorageUnavailable,
     UserExists,
 )
 from chat.interfaces import IChatStore
-from chat.model import Session, User
+from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
 from chat.store.memory import MemoryStore
 from chat.store.sqlite import SQLiteStore
 
 MESSI = User("messi", "Lionel Messi", "Argentina", "$argon2id$fake1")
 HENDERSON = User("henderson", "Jordan Henderson", "Inggris", "$argon2id$fake2")
+LINEKER = User("lineker", "Gary Lineker", "Inggris", "$argon2id$fake3")
+PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -70,6 +79,11 @@ def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
 async def _with_users(store: Any) -> None:
     await store.add_user(MESSI)
     await store.add_user(HENDERSON)
+
+
+async def _with_three(store: Any) -> None:
+    await _with_users(store)
+    await store.add_user(LINEKER)
 
 
 def test_provides_interface(store: Any) -> None:
@@ -185,6 +199,60 @@ async def test_mailbox_full(small_store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_full_refuses_a_whole_list_send(small_store: Any) -> None:
+    """A send to several users stores nothing if any of their mailboxes is full."""
+    await _with_three(small_store)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    with pytest.raises(MailboxFull) as raised:
+        await small_store.store_messages("messi", ["lineker", "henderson"], "x", 2.0)
+    assert raised.value.username == "henderson"
+    assert await small_store.drain_inbox("lineker", 3.0) == []
+    sent = await small_store.store_messages("messi", ["lineker"], "y", 2.0)
+    assert [m.recipient for m in sent] == ["lineker"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_message_skips_full_mailboxes(small_store: Any) -> None:
+    """A member with a full mailbox gets the group message only in history."""
+    await _with_three(small_store)
+    await small_store.create_group("team", "messi", 1.0)
+    await small_store.join_group("team", "henderson", 1.0)
+    await small_store.join_group("team", "lineker", 1.0)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    stored = await small_store.store_group_message("messi", "team", "hi all", 2.0)
+    assert sorted(m.recipient for m in stored) == ["lineker", "messi"]
+    history = await small_store.group_history("henderson", "team", 10)
+    assert [m.text for m in history.messages] == ["hi all"]
+    drained = await small_store.drain_inbox("henderson", 3.0)
+    assert [m.text for m in drained] == ["m0", "m1", "m2"]
+    assert [m.text for m in await small_store.drain_inbox("lineker", 3.0)] == ["hi all"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_acknowledged_and_purged_messages_free_the_mailbox(
+    small_store: Any,
+) -> None:
+    """Messages acknowledged (push) or purged (retention) no longer count."""
+    await _with_users(small_store)
+    sent = [
+        await small_store.store_message("messi", "henderson", f"m{i}", float(i))
+        for i in range(3)
+    ]
+    with pytest.raises(MailboxFull):
+        await small_store.store_message("messi", "henderson", "full", 5.0)
+    assert await small_store.mark_delivered("henderson", sent[0].id, 6.0) == 1
+    await small_store.store_message("messi", "henderson", "after ack", 7.0)
+    with pytest.raises(MailboxFull):
+        await small_store.store_message("messi", "henderson", "full", 8.0)
+    assert await small_store.purge_messages(2.0, 10) == 2
+    await small_store.store_message("messi", "henderson", "after purge", 9.0)
+    remaining = await small_store.drain_inbox("henderson", 10.0)
+    assert [m.text for m in remaining] == ["m2", "after ack", "after purge"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_mailbox_full_undoes_only_that_send(tmp_path: Path) -> None:
     """In one SQLite batch, a send to a full mailbox fails alone."""
     store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=2)
@@ -263,6 +331,360 @@ async def test_mailbox_counts_follow_users_made_again(tmp_path: Path) -> None:
         assert [m.text for m in await store.drain_inbox("henderson", 3.0)] == ["new"]
     finally:
         await store.close()
+
+
+async def test_store_messages_to_several(store: Any) -> None:
+    """One message to several users: one row per distinct recipient."""
+    await _with_three(store)
+    sent = await store.store_messages(
+        "messi", ["henderson", "messi", "henderson", "lineker"], "all", 5.0
+    )
+    assert [(m.recipient, m.recipient_name) for m in sent] == [
+        ("henderson", "Jordan Henderson"),
+        ("messi", "Lionel Messi"),
+        ("lineker", "Gary Lineker"),
+    ]
+    assert len({m.id for m in sent}) == 3
+    assert all(m.group is None and m.file_name is None for m in sent)
+    for username in ("henderson", "messi", "lineker"):
+        drained = await store.drain_inbox(username, 6.0)
+        assert [(m.sender, m.text, m.sent_at) for m in drained] == [
+            ("messi", "all", 5.0)
+        ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_messages_all_or_none(store: Any) -> None:
+    """Unknown recipients are all named, and nothing is stored for anyone."""
+    await _with_three(store)
+    with pytest.raises(NoSuchUsers) as raised:
+        await store.store_messages(
+            "messi", ["henderson", "ronaldo", "lineker", "pele"], "x", 1.0
+        )
+    assert raised.value.usernames == ["ronaldo", "pele"]
+    with pytest.raises(NoSuchUser) as unknown_sender:
+        await store.store_messages("ronaldo", ["henderson"], "x", 1.0)
+    assert unknown_sender.value.username == "ronaldo"
+    assert await store.drain_inbox("henderson", 2.0) == []
+    assert await store.drain_inbox("lineker", 2.0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_messages(store: Any) -> None:
+    """A file comes out of the inbox byte-identical, with its metadata."""
+    await _with_three(store)
+    attachment = Attachment("photo.png", PNG)
+    sent = await store.store_messages(
+        "messi", ["henderson", "lineker"], "photo.png", 3.0, attachment
+    )
+    assert [m.file_sha256 for m in sent] == [attachment.sha256] * 2
+    (got,) = await store.drain_inbox("henderson", 4.0)
+    assert got.file_content == PNG
+    assert (got.file_name, got.file_size, got.file_sha256, got.text) == (
+        "photo.png",
+        len(PNG),
+        attachment.sha256,
+        "photo.png",
+    )
+    (other,) = await store.drain_inbox("lineker", 4.0)
+    assert other.file_content == PNG
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_inbox_byte_budget(store: Any) -> None:
+    """A byte budget stops the drain early, at least one message; the rest waits."""
+    await _with_users(store)
+    big = Attachment("big.bin", b"x" * 1000)
+    for i in range(3):
+        await store.store_messages("messi", ["henderson"], "big.bin", float(i), big)
+    await store.store_message("messi", "henderson", "text", 9.0)
+    first = await store.drain_inbox("henderson", 10.0, 1500)
+    assert [m.sent_at for m in first] == [0.0]
+    # Each file message counts its text too: 7 + 1000 bytes.
+    second = await store.drain_inbox("henderson", 10.0, 2015)
+    assert [m.sent_at for m in second] == [1.0, 2.0]
+    tiny = await store.drain_inbox("henderson", 10.0, 1)
+    assert [m.text for m in tiny] == ["text"]
+    assert await store.drain_inbox("henderson", 10.0, 1) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_lifecycle(store: Any) -> None:
+    """Create, join, list, leave: ownership passes on; empty groups go away."""
+    await _with_three(store)
+    created = await store.create_group("team", "messi", 1.0)
+    assert (created.name, created.owner, created.members) == (
+        "team",
+        "messi",
+        ("messi",),
+    )
+    with pytest.raises(GroupExists):
+        await store.create_group("team", "henderson", 2.0)
+    with pytest.raises(NoSuchUser):
+        await store.create_group("other", "ronaldo", 2.0)
+    await store.join_group("team", "lineker", 2.0)
+    joined = await store.join_group("team", "henderson", 3.0)
+    assert joined.members == ("messi", "lineker", "henderson")
+    with pytest.raises(AlreadyAMember):
+        await store.join_group("team", "henderson", 4.0)
+    with pytest.raises(NoSuchGroup):
+        await store.join_group("nope", "henderson", 4.0)
+    await store.create_group("alpha", "henderson", 5.0)
+    listed = await store.list_groups("henderson")
+    assert [(g.name, g.owner, g.members) for g in listed] == [
+        ("alpha", "henderson", ("henderson",)),
+        ("team", "messi", ("messi", "lineker", "henderson")),
+    ]
+    assert [g.name for g in await store.list_groups("messi")] == ["team"]
+    left = await store.leave_group("team", "messi")
+    assert (left.owner, left.members) == ("lineker", ("lineker", "henderson"))
+    with pytest.raises(NotAMember):
+        await store.leave_group("team", "messi")
+    assert await store.leave_group("alpha", "henderson") is None
+    with pytest.raises(NoSuchGroup):
+        await store.join_group("alpha", "messi", 6.0)
+    with pytest.raises(NoSuchGroup):
+        await store.leave_group("alpha", "henderson")
+    assert [g.name for g in await store.list_groups("henderson")] == ["team"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kick_from_group(store: Any) -> None:
+    """Only the owner kicks, not themselves, and only members."""
+    await _with_three(store)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 2.0)
+    with pytest.raises(NotGroupOwner):
+        await store.kick_from_group("team", "henderson", "messi")
+    with pytest.raises(CannotKickSelf):
+        await store.kick_from_group("team", "messi", "messi")
+    with pytest.raises(NotAMember) as raised:
+        await store.kick_from_group("team", "messi", "lineker")
+    assert raised.value.username == "lineker"
+    with pytest.raises(NoSuchGroup):
+        await store.kick_from_group("nope", "messi", "henderson")
+    kicked = await store.kick_from_group("team", "messi", "henderson")
+    assert kicked.members == ("messi",)
+    assert await store.list_groups("henderson") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_messages(store: Any) -> None:
+    """A group message reaches the members of the moment, the sender's copy
+    only its history."""
+    await _with_three(store)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 2.0)
+    sent = await store.store_group_message("messi", "team", "before", 3.0)
+    assert [(m.recipient, m.group) for m in sent] == [
+        ("messi", "team"),
+        ("henderson", "team"),
+    ]
+    await store.join_group("team", "lineker", 4.0)
+    await store.store_group_message("henderson", "team", "after", 5.0)
+    assert [m.text for m in await store.drain_inbox("lineker", 6.0)] == ["after"]
+    assert [(m.text, m.group) for m in await store.drain_inbox("messi", 6.0)] == [
+        ("after", "team")
+    ]
+    assert [m.text for m in await store.drain_inbox("henderson", 6.0)] == ["before"]
+    await store.leave_group("team", "lineker")
+    with pytest.raises(NotAMember):
+        await store.store_group_message("lineker", "team", "x", 7.0)
+    with pytest.raises(NoSuchGroup):
+        await store.store_group_message("messi", "nope", "x", 7.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_file_message(store: Any) -> None:
+    """A file to a group carries both the group and the file."""
+    await _with_users(store)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 2.0)
+    attachment = Attachment("a.png", PNG)
+    await store.store_group_message("messi", "team", "a.png", 3.0, attachment)
+    (got,) = await store.drain_inbox("henderson", 4.0)
+    assert (got.group, got.file_name, got.file_content) == ("team", "a.png", PNG)
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_history(store: Any) -> None:
+    """The conversation of two users, both ways, newest first, paged by id."""
+    await _with_three(store)
+    ids = []
+    for i in range(5):
+        sender, recipient = ("messi", "henderson") if i % 2 else ("henderson", "messi")
+        ids.append((await store.store_message(sender, recipient, f"m{i}", i)).id)
+    await store.store_message("messi", "lineker", "other", 10.0)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 1.0)
+    await store.store_group_message("messi", "team", "in group", 11.0)
+    await store.drain_inbox("henderson", 12.0)
+    page = await store.conversation("messi", "henderson", 3)
+    assert [m.text for m in page.messages] == ["m4", "m3", "m2"]
+    assert page.more
+    older = await store.conversation("messi", "henderson", 3, page.messages[-1].id)
+    assert [m.text for m in older.messages] == ["m1", "m0"]
+    assert not older.more
+    same = await store.conversation("henderson", "messi", 10)
+    assert [m.id for m in same.messages] == ids[::-1]
+    assert not same.more
+    assert (await store.conversation("messi", "henderson", 2, ids[0])).messages == ()
+    with pytest.raises(NoSuchUser):
+        await store.conversation("messi", "ronaldo", 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_with_self(store: Any) -> None:
+    """Notes to oneself form their own conversation, each message once."""
+    await _with_users(store)
+    await store.store_messages("messi", ["messi", "henderson"], "note", 1.0)
+    page = await store.conversation("messi", "messi", 10)
+    assert [(m.sender, m.recipient) for m in page.messages] == [("messi", "messi")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_byte_budget(store: Any) -> None:
+    """A history page stops at the byte budget, with at least one message."""
+    await _with_users(store)
+    big = Attachment("big.bin", b"y" * 1000)
+    for i in range(3):
+        await store.store_messages("messi", ["henderson"], "big.bin", float(i), big)
+    page = await store.conversation("henderson", "messi", 10, None, 1500)
+    assert [m.sent_at for m in page.messages] == [2.0]
+    assert page.more
+    assert page.messages[0].file_content == b"y" * 1000
+    rest = await store.conversation("henderson", "messi", 10, page.messages[0].id, 5000)
+    assert [m.sent_at for m in rest.messages] == [1.0, 0.0]
+    assert not rest.more
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_history(store: Any) -> None:
+    """A member sees the group's messages in its mailbox, sent or received."""
+    await _with_three(store)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 1.0)
+    await store.store_group_message("messi", "team", "one", 2.0)
+    await store.store_group_message("henderson", "team", "two", 3.0)
+    await store.store_messages("messi", ["henderson"], "private", 4.0)
+    await store.join_group("team", "lineker", 5.0)
+    await store.store_group_message("lineker", "team", "three", 6.0)
+    for member in ("messi", "henderson"):
+        page = await store.group_history(member, "team", 10)
+        assert [m.text for m in page.messages] == ["three", "two", "one"]
+        assert {m.recipient for m in page.messages} == {member}
+    late = await store.group_history("lineker", "team", 10)
+    assert [m.text for m in late.messages] == ["three"]
+    first = await store.group_history("messi", "team", 1)
+    assert [m.text for m in first.messages] == ["three"] and first.more
+    await store.leave_group("team", "lineker")
+    with pytest.raises(NotAMember):
+        await store.group_history("lineker", "team", 10)
+    with pytest.raises(NoSuchGroup):
+        await store.group_history("messi", "nope", 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge_messages(store: Any) -> None:
+    """Messages sent before the cutoff go, delivered or not, oldest first."""
+    await _with_users(store)
+    for i in range(4):
+        await store.store_message("messi", "henderson", f"m{i}", float(i))
+    await store.drain_inbox("henderson", 3.5)
+    await store.store_message("messi", "henderson", "m4", 4.0)
+    await store.store_message("henderson", "messi", "new", 10.0)
+    assert await store.purge_messages(4.0, 3) == 3
+    assert await store.purge_messages(4.0, 3) == 1
+    assert await store.purge_messages(4.0, 3) == 0
+    page = await store.conversation("messi", "henderson", 10)
+    assert [m.text for m in page.messages] == ["new", "m4"]
+    assert [m.text for m in await store.drain_inbox("henderson", 11.0)] == ["m4"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_user_leaves_groups(store: Any) -> None:
+    """A deleted owner hands its groups on; a group it was alone in goes."""
+    await _with_users(store)
+    await store.create_group("team", "messi", 1.0)
+    await store.join_group("team", "henderson", 2.0)
+    await store.create_group("solo", "messi", 3.0)
+    await store.delete_user("messi")
+    (team,) = await store.list_groups("henderson")
+    assert (team.name, team.owner, team.members) == (
+        "team",
+        "henderson",
+        ("henderson",),
+    )
+    with pytest.raises(NoSuchGroup):
+        await store.join_group("solo", "henderson", 4.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_ids_never_repeat(store: Any) -> None:
+    """After deletions, a new message's id is above every stored one."""
+    await _with_users(store)
+    await store.store_message("messi", "henderson", "a", 1.0)
+    kept = await store.store_message("henderson", "messi", "b", 2.0)
+    await store.purge_messages(1.5, 10)
+    later = await store.store_message("messi", "henderson", "c", 3.0)
+    assert later.id > kept.id
+
+
+async def _count(path: str, table: str) -> int:
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_stored_once_and_deleted_with_last_message(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """A file's bytes are stored once however often sent, and go with the last
+    message that uses them (retention or the recipient's deletion)."""
+    await _with_three(sqlite_store)
+    attachment = Attachment("a.png", PNG)
+    await sqlite_store.store_messages(
+        "messi", ["henderson", "lineker"], "a.png", 1.0, attachment
+    )
+    await sqlite_store.store_messages("lineker", ["messi"], "a.png", 5.0, attachment)
+    await sqlite_store.store_messages(
+        "messi", ["lineker"], "b", 1.0, Attachment("b", b"other")
+    )
+    path = sqlite_store.path
+    assert await _count(path, "files") == 2
+    assert await _count(path, "messages") == 4
+    await sqlite_store.delete_user("lineker")
+    # "b" was only in lineker's mailbox; a.png is still in two.
+    assert await _count(path, "files") == 1
+    await sqlite_store.purge_messages(2.0, 100)
+    assert await _count(path, "files") == 1
+    await sqlite_store.purge_messages(6.0, 100)
+    assert await _count(path, "files") == 0
+    assert await _count(path, "messages") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_group_send_undoes_only_itself(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """In one batch, a refused multi-send stores nothing and spares the rest."""
+    await _with_three(sqlite_store)
+    before = sqlite_store.commits
+    results = await gatherResults(
+        [
+            sqlite_store.store_messages("messi", ["henderson"], "a", 1.0),
+            sqlite_store.store_messages(
+                "messi", ["lineker", "ronaldo"], "b", 1.0
+            ).addErrback(lambda f: f.trap(NoSuchUsers) and "refused"),
+            sqlite_store.store_messages("messi", ["lineker"], "c", 1.0),
+        ]
+    )
+    assert sqlite_store.commits - before == 1
+    assert results[1] == "refused"
+    assert [m.text for m in await sqlite_store.drain_inbox("lineker", 2.0)] == ["c"]
 
 
 @pytest_twisted.ensureDeferred
@@ -411,7 +833,15 @@ def test_schema_created_fresh(tmp_path: Path) -> None:
         r[0]
         for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
     }
-    assert {"users", "sessions", "messages", "schema_version"} <= tables
+    assert {
+        "users",
+        "sessions",
+        "messages",
+        "files",
+        "chat_groups",
+        "group_members",
+        "schema_version",
+    } <= tables
     connection.close()
     assert schema.prepare(path) == schema.SCHEMA_VERSION
 
@@ -467,3 +897,36 @@ def test_open_store_descriptions(tmp_path: Path) -> None:
     assert isinstance(store, SQLiteStore)
     with pytest.raises(ValueError, match="unknown store"):
         open_store(reactor, "mysql://nope")
+
+
+@pytest_twisted.ensureDeferred
+async def test_undelivered_and_mark_delivered(store: Any) -> None:
+    """Reading undelivered messages marks nothing; marking goes up to an id."""
+    await _with_users(store)
+    ids = [
+        (await store.store_message("messi", "henderson", f"m{i}", 1.0)).id
+        for i in range(5)
+    ]
+    await store.store_message("henderson", "messi", "other mailbox", 1.0)
+    page = await store.undelivered("henderson", 0, 3)
+    assert [m.text for m in page] == ["m0", "m1", "m2"]
+    assert [m.text for m in await store.undelivered("henderson", ids[2], 10)] == [
+        "m3",
+        "m4",
+    ]
+    assert len(await store.undelivered("henderson", 0, 10)) == 5
+    assert await store.mark_delivered("henderson", ids[1], 2.0) == 2
+    assert await store.mark_delivered("henderson", ids[1], 2.0) == 0
+    assert [m.text for m in await store.undelivered("henderson", 0, 10)] == [
+        "m2",
+        "m3",
+        "m4",
+    ]
+    assert [m.text for m in await store.drain_inbox("henderson", 3.0)] == [
+        "m2",
+        "m3",
+        "m4",
+    ]
+    assert [m.text for m in await store.undelivered("messi", 0, 10)] == [
+        "other mailbox"
+    ]

@@ -26,9 +26,13 @@ def test_defaults() -> None:
     assert options["listen"] == ["tcp:8889:interface=127.0.0.1:backlog=1024"]
     assert options["store"] == "sqlite:chat.sqlite"
     assert options["demo"] == 0
-    assert options["max-line"] == 16 * 1024
     assert options["session-idle"] == 86400.0
     assert options["session-max-age"] == 30 * 86400.0
+    assert options["registration"] == "closed"
+    assert options["registration-rate"] == (5, 3600.0)
+    assert options["max-file-size"] == 1024 * 1024
+    assert options["max-recipients"] == 100
+    assert options["retention"] is None
     assert tap.limits_from(options) == Limits(
         login_timeout=30,
         idle_timeout=600,
@@ -41,6 +45,47 @@ def test_defaults() -> None:
         max_output=1024 * 1024,
         max_mailbox=10_000,
     )
+
+
+def test_default_max_line_carries_max_file_size() -> None:
+    """The default max-line fits a max-file-size file in b'...' base64."""
+    for argv, file_size in [((), 1024 * 1024), (("--max-file-size", "5M"), 5 << 20)]:
+        options = parse(*argv)
+        encoded = len("b''") + 4 * -(-file_size // 3)
+        assert options["max-line"] == encoded + 16 * 1024
+
+
+def test_max_line_too_small_for_files() -> None:
+    """A max-line that cannot carry max-file-size is refused at startup."""
+    with pytest.raises(usage.UsageError, match="cannot carry a file"):
+        parse("--max-line", "16384")
+    options = parse("--max-line", "20000", "--max-file-size", "1000")
+    assert options["max-line"] == 20000
+
+
+def test_sizes_rates_and_retention() -> None:
+    """Sizes take K and M, rates COUNT/DURATION, retention a duration."""
+    assert tap.size("512K") == 512 * 1024
+    assert tap.size("2m") == 2 << 20
+    assert tap.size("100") == 100
+    options = parse(
+        "--registration",
+        "open",
+        "--registration-rate",
+        "10/15m",
+        "--retention",
+        "30d",
+        "--max-file-size",
+        "64K",
+        "--max-recipients",
+        "7",
+    )
+    assert options["registration"] == "open"
+    assert options["registration-rate"] == (10, 900.0)
+    assert options["retention"] == 30 * 86400
+    assert options["max-file-size"] == 64 * 1024
+    assert options["max-recipients"] == 7
+    assert parse("--retention", "forever")["retention"] is None
 
 
 def test_limit_options() -> None:
@@ -82,20 +127,19 @@ def test_limit_options() -> None:
 
 
 def test_sizes_and_rates() -> None:
-    """Sizes take binary k/M/G suffixes; rates are COUNT/DURATION."""
+    """Sizes take binary k/M suffixes; limit rates are COUNT/DURATION."""
     assert tap.size("100") == 100
     assert tap.size("64k") == 65536
     assert tap.size("1M") == tap.size("1MiB") == 1024 * 1024
-    assert tap.size("2G") == 2 * 1024**3
-    assert tap.rate("10/1m") == Rate(10, 60)
-    assert tap.rate("0.5/1s") == Rate(0.5, 1)
-    assert tap.rate_or_off("OFF") is None
-    for bad in ["", "0", "-1k", "lots"]:
+    assert tap.limit_rate("10/1m") == Rate(10, 60)
+    assert tap.limit_rate("0.5/1s") == Rate(0.5, 1)
+    assert tap.limit_rate_or_off("OFF") is None
+    for bad in ["", "0", "-1k", "lots", "2G"]:
         with pytest.raises(ValueError):
             tap.size(bad)
     for bad in ["10", "10/", "0/1m", "x/1m", "10/soon", "off"]:
         with pytest.raises(ValueError):
-            tap.rate(bad)
+            tap.limit_rate(bad)
 
 
 def test_listen_is_repeatable() -> None:
@@ -131,6 +175,14 @@ def test_durations() -> None:
         ["--max-connections", "0"],
         ["--max-output", "big"],
         ["--max-mailbox", "-1"],
+        ["--registration", "maybe"],
+        ["--registration-rate", "5"],
+        ["--registration-rate", "0/1h"],
+        ["--registration-rate", "5/never"],
+        ["--max-file-size", "0"],
+        ["--max-file-size", "1G"],
+        ["--max-recipients", "0"],
+        ["--retention", "never"],
     ],
 )
 def test_bad_options(argv: list[str]) -> None:
@@ -146,6 +198,8 @@ def test_make_service(tmp_path: Path) -> None:
         f"sqlite:{tmp_path / 'c.sqlite'}",
         "--demo",
         "--max-line",
+        "20000",
+        "--max-file-size",
         "1000",
         "--session-idle",
         "1h",
@@ -153,14 +207,36 @@ def test_make_service(tmp_path: Path) -> None:
         "7",
         "--idle-timeout",
         "1m",
+        "--push-window",
+        "7",
+        "--registration",
+        "open",
+        "--registration-rate",
+        "2/1m",
+        "--max-recipients",
+        "3",
+        "--retention",
+        "1d",
     )
     service = tap.makeService(options)
     assert isinstance(service, ChatService)
     assert service.demo
-    assert service.factory.max_line == 1000
+    assert service.factory.max_line == 20000
     assert service.sessions.idle_timeout == 3600
     assert service.factory.limits.idle_timeout == 60
     assert service.store.max_mailbox == 7
+    assert service.realm.push_window == 7
+    assert service.realm.max_file_size == 1000
+    assert service.realm.max_recipients == 3
+    assert service.registrar.open
+    assert service.registrar.limiter.burst == 2
+    assert service.registrar.limiter.rate == 2 / 60
+    assert service.factory.registrar is service.registrar
+    assert service.purger is not None and service.purger.retention == 86400
+    closed = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'd.sqlite'}"))
+    assert isinstance(closed, ChatService)
+    assert not closed.registrar.open
+    assert closed.purger is None
     assert (tmp_path / "c.sqlite").exists()
 
 

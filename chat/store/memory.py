@@ -4,23 +4,63 @@ An in-memory L{IChatStore} for unit tests: every Deferred has already fired.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable, UserExists
+from chat.errors import (
+    AlreadyAMember,
+    CannotKickSelf,
+    GroupExists,
+    MailboxFull,
+    NoSuchGroup,
+    NoSuchUser,
+    NoSuchUsers,
+    NotAMember,
+    NotGroupOwner,
+    StorageUnavailable,
+    UserExists,
+)
 from chat.interfaces import IChatStore
 from chat.limits import DEFAULT_MAX_MAILBOX
-from chat.model import Message, Session, User
+from chat.model import Attachment, Group, Message, Page, Session, User
 
 
 @attrs.define
 class _Stored:
     message: Message
     delivered_at: float | None = None
+
+
+@attrs.define
+class _Group:
+    owner: str
+    created_at: float
+    #: Longest-standing first.
+    members: list[str]
+
+
+def _within(
+    messages: Iterable[Message], max_bytes: int | None, limit: int | None = None
+) -> tuple[list[Message], bool]:
+    """
+    The first messages (at most C{limit}) whose text and file bytes stay
+    within C{max_bytes}, but at least one; and whether any was left out.
+    """
+    taken: list[Message] = []
+    total = 0
+    for message in messages:
+        if limit is not None and len(taken) == limit:
+            return taken, True
+        size = len(message.text) + (message.file_size or 0)
+        if taken and max_bytes is not None and total + size > max_bytes:
+            return taken, True
+        taken.append(message)
+        total += size
+    return taken, False
 
 
 @implementer(IChatStore)
@@ -35,7 +75,9 @@ class MemoryStore:
     users: dict[str, User] = attrs.field(factory=dict)
     sessions: dict[str, Session] = attrs.field(factory=dict)
     messages: list[_Stored] = attrs.field(factory=list)
+    groups: dict[str, _Group] = attrs.field(factory=dict)
     broken: bool = False
+    _last_id: int = 0
     max_mailbox: int = DEFAULT_MAX_MAILBOX
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -74,6 +116,8 @@ class MemoryStore:
     def delete_user(self, username: str) -> Deferred[None]:
         def delete() -> None:
             self._user(username)
+            for name in [n for n, g in self.groups.items() if username in g.members]:
+                self._leave(name, username)
             del self.users[username]
             self._end_sessions(username)
             self.messages = [
@@ -131,45 +175,317 @@ class MemoryStore:
 
         return self._run(delete)
 
+    # Messages.
+
+    def _add(
+        self,
+        sender: User,
+        recipient: User,
+        text: str,
+        sent_at: float,
+        group: str | None = None,
+        attachment: Attachment | None = None,
+        delivered_at: float | None = None,
+    ) -> Message:
+        self._last_id += 1
+        message = Message(
+            self._last_id,
+            sender.username,
+            recipient.username,
+            sender.full_name,
+            recipient.full_name,
+            text,
+            sent_at,
+            group,
+            *(
+                (None, None, None, None)
+                if attachment is None
+                else (
+                    attachment.name,
+                    attachment.size,
+                    attachment.sha256,
+                    attachment.content,
+                )
+            ),
+        )
+        self.messages.append(_Stored(message, delivered_at))
+        return message
+
+    def _mailbox_full(self, username: str) -> bool:
+        undelivered = sum(
+            1
+            for s in self.messages
+            if s.message.recipient == username and s.delivered_at is None
+        )
+        return undelivered >= self.max_mailbox
+
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
         def store() -> Message:
-            from_user = self._user(sender)
-            to_user = self._user(recipient)
-            undelivered = sum(
-                1
-                for s in self.messages
-                if s.message.recipient == recipient and s.delivered_at is None
-            )
-            if undelivered >= self.max_mailbox:
+            from_user, to_user = self._user(sender), self._user(recipient)
+            if self._mailbox_full(recipient):
                 raise MailboxFull(recipient)
-            message = Message(
-                len(self.messages) + 1,
-                sender,
-                recipient,
-                from_user.full_name,
-                to_user.full_name,
-                text,
-                sent_at,
-            )
-            self.messages.append(_Stored(message))
-            return message
+            return self._add(from_user, to_user, text, sent_at)
+
+        return self._run(store)
+
+    def store_messages(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        def store() -> list[Message]:
+            from_user = self._user(sender)
+            distinct = list(dict.fromkeys(recipients))
+            missing = [r for r in distinct if r not in self.users]
+            if missing:
+                raise NoSuchUsers(missing)
+            for recipient in distinct:
+                if self._mailbox_full(recipient):
+                    raise MailboxFull(recipient)
+            return [
+                self._add(from_user, self.users[r], text, sent_at, None, attachment)
+                for r in distinct
+            ]
+
+        return self._run(store)
+
+    def store_group_message(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        def store() -> list[Message]:
+            members = self._group(group).members
+            if sender not in members:
+                raise NotAMember(group, sender)
+            from_user = self.users[sender]
+            stored = [
+                self._add(
+                    from_user, from_user, text, sent_at, group, attachment, sent_at
+                )
+            ]
+            for member in members:
+                if member == sender:
+                    continue
+                if self._mailbox_full(member):
+                    # Kept as delivered, for the member's group history, and
+                    # not returned, so nobody pushes it (as in SQLiteStore).
+                    self._add(
+                        from_user,
+                        self.users[member],
+                        text,
+                        sent_at,
+                        group,
+                        attachment,
+                        sent_at,
+                    )
+                else:
+                    stored.append(
+                        self._add(
+                            from_user,
+                            self.users[member],
+                            text,
+                            sent_at,
+                            group,
+                            attachment,
+                        )
+                    )
+            return stored
 
         return self._run(store)
 
     def drain_inbox(
-        self, username: str, delivered_at: float
+        self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
         def drain() -> list[Message]:
-            taken = []
-            for stored in self.messages:
-                if stored.message.recipient == username and stored.delivered_at is None:
-                    stored.delivered_at = delivered_at
-                    taken.append(stored.message)
+            waiting = [
+                stored
+                for stored in self.messages
+                if stored.message.recipient == username and stored.delivered_at is None
+            ]
+            taken, _ = _within((s.message for s in waiting), max_bytes)
+            for stored in waiting[: len(taken)]:
+                stored.delivered_at = delivered_at
             return taken
 
         return self._run(drain)
+
+    def undelivered(
+        self, username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        def read() -> list[Message]:
+            found = [
+                stored.message
+                for stored in self.messages
+                if stored.message.recipient == username
+                and stored.delivered_at is None
+                and stored.message.id > after_id
+            ]
+            return found[:limit]
+
+        return self._run(read)
+
+    def mark_delivered(
+        self, username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        def mark() -> int:
+            count = 0
+            for stored in self.messages:
+                message = stored.message
+                if (
+                    message.recipient == username
+                    and stored.delivered_at is None
+                    and message.id <= up_to_id
+                ):
+                    stored.delivered_at = delivered_at
+                    count += 1
+            return count
+
+        return self._run(mark)
+
+    # Groups.
+
+    def _group(self, name: str) -> _Group:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise NoSuchGroup(name) from None
+
+    def _snapshot(self, name: str) -> Group:
+        group = self._group(name)
+        return Group(name, group.owner, tuple(group.members), group.created_at)
+
+    def _leave(self, name: str, username: str) -> Group | None:
+        group = self._group(name)
+        if username not in group.members:
+            raise NotAMember(name, username)
+        group.members.remove(username)
+        if not group.members:
+            del self.groups[name]
+            return None
+        if group.owner == username:
+            group.owner = group.members[0]
+        return self._snapshot(name)
+
+    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
+        def create() -> Group:
+            self._user(owner)
+            if name in self.groups:
+                raise GroupExists(name)
+            self.groups[name] = _Group(owner, created_at, [owner])
+            return self._snapshot(name)
+
+        return self._run(create)
+
+    def join_group(self, name: str, username: str, joined_at: float) -> Deferred[Group]:
+        def join() -> Group:
+            group = self._group(name)
+            self._user(username)
+            if username in group.members:
+                raise AlreadyAMember(name, username)
+            group.members.append(username)
+            return self._snapshot(name)
+
+        return self._run(join)
+
+    def leave_group(self, name: str, username: str) -> Deferred[Group | None]:
+        return self._run(self._leave, name, username)
+
+    def kick_from_group(self, name: str, by: str, username: str) -> Deferred[Group]:
+        def kick() -> Group | None:
+            if self._group(name).owner != by:
+                raise NotGroupOwner(name)
+            if username == by:
+                raise CannotKickSelf(name)
+            return self._leave(name, username)
+
+        return self._run(kick)
+
+    def list_groups(self, username: str) -> Deferred[list[Group]]:
+        return self._run(
+            lambda: [
+                self._snapshot(name)
+                for name in sorted(self.groups)
+                if username in self.groups[name].members
+            ]
+        )
+
+    # History.
+
+    def _page(
+        self,
+        matches: Callable[[Message], bool],
+        limit: int,
+        before_id: int | None,
+        max_bytes: int | None,
+    ) -> Page:
+        newest_first = (
+            s.message
+            for s in reversed(self.messages)
+            if (before_id is None or s.message.id < before_id) and matches(s.message)
+        )
+        taken, more = _within(newest_first, max_bytes, limit)
+        return Page(tuple(taken), more)
+
+    def conversation(
+        self,
+        username: str,
+        peer: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        def history() -> Page:
+            self._user(peer)
+            pair = {(username, peer), (peer, username)}
+            return self._page(
+                lambda m: m.group is None and (m.sender, m.recipient) in pair,
+                limit,
+                before_id,
+                max_bytes,
+            )
+
+        return self._run(history)
+
+    def group_history(
+        self,
+        username: str,
+        group: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        def history() -> Page:
+            if username not in self._group(group).members:
+                raise NotAMember(group, username)
+            return self._page(
+                lambda m: m.group == group and m.recipient == username,
+                limit,
+                before_id,
+                max_bytes,
+            )
+
+        return self._run(history)
+
+    def purge_messages(self, sent_before: float, limit: int) -> Deferred[int]:
+        def purge() -> int:
+            old = sorted(
+                (s for s in self.messages if s.message.sent_at < sent_before),
+                key=lambda s: (s.message.sent_at, s.message.id),
+            )[:limit]
+            gone = {id(s) for s in old}
+            self.messages = [s for s in self.messages if id(s) not in gone]
+            return len(old)
+
+        return self._run(purge)
 
     def close(self) -> Deferred[None]:
         return succeed(None)

@@ -3,7 +3,9 @@ The SQLite schema and its versions.
 
 SCHEMA_VERSION changelog:
 
-    1: users, sessions (token hashes), messages with delivery marks.
+    1: users, sessions (token hashes), messages with delivery marks (one row
+       per mailbox, with optional group and file), files (by sha256),
+       chat_groups and group_members.
 
 A fresh database is created from C{sql/sqlite/v<N>.sql} in a temporary file
 that is renamed into place, so a crash never leaves a half-made database.

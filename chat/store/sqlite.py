@@ -29,7 +29,7 @@ recovers by itself when space returns.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -40,10 +40,22 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable, UserExists
+from chat.errors import (
+    AlreadyAMember,
+    CannotKickSelf,
+    GroupExists,
+    MailboxFull,
+    NoSuchGroup,
+    NoSuchUser,
+    NoSuchUsers,
+    NotAMember,
+    NotGroupOwner,
+    StorageUnavailable,
+    UserExists,
+)
 from chat.interfaces import IChatStore
 from chat.limits import DEFAULT_MAX_MAILBOX
-from chat.model import Message, Session, User
+from chat.model import Attachment, Group, Message, Page, Session, User
 from chat.store import schema
 
 _Op = Callable[..., Any]
@@ -309,16 +321,135 @@ class SQLiteStore:
         )
 
     def drain_inbox(
-        self, username: str, delivered_at: float
+        self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
-        return self._run(_drain_inbox_txn, username, delivered_at, self._mailboxes)
+        return self._run(
+            _drain_inbox_txn, username, delivered_at, max_bytes, self._mailboxes
+        )
+
+    def store_messages(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self._run(
+            _store_messages_txn,
+            sender,
+            list(recipients),
+            text,
+            sent_at,
+            attachment,
+            self.max_mailbox,
+            self._mailboxes,
+        )
+
+    def store_group_message(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self._run(
+            _store_group_message_txn,
+            sender,
+            group,
+            text,
+            sent_at,
+            attachment,
+            self.max_mailbox,
+            self._mailboxes,
+        )
+
+    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
+        return self._run(_create_group_txn, name, owner, created_at)
+
+    def join_group(self, name: str, username: str, joined_at: float) -> Deferred[Group]:
+        return self._run(_join_group_txn, name, username, joined_at)
+
+    def leave_group(self, name: str, username: str) -> Deferred[Group | None]:
+        return self._run(_leave_group_txn, name, username)
+
+    def kick_from_group(self, name: str, by: str, username: str) -> Deferred[Group]:
+        return self._run(_kick_from_group_txn, name, by, username)
+
+    def list_groups(self, username: str) -> Deferred[list[Group]]:
+        return self._run(_list_groups_txn, username)
+
+    def conversation(
+        self,
+        username: str,
+        peer: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        return self._run(_conversation_txn, username, peer, limit, before_id, max_bytes)
+
+    def group_history(
+        self,
+        username: str,
+        group: str,
+        limit: int,
+        before_id: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Deferred[Page]:
+        return self._run(
+            _group_history_txn, username, group, limit, before_id, max_bytes
+        )
+
+    def purge_messages(self, sent_before: float, limit: int) -> Deferred[int]:
+        return self._run(_purge_messages_txn, sent_before, limit, self._mailboxes)
+
+    def undelivered(
+        self, username: str, after_id: int, limit: int
+    ) -> Deferred[list[Message]]:
+        return self._run(_undelivered_txn, username, after_id, limit)
+
+    def mark_delivered(
+        self, username: str, up_to_id: int, delivered_at: float
+    ) -> Deferred[int]:
+        return self._run(
+            _mark_delivered_txn, username, up_to_id, delivered_at, self._mailboxes
+        )
 
 
 # The operations. Each runs inside the batch transaction, in the store's
 # thread; a ChatError undoes just that operation.
 
 _USER_COLUMNS = "username, full_name, country, password_hash"
-_MESSAGE_COLUMNS = "id, sender, recipient, sender_name, recipient_name, body, sent_at"
+# Mailbox queries must walk the small partial index of undelivered messages,
+# not every message the user ever received: SQLite's planner, without
+# statistics, prefers a full (recipient, ...) index for "id > ?" ranges.
+_UNDELIVERED = "messages INDEXED BY messages_undelivered"
+
+_MESSAGE_COLUMNS = (
+    "id, sender, recipient, sender_name, recipient_name, body, sent_at,"
+    " group_name, file_name, file_size, file_sha256"
+)
+#: Positions in a row of _MESSAGE_COLUMNS.
+_ID, _BODY, _FILE_SIZE, _FILE_SHA256 = 0, 5, 9, 10
+
+#: Most values bound in one IN (...) list.
+_CHUNK = 500
+_NO_ID_LIMIT = 2**63 - 1
+
+
+def _column(cursor: Iterable[tuple[Any, ...]]) -> list[Any]:
+    return [row[0] for row in cursor]
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
 
 
 def _add_user_txn(connection: sqlite3.Connection, user: User) -> None:
@@ -354,9 +485,22 @@ def _set_password_hash_txn(
 
 
 def _delete_user_txn(connection: sqlite3.Connection, username: str) -> None:
+    groups = connection.execute(
+        "SELECT group_name FROM group_members WHERE username = ?", (username,)
+    ).fetchall()
+    for (group,) in groups:
+        _leave_group_txn(connection, group, username)
+    files = _column(
+        connection.execute(
+            "SELECT DISTINCT file_sha256 FROM messages"
+            " WHERE recipient = ? AND file_sha256 IS NOT NULL",
+            (username,),
+        )
+    )
     cursor = connection.execute("DELETE FROM users WHERE username = ?", (username,))
     if cursor.rowcount == 0:
         raise NoSuchUser(username)
+    _forget_unused_files(connection, files)
 
 
 def _list_users_txn(connection: sqlite3.Connection) -> list[User]:
@@ -423,6 +567,40 @@ def _delete_expired_sessions_txn(
     return cursor.rowcount
 
 
+def _mailbox(
+    connection: sqlite3.Connection,
+    recipient: str,
+    max_mailbox: int,
+    mailboxes: _MailboxCounts | None,
+) -> tuple[float, int] | None:
+    """
+    The recipient's C{created_at} and count of undelivered messages, or
+    None if the mailbox is full.
+    """
+    row = connection.execute(
+        "SELECT created_at FROM users WHERE username = ?", (recipient,)
+    ).fetchone()
+    created_at = 0.0 if row is None else row[0]
+    count = None if mailboxes is None else mailboxes.get(recipient, created_at)
+    if count is None:
+        (count,) = connection.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {_UNDELIVERED}"
+            " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
+            (recipient, max_mailbox),
+        ).fetchone()
+        if mailboxes is not None:
+            mailboxes.set(recipient, created_at, count)
+    return None if count >= max_mailbox else (created_at, count)
+
+
+def _one_more(
+    mailboxes: _MailboxCounts | None, recipient: str, mailbox: tuple[float, int]
+) -> None:
+    if mailboxes is not None:
+        created_at, count = mailbox
+        mailboxes.set(recipient, created_at, count + 1)
+
+
 def _store_message_txn(
     connection: sqlite3.Connection,
     sender: str,
@@ -432,25 +610,17 @@ def _store_message_txn(
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     mailboxes: _MailboxCounts | None = None,
 ) -> Message:
-    rows = connection.execute(
-        "SELECT username, full_name, created_at FROM users WHERE username IN (?, ?)",
-        (sender, recipient),
-    ).fetchall()
-    names = {username: full_name for username, full_name, _ in rows}
+    names = dict(
+        connection.execute(
+            "SELECT username, full_name FROM users WHERE username IN (?, ?)",
+            (sender, recipient),
+        ).fetchall()
+    )
     for username in (sender, recipient):
         if username not in names:
             raise NoSuchUser(username)
-    created_at = next(r[2] for r in rows if r[0] == recipient)
-    undelivered = None if mailboxes is None else mailboxes.get(recipient, created_at)
-    if undelivered is None:
-        (undelivered,) = connection.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM messages"
-            " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
-            (recipient, max_mailbox),
-        ).fetchone()
-    if undelivered >= max_mailbox:
-        if mailboxes is not None:
-            mailboxes.set(recipient, created_at, undelivered)
+    mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes)
+    if mailbox is None:
         raise MailboxFull(recipient)
     cursor = connection.execute(
         "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
@@ -458,8 +628,7 @@ def _store_message_txn(
         (sender, recipient, names[sender], names[recipient], text, sent_at),
     )
     assert cursor.lastrowid is not None
-    if mailboxes is not None:
-        mailboxes.set(recipient, created_at, undelivered + 1)
+    _one_more(mailboxes, recipient, mailbox)
     return Message(
         cursor.lastrowid,
         sender,
@@ -471,23 +640,506 @@ def _store_message_txn(
     )
 
 
+def _within(
+    rows: Iterable[tuple[Any, ...]], max_bytes: int | None, limit: int | None = None
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """
+    The first rows (at most C{limit}) whose text and file bytes together
+    stay within C{max_bytes}, but at least one; and whether any row was
+    left out.
+    """
+    taken: list[tuple[Any, ...]] = []
+    total = 0
+    for row in rows:
+        if limit is not None and len(taken) == limit:
+            return taken, True
+        size = len(row[_BODY]) + (row[_FILE_SIZE] or 0)
+        if taken and max_bytes is not None and total + size > max_bytes:
+            return taken, True
+        taken.append(row)
+        total += size
+    return taken, False
+
+
+def _messages(
+    connection: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> list[Message]:
+    """
+    Messages from rows of _MESSAGE_COLUMNS, with their files' content.
+    """
+    hashes = list({row[_FILE_SHA256] for row in rows if row[_FILE_SHA256]})
+    contents: dict[str, bytes] = {}
+    for chunk in _chunks(hashes):
+        contents.update(
+            connection.execute(
+                "SELECT sha256, content FROM files"
+                f" WHERE sha256 IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    return [_message(row, contents.get(row[_FILE_SHA256])) for row in rows]
+
+
+def _message(row: tuple[Any, ...], content: bytes | None) -> Message:
+    (id, sender, recipient, sender_name, recipient_name, text, sent_at) = row[:7]
+    group, file_name, file_size, file_sha256 = row[7:]
+    return Message(
+        id,
+        sender,
+        recipient,
+        sender_name,
+        recipient_name,
+        text,
+        sent_at,
+        group=group,
+        file_name=file_name,
+        file_size=file_size,
+        file_sha256=file_sha256,
+        file_content=content,
+    )
+
+
 def _drain_inbox_txn(
     connection: sqlite3.Connection,
     username: str,
     delivered_at: float,
+    max_bytes: int | None,
     mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
     if mailboxes is not None:
         mailboxes.drop(username)
-    rows = connection.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+    cursor = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
         " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id",
         (username,),
-    ).fetchall()
+    )
+    rows, _ = _within(cursor, max_bytes)
+    cursor.close()
     if rows:
         connection.execute(
-            "UPDATE messages SET delivered_at = ?"
+            f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
             " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
-            (delivered_at, username, rows[-1][0]),
+            (delivered_at, username, rows[-1][_ID]),
         )
-    return [Message(*row) for row in rows]
+    return _messages(connection, rows)
+
+
+def _full_names(connection: sqlite3.Connection, usernames: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for chunk in _chunks(usernames):
+        names.update(
+            connection.execute(
+                "SELECT username, full_name FROM users"
+                f" WHERE username IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    return names
+
+
+def _store_file(connection: sqlite3.Connection, attachment: Attachment) -> None:
+    connection.execute(
+        "INSERT INTO files (sha256, size, content) VALUES (?, ?, ?)"
+        " ON CONFLICT (sha256) DO NOTHING",
+        (attachment.sha256, attachment.size, attachment.content),
+    )
+
+
+def _insert_message(
+    connection: sqlite3.Connection,
+    sender: tuple[str, str],
+    recipient: tuple[str, str],
+    text: str,
+    sent_at: float,
+    group: str | None,
+    attachment: Attachment | None,
+    delivered_at: float | None = None,
+) -> Message:
+    file_fields = (
+        (None, None, None)
+        if attachment is None
+        else (attachment.name, attachment.size, attachment.sha256)
+    )
+    cursor = connection.execute(
+        "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+        " body, sent_at, delivered_at, group_name, file_name, file_size,"
+        " file_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            sender[0],
+            recipient[0],
+            sender[1],
+            recipient[1],
+            text,
+            sent_at,
+            delivered_at,
+            group,
+            *file_fields,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return _message(
+        (
+            cursor.lastrowid,
+            sender[0],
+            recipient[0],
+            sender[1],
+            recipient[1],
+            text,
+            sent_at,
+            group,
+            *file_fields,
+        ),
+        None if attachment is None else attachment.content,
+    )
+
+
+def _store_messages_txn(
+    connection: sqlite3.Connection,
+    sender: str,
+    recipients: list[str],
+    text: str,
+    sent_at: float,
+    attachment: Attachment | None,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
+) -> list[Message]:
+    recipients = list(dict.fromkeys(recipients))
+    names = _full_names(connection, [sender, *recipients])
+    if sender not in names:
+        raise NoSuchUser(sender)
+    missing = [r for r in recipients if r not in names]
+    if missing:
+        raise NoSuchUsers(missing)
+    # All or nothing: any full mailbox refuses the whole send.
+    boxes = {}
+    for recipient in recipients:
+        mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes)
+        if mailbox is None:
+            raise MailboxFull(recipient)
+        boxes[recipient] = mailbox
+    if attachment is not None:
+        _store_file(connection, attachment)
+    stored = []
+    for recipient in recipients:
+        stored.append(
+            _insert_message(
+                connection,
+                (sender, names[sender]),
+                (recipient, names[recipient]),
+                text,
+                sent_at,
+                None,
+                attachment,
+            )
+        )
+        _one_more(mailboxes, recipient, boxes[recipient])
+    return stored
+
+
+def _members(connection: sqlite3.Connection, name: str) -> list[tuple[str, str]]:
+    """
+    The members of a group with their full names, longest-standing first.
+    """
+    return connection.execute(
+        "SELECT m.username, u.full_name FROM group_members m"
+        " JOIN users u ON u.username = m.username"
+        " WHERE m.group_name = ? ORDER BY m.id",
+        (name,),
+    ).fetchall()
+
+
+def _group_txn(connection: sqlite3.Connection, name: str) -> Group:
+    row = connection.execute(
+        "SELECT owner, created_at FROM chat_groups WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None:
+        raise NoSuchGroup(name)
+    members = tuple(username for username, _ in _members(connection, name))
+    return Group(name, row[0], members, row[1])
+
+
+def _is_member(connection: sqlite3.Connection, name: str, username: str) -> bool:
+    return (
+        connection.execute(
+            "SELECT 1 FROM group_members WHERE group_name = ? AND username = ?",
+            (name, username),
+        ).fetchone()
+        is not None
+    )
+
+
+def _store_group_message_txn(
+    connection: sqlite3.Connection,
+    sender: str,
+    group: str,
+    text: str,
+    sent_at: float,
+    attachment: Attachment | None,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
+) -> list[Message]:
+    _group_txn(connection, group)
+    members = dict(_members(connection, group))
+    if sender not in members:
+        raise NotAMember(group, sender)
+    if attachment is not None:
+        _store_file(connection, attachment)
+    from_sender = (sender, members[sender])
+    stored = [
+        _insert_message(
+            connection,
+            from_sender,
+            from_sender,
+            text,
+            sent_at,
+            group,
+            attachment,
+            delivered_at=sent_at,
+        )
+    ]
+    for member, full_name in members.items():
+        if member == sender:
+            continue
+        mailbox = _mailbox(connection, member, max_mailbox, mailboxes)
+        if mailbox is None:
+            # The member's mailbox is full: one member who never reads must
+            # not stop the group. Their copy is kept as delivered (it shows
+            # in their group history) and not returned, so nobody pushes it.
+            _insert_message(
+                connection,
+                from_sender,
+                (member, full_name),
+                text,
+                sent_at,
+                group,
+                attachment,
+                delivered_at=sent_at,
+            )
+            continue
+        stored.append(
+            _insert_message(
+                connection,
+                from_sender,
+                (member, full_name),
+                text,
+                sent_at,
+                group,
+                attachment,
+            )
+        )
+        _one_more(mailboxes, member, mailbox)
+    return stored
+
+
+def _require_user(connection: sqlite3.Connection, username: str) -> None:
+    if (
+        connection.execute(
+            "SELECT 1 FROM users WHERE username = ?", (username,)
+        ).fetchone()
+        is None
+    ):
+        raise NoSuchUser(username)
+
+
+def _create_group_txn(
+    connection: sqlite3.Connection, name: str, owner: str, created_at: float
+) -> Group:
+    _require_user(connection, owner)
+    if (
+        connection.execute(
+            "SELECT 1 FROM chat_groups WHERE name = ?", (name,)
+        ).fetchone()
+        is not None
+    ):
+        raise GroupExists(name)
+    connection.execute(
+        "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
+        (name, owner, created_at),
+    )
+    connection.execute(
+        "INSERT INTO group_members (group_name, username, joined_at) VALUES (?, ?, ?)",
+        (name, owner, created_at),
+    )
+    return Group(name, owner, (owner,), created_at)
+
+
+def _join_group_txn(
+    connection: sqlite3.Connection, name: str, username: str, joined_at: float
+) -> Group:
+    _group_txn(connection, name)
+    _require_user(connection, username)
+    if _is_member(connection, name, username):
+        raise AlreadyAMember(name, username)
+    connection.execute(
+        "INSERT INTO group_members (group_name, username, joined_at) VALUES (?, ?, ?)",
+        (name, username, joined_at),
+    )
+    return _group_txn(connection, name)
+
+
+def _leave_group_txn(
+    connection: sqlite3.Connection, name: str, username: str
+) -> Group | None:
+    group = _group_txn(connection, name)
+    if username not in group.members:
+        raise NotAMember(name, username)
+    connection.execute(
+        "DELETE FROM group_members WHERE group_name = ? AND username = ?",
+        (name, username),
+    )
+    remaining = [member for member in group.members if member != username]
+    if not remaining:
+        connection.execute("DELETE FROM chat_groups WHERE name = ?", (name,))
+        return None
+    if group.owner == username:
+        connection.execute(
+            "UPDATE chat_groups SET owner = ? WHERE name = ?", (remaining[0], name)
+        )
+    return _group_txn(connection, name)
+
+
+def _kick_from_group_txn(
+    connection: sqlite3.Connection, name: str, by: str, username: str
+) -> Group:
+    group = _group_txn(connection, name)
+    if group.owner != by:
+        raise NotGroupOwner(name)
+    if username == by:
+        raise CannotKickSelf(name)
+    left = _leave_group_txn(connection, name, username)
+    assert left is not None  # the owner is still in it
+    return left
+
+
+def _list_groups_txn(connection: sqlite3.Connection, username: str) -> list[Group]:
+    names = _column(
+        connection.execute(
+            "SELECT group_name FROM group_members WHERE username = ?"
+            " ORDER BY group_name",
+            (username,),
+        )
+    )
+    return [_group_txn(connection, name) for name in names]
+
+
+def _page(
+    connection: sqlite3.Connection,
+    conditions: list[tuple[str, tuple[Any, ...]]],
+    limit: int,
+    before_id: int | None,
+    max_bytes: int | None,
+) -> Page:
+    """
+    The newest messages matching any of C{conditions} (each a WHERE clause
+    and its arguments, disjoint, each served by an index in id order).
+    """
+    below = _NO_ID_LIMIT if before_id is None else before_id
+    branches = [
+        f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages"
+        f" WHERE {where} AND id < ? ORDER BY id DESC LIMIT ?)"
+        for where, _ in conditions
+    ]
+    arguments = [a for _, args in conditions for a in (*args, below, limit + 1)]
+    cursor = connection.execute(
+        " UNION ALL ".join(branches) + " ORDER BY id DESC LIMIT ?",
+        (*arguments, limit + 1),
+    )
+    rows, more = _within(cursor, max_bytes, limit)
+    cursor.close()
+    return Page(tuple(_messages(connection, rows)), more)
+
+
+_CONVERSATION = "recipient = ? AND sender = ? AND group_name IS NULL"
+
+
+def _conversation_txn(
+    connection: sqlite3.Connection,
+    username: str,
+    peer: str,
+    limit: int,
+    before_id: int | None,
+    max_bytes: int | None,
+) -> Page:
+    _require_user(connection, peer)
+    conditions = [(_CONVERSATION, (peer, username))]
+    if peer != username:
+        conditions.append((_CONVERSATION, (username, peer)))
+    return _page(connection, conditions, limit, before_id, max_bytes)
+
+
+def _group_history_txn(
+    connection: sqlite3.Connection,
+    username: str,
+    group: str,
+    limit: int,
+    before_id: int | None,
+    max_bytes: int | None,
+) -> Page:
+    _group_txn(connection, group)
+    if not _is_member(connection, group, username):
+        raise NotAMember(group, username)
+    return _page(
+        connection,
+        [("recipient = ? AND group_name = ?", (username, group))],
+        limit,
+        before_id,
+        max_bytes,
+    )
+
+
+def _forget_unused_files(connection: sqlite3.Connection, hashes: list[str]) -> None:
+    for sha256 in hashes:
+        connection.execute(
+            "DELETE FROM files WHERE sha256 = ? AND NOT EXISTS"
+            " (SELECT 1 FROM messages WHERE file_sha256 = ?)",
+            (sha256, sha256),
+        )
+
+
+def _purge_messages_txn(
+    connection: sqlite3.Connection,
+    sent_before: float,
+    limit: int,
+    mailboxes: _MailboxCounts | None = None,
+) -> int:
+    rows = connection.execute(
+        "SELECT id, file_sha256 FROM messages WHERE sent_at < ?"
+        " ORDER BY sent_at, id LIMIT ?",
+        (sent_before, limit),
+    ).fetchall()
+    for chunk in _chunks([row[0] for row in rows]):
+        connection.execute(
+            f"DELETE FROM messages WHERE id IN ({_marks(len(chunk))})", chunk
+        )
+    _forget_unused_files(connection, list({row[1] for row in rows if row[1]}))
+    if rows and mailboxes is not None:
+        mailboxes.clear()  # undelivered messages may have gone too
+    return len(rows)
+
+
+def _undelivered_txn(
+    connection: sqlite3.Connection, username: str, after_id: int, limit: int
+) -> list[Message]:
+    rows = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED} WHERE recipient = ?"
+        " AND delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+        (username, after_id, limit),
+    ).fetchall()
+    return _messages(connection, rows)
+
+
+def _mark_delivered_txn(
+    connection: sqlite3.Connection,
+    username: str,
+    up_to_id: int,
+    delivered_at: float,
+    mailboxes: _MailboxCounts | None = None,
+) -> int:
+    if mailboxes is not None:
+        mailboxes.drop(username)
+    cursor = connection.execute(
+        f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
+        " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
+        (delivered_at, username, up_to_id),
+    )
+    return cursor.rowcount

@@ -22,9 +22,24 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_user ON sessions (username);
 
--- Names are captured at send time, as the course server did, so a message
--- outlives a later rename or the deletion of its sender. Deleting the
--- recipient deletes its mailbox.
+-- File contents, stored once per distinct content, whoever sent it to how
+-- many. A file is deleted with the last message that uses it.
+CREATE TABLE files (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    content BLOB NOT NULL
+);
+
+-- One row per mailbox: a message to N users is N rows sharing their
+-- content. Names are captured at send time, as the course server did, so a
+-- message outlives a later rename or the deletion of its sender. Deleting
+-- the recipient deletes its mailbox. Delivered messages stay (history)
+-- until --retention purges them.
+--
+-- group_name: the group a message was sent to (no foreign key: a message
+-- outlives its group). A group message is also stored, already delivered,
+-- in the sender's own mailbox, for the sender's history of the group.
+-- file_*: set for a file message; body is then the file name.
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY,
     sender TEXT NOT NULL,
@@ -33,7 +48,34 @@ CREATE TABLE messages (
     recipient_name TEXT NOT NULL,
     body TEXT NOT NULL,
     sent_at REAL NOT NULL,
-    delivered_at REAL
+    delivered_at REAL,
+    group_name TEXT,
+    file_name TEXT,
+    file_size INTEGER,
+    file_sha256 TEXT REFERENCES files (sha256)
 );
 CREATE INDEX messages_undelivered ON messages (recipient, id) WHERE delivered_at IS NULL;
 CREATE INDEX messages_by_recipient ON messages (recipient, id);
+CREATE INDEX messages_conversation ON messages (recipient, sender, id) WHERE group_name IS NULL;
+CREATE INDEX messages_by_group ON messages (recipient, group_name, id) WHERE group_name IS NOT NULL;
+CREATE INDEX messages_by_time ON messages (sent_at);
+CREATE INDEX messages_by_file ON messages (file_sha256) WHERE file_sha256 IS NOT NULL;
+
+-- Named groups ("groups" is a reserved word in SQL:2011 and MySQL). The
+-- owner is always a member; the store keeps that so.
+CREATE TABLE chat_groups (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES users (username),
+    created_at REAL NOT NULL
+);
+
+-- id orders members by join time: the longest-standing member has the
+-- lowest id and becomes the owner when the owner leaves.
+CREATE TABLE group_members (
+    id INTEGER PRIMARY KEY,
+    group_name TEXT NOT NULL REFERENCES chat_groups (name) ON DELETE CASCADE,
+    username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    joined_at REAL NOT NULL,
+    UNIQUE (group_name, username)
+);
+CREATE INDEX group_members_by_user ON group_members (username);

@@ -1,0 +1,211 @@
+"""
+Live delivery: fan-out of committed messages, subscriptions with an ack
+window, and presence.
+
+A connection that sends C{subscribe <token>} gets a L{Subscription}. It
+pushes the user's undelivered messages, oldest first, then new ones as they
+are committed, as C{{"event": "message", ...}} objects. Pushed messages stay
+undelivered until the client acknowledges them (C{ack <token> <id>}), so a
+client that crashes mid-stream gets them again on its next subscribe or
+inbox (at least once; clients de-duplicate by id).
+
+Memory stays bounded however slow the client: a subscription has at most
+C{window} pushed-but-unacknowledged messages. When the window is full, new
+messages stay in the store and are read from there as acknowledgements make
+room, so a subscriber that stops reading costs its window and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chat.interfaces import IChatClient, IChatStore, IFanout
+from chat.logs import make_logger
+from chat.model import Message
+
+Listener = Callable[[Message], None]
+
+
+@implementer(IFanout)
+@attrs.define
+class LocalFanout:
+    """
+    Fan-out within one process.
+    """
+
+    _listeners: dict[str, list[Listener]] = attrs.field(factory=dict)
+
+    def listen(self, username: str, listener: Listener) -> None:
+        self._listeners.setdefault(username, []).append(listener)
+
+    def unlisten(self, username: str, listener: Listener) -> None:
+        listeners = self._listeners.get(username, [])
+        if listener in listeners:
+            listeners.remove(listener)
+        if not listeners:
+            self._listeners.pop(username, None)
+
+    def publish(self, message: Message) -> None:
+        for listener in list(self._listeners.get(message.recipient, ())):
+            listener(message)
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """
+    Pushes one user's messages to one connection, at most C{window}
+    unacknowledged at a time.
+    """
+
+    store: IChatStore
+    fanout: IFanout
+    clock: IReactorTime
+    client: IChatClient
+    username: str
+    token_hash: str
+    window: int
+    retry_delay: float = 1.0
+    _last_pushed: int = 0
+    _in_flight: deque[int] = attrs.field(factory=deque)
+    _fetching: bool = False
+    _dirty: bool = False
+    _caught_up: bool = False
+    active: bool = False
+
+    log = make_logger()
+
+    def start(self) -> None:
+        self.active = True
+        self.fanout.listen(self.username, self._committed)
+        self.pump()
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            self.fanout.unlisten(self.username, self._committed)
+
+    def _room(self) -> int:
+        return self.window - len(self._in_flight)
+
+    def _committed(self, message: Message) -> None:
+        if not self.active or message.id <= self._last_pushed:
+            return
+        if self._caught_up and not self._fetching and self._room() > 0:
+            self._push(message)
+            return
+        self._caught_up = False
+        self.pump()
+
+    def pump(self) -> None:
+        """
+        Fill the window from the store.
+        """
+        if not self.active:
+            return
+        if self._fetching:
+            self._dirty = True
+            return
+        room = self._room()
+        if room <= 0:
+            return
+        self._fetching = True
+        self._dirty = False
+        d = self.store.undelivered(self.username, self._last_pushed, room)
+        d.addCallbacks(self._fetched, self._fetch_failed, callbackArgs=(room,))
+
+    def _fetched(self, messages: list[Message], asked: int) -> None:
+        self._fetching = False
+        if not self.active:
+            return
+        for message in messages:
+            if message.id > self._last_pushed:
+                self._push(message)
+        self._caught_up = len(messages) < asked
+        if self._dirty or (not self._caught_up and self._room() > 0):
+            self.pump()
+
+    def _fetch_failed(self, f: Failure) -> None:
+        self._fetching = False
+        self.log.warn(
+            "Could not read messages for {user}: {why}; retrying",
+            user=self.username,
+            why=f.value,
+        )
+        self.clock.callLater(self.retry_delay, self.pump)
+
+    def _push(self, message: Message) -> None:
+        self._last_pushed = message.id
+        self._in_flight.append(message.id)
+        self.client.send_event({"event": "message", **message.to_wire()})
+
+    def acknowledged(self, up_to_id: int) -> None:
+        """
+        Messages up to C{up_to_id} were delivered: make room and refill.
+        """
+        while self._in_flight and self._in_flight[0] <= up_to_id:
+            self._in_flight.popleft()
+        self.pump()
+
+
+@attrs.define
+class _Online:
+    full_name: str
+    minds: set[object] = attrs.field(factory=set)
+
+
+@attrs.define
+class Presence:
+    """
+    Who has a live connection, and the subscribers told when that changes.
+    """
+
+    _online: dict[str, _Online] = attrs.field(factory=dict)
+    _watchers: set[IChatClient] = attrs.field(factory=set)
+
+    def is_attached(self, username: str, mind: object) -> bool:
+        online = self._online.get(username)
+        return online is not None and mind in online.minds
+
+    def attach(self, username: str, full_name: str, mind: object) -> None:
+        online = self._online.get(username)
+        if online is None:
+            online = self._online[username] = _Online(full_name)
+            self._announce(username, full_name, True)
+        online.minds.add(mind)
+
+    def detach(self, username: str, mind: object) -> None:
+        online = self._online.get(username)
+        if online is None or mind not in online.minds:
+            return
+        online.minds.discard(mind)
+        if not online.minds:
+            del self._online[username]
+            self._announce(username, online.full_name, False)
+
+    def online(self) -> list[tuple[str, str]]:
+        """
+        (username, full name) of everyone online, by username.
+        """
+        return sorted((name, o.full_name) for name, o in self._online.items())
+
+    def watch(self, client: IChatClient) -> None:
+        self._watchers.add(client)
+
+    def unwatch(self, client: IChatClient) -> None:
+        self._watchers.discard(client)
+
+    def _announce(self, username: str, full_name: str, online: bool) -> None:
+        event: dict[str, object] = {
+            "event": "presence",
+            "user": username,
+            "full_name": full_name,
+            "online": online,
+        }
+        for watcher in list(self._watchers):
+            watcher.send_event(event)
