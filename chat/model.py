@@ -74,11 +74,21 @@ class Message:
     text: str
     sent_at: float
 
+    @property
+    def realm(self) -> str | None:
+        """
+        The realm a message from another realm came from (its sender is
+        C{user@realm}; usernames cannot contain C{@}); None for a local one.
+        """
+        _, at, realm = self.sender.partition("@")
+        return realm if at else None
+
     def to_wire(self) -> dict[str, object]:
         """
-        The course's message shape plus our extra keys.
+        The course's message shape plus our extra keys; C{realm} only for a
+        message from another realm.
         """
-        return {
+        wire: dict[str, object] = {
             "msg_from": self.sender_name,
             "msg_to": self.recipient_name,
             "msg": self.text,
@@ -87,3 +97,7 @@ class Message:
             "from": self.sender,
             "to": self.recipient,
         }
+        realm = self.realm
+        if realm is not None:
+            wire["realm"] = realm
+        return wire

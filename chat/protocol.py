@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -38,16 +38,32 @@ from zope.interface import implementer
 from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
+    BadRealmMessage,
+    ForgedSender,
+    InvalidRealmId,
+    NoSuchRealm,
     NoSuchUser,
+    NotAdmin,
     RateLimited,
+    RealmAuthFailed,
+    RealmExists,
+    RealmLinkOnly,
+    RealmMismatch,
+    RealmNotAuthenticated,
+    RealmQueueFull,
+    RealmsDisabled,
     SessionNotFound,
     StorageUnavailable,
+    TooManyRealmRecipients,
     UnknownUser,
     WrongPassword,
 )
 from chat.interfaces import IChatClient, IChatUser
 from chat.logs import make_logger
 from chat.model import Message
+
+if TYPE_CHECKING:
+    from chat.federation import Challenge, Federation, InboundLink
 
 Reply = dict[str, object]
 
@@ -58,7 +74,23 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
     (SessionNotFound, "Session Tidak Ditemukan", "no_session"),
     (NoSuchUser, "User Tidak Ditemukan", "no_such_user"),
     (StorageUnavailable, "storage unavailable", "storage_unavailable"),
+    # Other realms (chat.federation).
+    (NoSuchRealm, "Realm Tidak Ditemukan", "no_such_realm"),
+    (RealmExists, "Realm sudah ada", "realm_exists"),
+    (InvalidRealmId, "invalid realm id", "invalid_realm_id"),
+    (RealmQueueFull, "realm queue full", "realm_queue_full"),
+    (TooManyRealmRecipients, "too many recipients", "too_many_recipients"),
+    (NotAdmin, "not an administrator", "not_admin"),
+    (RealmsDisabled, "realms are not enabled", "realms_disabled"),
+    (RealmMismatch, "wrong realm", "wrong_realm"),
+    (RealmNotAuthenticated, "realm not authenticated", "realm_not_authenticated"),
+    (RealmLinkOnly, "not allowed on a realm link", "realm_link"),
+    (ForgedSender, "forged sender", "forged_sender"),
+    (BadRealmMessage, "malformed realm message", "bad_realm_message"),
 ]
+
+#: What a connection may send once it is (becoming) a link to another realm.
+LINK_VERBS = frozenset({"realm-hello", "realm-auth", "realm-msg", "ping", "quit"})
 
 _TOO_LONG = object()
 
@@ -96,6 +128,12 @@ class ChatProtocol(LineReceiver):
         self._peer = "?"
         self._logouts: dict[str, Callable[[], None]] = {}
         self._subscription: tuple[Any, Any] | None = None
+        # Realm links (chat.federation): a connection that says realm-hello
+        # is a link from then on, and never a user's.
+        self._auth_token: str | None = None
+        self._link_mode = False
+        self._realm_challenge: Challenge | None = None
+        self._realm_link: InboundLink | None = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -179,7 +217,9 @@ class ChatProtocol(LineReceiver):
         return d.addErrback(self._failed, command)
 
     def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
-        handler = getattr(self, f"do_{command.verb}")
+        if self._link_mode and command.verb not in LINK_VERBS:
+            return fail(RealmLinkOnly())
+        handler = getattr(self, f"do_{command.verb.replace('-', '_')}")
         result: Deferred[Reply | None] = handler(command)
         return result
 
@@ -188,6 +228,8 @@ class ChatProtocol(LineReceiver):
     # error that _failed turns into the wire's error reply.
 
     def do_send(self, command: commands.Send) -> Deferred[Reply | None]:
+        if "@" in command.recipient:
+            return self._send_to_address(command)
         d = self._with_avatar(command.token)
         d.addCallback(lambda avatar: avatar.send(command.recipient, command.text))
         return d.addCallback(lambda _: commands.ok(message="Message Sent"))
@@ -256,6 +298,7 @@ class ChatProtocol(LineReceiver):
         )
         self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
+        self._auth_token = token
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
@@ -277,6 +320,147 @@ class ChatProtocol(LineReceiver):
 
     def send_event(self, event: dict[str, object]) -> None:
         self._write(event)
+
+    # Other realms (chat.federation): users' commands.
+
+    def _send_to_address(self, command: commands.Send) -> Deferred[Reply | None]:
+        username, _, realm_id = command.recipient.partition("@")
+        federation = self.factory.federation
+        d = self._with_avatar(command.token)
+        if federation is not None and realm_id == federation.realm_id:
+            d.addCallback(lambda avatar: avatar.send(username, command.text))
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_to_realm(realm_id, [username], command.text)
+            )
+        return d.addCallback(lambda _: commands.ok(message="Message Sent"))
+
+    def do_sendprivaterealm(
+        self, command: commands.SendPrivateRealm
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, [command.recipient], command.text
+            )
+        )
+        return d.addCallback(lambda _: commands.ok(message="Message Sent to Realm"))
+
+    def do_sendgrouprealm(
+        self, command: commands.SendGroupRealm
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, command.recipients, command.text
+            )
+        )
+        return d.addCallback(
+            lambda _: commands.ok(message="Message Sent to Group in Realm")
+        )
+
+    def do_getrealminbox(
+        self, command: commands.GetRealmInbox
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.realm_inbox(command.realm_id))
+        return d.addCallback(inbox_reply)
+
+    def do_addrealm(self, command: commands.AddRealm) -> Deferred[Reply | None]:
+        # The course's form has no token: it acts as this connection's auth.
+        token = command.token if command.token is not None else self._auth_token
+        if token is None:
+            return fail(SessionNotFound("addrealm before auth"))
+        d = self._with_avatar(token)
+        d.addCallback(
+            lambda avatar: avatar.add_realm(
+                command.realm_id, command.host, command.port
+            )
+        )
+
+        def added(secret: str) -> Reply:
+            federation = self.factory.federation
+            assert federation is not None
+            return commands.ok(
+                message="Realm Added",
+                realm=command.realm_id,
+                secret=secret,
+                this_realm=federation.realm_id,
+            )
+
+        return d.addCallback(added)
+
+    # Other realms: a link's commands. A link never logs in as a user; it
+    # proves which realm it is (chat.federation has the handshake) and may
+    # then only deliver that realm's messages.
+
+    def _federation(self) -> Federation:
+        federation = self.factory.federation
+        if federation is None:
+            raise RealmsDisabled()
+        return federation
+
+    def do_realm_hello(self, command: commands.RealmHello) -> Deferred[Reply | None]:
+        federation = self._federation()
+        if self._logouts:
+            raise RealmLinkOnly("a user's connection cannot become a realm link")
+        if self._link_mode:
+            raise RealmLinkOnly("one realm-hello per connection")
+        self._link_mode = True
+        challenge = federation.hello(command.realm_id, command.to_realm, command.nonce)
+        self._realm_challenge = challenge
+        return succeed(
+            commands.ok(
+                message="realm-challenge",
+                realm=federation.realm_id,
+                nonce=challenge.server_nonce,
+            )
+        )
+
+    def do_realm_auth(self, command: commands.RealmAuth) -> Deferred[Reply | None]:
+        federation = self._federation()
+        challenge, self._realm_challenge = self._realm_challenge, None
+        if challenge is None:
+            raise RealmNotAuthenticated("realm-auth without realm-hello")
+        d = federation.authenticate(challenge, command.proof)
+
+        def authenticated(link: InboundLink) -> Reply:
+            self._realm_link = link
+            self.MAX_LENGTH = federation.settings.max_line
+            self.log.info(
+                "Realm {realm} authenticated from {peer}",
+                realm=link.realm_id,
+                peer=self._peer,
+            )
+            return commands.ok(
+                message="Realm Authenticated",
+                realm=federation.realm_id,
+                proof=link.server_proof,
+            )
+
+        def refused(f: Failure) -> None:
+            f.trap(RealmAuthFailed)
+            self.log.warn(
+                "Realm authentication failed for {realm} from {peer}: {why}",
+                realm=challenge.client_realm,
+                peer=self._peer,
+                why=f.value,
+            )
+            self._write(
+                commands.error("realm authentication failed", "realm_auth_failed")
+            )
+            self._input_closed = True
+            self._queue.clear()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+        return d.addCallbacks(authenticated, refused)
+
+    def do_realm_msg(self, command: commands.RealmMsg) -> Deferred[Reply | None]:
+        link = self._realm_link
+        if link is None:
+            raise RealmNotAuthenticated("realm-msg before realm-auth")
+        result: Deferred[Reply | None] = link.deliver(command.payload)  # type: ignore[assignment]
+        return result
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):
@@ -306,6 +490,8 @@ class ChatFactory(Factory):
         self.portal = portal
         self.max_line = max_line
         self._waiting: list[Deferred[None]] | None = None
+        #: Links to other realms (chat.federation), if enabled.
+        self.federation: Federation | None = None
 
     @property
     def is_open(self) -> bool:

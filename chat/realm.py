@@ -27,23 +27,27 @@ avatars it gets from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.cred.portal import IRealm
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.errors import NoSuchUser, SessionNotFound
+from chat.errors import NoSuchRealm, NoSuchUser, RealmsDisabled, SessionNotFound
 from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
 from chat.logs import make_logger
 from chat.model import Message, User
 from chat.push import LocalFanout, Presence, Subscription
 from chat.sessions import SessionManager, hash_token
+
+if TYPE_CHECKING:
+    from chat.federation import Federation
+    from chat.links import OutboundMessage
 
 
 @implementer(IRealm)
@@ -61,6 +65,8 @@ class ChatRealm:
     push_window: int = 100
     presence: Presence = attrs.field(factory=Presence)
     _subscriptions: dict[str, set[Subscription]] = attrs.field(factory=dict)
+    #: Links to other realms; None on a server without them (tests).
+    federation: Federation | None = None
 
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
@@ -207,3 +213,37 @@ class ChatUser:
 
     def online(self) -> list[tuple[str, str]]:
         return self.realm.presence.online()
+
+    # Other realms (chat.federation).
+
+    def send_to_realm(
+        self, realm_id: str, recipients: Sequence[str], text: str
+    ) -> Deferred[list[OutboundMessage]]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(NoSuchRealm(realm_id))
+        d = federation.send(self.username, realm_id, recipients, text)
+        return d.addErrback(self._refused_if_gone)
+
+    def _refused_if_gone(self, f: Failure) -> Failure:
+        """
+        A message from a user who no longer exists is refused like a
+        message without a session (as in L{send}).
+        """
+        error = f.value
+        if isinstance(error, NoSuchUser) and error.username == self.username:
+            raise SessionNotFound("the user no longer exists")
+        return f
+
+    def realm_inbox(self, realm_id: str) -> Deferred[list[Message]]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(NoSuchRealm(realm_id))
+        return federation.realm_inbox(self.username, realm_id)
+
+    def add_realm(self, realm_id: str, host: str, port: int) -> Deferred[str]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(RealmsDisabled())
+        d = federation.add_link(self.username, realm_id, host, port)
+        return d.addErrback(self._refused_if_gone)

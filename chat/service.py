@@ -5,6 +5,7 @@ sessions and the listening ports, and starts and stops them in order.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -16,12 +17,13 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.errors import NoSuchUser, UserExists
+from chat.federation import Federation, FederationSettings
 from chat.interfaces import IChatStore, IPasswordHasher
 from chat.logs import make_logger
 from chat.model import User
@@ -78,6 +80,7 @@ class ChatService(Service):
         session_idle: float = 86400.0,
         session_max_age: float = 30 * 86400.0,
         push_window: int = 100,
+        federation: FederationSettings | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -92,6 +95,16 @@ class ChatService(Service):
         )
         self.factory = ChatFactory(self.portal, max_line)
         self.factory.hold()
+        self.federation: Federation | None = None
+        if federation is not None:
+            self.federation = Federation(
+                federation,
+                store,
+                reactor,
+                self.realm.fanout,
+                connect=partial(clientFromString, reactor),
+            )
+            self.realm.federation = self.factory.federation = self.federation
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[None] = Deferred()
 
@@ -140,6 +153,11 @@ class ChatService(Service):
 
         def started(_: Any) -> None:
             self.factory.open()
+            if self.federation is not None:
+                self.log.info(
+                    "This server is realm {realm}", realm=self.federation.realm_id
+                )
+                self.federation.start()
             self.ready.callback(None)
 
         def failed(f: Failure) -> None:
@@ -155,6 +173,9 @@ class ChatService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         d = self._stop_listening()
+        federation = self.federation
+        if federation is not None:
+            d.addBoth(lambda _: federation.stop())
         d.addBoth(lambda _: self.sessions.stop())
         d.addBoth(lambda _: self.store.close())
         d.addBoth(lambda _: self.hasher.stop())
