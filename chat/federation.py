@@ -109,7 +109,7 @@ Reply = dict[str, object]
 TEMPORARY_ERRORS = frozenset({"rate_limited", "storage_unavailable"})
 
 #: Host names and addresses C{addrealm} accepts.
-HOST_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+HOST_PATTERN = re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}")
 
 
 @attrs.frozen
