@@ -412,6 +412,8 @@ class LinkClientProtocol(LineReceiver):
 
 
 class LinkClientFactory(Factory):
+    noisy = False  # OutboundLink logs what matters about each attempt.
+
     def __init__(self, link: OutboundLink) -> None:
         self.link = link
 
