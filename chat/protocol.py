@@ -15,6 +15,12 @@ The flow on one connection:
  4. A line longer than C{max_line} gets one ERROR reply, after the replies
     to the lines before it, and the connection is closed; nothing after it
     runs.
+ 5. A connection may instead be a link from another realm: it says
+    C{realm-hello}, proves with C{realm-auth} that it knows the link's
+    secret (L{chat.federation.Federation.authenticate}), and may then only
+    send C{realm-msg}, which its L{chat.federation.InboundLink} stores. A
+    link never logs in as a user, and a user's connection never becomes a
+    link.
 
 Domain errors become the course's error replies; anything unexpected is
 logged and answered with C{internal error}, never with a traceback.

@@ -20,6 +20,10 @@ The flow, step by step:
  5. Each login passes the connection as the cred "mind": the realm counts
     the user as online while it has a connection, and the logout callable
     it returns takes the connection away again.
+ 6. A message to C{user@other-realm} goes to L{ChatUser.send_to_realm}:
+    the realm's L{chat.federation.Federation} queues it durably for that
+    realm and delivers it over the link later; messages from other realms
+    arrive in the same mailboxes, as from C{user@realm}.
 
 The protocol never touches the store: it only talks to the portal and the
 avatars it gets from it.
