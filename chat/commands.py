@@ -43,7 +43,7 @@ Between realms, on a connection that is a link (never a user's)::
                                   {"status":"OK","message":"realm-challenge",
                                    "realm":..,"nonce":..}
     realm-auth <proof>            {"status":"OK","message":"Realm Authenticated",
-                                   "realm":..,"proof":..}
+                                   "realm":..,"proof":..,"max_line":..}
     realm-msg <json>              {"status":"OK","message":"Delivered","id":..,
                                    "delivered":<n>,"unknown":[..],"duplicate":..}
 

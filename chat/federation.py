@@ -38,7 +38,7 @@ without sending it (HMAC-SHA256, see L{chat.links.proof})::
              "nonce":<server nonce>}
     client: realm-auth HMAC(secret, "client", realms, nonces)
     server: {"status":"OK","message":"Realm Authenticated","realm":..,
-             "proof":HMAC(secret, "server", realms, nonces)}
+             "proof":HMAC(secret, "server", realms, nonces),"max_line":..}
 
 Both nonces are fresh per connection, so a recorded handshake cannot be
 replayed, and the roles differ, so a proof cannot be reflected. Over plain
@@ -274,6 +274,8 @@ class LinkClientProtocol(LineReceiver):
         self.clock = federation.clock
         self.timeout = federation.settings.timeout
         self.authenticated = False
+        #: The longest line the other realm accepts on a link, as it said.
+        self.peer_max_line: int | None = None
         self._nonce = new_nonce()
         self._pending: deque[Deferred[Reply]] = deque()
         self._deadline: IDelayedCall | None = None
@@ -305,6 +307,9 @@ class LinkClientProtocol(LineReceiver):
         theirs = proof(secret, "server", me, peer, self._nonce, server_nonce)
         if not proof_matches(theirs, reply.get("proof")):
             raise HandshakeFailed("the server did not prove that it knows the secret")
+        max_line = reply.get("max_line")
+        if isinstance(max_line, int) and max_line > 0:
+            self.peer_max_line = max_line
         self.authenticated = True
         self._arm_keepalive()
         self.link.authenticated(self)
@@ -344,7 +349,15 @@ class LinkClientProtocol(LineReceiver):
         payload = json.dumps(
             message.to_payload(), separators=(",", ":"), ensure_ascii=False
         )
-        return self.request(f"realm-msg {payload}")
+        line = f"realm-msg {payload}"
+        if (
+            self.peer_max_line is not None
+            and len(line.encode("utf-8")) + 1 > self.peer_max_line
+        ):
+            # The other realm would drop the connection, again and again:
+            # refuse the message here instead.
+            return succeed(commands.error("message too long", "too_long"))
+        return self.request(line)
 
     def lineReceived(self, line: bytes) -> None:
         try:

@@ -442,6 +442,7 @@ class ChatProtocol(LineReceiver):
                 message="Realm Authenticated",
                 realm=federation.realm_id,
                 proof=link.server_proof,
+                max_line=self.MAX_LENGTH,
             )
 
         def refused(f: Failure) -> None:

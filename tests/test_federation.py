@@ -117,6 +117,7 @@ def test_handshake_with_the_right_secret_links_both_ways() -> None:
         "message": "Realm Authenticated",
         "realm": "realm-b",
         "proof": replies[1]["proof"],
+        "max_line": 7 * 16 * 1024,
     }
 
 
@@ -401,6 +402,24 @@ def test_refused_message_bounces_with_the_reason() -> None:
         "Undeliverable to henderson@realm-b: refused by realm-b (malformed realm"
         " message). Your message: this is far too long"
     )
+
+
+def test_message_too_long_for_the_other_realm_bounces() -> None:
+    """A message longer than the other realm's links accept is returned at once."""
+    realms = Realms(**{"realm-b": {"max_text": 100}})
+    (wire,) = realms.network.live(origin="realm-a")
+    assert lines_of(wire, "server")[1]["max_line"] == 600 + 16 * 1024
+    a = realms["realm-a"]
+    a.federation.send("messi", "realm-b", ["henderson"], "x" * 17_000)
+    a.federation.send("messi", "realm-b", ["henderson"], "short")
+    realms.settle()
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["short"]
+    (bounce,) = inbox(realms, "realm-a", "messi")["postmaster@realm-b"]
+    assert bounce["msg"].startswith(
+        "Undeliverable to henderson@realm-b: refused by realm-b (message too long)."
+    )
+    assert wire.closed is False
 
 
 def test_subscriber_gets_remote_message_pushed() -> None:
