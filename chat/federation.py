@@ -90,6 +90,7 @@ from chat.limits import RateLimiter
 from chat.links import (
     MAX_RECIPIENTS,
     NONCE_PATTERN,
+    Delivery,
     InboundMessage,
     OutboundMessage,
     RealmLink,
@@ -162,7 +163,8 @@ def tcp_endpoint(host: str, port: int) -> str:
         raise ValueError(f"not a host name or address: {host!r}")
     if not 0 < port < 65536:
         raise ValueError(f"not a port: {port}")
-    return f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
+    escaped = host.replace(":", "\\:")  # IPv6 colons, in endpoint syntax
+    return f"tcp:host={escaped}:port={port}"
 
 
 class LinkLost(Exception):
@@ -230,7 +232,7 @@ class InboundLink:
             self.realm_id, message, federation.clock.seconds()
         )
 
-        def received(delivery: Any) -> Reply:
+        def received(delivery: Delivery) -> Reply:
             for stored in delivery.messages:
                 federation.fanout.publish(stored)
             self.log.debug(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -466,8 +466,7 @@ class ChatProtocol(LineReceiver):
         link = self._realm_link
         if link is None:
             raise RealmNotAuthenticated("realm-msg before realm-auth")
-        result: Deferred[Reply | None] = link.deliver(command.payload)  # type: ignore[assignment]
-        return result
+        return cast("Deferred[Reply | None]", link.deliver(command.payload))
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):

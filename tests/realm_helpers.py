@@ -116,6 +116,8 @@ class Wire:
 @implementer(IStreamClientEndpoint)
 class FakeEndpoint:
     def __init__(self, network: Network, description: str, origin: str) -> None:
+        if not description.startswith("tcp:"):
+            raise ValueError(f"unknown endpoint type: {description}")
         self.network = network
         self.description = description
         self.origin = origin

@@ -573,6 +573,90 @@ def test_outbox_survives_a_restart_of_the_sender() -> None:
     assert [m["msg"] for m in got] == ["queued"]
 
 
+def test_local_storage_failure_after_delivery_retries_once() -> None:
+    """If the sender cannot record the acknowledgement, it offers again: one copy."""
+    realms = Realms()
+    a = realms["realm-a"]
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"send {token} henderson@realm-b disk trouble")
+    a.store.broken = True
+    realms.settle()
+    assert [m.message.text for m in realms["realm-b"].store.messages] == [
+        "disk trouble"
+    ]
+    a.store.broken = False
+    assert outbox_size(a, "realm-b") == 1
+    realms.settle(1.0)
+    assert outbox_size(a, "realm-b") == 0
+    (wire,) = realms.network.live(origin="realm-a")
+    assert [r.get("duplicate") for r in lines_of(wire, "server")[2:]] == [False, True]
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["disk trouble"]
+
+
+def test_remote_storage_failure_is_retried() -> None:
+    """storage unavailable on the other side means: offer it again later."""
+    realms = Realms()
+    b = realms["realm-b"]
+    b.store.broken = True
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"send {token} henderson@realm-b later")
+    realms.settle()
+    assert outbox_size(realms["realm-a"], "realm-b") == 1
+    b.store.broken = False
+    realms.settle(1.0)
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["later"]
+    assert inbox(realms, "realm-a", "messi") == {}
+
+
+def test_link_added_at_runtime_starts_on_first_message() -> None:
+    """A link chat-admin added while running starts when a message is queued."""
+    realms = Realms("realm-a", "realm-b", "realm-c", start=False)
+    a, b, c = realms["realm-a"], realms["realm-b"], realms["realm-c"]
+    link(a, b)
+    realms.start()
+    assert set(a.federation.links) == {"realm-b"}
+    link(a, c)
+    c.federation.start()
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"send {token} lineker@realm-c new link")
+    realms.settle()
+    assert set(a.federation.links) == {"realm-b", "realm-c"}
+    got = inbox(realms, "realm-c", "lineker")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["new link"]
+
+
+def test_link_with_a_bad_endpoint_is_skipped() -> None:
+    """A link whose endpoint cannot be parsed is logged and skipped, others run."""
+    realms = Realms(start=False)
+    a = realms["realm-a"]
+    link(a, realms["realm-b"])
+    result_of(a.store.add_realm_link(RealmLink("realm-x", "carrier:pigeon", SECRET, 0)))
+    realms.start()
+    assert set(a.federation.links) == {"realm-b"}
+    assert a.federation.links["realm-b"].connected
+
+
+def test_endpoint_of_another_realm_is_refused() -> None:
+    """If the endpoint leads to another realm, the handshake fails at hello."""
+    realms = Realms("realm-a", "realm-x", start=False)
+    a = realms["realm-a"]
+    result_of(
+        a.store.add_realm_link(
+            RealmLink("realm-b", endpoint_of("realm-x"), SECRET, 0.0)
+        )
+    )
+    a.federation.start()
+    realms.network.pump()
+    a_link = a.federation.links["realm-b"]
+    assert not a_link.connected and a_link.handshake_failures == 1
+    (wire,) = realms.network.wires
+    assert lines_of(wire, "server") == [
+        {"status": "ERROR", "message": "wrong realm", "code": "wrong_realm"}
+    ]
+
+
 def test_queue_cap_refuses_and_stores_nothing() -> None:
     """Over --realm-queue-max, send is an error and nothing is queued."""
     realms = Realms(**{"realm-a": {"max_queue": 2}})
@@ -674,6 +758,11 @@ def test_addrealm_by_an_admin_links_and_returns_the_secret() -> None:
     }
     bad = client.request(f"addrealm {token} Realm_X 10.0.0.8 9001")
     assert bad["code"] == "invalid_realm_id"
+    bad = client.request(f"addrealm {token} realm-y bad_host! 9001")
+    assert bad["code"] == "invalid_realm_id"
+    bad = client.request(f"addrealm {token} realm-a 10.0.0.8 9001")
+    assert bad["code"] == "invalid_realm_id"
+    assert set(realms["realm-a"].store.realm_links) == {"realm-b", "realm-x"}
 
 
 def test_link_removed_at_runtime_stops() -> None:
