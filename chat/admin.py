@@ -6,10 +6,16 @@ C{chat-admin}: manage accounts in a chat store.
     chat-admin --store sqlite:chat.sqlite passwd USERNAME
     chat-admin --store sqlite:chat.sqlite userdel USERNAME
     chat-admin --store sqlite:chat.sqlite users
+    chat-admin --store sqlite:chat.sqlite setadmin USERNAME yes|no
+    chat-admin --store sqlite:chat.sqlite realm add REALM_ID ENDPOINT [--generate]
+    chat-admin --store sqlite:chat.sqlite realm list
+    chat-admin --store sqlite:chat.sqlite realm remove REALM_ID
 
-Passwords are read from standard input (one line; asked twice, hidden, on a
-terminal), never from the command line, where other users of the machine
-could see them. It is safe to run while the server runs.
+Passwords, and the secrets realm links share, are read from standard input
+(one line; asked twice, hidden, on a terminal), never from the command
+line, where other users of the machine could see them. It is safe to run
+while the server runs; it picks up link changes within
+L{chat.federation.FederationSettings.sync_interval}.
 """
 
 from __future__ import annotations
@@ -22,11 +28,22 @@ from typing import Any, TextIO
 import argon2
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
-from chat.errors import ChatError, InvalidUsername, NoSuchUser, UserExists
+from chat.errors import (
+    ChatError,
+    InvalidRealmId,
+    InvalidUsername,
+    NoSuchRealm,
+    NoSuchUser,
+    RealmExists,
+    UserExists,
+)
+from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.model import User, validate_username
 from chat.store import STORE_HELP, open_store
+from chat.store.sqlite import SQLiteStore
 
 
 class InterspersedOptions(usage.Options):
@@ -55,10 +72,13 @@ class InterspersedOptions(usage.Options):
 
 
 class UserAddOptions(InterspersedOptions):
-    synopsis = "USERNAME --name 'Full Name' [--country COUNTRY]"
+    synopsis = "USERNAME --name 'Full Name' [--country COUNTRY] [--admin]"
     optParameters = [
         ["name", None, None, "The user's full name (required)."],
         ["country", None, "", "The user's country."],
+    ]
+    optFlags = [
+        ["admin", None, "An administrator (may link realms with addrealm)."],
     ]
 
     def parseArgs(self, username: str) -> None:  # type: ignore[override]
@@ -80,6 +100,64 @@ class NoOptions(usage.Options):
     synopsis = ""
 
 
+class SetAdminOptions(InterspersedOptions):
+    synopsis = "USERNAME yes|no"
+
+    def parseArgs(self, username: str, flag: str) -> None:  # type: ignore[override]
+        if flag not in ("yes", "no"):
+            raise usage.UsageError("say yes or no")
+        self["username"] = username
+        self["admin"] = flag == "yes"
+
+
+class RealmAddOptions(InterspersedOptions):
+    synopsis = "REALM_ID ENDPOINT [--generate]"
+    optFlags = [
+        [
+            "generate",
+            None,
+            "Make a new random secret and print it (for the other realm's "
+            "chat-admin) instead of reading one from standard input.",
+        ],
+    ]
+
+    def parseArgs(self, realm_id: str, endpoint: str) -> None:  # type: ignore[override]
+        self["realm_id"] = realm_id
+        self["endpoint"] = endpoint
+
+
+class RealmIdOptions(InterspersedOptions):
+    synopsis = "REALM_ID"
+
+    def parseArgs(self, realm_id: str) -> None:  # type: ignore[override]
+        self["realm_id"] = realm_id
+
+
+class RealmOptions(usage.Options):
+    synopsis = "add|list|remove ..."
+    subCommands = [
+        [
+            "add",
+            None,
+            RealmAddOptions,
+            "Link to a realm reachable at a Twisted client endpoint "
+            "(tcp:host=H:port=P, ssl:..., tls:...); the shared secret is "
+            "read from standard input.",
+        ],
+        ["list", None, NoOptions, "List the links and their queued messages."],
+        [
+            "remove",
+            None,
+            RealmIdOptions,
+            "Remove a link; its queued messages go back to their senders.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("add, list or remove")
+
+
 class AdminOptions(usage.Options):
     synopsis = "--store STORE COMMAND [ARGS]"
     optParameters = [
@@ -95,11 +173,32 @@ class AdminOptions(usage.Options):
         ],
         ["userdel", None, UserOptions, "Delete a user, its sessions and its mailbox."],
         ["users", None, NoOptions, "List the users."],
+        [
+            "setadmin",
+            None,
+            SetAdminOptions,
+            "Make a user an administrator (yes) or not (no).",
+        ],
+        ["realm", None, RealmOptions, "Links to other realms (chat servers)."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a command is required")
+
+
+def read_secret(stdin: TextIO) -> str:
+    """
+    A link secret from standard input: prompted twice on a terminal, else
+    the first line.
+    """
+    if stdin.isatty():
+        secret = getpass.getpass("Shared secret: ")
+        if getpass.getpass("Again: ") != secret:
+            raise ChatError("the secrets differ")
+    else:
+        secret = stdin.readline().rstrip("\r\n")
+    return validate_secret(secret)
 
 
 def read_password(stdin: TextIO) -> str:
@@ -128,10 +227,13 @@ async def run(
     command = options.subCommand
     sub = options.subOptions
     password_hash = None
+    secret = None
     if command in ("useradd", "passwd"):
         if command == "useradd":
             validate_username(sub["username"])
         password_hash = argon2.PasswordHasher().hash(read_password(stdin))
+    elif command == "realm":
+        secret = prepare_realm(reactor, sub, stdin)
     store = open_store(reactor, options["store"])
     store.start()
     try:
@@ -141,7 +243,10 @@ async def run(
                 sub["username"], sub["name"].strip(), sub["country"], password_hash
             )
             await store.add_user(user)
-            print(f"created user {user.username}", file=stdout)
+            if sub["admin"]:
+                await store.set_admin(user.username, True)
+            kind = "administrator" if sub["admin"] else "user"
+            print(f"created {kind} {user.username}", file=stdout)
         elif command == "passwd":
             assert password_hash is not None
             await store.set_password_hash(sub["username"], password_hash)
@@ -151,14 +256,80 @@ async def run(
             print(f"deleted user {sub['username']}", file=stdout)
         elif command == "users":
             for user in await store.list_users():
-                print(f"{user.username}\t{user.full_name}\t{user.country}", file=stdout)
+                admin = "\tadmin" if await store.is_admin(user.username) else ""
+                print(
+                    f"{user.username}\t{user.full_name}\t{user.country}{admin}",
+                    file=stdout,
+                )
+        elif command == "setadmin":
+            await store.set_admin(sub["username"], sub["admin"])
+            state = "is" if sub["admin"] else "is no longer"
+            print(f"{sub['username']} {state} an administrator", file=stdout)
+        elif command == "realm":
+            await run_realm(reactor, store, sub, secret, stdout)
     finally:
         await store.close()
+
+
+def prepare_realm(reactor: Any, options: RealmOptions, stdin: TextIO) -> str | None:
+    """
+    Check a realm command's arguments before opening the store; read the
+    secret of C{realm add}.
+    """
+    if options.subCommand == "add":
+        sub = options.subOptions
+        validate_realm_id(sub["realm_id"])
+        try:
+            clientFromString(reactor, sub["endpoint"])
+        except Exception as e:
+            raise ChatError(f"invalid endpoint {sub['endpoint']!r}: {e}") from None
+        return new_secret() if sub["generate"] else read_secret(stdin)
+    if options.subCommand == "remove":
+        validate_realm_id(options.subOptions["realm_id"])
+    return None
+
+
+async def run_realm(
+    reactor: Any,
+    store: SQLiteStore,
+    options: RealmOptions,
+    secret: str | None,
+    stdout: TextIO,
+) -> None:
+    sub = options.subOptions
+    if options.subCommand == "add":
+        assert secret is not None
+        link = RealmLink(sub["realm_id"], sub["endpoint"], secret, reactor.seconds())
+        await store.add_realm_link(link)
+        print(f"linked realm {link.realm_id} at {link.endpoint}", file=stdout)
+        if sub["generate"]:
+            print(
+                f"secret (give it to {link.realm_id}'s administrator, who runs "
+                f"chat-admin realm add with this realm's id): {secret}",
+                file=stdout,
+            )
+    elif options.subCommand == "list":
+        for link in await store.list_realm_links():
+            queued = await store.outbox_size(link.realm_id)
+            print(f"{link.realm_id}\t{link.endpoint}\t{queued} queued", file=stdout)
+    elif options.subCommand == "remove":
+        bounced = await store.remove_realm_link(sub["realm_id"], reactor.seconds())
+        print(
+            f"removed the link to realm {sub['realm_id']}; {len(bounced)} queued "
+            "messages returned to their senders",
+            file=stdout,
+        )
 
 
 def describe(error: Exception) -> str:
     if isinstance(error, NoSuchUser):
         return f"no such user: {error.username}"
+    if isinstance(error, NoSuchRealm):
+        return f"no link to realm {error.realm_id}"
+    if isinstance(error, RealmExists):
+        return f"realm already linked: {error.realm_id}"
+    if isinstance(error, InvalidRealmId):
+        return f"invalid realm id: {error}"
     if isinstance(error, UserExists):
         return f"user already exists: {error.username}"
     if isinstance(error, InvalidUsername):

@@ -56,6 +56,35 @@ Grammar (requests, then the OK reply)::
     <targets> = <user>[,<user>...] | #<group>
     <content> = base64 | b'base64' (the Python repr of base64 bytes)
 
+Other realms (linked chat servers; see chat.federation)::
+
+    send <token> <user>@<realm> <text...>
+                                  {"status":"OK","message":"Message Sent"}
+    sendprivaterealm <token> <realm> <user> <text...>
+                                  {"status":"OK","message":"Message Sent to Realm"}
+    sendgrouprealm <token> <realm> <user>,<user>,... <text...>
+                                  {"status":"OK",
+                                   "message":"Message Sent to Group in Realm"}
+    getrealminbox <token> <realm> {"status":"OK",
+                                   "messages":{"<user>@<realm>":[<msg>, ...]}}
+    addrealm [<token>] <realm> <host> <port>
+                                  {"status":"OK","message":"Realm Added","realm":..,
+                                   "secret":..,"this_realm":..} (administrators)
+
+Between realms, on a connection that is a link (never a user's)::
+
+    realm-hello <from realm> <to realm> <nonce>
+                                  {"status":"OK","message":"realm-challenge",
+                                   "realm":..,"nonce":..}
+    realm-auth <proof>            {"status":"OK","message":"Realm Authenticated",
+                                   "realm":..,"proof":..,"max_line":..}
+    realm-msg <json>              {"status":"OK","message":"Delivered","id":..,
+                                   "delivered":<n>,"unknown":[..],"duplicate":..}
+
+    <msg> = {"msg_from":"<full name>","msg_to":"<full name>","msg":"<text>",
+             "id":<int>,"sent_at":"<ISO-8601 UTC>","from":"<user>","to":"<user>"
+             [,"realm":"<realm>"]}    (from is <user>@<realm> for another realm's)
+
 <text...> is the rest of the line after <to>, surrounding whitespace
 stripped and inner whitespace kept; it must not be empty. <full name...> is
 the rest of the line the same way. A <group> argument may carry a leading
@@ -85,6 +114,11 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     line too long             line_too_long      then the server closes the connection
     storage unavailable       storage_unavailable  nothing was stored; retry later
     too many attempts         rate_limited       with "retry_after_ms"
+    Realm Tidak Ditemukan     no_such_realm      no link to that realm
+    Realm sudah ada           realm_exists       addrealm: the realm is linked already
+    realm queue full          realm_queue_full   too many messages wait for that realm
+    not an administrator      not_admin          addrealm by a user who is not one
+    realm authentication failed  realm_auth_failed  then the server closes the link
     mailbox full              mailbox_full       send: the recipient's mailbox is full
     login timeout             login_timeout      not logged in in time; then closes
     idle timeout              idle_timeout       silent too long; then closes
@@ -121,6 +155,8 @@ from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 import attrs
+
+from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
 
 DELIMITER = b"\r\n\r\n"
 
@@ -575,3 +611,129 @@ def encode(reply: dict[str, object]) -> bytes:
     Serialize one reply or event for the line transport.
     """
     return json.dumps(reply, separators=(",", ":")).encode("ascii") + DELIMITER
+
+
+# Other realms (issue 6; chat.federation does the work).
+
+
+@verb("sendprivaterealm")
+@attrs.frozen
+class SendPrivateRealm(Command):
+    token: str = attrs.field(repr=False)
+    realm_id: str
+    recipient: str
+    text: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendPrivateRealm:
+        (token, realm_id, recipient), text = words_and_text(rest, 3)
+        return cls(token, realm_id, recipient, text)
+
+
+@verb("sendgrouprealm")
+@attrs.frozen
+class SendGroupRealm(Command):
+    token: str = attrs.field(repr=False)
+    realm_id: str
+    recipients: tuple[str, ...]
+    text: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendGroupRealm:
+        (token, realm_id, recipients), text = words_and_text(rest, 3)
+        names = tuple(name for name in recipients.split(",") if name)
+        if not names:
+            raise MissingArgument()
+        return cls(token, realm_id, names, text)
+
+
+@verb("getrealminbox")
+@attrs.frozen
+class GetRealmInbox(Command):
+    token: str = attrs.field(repr=False)
+    realm_id: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> GetRealmInbox:
+        return cls(*words(rest, 2))
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise InvalidArgument("the port must be a number from 1 to 65535")
+    return int(text)
+
+
+@verb("addrealm")
+@attrs.frozen
+class AddRealm(Command):
+    """
+    The course's C{addrealm <realm> <host> <port>} acts as the user who
+    logged in on this connection with C{auth}; C{addrealm <token> <realm>
+    <host> <port>} names the session instead. Four words where the last is
+    a port are the second form.
+    """
+
+    token: str | None = attrs.field(repr=False)
+    realm_id: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> AddRealm:
+        found = rest.split()
+        if len(found) >= 4 and found[3].isdigit() and not found[2].isdigit():
+            token, realm_id, host, port = found[:4]
+            return cls(token, realm_id, host, _port(port))
+        realm_id, host, port = words(rest, 3)
+        return cls(None, realm_id, host, _port(port))
+
+
+@verb("realm-hello")
+@attrs.frozen
+class RealmHello(Command):
+    realm_id: str
+    to_realm: str
+    nonce: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> RealmHello:
+        realm_id, to_realm, nonce = words(rest, 3)
+        for realm in (realm_id, to_realm):
+            if REALM_ID_PATTERN.fullmatch(realm) is None:
+                raise InvalidArgument(f"not a realm id: {realm[:64]!r}")
+        if NONCE_PATTERN.fullmatch(nonce) is None:
+            raise InvalidArgument("the nonce must be 32 to 128 lowercase hex digits")
+        return cls(realm_id, to_realm, nonce)
+
+
+@verb("realm-auth")
+@attrs.frozen
+class RealmAuth(Command):
+    proof: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> RealmAuth:
+        (proof,) = words(rest, 1)
+        return cls(proof)
+
+
+@verb("realm-msg")
+@attrs.frozen
+class RealmMsg(Command):
+    """
+    One message of a linked realm: a JSON object (see
+    L{chat.links.InboundMessage}) on the rest of the line.
+    """
+
+    payload: object
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> RealmMsg:
+        if not rest.strip():
+            raise MissingArgument()
+        try:
+            payload = json.loads(rest)
+        except ValueError:
+            raise InvalidArgument("the message is not JSON") from None
+        return cls(payload)

@@ -208,3 +208,105 @@ class SchemaTooNew(ChatError):
     """
     The database was written by a newer version of chat than this one.
     """
+
+
+# Realms (federation between servers, issue 6).
+
+
+class NoSuchRealm(ChatError):
+    """
+    No link to this realm is configured.
+    """
+
+    def __init__(self, realm_id: str) -> None:
+        super().__init__(realm_id)
+        self.realm_id = realm_id
+
+
+class RealmExists(ChatError):
+    """
+    A link to this realm is already configured.
+    """
+
+    def __init__(self, realm_id: str) -> None:
+        super().__init__(realm_id)
+        self.realm_id = realm_id
+
+
+class InvalidRealmId(ChatError):
+    """
+    A realm id is outside the allowed character set or length.
+    """
+
+
+class InvalidSecret(ChatError):
+    """
+    A link secret is too short or contains whitespace.
+    """
+
+
+class RealmQueueFull(ChatError):
+    """
+    The outbox of a realm holds as many messages as it may: nothing was
+    queued.
+    """
+
+    def __init__(self, realm_id: str, limit: int) -> None:
+        super().__init__(f"{realm_id}: {limit}")
+        self.realm_id = realm_id
+        self.limit = limit
+
+
+class TooManyRealmRecipients(ChatError):
+    """
+    A message to other realms names more recipients than allowed.
+    """
+
+
+class NotAdmin(ChatError):
+    """
+    The command is for administrators only.
+    """
+
+
+class RealmsDisabled(ChatError):
+    """
+    This server runs without federation (no realm links at all).
+    """
+
+
+class RealmAuthFailed(ChatError):
+    """
+    A realm link's handshake failed: unknown realm, or a wrong proof.
+    """
+
+
+class RealmMismatch(ChatError):
+    """
+    A realm link's hello was meant for another realm.
+    """
+
+
+class RealmNotAuthenticated(ChatError):
+    """
+    A link command arrived before the realm handshake completed.
+    """
+
+
+class RealmLinkOnly(ChatError):
+    """
+    A user command arrived on a realm link, or a link command on a user's
+    connection.
+    """
+
+
+class BadRealmMessage(ChatError):
+    """
+    A message from another realm is malformed.
+    """
+
+
+class ForgedSender(ChatError):
+    """
+    A realm sent a message claiming to be from a user of another realm.
+    """

@@ -4,7 +4,7 @@ The seams between the protocol, the realm and the store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
+    from chat.links import (
+        Delivery,
+        InboundMessage,
+        OutboundMessage,
+        RealmLink,
+    )
     from chat.model import Attachment, Group, Message, Page, Session, User
     from chat.push import Subscription
 
@@ -181,6 +187,39 @@ class IChatUser(Interface):
     def online() -> list[tuple[str, str]]:
         """
         (username, full name) of every user with a live connection.
+        """
+
+    def send_to_realm(
+        realm_id: str, recipients: Sequence[str], text: str
+    ) -> Deferred[list[OutboundMessage]]:
+        """
+        Queue a message for users of another realm (C{recipients} are
+        usernames there, or C{user@realm} addresses of further realms).
+        Fires once the message is durably in the outbox; it is delivered
+        later, and a recipient that does not exist there comes back as a
+        bounce in this user's inbox.
+
+        @return: fires with one queued message per realm; fails with
+            L{chat.errors.NoSuchRealm} if no link to a realm is configured,
+            L{chat.errors.RealmQueueFull}, L{chat.errors.NoSuchUser} for a
+            malformed username, or L{chat.errors.StorageUnavailable}.
+        """
+
+    def realm_inbox(realm_id: str) -> Deferred[list[Message]]:
+        """
+        Like L{inbox}, but only the messages from users of C{realm_id}.
+
+        @return: fails with L{chat.errors.NoSuchRealm} if no link to that
+            realm is configured.
+        """
+
+    def add_realm(realm_id: str, host: str, port: int) -> Deferred[str]:
+        """
+        Link this realm to another (administrators only), with a new random
+        secret.
+
+        @return: fires with the secret, for the other realm's administrator;
+            fails with L{chat.errors.NotAdmin}, L{chat.errors.RealmExists}.
         """
 
 
@@ -491,4 +530,124 @@ class IChatStore(Interface):
     def close() -> Deferred[None]:
         """
         Finish in-flight work and release the storage.
+        """
+
+
+class IRealmStore(Interface):
+    """
+    Durable state of the links to other realms (federation). Like
+    L{IChatStore}, every method fires after its commit and fails with
+    L{chat.errors.StorageUnavailable} when the storage could not do it.
+    """
+
+    def set_admin(username: str, is_admin: bool) -> Deferred[None]:
+        """
+        Grant or revoke the administrator flag.
+
+        @return: fails with L{chat.errors.NoSuchUser}.
+        """
+
+    def is_admin(username: str) -> Deferred[bool]:
+        """
+        @return: fires with whether the user is an administrator; fails
+            with L{chat.errors.NoSuchUser}.
+        """
+
+    def add_realm_link(link: RealmLink) -> Deferred[None]:
+        """
+        @return: fails with L{chat.errors.RealmExists}.
+        """
+
+    def get_realm_link(realm_id: str) -> Deferred[RealmLink]:
+        """
+        @return: fails with L{chat.errors.NoSuchRealm}.
+        """
+
+    def list_realm_links() -> Deferred[list[RealmLink]]:
+        """
+        @return: fires with every link, ordered by realm id.
+        """
+
+    def remove_realm_link(realm_id: str, now: float) -> Deferred[list[Message]]:
+        """
+        Delete a link. Messages still queued for that realm are returned to
+        their senders as bounces, in the same transaction.
+
+        @return: fires with the bounces stored; fails with
+            L{chat.errors.NoSuchRealm}.
+        """
+
+    def queue_outbound(
+        sender: str,
+        text: str,
+        sent_at: float,
+        batches: Sequence[tuple[str, tuple[str, ...], str]],
+        max_queue: int,
+    ) -> Deferred[list[OutboundMessage]]:
+        """
+        Queue one message for each C{(realm_id, recipients, uid)} batch, all
+        or none, with the sender's full name as of now.
+
+        @return: fires with the queued messages; fails with
+            L{chat.errors.NoSuchRealm} if a realm has no link,
+            L{chat.errors.RealmQueueFull} if a realm already has
+            C{max_queue} messages queued, L{chat.errors.NoSuchUser} if the
+            sender does not exist.
+        """
+
+    def next_outbound(realm_id: str, limit: int) -> Deferred[list[OutboundMessage]]:
+        """
+        Read (without removing) the oldest C{limit} queued messages of a
+        realm, in queue order.
+        """
+
+    def outbox_size(realm_id: str) -> Deferred[int]:
+        """
+        @return: fires with how many messages are queued for the realm.
+        """
+
+    def finish_outbound(
+        outbox_id: int, failed: Sequence[str], reason: str, now: float
+    ) -> Deferred[Message | None]:
+        """
+        Remove a delivered (or refused) message from the outbox. If
+        C{failed} names recipients it could not reach, store a bounce from
+        C{postmaster@<realm>} in the sender's inbox in the same transaction,
+        saying C{reason}. Nothing happens if the message is no longer
+        queued (it was finished before), so finishing twice bounces once.
+
+        @return: fires with the bounce stored, or None.
+        """
+
+    def receive_remote(
+        realm_id: str, message: InboundMessage, received_at: float
+    ) -> Deferred[Delivery]:
+        """
+        Store a message from a user of another realm in the mailboxes of
+        its recipients that exist here, as from C{<sender>@<realm_id>}, and
+        remember its id: a message whose id was accepted from that realm
+        before is not stored again.
+
+        @return: fires with the L{Delivery}; fails with
+            L{chat.errors.NoSuchRealm} if no link to that realm is
+            configured (any more).
+        """
+
+    def drain_realm_inbox(
+        username: str, realm_id: str, delivered_at: float
+    ) -> Deferred[list[Message]]:
+        """
+        Like L{IChatStore.drain_inbox}, but only the messages from users of
+        C{realm_id}.
+
+        @return: fails with L{chat.errors.NoSuchRealm} if no link to that
+            realm is configured.
+        """
+
+    def forget_remote_ids(before: float) -> Deferred[int]:
+        """
+        Forget the ids of messages accepted from other realms before
+        C{before}.
+
+        @return: fires with how many were forgotten.
         """

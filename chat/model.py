@@ -198,10 +198,20 @@ class Message:
     file_sha256: str | None = None
     file_content: bytes | None = attrs.field(default=None, repr=False)
 
+    @property
+    def realm(self) -> str | None:
+        """
+        The realm a message from another realm came from (its sender is
+        C{user@realm}; usernames cannot contain C{@}); None for a local one.
+        """
+        _, at, realm = self.sender.partition("@")
+        return realm if at else None
+
     def to_wire(self) -> dict[str, object]:
         """
         The course's message shape plus our extra keys; C{group} and the
-        C{file_*} keys only when set.
+        C{file_*} keys only when set, C{realm} only for a message from
+        another realm.
         """
         wire: dict[str, object] = {
             "msg_from": self.sender_name,
@@ -222,6 +232,9 @@ class Message:
                 wire["file_content"] = base64.b64encode(self.file_content).decode(
                     "ascii"
                 )
+        realm = self.realm
+        if realm is not None:
+            wire["realm"] = realm
         return wire
 
 

@@ -16,6 +16,12 @@ The flow on one connection:
  4. A line longer than C{max_line} gets one ERROR reply, after the replies
     to the lines before it, and the connection is closed; nothing after it
     runs.
+ 5. A connection may instead be a link from another realm: it says
+    C{realm-hello}, proves with C{realm-auth} that it knows the link's
+    secret (L{chat.federation.Federation.authenticate}), and may then only
+    send C{realm-msg}, which its L{chat.federation.InboundLink} stores. A
+    link never logs in as a user, and a user's connection never becomes a
+    link.
 
 Limits on one connection (values in L{chat.limits.Limits}; the factory
 keeps what connections share, including one L{chat.limits.Deadlines} for
@@ -25,8 +31,9 @@ every connection's login deadline and idle timeout):
    gets one ERROR reply and is closed.
  - A connection must log in (a successful C{auth}, or any command with a
    valid token) within C{login_timeout} of connecting, whatever it sends
-   meanwhile; after that it is closed when idle for C{idle_timeout},
-   unless it is subscribed to events.
+   meanwhile (a realm link: a successful C{realm-auth}); after that it is
+   closed when idle for C{idle_timeout}, unless it is subscribed to events
+   or is a realm link.
  - Failed logins (per username and per address) and invalid tokens (per
    address) are limited before the password is hashed or the token looked
    up; a refused attempt gets C{too many attempts} with C{retry_after_ms}.
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -62,24 +69,37 @@ from chat import commands
 from chat.checkers import SessionToken
 from chat.errors import (
     AlreadyAMember,
+    BadRealmMessage,
     CannotKickSelf,
     FileTooLarge,
+    ForgedSender,
     GroupExists,
     InvalidFileName,
     InvalidFullName,
     InvalidGroupName,
     InvalidPassword,
+    InvalidRealmId,
     InvalidUsername,
     MailboxFull,
     NoSuchGroup,
+    NoSuchRealm,
     NoSuchUser,
     NoSuchUsers,
+    NotAdmin,
     NotAMember,
     NotGroupOwner,
     RateLimited,
+    RealmAuthFailed,
+    RealmExists,
+    RealmLinkOnly,
+    RealmMismatch,
+    RealmNotAuthenticated,
+    RealmQueueFull,
+    RealmsDisabled,
     RegistrationClosed,
     SessionNotFound,
     StorageUnavailable,
+    TooManyRealmRecipients,
     TooManyRecipients,
     UnknownUser,
     UserExists,
@@ -96,6 +116,9 @@ from chat.limits import (
 )
 from chat.logs import make_logger
 from chat.model import Group, Message, Page
+
+if TYPE_CHECKING:
+    from chat.federation import Challenge, Federation, InboundLink
 
 Reply = dict[str, object]
 
@@ -123,8 +146,24 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
     (TooManyRecipients, "too many recipients", "too_many_recipients"),
     (InvalidFileName, "invalid file name: {}", "invalid_file_name"),
     (FileTooLarge, "file too large", "file_too_large"),
+    # Other realms (chat.federation).
+    (NoSuchRealm, "Realm Tidak Ditemukan", "no_such_realm"),
+    (RealmExists, "Realm sudah ada", "realm_exists"),
+    (InvalidRealmId, "invalid realm id", "invalid_realm_id"),
+    (RealmQueueFull, "realm queue full", "realm_queue_full"),
+    (TooManyRealmRecipients, "too many recipients", "too_many_recipients"),
+    (NotAdmin, "not an administrator", "not_admin"),
+    (RealmsDisabled, "realms are not enabled", "realms_disabled"),
+    (RealmMismatch, "wrong realm", "wrong_realm"),
+    (RealmNotAuthenticated, "realm not authenticated", "realm_not_authenticated"),
+    (RealmLinkOnly, "not allowed on a realm link", "realm_link"),
+    (ForgedSender, "forged sender", "forged_sender"),
+    (BadRealmMessage, "malformed realm message", "bad_realm_message"),
     (MailboxFull, "mailbox full", "mailbox_full"),
 ]
+
+#: What a connection may send once it is (becoming) a link to another realm.
+LINK_VERBS = frozenset({"realm-hello", "realm-auth", "realm-msg", "ping", "quit"})
 
 #: Extra keys of some error replies.
 ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
@@ -203,6 +242,12 @@ class ChatProtocol(LineReceiver):
         self._host = "?"
         self._partial: list[bytes] = []
         self._partial_length = 0
+        # Realm links (chat.federation): a connection that says realm-hello
+        # is a link from then on, and never a user's.
+        self._auth_token: str | None = None
+        self._link_mode = False
+        self._realm_challenge: Challenge | None = None
+        self._realm_link: InboundLink | None = None
         # Connection lifecycle and limits (see the module docstring). This
         # is kept small: a server holds thousands of idle connections.
         self._address = ""
@@ -279,9 +324,10 @@ class ChatProtocol(LineReceiver):
         idle_until = self._last_active + idle_timeout
         if idle_until > now:
             self._deadline_slot = self.factory.deadlines.add(self, idle_until)
-        elif self._subscription is not None:
+        elif self._subscription is not None or self._realm_link is not None:
             # A connection subscribed to events is a listener, quiet by
-            # design (the clients do not ping): it is not idle.
+            # design (the clients do not ping); a realm link has keepalives
+            # of its own (chat.federation). Neither is idle.
             self._deadline_slot = self.factory.deadlines.add(self, now + idle_timeout)
         else:
             self._close_with_error("idle timeout", "idle_timeout")
@@ -506,7 +552,9 @@ class ChatProtocol(LineReceiver):
         return d.addErrback(self._failed, command)
 
     def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
-        handler = getattr(self, f"do_{command.verb}")
+        if self._link_mode and command.verb not in LINK_VERBS:
+            return fail(RealmLinkOnly())
+        handler = getattr(self, f"do_{command.verb.replace('-', '_')}")
         result: Deferred[Reply | None] = handler(command)
         return result
 
@@ -515,6 +563,8 @@ class ChatProtocol(LineReceiver):
     # error that _failed turns into the wire's error reply.
 
     def do_send(self, command: commands.Send) -> Deferred[Reply | None]:
+        if "@" in command.recipient:
+            return self._send_to_address(command)
         d = self._with_avatar(command.token)
         d.addCallback(lambda avatar: avatar.send(command.recipient, command.text))
         return d.addCallback(lambda _: commands.ok(message="Message Sent"))
@@ -697,6 +747,7 @@ class ChatProtocol(LineReceiver):
         self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
         self._authenticated_now()
+        self._auth_token = token
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
@@ -730,6 +781,146 @@ class ChatProtocol(LineReceiver):
 
     def send_event(self, event: dict[str, object]) -> None:
         self._write(event)
+
+    # Other realms (chat.federation): users' commands.
+
+    def _send_to_address(self, command: commands.Send) -> Deferred[Reply | None]:
+        username, _, realm_id = command.recipient.partition("@")
+        federation = self.factory.federation
+        d = self._with_avatar(command.token)
+        if federation is not None and realm_id == federation.realm_id:
+            d.addCallback(lambda avatar: avatar.send(username, command.text))
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_to_realm(realm_id, [username], command.text)
+            )
+        return d.addCallback(lambda _: commands.ok(message="Message Sent"))
+
+    def do_sendprivaterealm(
+        self, command: commands.SendPrivateRealm
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, [command.recipient], command.text
+            )
+        )
+        return d.addCallback(lambda _: commands.ok(message="Message Sent to Realm"))
+
+    def do_sendgrouprealm(
+        self, command: commands.SendGroupRealm
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, command.recipients, command.text
+            )
+        )
+        return d.addCallback(
+            lambda _: commands.ok(message="Message Sent to Group in Realm")
+        )
+
+    def do_getrealminbox(
+        self, command: commands.GetRealmInbox
+    ) -> Deferred[Reply | None]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.realm_inbox(command.realm_id))
+        return d.addCallback(inbox_reply)
+
+    def do_addrealm(self, command: commands.AddRealm) -> Deferred[Reply | None]:
+        # The course's form has no token: it acts as this connection's auth.
+        token = command.token if command.token is not None else self._auth_token
+        if token is None:
+            return fail(SessionNotFound("addrealm before auth"))
+        d = self._with_avatar(token)
+        d.addCallback(
+            lambda avatar: avatar.add_realm(
+                command.realm_id, command.host, command.port
+            )
+        )
+
+        def added(secret: str) -> Reply:
+            federation = self.factory.federation
+            assert federation is not None
+            return commands.ok(
+                message="Realm Added",
+                realm=command.realm_id,
+                secret=secret,
+                this_realm=federation.realm_id,
+            )
+
+        return d.addCallback(added)
+
+    # Other realms: a link's commands. A link never logs in as a user; it
+    # proves which realm it is (chat.federation has the handshake) and may
+    # then only deliver that realm's messages.
+
+    def _federation(self) -> Federation:
+        federation = self.factory.federation
+        if federation is None:
+            raise RealmsDisabled()
+        return federation
+
+    def do_realm_hello(self, command: commands.RealmHello) -> Deferred[Reply | None]:
+        federation = self._federation()
+        if self._logouts:
+            raise RealmLinkOnly("a user's connection cannot become a realm link")
+        if self._link_mode:
+            raise RealmLinkOnly("one realm-hello per connection")
+        self._link_mode = True
+        challenge = federation.hello(command.realm_id, command.to_realm, command.nonce)
+        self._realm_challenge = challenge
+        return succeed(
+            commands.ok(
+                message="realm-challenge",
+                realm=federation.realm_id,
+                nonce=challenge.server_nonce,
+            )
+        )
+
+    def do_realm_auth(self, command: commands.RealmAuth) -> Deferred[Reply | None]:
+        federation = self._federation()
+        challenge, self._realm_challenge = self._realm_challenge, None
+        if challenge is None:
+            raise RealmNotAuthenticated("realm-auth without realm-hello")
+        d = federation.authenticate(challenge, command.proof)
+
+        def authenticated(link: InboundLink) -> Reply:
+            self._realm_link = link
+            self._authenticated_now()
+            self.MAX_LENGTH = federation.settings.max_line
+            self.log.info(
+                "Realm {realm} authenticated from {peer}",
+                realm=link.realm_id,
+                peer=self._peer,
+            )
+            return commands.ok(
+                message="Realm Authenticated",
+                realm=federation.realm_id,
+                proof=link.server_proof,
+                max_line=self.MAX_LENGTH,
+            )
+
+        def refused(f: Failure) -> None:
+            f.trap(RealmAuthFailed)
+            self.log.warn(
+                "Realm authentication failed for {realm} from {peer}: {why}",
+                realm=challenge.client_realm,
+                peer=self._peer,
+                why=f.value,
+            )
+            self._write(
+                commands.error("realm authentication failed", "realm_auth_failed")
+            )
+            self._close()
+
+        return d.addCallbacks(authenticated, refused)
+
+    def do_realm_msg(self, command: commands.RealmMsg) -> Deferred[Reply | None]:
+        link = self._realm_link
+        if link is None:
+            raise RealmNotAuthenticated("realm-msg before realm-auth")
+        return cast("Deferred[Reply | None]", link.deliver(command.payload))
 
     def _failed(self, f: Failure, command: commands.Command) -> Reply:
         if isinstance(f.value, RateLimited):
@@ -783,6 +974,8 @@ class ChatFactory(Factory):
         self.failures = FailureLimiter.of(clock, limits)
         self.deadlines = Deadlines(clock)
         self._waiting: list[Deferred[None]] | None = None
+        #: Links to other realms (chat.federation), if enabled.
+        self.federation: Federation | None = None
 
     @property
     def is_open(self) -> bool:

@@ -26,6 +26,10 @@ The flow, step by step:
     change is one store operation, so membership is never half-changed.
  7. C{logout} ends the session through L{SessionManager.end}: the token
     stops working at once, and the subscriptions made with it end.
+ 8. A message to C{user@other-realm} goes to L{ChatUser.send_to_realm}:
+    the realm's L{chat.federation.Federation} queues it durably for that
+    realm and delivers it over the link later; messages from other realms
+    arrive in the same mailboxes, as from C{user@realm}.
 
 The protocol never touches the store: it only talks to the portal and the
 avatars it gets from it.
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.cred.portal import IRealm
@@ -47,8 +51,10 @@ from zope.interface import implementer
 from chat.errors import (
     ChatError,
     FileTooLarge,
+    NoSuchRealm,
     NoSuchUser,
     NoSuchUsers,
+    RealmsDisabled,
     SessionNotFound,
     TooManyRecipients,
 )
@@ -77,6 +83,10 @@ DEFAULT_MAX_RECIPIENTS = 100
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    from chat.federation import Federation
+    from chat.links import OutboundMessage
+
 
 @implementer(IRealm)
 @attrs.define
@@ -95,6 +105,8 @@ class ChatRealm:
     push_window: int = 100
     presence: Presence = attrs.field(factory=Presence)
     _subscriptions: dict[str, set[Subscription]] = attrs.field(factory=dict)
+    #: Links to other realms; None on a server without them (tests).
+    federation: Federation | None = None
 
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
@@ -393,3 +405,37 @@ class ChatUser:
 
     def online(self) -> list[tuple[str, str]]:
         return self.realm.presence.online()
+
+    # Other realms (chat.federation).
+
+    def send_to_realm(
+        self, realm_id: str, recipients: Sequence[str], text: str
+    ) -> Deferred[list[OutboundMessage]]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(NoSuchRealm(realm_id))
+        d = federation.send(self.username, realm_id, recipients, text)
+        return d.addErrback(self._refused_if_gone)
+
+    def _refused_if_gone(self, f: Failure) -> Failure:
+        """
+        A message from a user who no longer exists is refused like a
+        message without a session (as in L{send}).
+        """
+        error = f.value
+        if isinstance(error, NoSuchUser) and error.username == self.username:
+            raise SessionNotFound("the user no longer exists")
+        return f
+
+    def realm_inbox(self, realm_id: str) -> Deferred[list[Message]]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(NoSuchRealm(realm_id))
+        return federation.realm_inbox(self.username, realm_id)
+
+    def add_realm(self, realm_id: str, host: str, port: int) -> Deferred[str]:
+        federation = self.realm.federation
+        if federation is None:
+            return fail(RealmsDisabled())
+        d = federation.add_link(self.username, realm_id, host, port)
+        return d.addErrback(self._refused_if_gone)

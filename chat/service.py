@@ -5,6 +5,7 @@ sessions and the listening ports, and starts and stops them in order.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -16,13 +17,14 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from chat import commands
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.errors import NoSuchUser, UserExists
+from chat.federation import Federation, FederationSettings
 from chat.interfaces import IChatStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.logs import make_logger
@@ -95,6 +97,7 @@ class ChatService(Service):
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
         retention: float | None = None,
+        federation: FederationSettings | None = None,
         limits: Limits | None = None,
     ) -> None:
         """
@@ -141,6 +144,16 @@ class ChatService(Service):
             None if retention is None else MessagePurger(store, reactor, retention)
         )
         self.factory.hold()
+        self.federation: Federation | None = None
+        if federation is not None:
+            self.federation = Federation(
+                federation,
+                store,
+                reactor,
+                self.realm.fanout,
+                connect=partial(clientFromString, reactor),
+            )
+            self.realm.federation = self.factory.federation = self.federation
         self.ports: list[IListeningPort] = []
         self.ready: Deferred[None] = Deferred()
 
@@ -213,6 +226,11 @@ class ChatService(Service):
             if self.purger is not None:
                 self.purger.start()
             self.factory.open()
+            if self.federation is not None:
+                self.log.info(
+                    "This server is realm {realm}", realm=self.federation.realm_id
+                )
+                self.federation.start()
             self.ready.callback(None)
 
         def failed(f: Failure) -> None:
@@ -230,6 +248,9 @@ class ChatService(Service):
         if self.purger is not None:
             self.purger.stop()
         d = self._stop_listening()
+        federation = self.federation
+        if federation is not None:
+            d.addBoth(lambda _: federation.stop())
         d.addBoth(lambda _: self.sessions.stop())
         d.addBoth(lambda _: self.store.close())
         d.addBoth(lambda _: self.hasher.stop())

@@ -5,14 +5,17 @@ C{twistd chat}: command-line options and wiring, nothing else.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from chat import commands, logs
-from chat.errors import SchemaTooNew, StorageUnavailable
+from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
+from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
+from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
@@ -102,6 +105,13 @@ def registration(text: str) -> str:
     if text not in ("open", "closed"):
         raise ValueError(f"expected open or closed, not {text!r}")
     return text
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number: {text}")
+    return value
 
 
 _DEFAULTS = Limits()
@@ -294,6 +304,65 @@ class Options(usage.Options):
             "info",
             "Lowest level logged: debug (every command), info, warn, error.",
         ],
+        [
+            "realm-id",
+            None,
+            None,
+            "This server's realm id, for links to other realms "
+            "([a-z0-9.-], 1-63 characters). [default: from the host name]",
+        ],
+        [
+            "realm-queue-max",
+            None,
+            10_000,
+            "Most messages waiting for one other realm; more are refused.",
+            positive_int,
+        ],
+        [
+            "realm-rate",
+            None,
+            50.0,
+            "Messages per second a linked realm may send to this one.",
+            positive_float,
+        ],
+        [
+            "realm-burst",
+            None,
+            200.0,
+            "Messages a linked realm may send at once, above --realm-rate.",
+            positive_float,
+        ],
+        [
+            "realm-retry-min",
+            None,
+            "1s",
+            "First delay before connecting to a realm again; it doubles "
+            "after each failure, up to --realm-retry-max.",
+            duration,
+        ],
+        [
+            "realm-retry-max",
+            None,
+            "60s",
+            "Longest delay between attempts to connect to a realm.",
+            duration,
+        ],
+        [
+            "realm-timeout",
+            None,
+            "30s",
+            "A realm link that does not answer within this long is dropped "
+            "and made again; an idle link is checked this often.",
+            duration,
+        ],
+        [
+            "realm-seen-ttl",
+            None,
+            "30d",
+            "How long the ids of messages received from other realms are "
+            "kept, to recognise a message sent again.",
+            duration,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -318,6 +387,10 @@ class Options(usage.Options):
             "max-file-size": size,
             "registration-rate": rate,
             "retention": retention,
+            "realm-retry-min": duration,
+            "realm-retry-max": duration,
+            "realm-timeout": duration,
+            "realm-seen-ttl": duration,
         }
         for name, coerce in defaults.items():
             if isinstance(self[name], str):
@@ -337,6 +410,14 @@ class Options(usage.Options):
                 f"--max-file-size {self['max-file-size']} bytes: use at least "
                 f"{needed}, or a smaller --max-file-size"
             )
+        if self["realm-id"] is None:
+            self["realm-id"] = realm_id_from_hostname(socket.gethostname())
+        try:
+            validate_realm_id(self["realm-id"])
+        except InvalidRealmId as e:
+            raise usage.UsageError(f"--realm-id: {e}") from None
+        if self["realm-retry-min"] > self["realm-retry-max"]:
+            raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
         if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
@@ -377,7 +458,25 @@ def makeService(options: Options) -> IService:
         max_file_size=options["max-file-size"],
         max_recipients=options["max-recipients"],
         retention=options["retention"],
+        federation=federation_settings(options),
         limits=limits,
+    )
+
+
+def federation_settings(options: Options) -> FederationSettings:
+    """
+    The C{--realm-*} options.
+    """
+    return FederationSettings(
+        realm_id=options["realm-id"],
+        max_queue=options["realm-queue-max"],
+        rate=options["realm-rate"],
+        burst=options["realm-burst"],
+        retry_min=options["realm-retry-min"],
+        retry_max=options["realm-retry-max"],
+        timeout=options["realm-timeout"],
+        seen_ttl=options["realm-seen-ttl"],
+        max_text=options["max-line"],
     )
 
 

@@ -4,6 +4,7 @@ An in-memory L{IChatStore} for unit tests: every Deferred has already fired.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -17,15 +18,28 @@ from chat.errors import (
     GroupExists,
     MailboxFull,
     NoSuchGroup,
+    NoSuchRealm,
     NoSuchUser,
     NoSuchUsers,
     NotAMember,
     NotGroupOwner,
+    RealmExists,
+    RealmQueueFull,
     StorageUnavailable,
     UserExists,
 )
-from chat.interfaces import IChatStore
+from chat.interfaces import IChatStore, IRealmStore
 from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.links import (
+    POSTMASTER,
+    POSTMASTER_NAME,
+    Delivery,
+    InboundMessage,
+    OutboundMessage,
+    RealmLink,
+    address,
+    bounce_text,
+)
 from chat.model import Attachment, Group, Message, Page, Session, User
 
 
@@ -63,7 +77,7 @@ def _within(
     return taken, False
 
 
-@implementer(IChatStore)
+@implementer(IChatStore, IRealmStore)
 @attrs.define(slots=False)
 class MemoryStore:
     """
@@ -78,6 +92,12 @@ class MemoryStore:
     groups: dict[str, _Group] = attrs.field(factory=dict)
     broken: bool = False
     _last_id: int = 0
+    admins: set[str] = attrs.field(factory=set)
+    realm_links: dict[str, RealmLink] = attrs.field(factory=dict)
+    outbox: dict[int, OutboundMessage] = attrs.field(factory=dict)
+    #: (realm id, message uid) -> (JSON list of unknown recipients, time)
+    realm_inbound: dict[tuple[str, str], tuple[str, float]] = attrs.field(factory=dict)
+    _outbox_ids: int = 0
     max_mailbox: int = DEFAULT_MAX_MAILBOX
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -119,6 +139,7 @@ class MemoryStore:
             for name in [n for n, g in self.groups.items() if username in g.members]:
                 self._leave(name, username)
             del self.users[username]
+            self.admins.discard(username)
             self._end_sessions(username)
             self.messages = [
                 s for s in self.messages if s.message.recipient != username
@@ -489,3 +510,204 @@ class MemoryStore:
 
     def close(self) -> Deferred[None]:
         return succeed(None)
+
+    # IRealmStore.
+
+    def set_admin(self, username: str, is_admin: bool) -> Deferred[None]:
+        def set_flag() -> None:
+            self._user(username)
+            if is_admin:
+                self.admins.add(username)
+            else:
+                self.admins.discard(username)
+
+        return self._run(set_flag)
+
+    def is_admin(self, username: str) -> Deferred[bool]:
+        def check() -> bool:
+            self._user(username)
+            return username in self.admins
+
+        return self._run(check)
+
+    def add_realm_link(self, link: RealmLink) -> Deferred[None]:
+        def add() -> None:
+            if link.realm_id in self.realm_links:
+                raise RealmExists(link.realm_id)
+            self.realm_links[link.realm_id] = link
+
+        return self._run(add)
+
+    def get_realm_link(self, realm_id: str) -> Deferred[RealmLink]:
+        return self._run(self._link, realm_id)
+
+    def _link(self, realm_id: str) -> RealmLink:
+        try:
+            return self.realm_links[realm_id]
+        except KeyError:
+            raise NoSuchRealm(realm_id) from None
+
+    def list_realm_links(self) -> Deferred[list[RealmLink]]:
+        return self._run(
+            lambda: [self.realm_links[r] for r in sorted(self.realm_links)]
+        )
+
+    def remove_realm_link(self, realm_id: str, now: float) -> Deferred[list[Message]]:
+        def remove() -> list[Message]:
+            self._link(realm_id)
+            bounces = []
+            for outbox_id, queued in sorted(self.outbox.items()):
+                if queued.realm_id != realm_id:
+                    continue
+                del self.outbox[outbox_id]
+                bounce = self._bounce(
+                    queued, queued.recipients, "the link was removed", now
+                )
+                if bounce is not None:
+                    bounces.append(bounce)
+            del self.realm_links[realm_id]
+            return bounces
+
+        return self._run(remove)
+
+    def queue_outbound(
+        self,
+        sender: str,
+        text: str,
+        sent_at: float,
+        batches: Sequence[tuple[str, tuple[str, ...], str]],
+        max_queue: int,
+    ) -> Deferred[list[OutboundMessage]]:
+        def queue() -> list[OutboundMessage]:
+            user = self._user(sender)
+            for realm_id, _, _ in batches:
+                self._link(realm_id)
+                if self._outbox_size(realm_id) >= max_queue:
+                    raise RealmQueueFull(realm_id, max_queue)
+            queued = []
+            for realm_id, recipients, uid in batches:
+                self._outbox_ids += 1
+                message = OutboundMessage(
+                    self._outbox_ids,
+                    uid,
+                    realm_id,
+                    sender,
+                    user.full_name,
+                    tuple(recipients),
+                    text,
+                    sent_at,
+                )
+                self.outbox[message.id] = message
+                queued.append(message)
+            return queued
+
+        return self._run(queue)
+
+    def next_outbound(
+        self, realm_id: str, limit: int
+    ) -> Deferred[list[OutboundMessage]]:
+        def read() -> list[OutboundMessage]:
+            found = [
+                m for _, m in sorted(self.outbox.items()) if m.realm_id == realm_id
+            ]
+            return found[:limit]
+
+        return self._run(read)
+
+    def _outbox_size(self, realm_id: str) -> int:
+        return sum(1 for m in self.outbox.values() if m.realm_id == realm_id)
+
+    def outbox_size(self, realm_id: str) -> Deferred[int]:
+        return self._run(self._outbox_size, realm_id)
+
+    def _bounce(
+        self, queued: OutboundMessage, failed: Sequence[str], reason: str, now: float
+    ) -> Message | None:
+        user = self.users.get(queued.sender)
+        if user is None:
+            return None
+        self._last_id += 1
+        bounce = Message(
+            self._last_id,
+            address(POSTMASTER, queued.realm_id),
+            queued.sender,
+            POSTMASTER_NAME,
+            user.full_name,
+            bounce_text(queued.realm_id, failed, reason, queued.text),
+            now,
+        )
+        self.messages.append(_Stored(bounce))
+        return bounce
+
+    def finish_outbound(
+        self, outbox_id: int, failed: Sequence[str], reason: str, now: float
+    ) -> Deferred[Message | None]:
+        def finish() -> Message | None:
+            queued = self.outbox.pop(outbox_id, None)
+            if queued is None or not failed:
+                return None
+            return self._bounce(queued, failed, reason, now)
+
+        return self._run(finish)
+
+    def receive_remote(
+        self, realm_id: str, message: InboundMessage, received_at: float
+    ) -> Deferred[Delivery]:
+        def receive() -> Delivery:
+            self._link(realm_id)
+            key = (realm_id, message.uid)
+            seen = self.realm_inbound.get(key)
+            if seen is not None:
+                return Delivery((), tuple(json.loads(seen[0])), True)
+            sender = address(message.sender, realm_id)
+            stored = []
+            unknown = []
+            for recipient in message.recipients:
+                user = self.users.get(recipient)
+                if user is None:
+                    unknown.append(recipient)
+                    continue
+                self._last_id += 1
+                stored_message = Message(
+                    self._last_id,
+                    sender,
+                    recipient,
+                    message.sender_name,
+                    user.full_name,
+                    message.text,
+                    message.sent_at,
+                )
+                self.messages.append(_Stored(stored_message))
+                stored.append(stored_message)
+            self.realm_inbound[key] = (json.dumps(unknown), received_at)
+            return Delivery(tuple(stored), tuple(unknown), False)
+
+        return self._run(receive)
+
+    def drain_realm_inbox(
+        self, username: str, realm_id: str, delivered_at: float
+    ) -> Deferred[list[Message]]:
+        def drain() -> list[Message]:
+            self._link(realm_id)
+            taken = []
+            for stored in self.messages:
+                message = stored.message
+                if (
+                    message.recipient == username
+                    and stored.delivered_at is None
+                    and message.realm == realm_id
+                ):
+                    stored.delivered_at = delivered_at
+                    taken.append(message)
+            return taken
+
+        return self._run(drain)
+
+    def forget_remote_ids(self, before: float) -> Deferred[int]:
+        def forget() -> int:
+            old = [k for k, (_, at) in self.realm_inbound.items() if at < before]
+            for key in old:
+                del self.realm_inbound[key]
+            return len(old)
+
+        return self._run(forget)

@@ -6,6 +6,8 @@ SCHEMA_VERSION changelog:
     1: users, sessions (token hashes), messages with delivery marks (one row
        per mailbox, with optional group and file), files (by sha256),
        chat_groups and group_members.
+       Realms: an admin flag on users, realm links, the outbox for other
+       realms and the ids of messages accepted from them.
 
 A fresh database is created from C{sql/sqlite/v<N>.sql} in a temporary file
 that is renamed into place, so a crash never leaves a half-made database.

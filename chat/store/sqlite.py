@@ -28,6 +28,7 @@ recovers by itself when space returns.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -46,15 +47,28 @@ from chat.errors import (
     GroupExists,
     MailboxFull,
     NoSuchGroup,
+    NoSuchRealm,
     NoSuchUser,
     NoSuchUsers,
     NotAMember,
     NotGroupOwner,
+    RealmExists,
+    RealmQueueFull,
     StorageUnavailable,
     UserExists,
 )
-from chat.interfaces import IChatStore
+from chat.interfaces import IChatStore, IRealmStore
 from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.links import (
+    POSTMASTER,
+    POSTMASTER_NAME,
+    Delivery,
+    InboundMessage,
+    OutboundMessage,
+    RealmLink,
+    address,
+    bounce_text,
+)
 from chat.model import Attachment, Group, Message, Page, Session, User
 from chat.store import schema
 
@@ -95,7 +109,31 @@ class _MailboxCounts:
         self.counts.clear()
 
 
-@implementer(IChatStore)
+def _dropping(op: _Op, mailboxes: _MailboxCounts) -> _Op:
+    """
+    C{op}, then forget the counts of the mailboxes it changed: those of the
+    messages it returns (for operations that do not keep the counts, such
+    as the realm links': their messages are not limited by mailbox size,
+    but must not be missed by its counts).
+    """
+
+    def run(connection: sqlite3.Connection, *args: Any) -> Any:
+        result = op(connection, *args)
+        if isinstance(result, Delivery):
+            changed: list[Any] = list(result.messages)
+        elif isinstance(result, list):
+            changed = result
+        else:
+            changed = [result]
+        for message in changed:
+            if isinstance(message, Message):
+                mailboxes.drop(message.recipient)
+        return result
+
+    return run
+
+
+@implementer(IChatStore, IRealmStore)
 class SQLiteStore:
     """
     L{IChatStore} on a SQLite file.
@@ -416,6 +454,82 @@ class SQLiteStore:
         return self._run(
             _mark_delivered_txn, username, up_to_id, delivered_at, self._mailboxes
         )
+
+    # IRealmStore.
+
+    def set_admin(self, username: str, is_admin: bool) -> Deferred[None]:
+        return self._run(_set_admin_txn, username, is_admin)
+
+    def is_admin(self, username: str) -> Deferred[bool]:
+        return self._run(_is_admin_txn, username)
+
+    def add_realm_link(self, link: RealmLink) -> Deferred[None]:
+        return self._run(_add_realm_link_txn, link)
+
+    def get_realm_link(self, realm_id: str) -> Deferred[RealmLink]:
+        return self._run(_get_realm_link_txn, realm_id)
+
+    def list_realm_links(self) -> Deferred[list[RealmLink]]:
+        return self._run(_list_realm_links_txn)
+
+    def remove_realm_link(self, realm_id: str, now: float) -> Deferred[list[Message]]:
+        return self._run(
+            _dropping(_remove_realm_link_txn, self._mailboxes), realm_id, now
+        )
+
+    def queue_outbound(
+        self,
+        sender: str,
+        text: str,
+        sent_at: float,
+        batches: Sequence[tuple[str, tuple[str, ...], str]],
+        max_queue: int,
+    ) -> Deferred[list[OutboundMessage]]:
+        return self._run(
+            _queue_outbound_txn, sender, text, sent_at, list(batches), max_queue
+        )
+
+    def next_outbound(
+        self, realm_id: str, limit: int
+    ) -> Deferred[list[OutboundMessage]]:
+        return self._run(_next_outbound_txn, realm_id, limit)
+
+    def outbox_size(self, realm_id: str) -> Deferred[int]:
+        return self._run(_outbox_size_txn, realm_id)
+
+    def finish_outbound(
+        self, outbox_id: int, failed: Sequence[str], reason: str, now: float
+    ) -> Deferred[Message | None]:
+        return self._run(
+            _dropping(_finish_outbound_txn, self._mailboxes),
+            outbox_id,
+            list(failed),
+            reason,
+            now,
+        )
+
+    def receive_remote(
+        self, realm_id: str, message: InboundMessage, received_at: float
+    ) -> Deferred[Delivery]:
+        return self._run(
+            _dropping(_receive_remote_txn, self._mailboxes),
+            realm_id,
+            message,
+            received_at,
+        )
+
+    def drain_realm_inbox(
+        self, username: str, realm_id: str, delivered_at: float
+    ) -> Deferred[list[Message]]:
+        return self._run(
+            _dropping(_drain_realm_inbox_txn, self._mailboxes),
+            username,
+            realm_id,
+            delivered_at,
+        )
+
+    def forget_remote_ids(self, before: float) -> Deferred[int]:
+        return self._run(_forget_remote_ids_txn, before)
 
 
 # The operations. Each runs inside the batch transaction, in the store's
@@ -1141,5 +1255,310 @@ def _mark_delivered_txn(
         f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
         " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
         (delivered_at, username, up_to_id),
+    )
+    return cursor.rowcount
+
+
+# Realms (issue 6).
+
+_OUTBOX_COLUMNS = (
+    "id, message_uid, realm_id, sender, sender_name, recipients, body, sent_at"
+)
+
+
+def _set_admin_txn(
+    connection: sqlite3.Connection, username: str, is_admin: bool
+) -> None:
+    cursor = connection.execute(
+        "UPDATE users SET is_admin = ? WHERE username = ?", (int(is_admin), username)
+    )
+    if cursor.rowcount == 0:
+        raise NoSuchUser(username)
+
+
+def _is_admin_txn(connection: sqlite3.Connection, username: str) -> bool:
+    row = connection.execute(
+        "SELECT is_admin FROM users WHERE username = ?", (username,)
+    ).fetchone()
+    if row is None:
+        raise NoSuchUser(username)
+    return bool(row[0])
+
+
+def _add_realm_link_txn(connection: sqlite3.Connection, link: RealmLink) -> None:
+    try:
+        connection.execute(
+            "INSERT INTO realm_links (realm_id, endpoint, secret, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (link.realm_id, link.endpoint, link.secret, link.created_at),
+        )
+    except sqlite3.IntegrityError:
+        raise RealmExists(link.realm_id) from None
+
+
+def _get_realm_link_txn(connection: sqlite3.Connection, realm_id: str) -> RealmLink:
+    row = connection.execute(
+        "SELECT realm_id, endpoint, secret, created_at FROM realm_links"
+        " WHERE realm_id = ?",
+        (realm_id,),
+    ).fetchone()
+    if row is None:
+        raise NoSuchRealm(realm_id)
+    return RealmLink(*row)
+
+
+def _list_realm_links_txn(connection: sqlite3.Connection) -> list[RealmLink]:
+    rows = connection.execute(
+        "SELECT realm_id, endpoint, secret, created_at FROM realm_links"
+        " ORDER BY realm_id"
+    ).fetchall()
+    return [RealmLink(*row) for row in rows]
+
+
+def _outbound(row: tuple[Any, ...]) -> OutboundMessage:
+    outbox_id, uid, realm_id, sender, sender_name, recipients, body, sent_at = row
+    return OutboundMessage(
+        outbox_id,
+        uid,
+        realm_id,
+        sender,
+        sender_name,
+        tuple(json.loads(recipients)),
+        body,
+        sent_at,
+    )
+
+
+def _remove_realm_link_txn(
+    connection: sqlite3.Connection, realm_id: str, now: float
+) -> list[Message]:
+    _get_realm_link_txn(connection, realm_id)
+    rows = connection.execute(
+        f"SELECT {_OUTBOX_COLUMNS} FROM realm_outbox WHERE realm_id = ? ORDER BY id",
+        (realm_id,),
+    ).fetchall()
+    bounces = []
+    for row in rows:
+        queued = _outbound(row)
+        bounce = _bounce_txn(
+            connection, queued, queued.recipients, "the link was removed", now
+        )
+        if bounce is not None:
+            bounces.append(bounce)
+    connection.execute("DELETE FROM realm_outbox WHERE realm_id = ?", (realm_id,))
+    connection.execute("DELETE FROM realm_links WHERE realm_id = ?", (realm_id,))
+    return bounces
+
+
+def _queue_outbound_txn(
+    connection: sqlite3.Connection,
+    sender: str,
+    text: str,
+    sent_at: float,
+    batches: list[tuple[str, tuple[str, ...], str]],
+    max_queue: int,
+) -> list[OutboundMessage]:
+    row = connection.execute(
+        "SELECT full_name FROM users WHERE username = ?", (sender,)
+    ).fetchone()
+    if row is None:
+        raise NoSuchUser(sender)
+    (sender_name,) = row
+    queued = []
+    for realm_id, recipients, uid in batches:
+        _get_realm_link_txn(connection, realm_id)
+        if _outbox_size_txn(connection, realm_id) >= max_queue:
+            raise RealmQueueFull(realm_id, max_queue)
+        cursor = connection.execute(
+            "INSERT INTO realm_outbox (message_uid, realm_id, sender, sender_name,"
+            " recipients, body, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                uid,
+                realm_id,
+                sender,
+                sender_name,
+                json.dumps(list(recipients)),
+                text,
+                sent_at,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        queued.append(
+            OutboundMessage(
+                cursor.lastrowid,
+                uid,
+                realm_id,
+                sender,
+                sender_name,
+                tuple(recipients),
+                text,
+                sent_at,
+            )
+        )
+    return queued
+
+
+def _next_outbound_txn(
+    connection: sqlite3.Connection, realm_id: str, limit: int
+) -> list[OutboundMessage]:
+    rows = connection.execute(
+        f"SELECT {_OUTBOX_COLUMNS} FROM realm_outbox WHERE realm_id = ?"
+        " ORDER BY id LIMIT ?",
+        (realm_id, limit),
+    ).fetchall()
+    return [_outbound(row) for row in rows]
+
+
+def _outbox_size_txn(connection: sqlite3.Connection, realm_id: str) -> int:
+    (count,) = connection.execute(
+        "SELECT count(*) FROM realm_outbox WHERE realm_id = ?", (realm_id,)
+    ).fetchone()
+    return int(count)
+
+
+def _bounce_txn(
+    connection: sqlite3.Connection,
+    queued: OutboundMessage,
+    failed: Sequence[str],
+    reason: str,
+    now: float,
+) -> Message | None:
+    """
+    Tell the sender of C{queued} that it did not reach C{failed}; nothing
+    if the sender no longer exists.
+    """
+    row = connection.execute(
+        "SELECT full_name FROM users WHERE username = ?", (queued.sender,)
+    ).fetchone()
+    if row is None:
+        return None
+    sender = address(POSTMASTER, queued.realm_id)
+    text = bounce_text(queued.realm_id, failed, reason, queued.text)
+    cursor = connection.execute(
+        "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+        " body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (sender, queued.sender, POSTMASTER_NAME, row[0], text, now),
+    )
+    assert cursor.lastrowid is not None
+    return Message(
+        cursor.lastrowid, sender, queued.sender, POSTMASTER_NAME, row[0], text, now
+    )
+
+
+def _finish_outbound_txn(
+    connection: sqlite3.Connection,
+    outbox_id: int,
+    failed: list[str],
+    reason: str,
+    now: float,
+) -> Message | None:
+    row = connection.execute(
+        f"SELECT {_OUTBOX_COLUMNS} FROM realm_outbox WHERE id = ?", (outbox_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    connection.execute("DELETE FROM realm_outbox WHERE id = ?", (outbox_id,))
+    if not failed:
+        return None
+    return _bounce_txn(connection, _outbound(row), failed, reason, now)
+
+
+def _receive_remote_txn(
+    connection: sqlite3.Connection,
+    realm_id: str,
+    message: InboundMessage,
+    received_at: float,
+) -> Delivery:
+    _get_realm_link_txn(connection, realm_id)
+    cursor = connection.execute(
+        "INSERT INTO realm_inbound (realm_id, message_uid, unknown, received_at)"
+        " VALUES (?, ?, '[]', ?) ON CONFLICT (realm_id, message_uid) DO NOTHING",
+        (realm_id, message.uid, received_at),
+    )
+    if cursor.rowcount == 0:
+        (unknown,) = connection.execute(
+            "SELECT unknown FROM realm_inbound WHERE realm_id = ? AND message_uid = ?",
+            (realm_id, message.uid),
+        ).fetchone()
+        return Delivery((), tuple(json.loads(unknown)), True)
+    recipients = message.recipients
+    names = dict(
+        connection.execute(
+            "SELECT username, full_name FROM users WHERE username IN"
+            f" ({', '.join('?' * len(recipients))})",
+            recipients,
+        ).fetchall()
+    )
+    sender = address(message.sender, realm_id)
+    stored = []
+    for recipient in recipients:
+        if recipient not in names:
+            continue
+        cursor = connection.execute(
+            "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+            " body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                sender,
+                recipient,
+                message.sender_name,
+                names[recipient],
+                message.text,
+                message.sent_at,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        stored.append(
+            Message(
+                cursor.lastrowid,
+                sender,
+                recipient,
+                message.sender_name,
+                names[recipient],
+                message.text,
+                message.sent_at,
+            )
+        )
+    unknown = tuple(r for r in recipients if r not in names)
+    if unknown:
+        connection.execute(
+            "UPDATE realm_inbound SET unknown = ? WHERE realm_id = ?"
+            " AND message_uid = ?",
+            (json.dumps(list(unknown)), realm_id, message.uid),
+        )
+    return Delivery(tuple(stored), unknown, False)
+
+
+def _from_realm_pattern(realm_id: str) -> str:
+    escaped = realm_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%@{escaped}"
+
+
+def _drain_realm_inbox_txn(
+    connection: sqlite3.Connection,
+    username: str,
+    realm_id: str,
+    delivered_at: float,
+) -> list[Message]:
+    _get_realm_link_txn(connection, realm_id)
+    pattern = _from_realm_pattern(realm_id)
+    rows = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
+        " WHERE recipient = ? AND delivered_at IS NULL"
+        " AND sender LIKE ? ESCAPE '\\' ORDER BY id",
+        (username, pattern),
+    ).fetchall()
+    if rows:
+        connection.execute(
+            f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
+            " WHERE recipient = ? AND delivered_at IS NULL"
+            " AND sender LIKE ? ESCAPE '\\' AND id <= ?",
+            (delivered_at, username, pattern, rows[-1][0]),
+        )
+    return [Message(*row) for row in rows]
+
+
+def _forget_remote_ids_txn(connection: sqlite3.Connection, before: float) -> int:
+    cursor = connection.execute(
+        "DELETE FROM realm_inbound WHERE received_at < ?", (before,)
     )
     return cursor.rowcount

@@ -79,3 +79,50 @@ CREATE TABLE group_members (
     UNIQUE (group_name, username)
 );
 CREATE INDEX group_members_by_user ON group_members (username);
+
+-- Realms: links to other chat servers (federation, issue 6).
+
+-- Administrators may add realm links with the addrealm command.
+ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+
+-- One row per linked realm: the Twisted client endpoint we connect to in
+-- order to deliver our messages there, and the secret both realms share
+-- (HMAC key of the link handshake; it never crosses the wire, but it is
+-- stored here in the clear, so protect this file).
+CREATE TABLE realm_links (
+    realm_id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+
+-- Messages for other realms, stored in the transaction that answers
+-- "Message Sent" and deleted in the one that records the other realm's
+-- acknowledgement: delivered in id order per realm. message_uid is the
+-- message's global id (the receiver's duplicate check); recipients is a
+-- JSON array of usernames in that realm. No foreign key on the sender: a
+-- queued message outlives its sender, as a stored one does.
+CREATE TABLE realm_outbox (
+    id INTEGER PRIMARY KEY,
+    realm_id TEXT NOT NULL REFERENCES realm_links (realm_id),
+    message_uid TEXT NOT NULL UNIQUE,
+    sender TEXT NOT NULL,
+    sender_name TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at REAL NOT NULL
+);
+CREATE INDEX realm_outbox_by_realm ON realm_outbox (realm_id, id);
+
+-- The ids of messages accepted from other realms, so that a message sent
+-- again after a lost acknowledgement is not delivered twice. unknown is
+-- the JSON array of recipients that did not exist, answered again to a
+-- retry. Rows older than --realm-seen-ttl are deleted.
+CREATE TABLE realm_inbound (
+    realm_id TEXT NOT NULL,
+    message_uid TEXT NOT NULL,
+    unknown TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (realm_id, message_uid)
+);
+CREATE INDEX realm_inbound_by_time ON realm_inbound (received_at);

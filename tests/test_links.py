@@ -1,0 +1,202 @@
+"""
+The pure side of realm links: realm ids, secrets, proofs, message payloads,
+bounces; and the parsing of the realm commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+
+from chat import commands, links
+from chat.errors import BadRealmMessage, ForgedSender, InvalidRealmId, InvalidSecret
+from chat.federation import tcp_endpoint
+
+
+@pytest.mark.parametrize(
+    ("hostname", "realm_id"),
+    [
+        ("chat-1.example.org", "chat-1.example.org"),
+        ("My_Laptop.LOCAL", "my-laptop.local"),
+        ("-weird--name-", "weird--name"),
+        ("___", "localhost"),
+        ("", "localhost"),
+        ("a" * 80, "a" * 63),
+    ],
+)
+def test_realm_id_from_hostname(hostname: str, realm_id: str) -> None:
+    """Host names become valid realm ids: lowercased, [a-z0-9.-], 1-63 long."""
+    assert links.realm_id_from_hostname(hostname) == realm_id
+    assert links.validate_realm_id(realm_id) == realm_id
+
+
+@pytest.mark.parametrize("bad", ["", "Realm", "a_b", "-a", "a b", "a@b", "x" * 64])
+def test_invalid_realm_ids(bad: str) -> None:
+    """Realm ids outside [a-z0-9.-] (or starting with '-' or '.') are refused."""
+    with pytest.raises(InvalidRealmId):
+        links.validate_realm_id(bad)
+
+
+def test_secrets() -> None:
+    """Secrets are at least 16 characters without whitespace; new ones are strong."""
+    assert links.validate_secret("x" * 16) == "x" * 16
+    for bad in ("x" * 15, "sixteen chars ok?", "tab\there-xxxxxxxxxx"):
+        with pytest.raises(InvalidSecret):
+            links.validate_secret(bad)
+    made = {links.new_secret() for _ in range(10)}
+    assert len(made) == 10
+    assert all(len(s) >= 43 and links.validate_secret(s) for s in made)
+
+
+def test_proof_is_hmac_sha256_over_everything() -> None:
+    """A proof is HMAC-SHA256(secret) over protocol, role, realms and nonces."""
+    expected = hmac.new(
+        b"k" * 16,
+        b"chat-realm-v1\nclient\nrealm-a\nrealm-b\n" + b"1" * 32 + b"\n" + b"2" * 32,
+        hashlib.sha256,
+    ).hexdigest()
+    args = ("realm-a", "realm-b", "1" * 32, "2" * 32)
+    assert links.proof("k" * 16, "client", *args) == expected
+    # Every input matters: no proof can stand in for another.
+    variants = {
+        links.proof("k" * 16, "client", *args),
+        links.proof("k" * 17, "client", *args),
+        links.proof("k" * 16, "server", *args),
+        links.proof("k" * 16, "client", "realm-c", *args[1:]),
+        links.proof("k" * 16, "client", *args[:3], "3" * 32),
+        links.proof("k" * 16, "client", *args[:2], "4" * 32, args[3]),
+    }
+    assert len(variants) == 6
+
+
+def test_proof_matches() -> None:
+    """Proofs compare in constant time; anything but the right string fails."""
+    right = links.proof("k" * 16, "client", "a", "b", "1" * 32, "2" * 32)
+    assert links.proof_matches(right, right)
+    assert not links.proof_matches(right, right.upper())
+    assert not links.proof_matches(right, right[:-1])
+    assert not links.proof_matches(right, None)
+    assert not links.proof_matches(right, "é" * 64)
+
+
+GOOD: dict[str, Any] = {
+    "id": "realm-a:1",
+    "from": "messi",
+    "from_name": "Lionel Messi",
+    "to": ["henderson", "lineker", "henderson"],
+    "msg": "hola amigos",
+    "sent_at": 1764037200.5,
+}
+
+
+def test_payload_round_trip() -> None:
+    """A queued message's payload reads back as the same message."""
+    outbound = links.OutboundMessage(
+        7, "u-1", "realm-b", "messi", "Lionel Messi", ("henderson",), "hi", 1.5
+    )
+    message = links.InboundMessage.from_payload(outbound.to_payload(), 100)
+    assert message == links.InboundMessage(
+        "u-1", "messi", "Lionel Messi", ("henderson",), "hi", 1.5
+    )
+    parsed = links.InboundMessage.from_payload(GOOD, 100)
+    assert parsed.recipients == ("henderson", "lineker")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"from": "messi@realm-c"}, ForgedSender),
+        ({"from": "Messi"}, BadRealmMessage),
+        ({"id": ""}, BadRealmMessage),
+        ({"id": "a b"}, BadRealmMessage),
+        ({"id": "x" * 129}, BadRealmMessage),
+        ({"from_name": ""}, BadRealmMessage),
+        ({"from_name": "Evil\nName"}, BadRealmMessage),
+        ({"to": []}, BadRealmMessage),
+        ({"to": "henderson"}, BadRealmMessage),
+        ({"to": [1]}, BadRealmMessage),
+        ({"to": [f"u{i}" for i in range(101)]}, BadRealmMessage),
+        ({"msg": "  "}, BadRealmMessage),
+        ({"msg": "x" * 101}, BadRealmMessage),
+        ({"msg": "two\nlines"}, BadRealmMessage),
+        ({"sent_at": "yesterday"}, BadRealmMessage),
+        ({"sent_at": True}, BadRealmMessage),
+        ({"sent_at": float("nan")}, BadRealmMessage),
+    ],
+)
+def test_bad_payloads(change: dict[str, Any], error: type[Exception]) -> None:
+    """Malformed payloads are refused; a sender in another realm is a forgery."""
+    with pytest.raises(error):
+        links.InboundMessage.from_payload({**GOOD, **change}, 100)
+
+
+def test_payload_must_be_an_object() -> None:
+    """A JSON array or string is not a message."""
+    for payload in ([GOOD], "hi", None):
+        with pytest.raises(BadRealmMessage):
+            links.InboundMessage.from_payload(payload, 100)
+
+
+def test_tcp_endpoint() -> None:
+    """addrealm's host and port become a tcp client endpoint; IPv6 is escaped."""
+    assert tcp_endpoint("10.0.0.7", 8889) == "tcp:host=10.0.0.7:port=8889"
+    assert tcp_endpoint("::1", 8889) == "tcp:host=\\:\\:1:port=8889"
+    for host, port in [("a b", 1), ("x:port=1:y=", 1), ("-x", 1), ("h", 0)]:
+        with pytest.raises(ValueError):
+            tcp_endpoint(host, port)
+
+
+# Parsing the realm commands.
+
+
+def test_parse_sendprivaterealm_and_sendgrouprealm() -> None:
+    """The course's realm sends: token, realm, recipients, then the text."""
+    assert commands.parse(b"sendprivaterealm T realm-b henderson  hi  there ") == (
+        commands.SendPrivateRealm("T", "realm-b", "henderson", "hi  there")
+    )
+    assert commands.parse(b"sendgrouprealm T realm-b a,,b, hi") == (
+        commands.SendGroupRealm("T", "realm-b", ("a", "b"), "hi")
+    )
+    for line in (b"sendprivaterealm T realm-b henderson", b"sendgrouprealm T r , hi"):
+        with pytest.raises(commands.MissingArgument):
+            commands.parse(line)
+
+
+def test_parse_addrealm_both_forms() -> None:
+    """addrealm takes the course's three words, or a token first."""
+    assert commands.parse(b"addrealm realm-b 10.0.0.2 8889") == commands.AddRealm(
+        None, "realm-b", "10.0.0.2", 8889
+    )
+    assert commands.parse(b"addrealm TOKEN realm-b host 8889") == commands.AddRealm(
+        "TOKEN", "realm-b", "host", 8889
+    )
+    assert commands.parse(b"addrealm realm-b host 8889 extra") == commands.AddRealm(
+        None, "realm-b", "host", 8889
+    )
+    with pytest.raises(commands.InvalidArgument):
+        commands.parse(b"addrealm realm-b host http")
+    with pytest.raises(commands.InvalidArgument):
+        commands.parse(b"addrealm realm-b host 70000")
+    with pytest.raises(commands.MissingArgument):
+        commands.parse(b"addrealm realm-b host")
+
+
+def test_parse_link_commands() -> None:
+    """realm-hello checks its realm ids and nonce; realm-msg carries JSON."""
+    nonce = "0f" * 16
+    assert commands.parse(f"REALM-HELLO a b {nonce}".encode()) == commands.RealmHello(
+        "a", "b", nonce
+    )
+    for bad in (f"realm-hello A b {nonce}", "realm-hello a b 123", "realm-hello a b"):
+        with pytest.raises(commands.BadCommand):
+            commands.parse(bad.encode())
+    assert commands.parse(b'realm-msg {"a": [1, "x y"]}') == commands.RealmMsg(
+        {"a": [1, "x y"]}
+    )
+    with pytest.raises(commands.InvalidArgument):
+        commands.parse(b"realm-msg {nope")
+    with pytest.raises(commands.MissingArgument):
+        commands.parse(b"realm-msg")
