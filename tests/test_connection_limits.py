@@ -563,3 +563,17 @@ def test_factory_defaults_to_global_reactor() -> None:
     from chat.protocol import ChatFactory
 
     assert ChatFactory(Server().portal).clock is reactor
+
+
+def test_realm_link_is_not_cut_by_login_or_idle_deadlines() -> None:
+    """A link from another realm logs in with realm-auth and is never idle."""
+    from tests.test_federation import Realms, lines_of
+
+    realms = Realms()
+    (wire,) = realms.network.live(origin="realm-a")
+    assert wire.server._authenticated
+    realms.settle(3600)
+    assert realms.network.live(origin="realm-a") == [wire]
+    assert not wire.server._closing
+    codes = {reply.get("code") for reply in lines_of(wire, "server")}
+    assert not codes & {"login_timeout", "idle_timeout"}
