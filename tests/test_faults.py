@@ -379,19 +379,27 @@ def test_slowloris_hits_login_deadline(chat: Callable[..., TwistdChat]) -> None:
     step = 0
     while sockets and time.monotonic() < deadline:
         for sock, opened in list(sockets.items()):
+            # Read first: a send into a connection the server just closed
+            # fails, and must not hide the reply that came before.
             try:
-                if step < len(trickle):
-                    sock.send(trickle[step : step + 1])
                 data = sock.recv(4096)
             except BlockingIOError:
-                continue
+                data = None
             except OSError:
                 data = b""
-            received[sock] += data
-            if not data:
+            if data:
+                received[sock] += data
+                continue
+            if data is not None:
                 closed_after.append(time.monotonic() - opened)
                 del sockets[sock]
                 sock.close()
+                continue
+            if step < len(trickle):
+                try:
+                    sock.send(trickle[step : step + 1])
+                except OSError:
+                    pass  # closed: the next recv says so
         step += 1
         time.sleep(0.2)
     assert not sockets, f"{len(sockets)} connections still open"
