@@ -227,6 +227,25 @@ class ChatProtocol(LineReceiver):
     factory: ChatFactory
     log = make_logger()
 
+    # The limits' per-connection state lives in slots, out of the instance
+    # dict: past 30 attributes CPython gives every instance a dict of its
+    # own keys, which costs about 1.3 KB per connection.
+    __slots__ = (
+        "_address",
+        "_authenticated",
+        "_closing",
+        "_counted",
+        "_deadline_slot",
+        "_last_active",
+        "_output_blocked",
+        "_paused_by",
+        "_producing",
+        "_rate_at",
+        "_rate_tokens",
+        "_throttle",
+        "_unsent",
+    )
+
     def __init__(self, portal: Portal, max_line: int, max_pipeline: int = 64) -> None:
         # +1 so that a line of exactly max_line characters may end in CR LF.
         self.MAX_LENGTH = max_line + 1
