@@ -119,6 +119,10 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     realm queue full          realm_queue_full   too many messages wait for that realm
     not an administrator      not_admin          addrealm by a user who is not one
     realm authentication failed  realm_auth_failed  then the server closes the link
+    mailbox full              mailbox_full       send: the recipient's mailbox is full
+    login timeout             login_timeout      not logged in in time; then closes
+    idle timeout              idle_timeout       silent too long; then closes
+    too many connections      too_many_connections  instead of any reply; then closes
     internal error            internal           a bug: logged on the server
 
     registration is disabled      registration_closed  no --registration open

@@ -185,6 +185,17 @@ class RateLimited(ChatError):
         self.retry_after = retry_after
 
 
+class MailboxFull(ChatError):
+    """
+    The recipient already has as many undelivered messages as a mailbox
+    may hold; nothing was stored.
+    """
+
+    def __init__(self, username: str) -> None:
+        super().__init__(username)
+        self.username = username
+
+
 class StorageUnavailable(ChatError):
     """
     The store could not complete an operation (disk full, I/O error, ...).

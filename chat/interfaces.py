@@ -45,6 +45,7 @@ class IChatUser(Interface):
 
         @return: fires with the stored L{Message}; fails with
             L{chat.errors.NoSuchUser} for an unknown recipient,
+            L{chat.errors.MailboxFull} if the recipient's mailbox is full,
             L{chat.errors.SessionNotFound} if this user was deleted, or
             L{chat.errors.StorageUnavailable}.
         """
@@ -370,7 +371,9 @@ class IChatStore(Interface):
 
         @return: fires with the stored L{Message} after the commit; fails
             with L{chat.errors.NoSuchUser} naming whichever of sender or
-            recipient does not exist.
+            recipient does not exist, or L{chat.errors.MailboxFull} if the
+            recipient already has the store's maximum of undelivered
+            messages (checked in the same transaction as the insert).
         """
 
     def drain_inbox(
@@ -399,8 +402,9 @@ class IChatStore(Interface):
 
         @return: fires with one L{Message} per distinct recipient, in the
             order given; fails with L{chat.errors.NoSuchUser} if the sender
-            does not exist, or L{chat.errors.NoSuchUsers} naming every
-            recipient that does not (then nothing is stored).
+            does not exist, L{chat.errors.NoSuchUsers} naming every
+            recipient that does not, or L{chat.errors.MailboxFull} naming a
+            recipient whose mailbox is full (then nothing is stored).
         """
 
     def store_group_message(
@@ -414,9 +418,11 @@ class IChatStore(Interface):
         Store a message in the mailbox of every member of C{group} as it is
         in this transaction: undelivered for the others, already delivered
         for the sender (its copy, for its history). Each carries C{group}.
+        A member whose mailbox is full (the store's maximum of undelivered
+        messages) gets a copy stored as delivered, for its history only.
 
-        @return: fires with the sender's copy first, then the others' in
-            join order; fails with L{chat.errors.NoSuchGroup} or
+        @return: fires with the sender's copy first, then the undelivered
+            others' in join order; fails with L{chat.errors.NoSuchGroup} or
             L{chat.errors.NotAMember} if the sender is not a member.
         """
 

@@ -23,6 +23,28 @@ The flow on one connection:
     link never logs in as a user, and a user's connection never becomes a
     link.
 
+Limits on one connection (values in L{chat.limits.Limits}; the factory
+keeps what connections share, including one L{chat.limits.Deadlines} for
+every connection's login deadline and idle timeout):
+
+ - Over the connection limits (in total, per address) a new connection
+   gets one ERROR reply and is closed.
+ - A connection must log in (a successful C{auth}, or any command with a
+   valid token) within C{login_timeout} of connecting, whatever it sends
+   meanwhile (a realm link: a successful C{realm-auth}); after that it is
+   closed when idle for C{idle_timeout}, unless it is subscribed to events
+   or is a realm link.
+ - Failed logins (per username and per address) and invalid tokens (per
+   address) are limited before the password is hashed or the token looked
+   up; a refused attempt gets C{too many attempts} with C{retry_after_ms}.
+ - Commands beyond C{command_rate} are not refused: reading pauses until
+   the connection's bucket has a token again.
+ - The protocol is the streaming producer of its transport: when the
+   client stops reading and the transport's buffer fills, reading its
+   input and running its queued commands pause until it has read what was
+   sent, so its replies do not pile up; if more than C{max_output} bytes
+   (of pushed events) pile up meanwhile anyway, the connection is dropped.
+
 Domain errors become the course's error replies; anything unexpected is
 logged and answered with C{internal error}, never with a traceback.
 """
@@ -37,6 +59,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -57,6 +80,7 @@ from chat.errors import (
     InvalidPassword,
     InvalidRealmId,
     InvalidUsername,
+    MailboxFull,
     NoSuchGroup,
     NoSuchRealm,
     NoSuchUser,
@@ -82,6 +106,14 @@ from chat.errors import (
     WrongPassword,
 )
 from chat.interfaces import IChatClient, IChatUser, IRegistrar
+from chat.limits import (
+    ConnectionTracker,
+    Deadlines,
+    FailureLimiter,
+    Limits,
+    address_key,
+    take_token,
+)
 from chat.logs import make_logger
 from chat.model import Group, Message, Page
 
@@ -127,6 +159,7 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
     (RealmLinkOnly, "not allowed on a realm link", "realm_link"),
     (ForgedSender, "forged sender", "forged_sender"),
     (BadRealmMessage, "malformed realm message", "bad_realm_message"),
+    (MailboxFull, "mailbox full", "mailbox_full"),
 ]
 
 #: What a connection may send once it is (becoming) a link to another realm.
@@ -138,9 +171,15 @@ ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
     NotAMember: lambda e: {"group": e.name, "username": e.username},
     TooManyRecipients: lambda e: {"max_recipients": e.limit},
     FileTooLarge: lambda e: {"max_file_size": e.limit},
+    MailboxFull: lambda e: {"username": e.username},
 }
 
 _TOO_LONG = object()
+
+# Why reading is paused (bits of ChatProtocol._paused_by).
+_PIPELINE = 1  # too many lines queued behind a slow command
+_RATE = 2  # the command rate
+_OUTPUT = 4  # the client is not reading its replies
 
 
 def inbox_reply(messages: list[Message]) -> Reply:
@@ -188,6 +227,25 @@ class ChatProtocol(LineReceiver):
     factory: ChatFactory
     log = make_logger()
 
+    # The limits' per-connection state lives in slots, out of the instance
+    # dict: past 30 attributes CPython gives every instance a dict of its
+    # own keys, which costs about 1.3 KB per connection.
+    __slots__ = (
+        "_address",
+        "_authenticated",
+        "_closing",
+        "_counted",
+        "_deadline_slot",
+        "_last_active",
+        "_output_blocked",
+        "_paused_by",
+        "_producing",
+        "_rate_at",
+        "_rate_tokens",
+        "_throttle",
+        "_unsent",
+    )
+
     def __init__(self, portal: Portal, max_line: int, max_pipeline: int = 64) -> None:
         # +1 so that a line of exactly max_line characters may end in CR LF.
         self.MAX_LENGTH = max_line + 1
@@ -197,7 +255,6 @@ class ChatProtocol(LineReceiver):
         self._busy = False
         self._draining = False
         self._input_closed = False
-        self._reading_paused = False
         self._peer = "?"
         self._logouts: dict[str, Callable[[], None]] = {}
         self._subscription: tuple[Any, Any] | None = None
@@ -210,22 +267,171 @@ class ChatProtocol(LineReceiver):
         self._link_mode = False
         self._realm_challenge: Challenge | None = None
         self._realm_link: InboundLink | None = None
+        # Connection lifecycle and limits (see the module docstring). This
+        # is kept small: a server holds thousands of idle connections.
+        self._address = ""
+        self._counted = False
+        self._closing = False
+        self._authenticated = False
+        self._paused_by = 0
+        self._deadline_slot = 0
+        self._last_active = 0.0
+        self._rate_tokens = 0.0
+        self._rate_at = 0.0
+        self._throttle: IDelayedCall | None = None
+        self._producing = False
+        self._output_blocked = False
+        self._unsent = 0
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._host = str(getattr(peer, "host", peer))
+        self._address = address_key(str(getattr(peer, "host", "") or ""))
         self._peer = f"{self._host}:{getattr(peer, 'port', '')}"
+        factory = self.factory
+        refused = factory.connections.admit(self._address)
+        if refused is not None:
+            self.log.info(
+                "Refused connection from {peer}: {why}", peer=self._peer, why=refused
+            )
+            self._write(commands.error(refused, "too_many_connections"))
+            self._close()
+            return
+        self._counted = True
         self.log.info("Connection from {peer}", peer=self._peer)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._producing = True
+        now = factory.clock.seconds()
+        self._last_active = self._rate_at = now
+        if factory.limits.command_rate is not None:
+            self._rate_tokens = factory.limits.command_rate.count
+        self._deadline_slot = factory.deadlines.add(
+            self, now + factory.limits.login_timeout
+        )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._input_closed = True
+        self._closing = True
         self._queue.clear()
+        if self._throttle is not None and self._throttle.active():
+            self._throttle.cancel()
+        self._throttle = None
         self._unsubscribe()
         logouts, self._logouts = self._logouts, {}
         for logout in logouts.values():
             logout()
         self._partial.clear()
-        self.log.info("Connection from {peer} closed", peer=self._peer)
+        if self._counted:
+            self._counted = False
+            self.factory.deadlines.remove(self, self._deadline_slot)
+            self.factory.connections.release(self._address)
+            self.log.info("Connection from {peer} closed", peer=self._peer)
+
+    # Lifecycle: login deadline, idle timeout, closing.
+
+    def deadline_passed(self, now: float) -> None:
+        """
+        Called by the factory's L{Deadlines}: before login, the login
+        deadline passed; after, the idle timeout may have.
+        """
+        if self._closing:
+            return
+        if not self._authenticated:
+            self._close_with_error("login timeout", "login_timeout")
+            return
+        idle_timeout = self.factory.limits.idle_timeout
+        idle_until = self._last_active + idle_timeout
+        if idle_until > now:
+            self._deadline_slot = self.factory.deadlines.add(self, idle_until)
+        elif self._subscription is not None or self._realm_link is not None:
+            # A connection subscribed to events is a listener, quiet by
+            # design (the clients do not ping); a realm link has keepalives
+            # of its own (chat.federation). Neither is idle.
+            self._deadline_slot = self.factory.deadlines.add(self, now + idle_timeout)
+        else:
+            self._close_with_error("idle timeout", "idle_timeout")
+
+    def _close_with_error(self, message: str, code: str) -> None:
+        self.log.info(
+            "Closing connection from {peer}: {why}", peer=self._peer, why=message
+        )
+        self._write(commands.error(message, code))
+        self._close()
+
+    def _authenticated_now(self) -> None:
+        """
+        The connection proved who it is: the login deadline gives way to the
+        idle timeout.
+        """
+        if self._authenticated or self._closing:
+            return
+        self._authenticated = True
+        factory = self.factory
+        factory.deadlines.remove(self, self._deadline_slot)
+        self._last_active = now = factory.clock.seconds()
+        self._deadline_slot = factory.deadlines.add(
+            self, now + factory.limits.idle_timeout
+        )
+
+    def _close(self, abort: bool = False) -> None:
+        """
+        Stop reading and running commands, and close the connection: after
+        flushing what was written, or at once if the client is not reading
+        (or C{abort}).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._input_closed = True
+        self._queue.clear()
+        transport: Any = self.transport
+        if self._producing:
+            # A registered producer keeps a transport from closing.
+            self._producing = False
+            transport.unregisterProducer()
+        if abort or self._output_blocked:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+    # Reading: paused while any reason holds (too many queued lines, command
+    # rate, a client that does not read its replies).
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._paused_by and not self._input_closed:
+            # LineReceiver stops splitting buffered lines while paused.
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._paused_by |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        if not self._paused_by & reason:
+            return
+        self._paused_by &= ~reason
+        if self._paused_by or self._input_closed:
+            return
+        self.paused = False
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.dataReceived(b"")  # lines that arrived before the pause
+
+    # IPushProducer: the transport calls these when its send buffer fills up
+    # (the client is not reading) and when it has been flushed again.
+
+    def pauseProducing(self) -> None:
+        self._output_blocked = True
+        self._unsent = 0
+        self._pause_reading(_OUTPUT)
+
+    def resumeProducing(self) -> None:
+        self._output_blocked = False
+        self._unsent = 0
+        self._resume_reading(_OUTPUT)
+        self._drain()
+
+    def stopProducing(self) -> None:
+        self._producing = False
+        self._input_closed = True
+        self._queue.clear()
 
     # Input.
 
@@ -239,7 +445,8 @@ class ChatProtocol(LineReceiver):
         """
         if self._input_closed:
             return
-        if self.delimiter not in data and not self._busyReceiving:
+        # (Empty data, from _resume_reading, runs the lines already buffered.)
+        if data and self.delimiter not in data and not self._busyReceiving:
             self._partial.append(data)
             self._partial_length += len(data)
             if len(self._buffer) + self._partial_length <= self.MAX_LENGTH:
@@ -254,13 +461,14 @@ class ChatProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self._input_closed:
             return
+        if self._authenticated:
+            self._last_active = self.factory.clock.seconds()
         if line.endswith(b"\r"):
             line = line[:-1]
         self._queue.append(line)
         self._drain()
-        if len(self._queue) >= self.max_pipeline and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        if len(self._queue) >= self.max_pipeline:
+            self._pause_reading(_PIPELINE)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._queue.append(_TOO_LONG)
@@ -275,21 +483,51 @@ class ChatProtocol(LineReceiver):
             return
         self._draining = True
         try:
-            while self._queue and not self._busy:
-                item = self._queue.popleft()
+            while (
+                self._queue
+                and not self._busy
+                and self._throttle is None
+                and not self._output_blocked
+            ):
+                item = self._queue[0]
                 if item is _TOO_LONG:
                     self._write(commands.error("line too long", "line_too_long"))
-                    self._queue.clear()
-                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    self._close()
                     return
+                if self._throttled():
+                    break
+                self._queue.popleft()
                 self._busy = True
                 self._respond(item).addCallback(self._answered)
         finally:
             self._draining = False
-        if self._reading_paused and len(self._queue) < self.max_pipeline // 2:
-            self._reading_paused = False
-            if not self._input_closed:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if len(self._queue) < self.max_pipeline // 2:
+            self._resume_reading(_PIPELINE)
+
+    def _throttled(self) -> bool:
+        """
+        Whether the command rate says to wait; if so, pause reading until
+        the connection may run its next command.
+        """
+        factory = self.factory
+        rate = factory.limits.command_rate
+        if rate is None:
+            return False
+        now = factory.clock.seconds()
+        self._rate_tokens, wait = take_token(
+            self._rate_tokens, self._rate_at, now, rate
+        )
+        self._rate_at = now
+        if not wait:
+            return False
+        self._pause_reading(_RATE)
+        self._throttle = factory.clock.callLater(wait, self._unthrottle)
+        return True
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        self._resume_reading(_RATE)
+        self._drain()
 
     def _answered(self, reply: Reply | None) -> None:
         self._busy = False
@@ -298,7 +536,23 @@ class ChatProtocol(LineReceiver):
         self._drain()
 
     def _write(self, reply: Reply) -> None:
-        self.transport.write(commands.encode(reply))  # type: ignore[union-attr]
+        if self._closing:
+            return
+        data = commands.encode(reply)
+        if self._output_blocked:
+            # The transport's buffer is full and the client is not reading:
+            # count what piles up behind it (events, and the reply of a
+            # command that was running when it filled up).
+            self._unsent += len(data)
+            if self._unsent > self.factory.limits.max_output:
+                self.log.info(
+                    "Dropping connection from {peer}: over {limit} bytes unsent",
+                    peer=self._peer,
+                    limit=self.factory.limits.max_output,
+                )
+                self._close(abort=True)
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
 
     # Commands.
 
@@ -476,19 +730,29 @@ class ChatProtocol(LineReceiver):
 
     def do_quit(self, command: commands.Quit) -> Deferred[Reply | None]:
         self._write(commands.ok(message="bye"))
-        self._input_closed = True
-        self._queue.clear()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close()
         return succeed(None)
 
     def do_auth(self, command: commands.Auth) -> Deferred[Reply | None]:
         return ensureDeferred(self._login(command))
 
     async def _login(self, command: commands.Auth) -> Reply | None:
+        failures = self.factory.failures
+        try:
+            # Before hashing: a refused attempt costs no KDF.
+            failures.check_login(command.username, self._address)
+        except RateLimited:
+            self.log.debug(
+                "Refused login for {user} from {peer}: too many failures",
+                user=command.username,
+                peer=self._peer,
+            )
+            raise
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
         try:
             _, avatar, logout = await self.portal.login(credentials, self, IChatUser)
         except UnauthorizedLogin as e:
+            failures.login_failed(command.username, self._address)
             self.log.info(
                 "Failed login for {user} from {peer}: {why}",
                 user=command.username,
@@ -501,17 +765,30 @@ class ChatProtocol(LineReceiver):
         )
         self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
+        self._authenticated_now()
         self._auth_token = token
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
+        failures = self.factory.failures
+        try:
+            failures.check_token(self._address)
+        except RateLimited:
+            return fail()
         d = self.portal.login(SessionToken(token), self, IChatUser)
-        return d.addCallback(self._logged_in)
+        return d.addCallbacks(self._logged_in, self._token_invalid)
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
         _, avatar, logout = result
         self._logouts.setdefault(avatar.username, logout)
+        if not self._authenticated:
+            self._authenticated_now()
         return avatar
+
+    def _token_invalid(self, f: Failure) -> Failure:
+        if f.check(SessionNotFound):
+            self.factory.failures.token_failed(self._address)
+        return f
 
     def _unsubscribe(self) -> None:
         if self._subscription is not None:
@@ -629,6 +906,7 @@ class ChatProtocol(LineReceiver):
 
         def authenticated(link: InboundLink) -> Reply:
             self._realm_link = link
+            self._authenticated_now()
             self.MAX_LENGTH = federation.settings.max_line
             self.log.info(
                 "Realm {realm} authenticated from {peer}",
@@ -653,9 +931,7 @@ class ChatProtocol(LineReceiver):
             self._write(
                 commands.error("realm authentication failed", "realm_auth_failed")
             )
-            self._input_closed = True
-            self._queue.clear()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()
 
         return d.addCallbacks(authenticated, refused)
 
@@ -687,7 +963,9 @@ class ChatProtocol(LineReceiver):
 
 class ChatFactory(Factory):
     """
-    Builds a L{ChatProtocol} for each connection.
+    Builds a L{ChatProtocol} for each connection, and keeps what the
+    connections share: the limits, the clock they run on, the connection
+    counts and the failure limiters.
     """
 
     def __init__(
@@ -695,10 +973,25 @@ class ChatFactory(Factory):
         portal: Portal,
         max_line: int = 16 * 1024,
         registrar: IRegistrar | None = None,
+        *,
+        limits: Limits | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
         self.portal = portal
         self.max_line = max_line
         self.registrar = registrar
+        self.limits = limits = limits or Limits()
+        self.clock = clock
+        self.connections = ConnectionTracker(
+            limits.max_connections, limits.max_connections_per_address
+        )
+        self.failures = FailureLimiter.of(clock, limits)
+        self.deadlines = Deadlines(clock)
         self._waiting: list[Deferred[None]] | None = None
         #: Links to other realms (chat.federation), if enabled.
         self.federation: Federation | None = None

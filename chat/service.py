@@ -26,7 +26,7 @@ from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
 from chat.interfaces import IChatStore, IPasswordHasher
-from chat.limits import RateLimiter
+from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.logs import make_logger
 from chat.model import User
 from chat.protocol import ChatFactory
@@ -46,6 +46,10 @@ DEMO_USERS = [
     ("lineker", "Gary Lineker", "Inggris"),
 ]
 DEMO_PASSWORD = "surabaya"
+
+#: Open files kept for other things than client connections: listening
+#: sockets, the database and its journal, logs.
+SPARE_FILES = 64
 
 
 async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
@@ -94,6 +98,7 @@ class ChatService(Service):
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
         retention: float | None = None,
         federation: FederationSettings | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """
         @param max_line: the longest request line; by default the shortest
@@ -132,7 +137,9 @@ class ChatService(Service):
         )
         if max_line is None:
             max_line = commands.max_line_for_file(max_file_size)
-        self.factory = ChatFactory(self.portal, max_line, self.registrar)
+        self.factory = ChatFactory(
+            self.portal, max_line, self.registrar, limits=limits, clock=reactor
+        )
         self.purger = (
             None if retention is None else MessagePurger(store, reactor, retention)
         )
@@ -156,6 +163,7 @@ class ChatService(Service):
         with a clear message instead of a server listening nowhere.
         """
         super().privilegedStartService()
+        self._ensure_open_files()
         for description in self.endpoints:
             outcome: list[Any] = []
             serverFromString(self.reactor, description).listen(self.factory).addBoth(
@@ -175,6 +183,25 @@ class ChatService(Service):
                 address=port.getHost(),
                 description=description,
             )
+
+    def _ensure_open_files(self) -> None:
+        """
+        Raise the open-file limit to fit max-connections; if the system does
+        not allow that many, accept fewer connections instead of failing to
+        accept (EMFILE) under load.
+        """
+        connections = self.factory.connections
+        available = raise_open_file_limit(connections.max_total + SPARE_FILES)
+        if available - SPARE_FILES < connections.max_total:
+            fitting = max(1, available - SPARE_FILES)
+            self.log.warn(
+                "The open-file limit is {available}: accepting at most {fitting} "
+                "connections instead of {wanted} (raise 'ulimit -n')",
+                available=available,
+                fitting=fitting,
+                wanted=connections.max_total,
+            )
+            connections.max_total = fitting
 
     def startService(self) -> None:
         if not self.ports:

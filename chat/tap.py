@@ -14,10 +14,13 @@ from twisted.python import usage
 from chat import commands, logs
 from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
+from chat.limits import Limits, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store
 
-DEFAULT_LISTEN = "tcp:8889:interface=127.0.0.1"
+#: A backlog of 1024 (Twisted's default is 50) so that a storm of new
+#: connections is queued by the kernel rather than refused.
+DEFAULT_LISTEN = "tcp:8889:interface=127.0.0.1:backlog=1024"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,13 +45,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-_SIZE = re.compile(r"(\d+)([kKmM]?)")
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+_SIZE = re.compile(r"(\d+)([km]?)(i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2}
 
 
 def size(text: str) -> int:
     """
-    Bytes from C{1048576}, C{512K} or C{1M} (binary units).
+    Bytes from C{1048576}, C{512K}, C{1M} or C{1MiB} (binary units).
     """
     match = _SIZE.fullmatch(text.strip())
     if match is None or int(match.group(1)) <= 0:
@@ -65,6 +68,28 @@ def rate(text: str) -> tuple[int, float]:
     if not slash:
         raise ValueError(f"not a rate: {text!r} (example: 5/1h)")
     return positive_int(count), duration(period)
+
+
+def limit_rate(text: str) -> Rate:
+    """
+    A L{Rate} from C{COUNT/DURATION}: C{10/1m} is bursts of up to 10,
+    refilling at 10 per minute.
+    """
+    count, slash, per = text.partition("/")
+    try:
+        value = float(count)
+    except ValueError:
+        value = 0
+    if not slash or value <= 0:
+        raise ValueError(f"not a rate: {text!r} (examples: 10/1m 1000/1s)")
+    return Rate(value, duration(per))
+
+
+def limit_rate_or_off(text: str) -> Rate | None:
+    """
+    Like L{limit_rate}, or None for C{off}.
+    """
+    return None if text.strip().lower() == "off" else limit_rate(text)
 
 
 def retention(text: str) -> float | None:
@@ -87,6 +112,21 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"must be a positive number: {text}")
     return value
+
+
+_DEFAULTS = Limits()
+
+#: The limits' options, converted in postOptions so that their defaults
+#: are parsed too.
+_LIMIT_OPTIONS = {
+    "login-timeout": duration,
+    "idle-timeout": duration,
+    "login-failures-per-user": limit_rate,
+    "login-failures-per-address": limit_rate,
+    "token-failures-per-address": limit_rate,
+    "command-rate": limit_rate_or_off,
+    "max-output": size,
+}
 
 
 class Options(usage.Options):
@@ -190,6 +230,75 @@ class Options(usage.Options):
             positive_int,
         ],
         [
+            "login-timeout",
+            None,
+            "30s",
+            "A connection that has not logged in this long after connecting is closed.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            "10m",
+            "A logged-in connection that sends nothing this long is closed.",
+        ],
+        [
+            "login-failures-per-user",
+            None,
+            "10/1m",
+            "Failed logins allowed per username, as COUNT/DURATION (bursts of "
+            "COUNT, refilled at COUNT per DURATION); beyond it every login for "
+            "that user gets 'too many attempts' without checking the password.",
+        ],
+        [
+            "login-failures-per-address",
+            None,
+            "30/1m",
+            "Failed logins allowed per client address (COUNT/DURATION).",
+        ],
+        [
+            "token-failures-per-address",
+            None,
+            "60/1m",
+            "Commands with an invalid token allowed per client address "
+            "(COUNT/DURATION).",
+        ],
+        [
+            "command-rate",
+            None,
+            "1000/1s",
+            "Commands per connection (COUNT/DURATION, or off); beyond it the "
+            "server reads the connection more slowly.",
+        ],
+        [
+            "max-connections",
+            None,
+            _DEFAULTS.max_connections,
+            "Most open connections; more get an error and are closed.",
+            positive_int,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            _DEFAULTS.max_connections_per_address,
+            "Most open connections from one client address.",
+            positive_int,
+        ],
+        [
+            "max-output",
+            None,
+            "1M",
+            "Bytes of replies that may pile up for a client that does not read "
+            "them before it is disconnected (64k, 1M, ...).",
+        ],
+        [
+            "max-mailbox",
+            None,
+            _DEFAULTS.max_mailbox,
+            "Most undelivered messages stored per user; more are refused "
+            "with 'mailbox full'.",
+            positive_int,
+        ],
+        [
             "log-level",
             None,
             "info",
@@ -262,8 +371,8 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """
-        Listen on this Twisted endpoint (repeatable).
-        [default: tcp:8889:interface=127.0.0.1]
+        Listen on this Twisted endpoint (repeatable); add backlog=1024 to
+        your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
         self["listen"].append(endpoint)
 
@@ -286,6 +395,12 @@ class Options(usage.Options):
         for name, coerce in defaults.items():
             if isinstance(self[name], str):
                 self[name] = coerce(self[name])
+        for name, convert in _LIMIT_OPTIONS.items():
+            if isinstance(self[name], str):
+                try:
+                    self[name] = convert(self[name])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{name}: {e}") from None
         needed = commands.max_line_for_file(self["max-file-size"])
         if self["max-line"] is None:
             self["max-line"] = needed
@@ -322,8 +437,9 @@ def makeService(options: Options) -> IService:
 
     reactor: Any = global_reactor
 
+    limits = limits_from(options)
     try:
-        store = open_store(reactor, options["store"])
+        store = open_store(reactor, options["store"], max_mailbox=limits.max_mailbox)
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 
@@ -343,6 +459,7 @@ def makeService(options: Options) -> IService:
         max_recipients=options["max-recipients"],
         retention=options["retention"],
         federation=federation_settings(options),
+        limits=limits,
     )
 
 
@@ -360,4 +477,22 @@ def federation_settings(options: Options) -> FederationSettings:
         timeout=options["realm-timeout"],
         seen_ttl=options["realm-seen-ttl"],
         max_text=options["max-line"],
+    )
+
+
+def limits_from(options: Options) -> Limits:
+    """
+    The L{Limits} given by parsed options.
+    """
+    return Limits(
+        login_timeout=options["login-timeout"],
+        idle_timeout=options["idle-timeout"],
+        login_failures_per_user=options["login-failures-per-user"],
+        login_failures_per_address=options["login-failures-per-address"],
+        token_failures_per_address=options["token-failures-per-address"],
+        command_rate=options["command-rate"],
+        max_connections=options["max-connections"],
+        max_connections_per_address=options["max-connections-per-address"],
+        max_output=options["max-output"],
+        max_mailbox=options["max-mailbox"],
     )

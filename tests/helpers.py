@@ -10,8 +10,9 @@ from typing import Any
 
 import argon2
 from twisted.cred.portal import Portal
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -20,7 +21,7 @@ from zope.interface import implementer
 from chat import commands
 from chat.checkers import SessionChecker, StoreChecker, verify_password
 from chat.interfaces import IPasswordHasher
-from chat.limits import RateLimiter
+from chat.limits import Limits, RateLimiter
 from chat.model import User
 from chat.protocol import ChatFactory, ChatProtocol
 from chat.realm import ChatRealm
@@ -87,10 +88,26 @@ def no_result(d: Deferred[Any]) -> None:
     d.addErrback(lambda f: None)
 
 
+class CountingHasher(InlineHasher):
+    """
+    An L{InlineHasher} that counts the passwords it verifies.
+    """
+
+    def __init__(self) -> None:
+        self.verified = 0
+
+    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
+        self.verified += 1
+        return super().verify(password_hash, password)
+
+
 class Server:
     """
     A whole server in memory: MemoryStore, fake clock, inline hashing.
     Registration is open, 5 attempts per address per hour.
+
+    C{limits} are the server's limits (L{Limits} defaults if not given);
+    every timer and rate runs on C{clock}.
     """
 
     def __init__(
@@ -104,6 +121,7 @@ class Server:
         max_recipients: int = 100,
         registration: bool = True,
         push_window: int = 100,
+        limits: Limits | None = None,
     ) -> None:
         self.clock = clock or Clock()
         if store is None:
@@ -111,6 +129,7 @@ class Server:
             for user in demo_users():
                 result_of(store.add_user(user))
         self.store = store
+        self.hasher = CountingHasher()
         self.sessions = SessionManager(store, self.clock, idle, max_age)
         self.realm = ChatRealm(
             store,
@@ -122,7 +141,7 @@ class Server:
         )
         self.portal = Portal(
             self.realm,
-            [StoreChecker(store, InlineHasher()), SessionChecker(self.sessions)],
+            [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
         )
         self.registrar = Registrar(
             store,
@@ -132,10 +151,18 @@ class Server:
         )
         if max_line is None:
             max_line = commands.max_line_for_file(max_file_size)
-        self.factory = ChatFactory(self.portal, max_line, self.registrar)
+        self.factory = ChatFactory(
+            self.portal, max_line, self.registrar, limits=limits, clock=self.clock
+        )
+        self._next_port = 40000
 
     def connect(self, host: str = "127.0.0.1") -> Connection:
-        address = IPv4Address("TCP", host, 40000)
+        """
+        A new client connection from C{host}.
+        """
+        self._next_port += 1
+        kind = IPv6Address if ":" in host else IPv4Address
+        address = kind("TCP", host, self._next_port)
         protocol = self.factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
@@ -153,6 +180,19 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the server closed (or aborted) the connection.
+        """
+        return bool(self.transport.disconnecting)
+
+    def lose(self) -> None:
+        """
+        The client goes away.
+        """
+        self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def replies(self) -> list[dict[str, Any]]:
         """

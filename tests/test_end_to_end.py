@@ -11,13 +11,10 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.plugin import getPlugins
 
-REPO = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+from tests.twistd_helpers import REPO, TWISTD, CourseClient, TwistdChat
+
+__all__ = ["REPO", "TWISTD", "CourseClient", "TwistdChat"]
 
 
 class ReplyCollector(Protocol):
@@ -257,60 +255,7 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
     assert not service.purger._loop.running
 
 
-# A real twistd process.
-
-
-class TwistdChat:
-    """
-    C{twistd -n chat} in a subprocess, in its own working directory.
-    """
-
-    def __init__(self, workdir: Path, *arguments: str) -> None:
-        self.workdir = workdir
-        self.arguments = arguments
-        self.log = workdir / "twistd.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self, port: int = 0) -> int:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        log = self.log.open("ab")
-        offset = self.log.stat().st_size
-        self.process = subprocess.Popen(
-            [
-                *TWISTD,
-                "--nodaemon",
-                "--pidfile=",
-                "--logfile=-",
-                "chat",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                *self.arguments,
-            ],
-            cwd=self.workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
-            match = re.search(
-                r"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)",
-                text,
-            )
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited:\n{text}")
-            time.sleep(0.05)
-        raise AssertionError("twistd did not start listening")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=20)
+# A real twistd process (helpers shared with the fault suite).
 
 
 @pytest.fixture
@@ -318,46 +263,7 @@ def twistd(tmp_path: Path) -> Iterator[TwistdChat]:
     server = TwistdChat(tmp_path, "--demo")
     server.log.touch()
     yield server
-    if server.process is not None and server.process.poll() is None:
-        server.process.kill()
-        server.process.wait()
-
-
-class CourseClient:
-    """
-    The course's chat-cli.py transport: sendall, then recv(64) chunks,
-    each decoded on its own, until the buffer ends in CR LF CR LF.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-
-    def sendstring(self, string: str) -> dict[str, Any]:
-        self.sock.sendall(string.encode())
-        received = ""
-        while True:
-            data = self.sock.recv(64)
-            assert data, "server closed the connection"
-            received = f"{received}{data.decode()}"
-            if received[-4:] == "\r\n\r\n":
-                return json.loads(received)  # type: ignore[no-any-return]
-
-    def login(self, username: str, password: str) -> str:
-        result = self.sendstring(f"auth {username} {password} \r\n")
-        assert result["status"] == "OK", result
-        return str(result["tokenid"])
-
-    def sendmessage(self, token: str, to: str, message: str) -> dict[str, Any]:
-        text = ""
-        for word in message.split(" "):
-            text = f"{text} {word}"
-        return self.sendstring(f"send {token} {to} {text} \r\n")
-
-    def inbox(self, token: str) -> dict[str, Any]:
-        return self.sendstring(f"inbox {token} \r\n")
-
-    def close(self) -> None:
-        self.sock.close()
+    server.kill()
 
 
 def test_course_client_against_twistd(twistd: TwistdChat) -> None:

@@ -11,6 +11,7 @@ import pytest
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 
+from chat.limits import Limits
 from chat.protocol import ChatFactory
 from chat.sessions import hash_token
 from tests.helpers import Server
@@ -130,7 +131,8 @@ def test_register_missing_arguments() -> None:
 def test_register_rate_limited_per_address() -> None:
     """Five attempts per address, then one more every twelve minutes;
     malformed requests cost no attempt, refused ones do."""
-    server = Server()
+    # Connections wait minutes of fake time without logging in.
+    server = Server(limits=Limits(login_timeout=3600))
     client = server.connect("10.0.0.1")
     assert client.request("register Bad rahasia123 X")["code"] == "invalid_username"
     assert client.request("register messi rahasia123 X")["code"] == "user_exists"

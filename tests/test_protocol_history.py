@@ -12,6 +12,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 
 from chat import realm
+from chat.limits import Limits
 from chat.retention import MessagePurger
 from tests.helpers import Connection, Server, result_of
 
@@ -166,7 +167,8 @@ def test_history_carries_files_within_the_budget(
 
 def test_retention_purges_old_messages() -> None:
     """With a retention, messages older than it leave inbox and history."""
-    server = Server(idle=86400)
+    # One connection for hours of fake time: no idle timeout.
+    server = Server(idle=86400, limits=Limits(idle_timeout=86400))
     client, tokens = _logged_in(server)
     purger = MessagePurger(
         server.store, server.clock, retention=3600, interval=60, batch=2

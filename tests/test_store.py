@@ -21,6 +21,7 @@ from chat.errors import (
     AlreadyAMember,
     CannotKickSelf,
     GroupExists,
+    MailboxFull,
     NoSuchGroup,
     NoSuchUser,
     NoSuchUsers,
@@ -48,6 +49,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield MemoryStore()
         return
     sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
+    sqlite_store.start()
+    yield sqlite_store
+    pytest_twisted.blockon(sqlite_store.close())
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def small_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """
+    Both stores with mailboxes of 3 messages.
+    """
+    if request.param == "memory":
+        yield MemoryStore(max_mailbox=3)
+        return
+    sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=3)
     sqlite_store.start()
     yield sqlite_store
     pytest_twisted.blockon(sqlite_store.close())
@@ -167,6 +182,157 @@ async def test_deleting_user_keeps_their_sent_messages(store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_mailbox_full(small_store: Any) -> None:
+    """A mailbox holds max_mailbox undelivered messages; reading frees it."""
+    await _with_users(small_store)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    with pytest.raises(MailboxFull) as raised:
+        await small_store.store_message("messi", "henderson", "m3", 2.0)
+    assert raised.value.username == "henderson"
+    # Only undelivered messages count, and only the recipient's.
+    await small_store.store_message("henderson", "messi", "other", 2.0)
+    drained = await small_store.drain_inbox("henderson", 3.0)
+    assert [m.text for m in drained] == ["m0", "m1", "m2"]
+    await small_store.store_message("messi", "henderson", "m4", 4.0)
+    assert [m.text for m in await small_store.drain_inbox("henderson", 5.0)] == ["m4"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_full_refuses_a_whole_list_send(small_store: Any) -> None:
+    """A send to several users stores nothing if any of their mailboxes is full."""
+    await _with_three(small_store)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    with pytest.raises(MailboxFull) as raised:
+        await small_store.store_messages("messi", ["lineker", "henderson"], "x", 2.0)
+    assert raised.value.username == "henderson"
+    assert await small_store.drain_inbox("lineker", 3.0) == []
+    sent = await small_store.store_messages("messi", ["lineker"], "y", 2.0)
+    assert [m.recipient for m in sent] == ["lineker"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_message_skips_full_mailboxes(small_store: Any) -> None:
+    """A member with a full mailbox gets the group message only in history."""
+    await _with_three(small_store)
+    await small_store.create_group("team", "messi", 1.0)
+    await small_store.join_group("team", "henderson", 1.0)
+    await small_store.join_group("team", "lineker", 1.0)
+    for i in range(3):
+        await small_store.store_message("messi", "henderson", f"m{i}", 1.0)
+    stored = await small_store.store_group_message("messi", "team", "hi all", 2.0)
+    assert sorted(m.recipient for m in stored) == ["lineker", "messi"]
+    history = await small_store.group_history("henderson", "team", 10)
+    assert [m.text for m in history.messages] == ["hi all"]
+    drained = await small_store.drain_inbox("henderson", 3.0)
+    assert [m.text for m in drained] == ["m0", "m1", "m2"]
+    assert [m.text for m in await small_store.drain_inbox("lineker", 3.0)] == ["hi all"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_acknowledged_and_purged_messages_free_the_mailbox(
+    small_store: Any,
+) -> None:
+    """Messages acknowledged (push) or purged (retention) no longer count."""
+    await _with_users(small_store)
+    sent = [
+        await small_store.store_message("messi", "henderson", f"m{i}", float(i))
+        for i in range(3)
+    ]
+    with pytest.raises(MailboxFull):
+        await small_store.store_message("messi", "henderson", "full", 5.0)
+    assert await small_store.mark_delivered("henderson", sent[0].id, 6.0) == 1
+    await small_store.store_message("messi", "henderson", "after ack", 7.0)
+    with pytest.raises(MailboxFull):
+        await small_store.store_message("messi", "henderson", "full", 8.0)
+    assert await small_store.purge_messages(2.0, 10) == 2
+    await small_store.store_message("messi", "henderson", "after purge", 9.0)
+    remaining = await small_store.drain_inbox("henderson", 10.0)
+    assert [m.text for m in remaining] == ["m2", "after ack", "after purge"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_full_undoes_only_that_send(tmp_path: Path) -> None:
+    """In one SQLite batch, a send to a full mailbox fails alone."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=2)
+    store.start()
+    try:
+        await _with_users(store)
+        before = store.commits
+        results = await gatherResults(
+            [
+                store.store_message("messi", "henderson", f"m{i}", 1.0).addErrback(
+                    lambda f: f.trap(MailboxFull) and "full"
+                )
+                for i in range(4)
+            ]
+            + [store.store_message("henderson", "messi", "back", 1.0)]
+        )
+        assert [getattr(r, "text", r) for r in results] == [
+            "m0",
+            "m1",
+            "full",
+            "full",
+            "back",
+        ]
+        assert store.commits - before == 1
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_counts_forget_failed_batches(tmp_path: Path) -> None:
+    """A send undone by a storage error does not count towards the mailbox."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=3)
+    store.start()
+    try:
+        await _with_users(store)
+        await store.store_message("messi", "henderson", "one", 1.0)
+        await store._run(lambda c: c.execute("PRAGMA max_page_count=1").fetchall())
+        # One batch: a small send that fits, then one that fills the disk.
+        small = store.store_message("messi", "henderson", "two", 1.0)
+        huge = store.store_message("messi", "henderson", "x" * 20000, 1.0)
+        for d in (small, huge):
+            with pytest.raises(StorageUnavailable):
+                await d
+        await store._run(
+            lambda c: c.execute("PRAGMA max_page_count=1000000").fetchall()
+        )
+        await store.store_message("messi", "henderson", "two", 1.0)
+        await store.store_message("messi", "henderson", "three", 1.0)
+        with pytest.raises(MailboxFull):
+            await store.store_message("messi", "henderson", "four", 1.0)
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailbox_counts_follow_users_made_again(tmp_path: Path) -> None:
+    """A user deleted and made again elsewhere (chat-admin) starts at zero."""
+    path = str(tmp_path / "chat.sqlite")
+    store = SQLiteStore(reactor, path, max_mailbox=2)
+    store.start()
+    try:
+        await _with_users(store)
+        for text in ("one", "two"):
+            await store.store_message("messi", "henderson", text, 1.0)
+        with pytest.raises(MailboxFull):
+            await store.store_message("messi", "henderson", "three", 1.0)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("PRAGMA foreign_keys=ON")
+        other.execute("DELETE FROM users WHERE username = 'henderson'")
+        other.execute(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES ('henderson', 'J H', '', 'x', 12345.0)"
+        )
+        other.close()
+        await store.store_message("messi", "henderson", "new", 2.0)
+        assert [m.text for m in await store.drain_inbox("henderson", 3.0)] == ["new"]
+    finally:
+        await store.close()
+
+
 async def test_store_messages_to_several(store: Any) -> None:
     """One message to several users: one row per distinct recipient."""
     await _with_three(store)

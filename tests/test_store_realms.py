@@ -14,7 +14,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
-from chat.errors import NoSuchRealm, NoSuchUser, RealmExists, RealmQueueFull
+from chat.errors import (
+    MailboxFull,
+    NoSuchRealm,
+    NoSuchUser,
+    RealmExists,
+    RealmQueueFull,
+)
 from chat.interfaces import IRealmStore
 from chat.links import InboundMessage, RealmLink
 from chat.store.sqlite import SQLiteStore
@@ -298,3 +304,26 @@ async def test_realm_state_survives_reopening(tmp_path: Path) -> None:
             )
     finally:
         connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_messages_count_towards_the_mailbox(tmp_path: Path) -> None:
+    """Messages from a realm are not refused, but a local send then sees them."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=2)
+    store.start()
+    try:
+        await _with_users(store)
+        await store.add_realm_link(B)
+        await store.store_message("messi", "henderson", "local", 1.0)
+        for uid in ("u1", "u2"):
+            delivery = await store.receive_remote(
+                "realm-b", inbound(uid, "henderson"), 2.0
+            )
+            assert len(delivery.messages) == 1
+        with pytest.raises(MailboxFull):
+            await store.store_message("messi", "henderson", "over", 3.0)
+        drained = await store.drain_realm_inbox("henderson", "realm-b", 4.0)
+        assert len(drained) == 2
+        await store.store_message("messi", "henderson", "fits again", 5.0)
+    finally:
+        await store.close()

@@ -10,6 +10,7 @@ import pytest
 from twisted.python import usage
 
 from chat import tap
+from chat.limits import Limits, Rate
 from chat.service import ChatService
 
 
@@ -22,7 +23,7 @@ def parse(*argv: str) -> tap.Options:
 def test_defaults() -> None:
     """Without options: loopback port 8889, chat.sqlite, sane limits."""
     options = parse()
-    assert options["listen"] == ["tcp:8889:interface=127.0.0.1"]
+    assert options["listen"] == ["tcp:8889:interface=127.0.0.1:backlog=1024"]
     assert options["store"] == "sqlite:chat.sqlite"
     assert options["demo"] == 0
     assert options["session-idle"] == 86400.0
@@ -32,6 +33,18 @@ def test_defaults() -> None:
     assert options["max-file-size"] == 1024 * 1024
     assert options["max-recipients"] == 100
     assert options["retention"] is None
+    assert tap.limits_from(options) == Limits(
+        login_timeout=30,
+        idle_timeout=600,
+        login_failures_per_user=Rate(10, 60),
+        login_failures_per_address=Rate(30, 60),
+        token_failures_per_address=Rate(60, 60),
+        command_rate=Rate(1000, 1),
+        max_connections=10_000,
+        max_connections_per_address=1000,
+        max_output=1024 * 1024,
+        max_mailbox=10_000,
+    )
 
 
 def test_default_max_line_carries_max_file_size() -> None:
@@ -75,6 +88,60 @@ def test_sizes_rates_and_retention() -> None:
     assert parse("--retention", "forever")["retention"] is None
 
 
+def test_limit_options() -> None:
+    """Every limit is an option, parsed into Limits."""
+    options = parse(
+        "--login-timeout",
+        "5s",
+        "--idle-timeout",
+        "2m",
+        "--login-failures-per-user",
+        "3/1h",
+        "--login-failures-per-address",
+        "20/30s",
+        "--token-failures-per-address",
+        "7/7",
+        "--command-rate",
+        "off",
+        "--max-connections",
+        "50",
+        "--max-connections-per-address",
+        "5",
+        "--max-output",
+        "64k",
+        "--max-mailbox",
+        "100",
+    )
+    assert tap.limits_from(options) == Limits(
+        login_timeout=5,
+        idle_timeout=120,
+        login_failures_per_user=Rate(3, 3600),
+        login_failures_per_address=Rate(20, 30),
+        token_failures_per_address=Rate(7, 7),
+        command_rate=None,
+        max_connections=50,
+        max_connections_per_address=5,
+        max_output=64 * 1024,
+        max_mailbox=100,
+    )
+
+
+def test_sizes_and_rates() -> None:
+    """Sizes take binary k/M suffixes; limit rates are COUNT/DURATION."""
+    assert tap.size("100") == 100
+    assert tap.size("64k") == 65536
+    assert tap.size("1M") == tap.size("1MiB") == 1024 * 1024
+    assert tap.limit_rate("10/1m") == Rate(10, 60)
+    assert tap.limit_rate("0.5/1s") == Rate(0.5, 1)
+    assert tap.limit_rate_or_off("OFF") is None
+    for bad in ["", "0", "-1k", "lots", "2G"]:
+        with pytest.raises(ValueError):
+            tap.size(bad)
+    for bad in ["10", "10/", "0/1m", "x/1m", "10/soon", "off"]:
+        with pytest.raises(ValueError):
+            tap.limit_rate(bad)
+
+
 def test_listen_is_repeatable() -> None:
     """--listen may be given several times."""
     options = parse("--listen", "tcp:1", "--listen", "tcp:2")
@@ -102,6 +169,12 @@ def test_durations() -> None:
         ["--store", "mysql:x"],
         ["--store", "sqlite:"],
         ["--log-level", "chatty"],
+        ["--login-timeout", "0"],
+        ["--command-rate", "fast"],
+        ["--login-failures-per-user", "off"],
+        ["--max-connections", "0"],
+        ["--max-output", "big"],
+        ["--max-mailbox", "-1"],
         ["--registration", "maybe"],
         ["--registration-rate", "5"],
         ["--registration-rate", "0/1h"],
@@ -130,6 +203,10 @@ def test_make_service(tmp_path: Path) -> None:
         "1000",
         "--session-idle",
         "1h",
+        "--max-mailbox",
+        "7",
+        "--idle-timeout",
+        "1m",
         "--push-window",
         "7",
         "--registration",
@@ -146,6 +223,8 @@ def test_make_service(tmp_path: Path) -> None:
     assert service.demo
     assert service.factory.max_line == 20000
     assert service.sessions.idle_timeout == 3600
+    assert service.factory.limits.idle_timeout == 60
+    assert service.store.max_mailbox == 7
     assert service.realm.push_window == 7
     assert service.realm.max_file_size == 1000
     assert service.realm.max_recipients == 3

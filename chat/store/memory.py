@@ -16,6 +16,7 @@ from chat.errors import (
     AlreadyAMember,
     CannotKickSelf,
     GroupExists,
+    MailboxFull,
     NoSuchGroup,
     NoSuchRealm,
     NoSuchUser,
@@ -28,6 +29,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
+from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.links import (
     POSTMASTER,
     POSTMASTER_NAME,
@@ -80,7 +82,8 @@ def _within(
 class MemoryStore:
     """
     Keeps everything in dicts. Set C{broken} to make every operation fail
-    with L{StorageUnavailable}, as a full disk would.
+    with L{StorageUnavailable}, as a full disk would. A recipient holds at
+    most C{max_mailbox} undelivered messages.
     """
 
     users: dict[str, User] = attrs.field(factory=dict)
@@ -95,6 +98,7 @@ class MemoryStore:
     #: (realm id, message uid) -> (JSON list of unknown recipients, time)
     realm_inbound: dict[tuple[str, str], tuple[str, float]] = attrs.field(factory=dict)
     _outbox_ids: int = 0
+    max_mailbox: int = DEFAULT_MAX_MAILBOX
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.broken:
@@ -228,11 +232,22 @@ class MemoryStore:
         self.messages.append(_Stored(message, delivered_at))
         return message
 
+    def _mailbox_full(self, username: str) -> bool:
+        undelivered = sum(
+            1
+            for s in self.messages
+            if s.message.recipient == username and s.delivered_at is None
+        )
+        return undelivered >= self.max_mailbox
+
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
         def store() -> Message:
-            return self._add(self._user(sender), self._user(recipient), text, sent_at)
+            from_user, to_user = self._user(sender), self._user(recipient)
+            if self._mailbox_full(recipient):
+                raise MailboxFull(recipient)
+            return self._add(from_user, to_user, text, sent_at)
 
         return self._run(store)
 
@@ -250,6 +265,9 @@ class MemoryStore:
             missing = [r for r in distinct if r not in self.users]
             if missing:
                 raise NoSuchUsers(missing)
+            for recipient in distinct:
+                if self._mailbox_full(recipient):
+                    raise MailboxFull(recipient)
             return [
                 self._add(from_user, self.users[r], text, sent_at, None, attachment)
                 for r in distinct
@@ -276,7 +294,21 @@ class MemoryStore:
                 )
             ]
             for member in members:
-                if member != sender:
+                if member == sender:
+                    continue
+                if self._mailbox_full(member):
+                    # Kept as delivered, for the member's group history, and
+                    # not returned, so nobody pushes it (as in SQLiteStore).
+                    self._add(
+                        from_user,
+                        self.users[member],
+                        text,
+                        sent_at,
+                        group,
+                        attachment,
+                        sent_at,
+                    )
+                else:
                     stored.append(
                         self._add(
                             from_user,

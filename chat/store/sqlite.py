@@ -13,6 +13,13 @@ fsync (group commit), so durability does not cost throughput.
 The database runs in WAL mode with C{synchronous=FULL}: a commit that
 returned survives a power cut.
 
+A message is refused with L{MailboxFull} when its recipient already has
+C{max_mailbox} undelivered messages, checked inside the inserting
+transaction. Counting a mailbox (on the partial index of undelivered
+messages, stopping at C{max_mailbox}) takes up to a millisecond when it is
+nearly full, so the store's thread keeps the counts it has made and keeps
+them up to date (L{_MailboxCounts}); a failed batch forgets them all.
+
 If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
 acknowledged that was not stored. The next batch tries again, so the store
@@ -38,6 +45,7 @@ from chat.errors import (
     AlreadyAMember,
     CannotKickSelf,
     GroupExists,
+    MailboxFull,
     NoSuchGroup,
     NoSuchRealm,
     NoSuchUser,
@@ -50,6 +58,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
+from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.links import (
     POSTMASTER,
     POSTMASTER_NAME,
@@ -65,6 +74,63 @@ from chat.store import schema
 
 _Op = Callable[..., Any]
 _Job = tuple[_Op, tuple[Any, ...], "Deferred[Any]"]
+
+
+class _MailboxCounts:
+    """
+    Undelivered messages per mailbox, as counted by the store's thread.
+
+    Only the store's thread reads or changes it. A count belongs to the
+    recipient's C{created_at}, so a user deleted and made again (by
+    chat-admin, in another process) is counted afresh. Every change the
+    store makes to a mailbox updates or drops its count; if a batch fails,
+    all counts are forgotten, since its changes were undone.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.counts: dict[str, tuple[float, int]] = {}
+
+    def get(self, recipient: str, created_at: float) -> int | None:
+        found = self.counts.get(recipient)
+        if found is None or found[0] != created_at:
+            return None
+        return found[1]
+
+    def set(self, recipient: str, created_at: float, count: int) -> None:
+        if recipient not in self.counts and len(self.counts) >= self.max_entries:
+            self.counts.clear()
+        self.counts[recipient] = (created_at, count)
+
+    def drop(self, recipient: str) -> None:
+        self.counts.pop(recipient, None)
+
+    def clear(self) -> None:
+        self.counts.clear()
+
+
+def _dropping(op: _Op, mailboxes: _MailboxCounts) -> _Op:
+    """
+    C{op}, then forget the counts of the mailboxes it changed: those of the
+    messages it returns (for operations that do not keep the counts, such
+    as the realm links': their messages are not limited by mailbox size,
+    but must not be missed by its counts).
+    """
+
+    def run(connection: sqlite3.Connection, *args: Any) -> Any:
+        result = op(connection, *args)
+        if isinstance(result, Delivery):
+            changed: list[Any] = list(result.messages)
+        elif isinstance(result, list):
+            changed = result
+        else:
+            changed = [result]
+        for message in changed:
+            if isinstance(message, Message):
+                mailboxes.drop(message.recipient)
+        return result
+
+    return run
 
 
 @implementer(IChatStore, IRealmStore)
@@ -83,15 +149,20 @@ class SQLiteStore:
         reactor: IReactorFromThreads,
         path: str,
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
+        max_mailbox: int = DEFAULT_MAX_MAILBOX,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
+
+        @param max_mailbox: the most undelivered messages per recipient.
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         """
         schema.prepare(path)
         self.path = path
+        self.max_mailbox = max_mailbox
         self.commits = 0
+        self._mailboxes = _MailboxCounts()
         self._reactor = reactor
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
@@ -220,6 +291,7 @@ class SQLiteStore:
                     results.append((True, value))
             connection.execute("COMMIT")
         except sqlite3.Error as e:
+            self._mailboxes.clear()
             self._abandon()
             self.log.error("Storage error, batch rolled back: {error}", error=str(e))
             raise StorageUnavailable(str(e)) from None
@@ -276,12 +348,22 @@ class SQLiteStore:
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
-        return self._run(_store_message_txn, sender, recipient, text, sent_at)
+        return self._run(
+            _store_message_txn,
+            sender,
+            recipient,
+            text,
+            sent_at,
+            self.max_mailbox,
+            self._mailboxes,
+        )
 
     def drain_inbox(
         self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
-        return self._run(_drain_inbox_txn, username, delivered_at, max_bytes)
+        return self._run(
+            _drain_inbox_txn, username, delivered_at, max_bytes, self._mailboxes
+        )
 
     def store_messages(
         self,
@@ -292,7 +374,14 @@ class SQLiteStore:
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
         return self._run(
-            _store_messages_txn, sender, list(recipients), text, sent_at, attachment
+            _store_messages_txn,
+            sender,
+            list(recipients),
+            text,
+            sent_at,
+            attachment,
+            self.max_mailbox,
+            self._mailboxes,
         )
 
     def store_group_message(
@@ -304,7 +393,14 @@ class SQLiteStore:
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
         return self._run(
-            _store_group_message_txn, sender, group, text, sent_at, attachment
+            _store_group_message_txn,
+            sender,
+            group,
+            text,
+            sent_at,
+            attachment,
+            self.max_mailbox,
+            self._mailboxes,
         )
 
     def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
@@ -345,7 +441,7 @@ class SQLiteStore:
         )
 
     def purge_messages(self, sent_before: float, limit: int) -> Deferred[int]:
-        return self._run(_purge_messages_txn, sent_before, limit)
+        return self._run(_purge_messages_txn, sent_before, limit, self._mailboxes)
 
     def undelivered(
         self, username: str, after_id: int, limit: int
@@ -355,7 +451,9 @@ class SQLiteStore:
     def mark_delivered(
         self, username: str, up_to_id: int, delivered_at: float
     ) -> Deferred[int]:
-        return self._run(_mark_delivered_txn, username, up_to_id, delivered_at)
+        return self._run(
+            _mark_delivered_txn, username, up_to_id, delivered_at, self._mailboxes
+        )
 
     # IRealmStore.
 
@@ -375,7 +473,9 @@ class SQLiteStore:
         return self._run(_list_realm_links_txn)
 
     def remove_realm_link(self, realm_id: str, now: float) -> Deferred[list[Message]]:
-        return self._run(_remove_realm_link_txn, realm_id, now)
+        return self._run(
+            _dropping(_remove_realm_link_txn, self._mailboxes), realm_id, now
+        )
 
     def queue_outbound(
         self,
@@ -400,17 +500,33 @@ class SQLiteStore:
     def finish_outbound(
         self, outbox_id: int, failed: Sequence[str], reason: str, now: float
     ) -> Deferred[Message | None]:
-        return self._run(_finish_outbound_txn, outbox_id, list(failed), reason, now)
+        return self._run(
+            _dropping(_finish_outbound_txn, self._mailboxes),
+            outbox_id,
+            list(failed),
+            reason,
+            now,
+        )
 
     def receive_remote(
         self, realm_id: str, message: InboundMessage, received_at: float
     ) -> Deferred[Delivery]:
-        return self._run(_receive_remote_txn, realm_id, message, received_at)
+        return self._run(
+            _dropping(_receive_remote_txn, self._mailboxes),
+            realm_id,
+            message,
+            received_at,
+        )
 
     def drain_realm_inbox(
         self, username: str, realm_id: str, delivered_at: float
     ) -> Deferred[list[Message]]:
-        return self._run(_drain_realm_inbox_txn, username, realm_id, delivered_at)
+        return self._run(
+            _dropping(_drain_realm_inbox_txn, self._mailboxes),
+            username,
+            realm_id,
+            delivered_at,
+        )
 
     def forget_remote_ids(self, before: float) -> Deferred[int]:
         return self._run(_forget_remote_ids_txn, before)
@@ -565,12 +681,48 @@ def _delete_expired_sessions_txn(
     return cursor.rowcount
 
 
+def _mailbox(
+    connection: sqlite3.Connection,
+    recipient: str,
+    max_mailbox: int,
+    mailboxes: _MailboxCounts | None,
+) -> tuple[float, int] | None:
+    """
+    The recipient's C{created_at} and count of undelivered messages, or
+    None if the mailbox is full.
+    """
+    row = connection.execute(
+        "SELECT created_at FROM users WHERE username = ?", (recipient,)
+    ).fetchone()
+    created_at = 0.0 if row is None else row[0]
+    count = None if mailboxes is None else mailboxes.get(recipient, created_at)
+    if count is None:
+        (count,) = connection.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {_UNDELIVERED}"
+            " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)",
+            (recipient, max_mailbox),
+        ).fetchone()
+        if mailboxes is not None:
+            mailboxes.set(recipient, created_at, count)
+    return None if count >= max_mailbox else (created_at, count)
+
+
+def _one_more(
+    mailboxes: _MailboxCounts | None, recipient: str, mailbox: tuple[float, int]
+) -> None:
+    if mailboxes is not None:
+        created_at, count = mailbox
+        mailboxes.set(recipient, created_at, count + 1)
+
+
 def _store_message_txn(
     connection: sqlite3.Connection,
     sender: str,
     recipient: str,
     text: str,
     sent_at: float,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
 ) -> Message:
     names = dict(
         connection.execute(
@@ -581,12 +733,16 @@ def _store_message_txn(
     for username in (sender, recipient):
         if username not in names:
             raise NoSuchUser(username)
+    mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes)
+    if mailbox is None:
+        raise MailboxFull(recipient)
     cursor = connection.execute(
         "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
         " body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
         (sender, recipient, names[sender], names[recipient], text, sent_at),
     )
     assert cursor.lastrowid is not None
+    _one_more(mailboxes, recipient, mailbox)
     return Message(
         cursor.lastrowid,
         sender,
@@ -662,7 +818,10 @@ def _drain_inbox_txn(
     username: str,
     delivered_at: float,
     max_bytes: int | None,
+    mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
+    if mailboxes is not None:
+        mailboxes.drop(username)
     cursor = connection.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
         " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id",
@@ -755,6 +914,8 @@ def _store_messages_txn(
     text: str,
     sent_at: float,
     attachment: Attachment | None,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
     recipients = list(dict.fromkeys(recipients))
     names = _full_names(connection, [sender, *recipients])
@@ -763,20 +924,30 @@ def _store_messages_txn(
     missing = [r for r in recipients if r not in names]
     if missing:
         raise NoSuchUsers(missing)
+    # All or nothing: any full mailbox refuses the whole send.
+    boxes = {}
+    for recipient in recipients:
+        mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes)
+        if mailbox is None:
+            raise MailboxFull(recipient)
+        boxes[recipient] = mailbox
     if attachment is not None:
         _store_file(connection, attachment)
-    return [
-        _insert_message(
-            connection,
-            (sender, names[sender]),
-            (recipient, names[recipient]),
-            text,
-            sent_at,
-            None,
-            attachment,
+    stored = []
+    for recipient in recipients:
+        stored.append(
+            _insert_message(
+                connection,
+                (sender, names[sender]),
+                (recipient, names[recipient]),
+                text,
+                sent_at,
+                None,
+                attachment,
+            )
         )
-        for recipient in recipients
-    ]
+        _one_more(mailboxes, recipient, boxes[recipient])
+    return stored
 
 
 def _members(connection: sqlite3.Connection, name: str) -> list[tuple[str, str]]:
@@ -818,6 +989,8 @@ def _store_group_message_txn(
     text: str,
     sent_at: float,
     attachment: Attachment | None,
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
     _group_txn(connection, group)
     members = dict(_members(connection, group))
@@ -839,18 +1012,36 @@ def _store_group_message_txn(
         )
     ]
     for member, full_name in members.items():
-        if member != sender:
-            stored.append(
-                _insert_message(
-                    connection,
-                    from_sender,
-                    (member, full_name),
-                    text,
-                    sent_at,
-                    group,
-                    attachment,
-                )
+        if member == sender:
+            continue
+        mailbox = _mailbox(connection, member, max_mailbox, mailboxes)
+        if mailbox is None:
+            # The member's mailbox is full: one member who never reads must
+            # not stop the group. Their copy is kept as delivered (it shows
+            # in their group history) and not returned, so nobody pushes it.
+            _insert_message(
+                connection,
+                from_sender,
+                (member, full_name),
+                text,
+                sent_at,
+                group,
+                attachment,
+                delivered_at=sent_at,
             )
+            continue
+        stored.append(
+            _insert_message(
+                connection,
+                from_sender,
+                (member, full_name),
+                text,
+                sent_at,
+                group,
+                attachment,
+            )
+        )
+        _one_more(mailboxes, member, mailbox)
     return stored
 
 
@@ -1020,7 +1211,10 @@ def _forget_unused_files(connection: sqlite3.Connection, hashes: list[str]) -> N
 
 
 def _purge_messages_txn(
-    connection: sqlite3.Connection, sent_before: float, limit: int
+    connection: sqlite3.Connection,
+    sent_before: float,
+    limit: int,
+    mailboxes: _MailboxCounts | None = None,
 ) -> int:
     rows = connection.execute(
         "SELECT id, file_sha256 FROM messages WHERE sent_at < ?"
@@ -1032,6 +1226,8 @@ def _purge_messages_txn(
             f"DELETE FROM messages WHERE id IN ({_marks(len(chunk))})", chunk
         )
     _forget_unused_files(connection, list({row[1] for row in rows if row[1]}))
+    if rows and mailboxes is not None:
+        mailboxes.clear()  # undelivered messages may have gone too
     return len(rows)
 
 
@@ -1051,7 +1247,10 @@ def _mark_delivered_txn(
     username: str,
     up_to_id: int,
     delivered_at: float,
+    mailboxes: _MailboxCounts | None = None,
 ) -> int:
+    if mailboxes is not None:
+        mailboxes.drop(username)
     cursor = connection.execute(
         f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
         " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",

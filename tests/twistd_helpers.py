@@ -1,0 +1,259 @@
+"""
+Helpers for black-box tests against a real C{twistd chat} subprocess on
+loopback: starting and signalling the server, the course client's exact
+transport, and a small pipelining line client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+DELIMITER = b"\r\n\r\n"
+
+_LISTENING = re.compile(
+    r"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)"
+)
+
+
+class TwistdChat:
+    """
+    C{twistd -n chat} in a subprocess, in its own working directory.
+
+    @ivar listen: the C{--listen} endpoint, with C{{port}} for the port.
+    @ivar log_through_pipe: copy the server's output to the log file
+        through a pipe (so a file-size limit on the server does not hit
+        its log).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *arguments: str,
+        listen: str = "tcp:{port}:interface=127.0.0.1:backlog=1024",
+        log_through_pipe: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.arguments = arguments
+        self.listen = listen
+        self.log_through_pipe = log_through_pipe
+        self.log = workdir / "twistd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._copier: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, port: int = 0, timeout: float = 30) -> int:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.log.touch()
+        offset = self.log.stat().st_size
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [
+                *TWISTD,
+                "--nodaemon",
+                "--pidfile=",
+                "--logfile=-",
+                "chat",
+                "--listen",
+                self.listen.format(port=port),
+                *self.arguments,
+            ],
+            cwd=self.workdir,
+            env=env,
+            stdout=subprocess.PIPE if self.log_through_pipe else log,
+            stderr=subprocess.STDOUT,
+        )
+        if self.log_through_pipe:
+            self._copier = threading.Thread(
+                target=_copy, args=(self.process.stdout, log), daemon=True
+            )
+            self._copier.start()
+        else:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
+            match = _LISTENING.search(text)
+            if match:
+                self.port = int(match.group(1))
+                return self.port
+            if self.process.poll() is not None:
+                raise AssertionError(f"twistd exited:\n{text}")
+            time.sleep(0.05)
+        raise AssertionError("twistd did not start listening")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """
+        Wait until the server answers commands (demo users exist).
+        """
+        client = LineClient(self.port)
+        try:
+            client.sock.settimeout(timeout)
+            assert client.request("ping ready")["echo"] == "ready"
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        if self._copier is not None:
+            self._copier.join(timeout=5)
+            self._copier = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self._copier is not None:
+            self._copier.join(timeout=5)
+            self._copier = None
+
+    def rss_kib(self) -> int:
+        """
+        The server's resident memory, in KiB.
+        """
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        assert match, status
+        return int(match.group(1))
+
+    def log_text(self) -> str:
+        return self.log.read_text("utf-8", "replace")
+
+
+def _copy(source: Any, target: Any) -> None:
+    with target:
+        for line in iter(source.readline, b""):
+            target.write(line)
+            target.flush()
+
+
+class CourseClient:
+    """
+    The course's chat-cli.py transport: sendall, then recv(64) chunks,
+    each decoded on its own, until the buffer ends in CR LF CR LF.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def sendstring(self, string: str) -> dict[str, Any]:
+        self.sock.sendall(string.encode())
+        received = ""
+        while True:
+            data = self.sock.recv(64)
+            assert data, "server closed the connection"
+            received = f"{received}{data.decode()}"
+            if received[-4:] == "\r\n\r\n":
+                return json.loads(received)  # type: ignore[no-any-return]
+
+    def login(self, username: str, password: str) -> str:
+        result = self.sendstring(f"auth {username} {password} \r\n")
+        assert result["status"] == "OK", result
+        return str(result["tokenid"])
+
+    def sendmessage(self, token: str, to: str, message: str) -> dict[str, Any]:
+        text = ""
+        for word in message.split(" "):
+            text = f"{text} {word}"
+        return self.sendstring(f"send {token} {to} {text} \r\n")
+
+    def inbox(self, token: str) -> dict[str, Any]:
+        return self.sendstring(f"inbox {token} \r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LineClient:
+    """
+    A blocking client that can pipeline: write lines, read replies in order.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        source: str | None = None,
+        timeout: float = 20,
+        sock: socket.socket | None = None,
+    ) -> None:
+        if sock is None:
+            sock = socket.create_connection(
+                ("127.0.0.1", port),
+                timeout=timeout,
+                source_address=None if source is None else (source, 0),
+            )
+        self.sock = sock
+        self.buffer = b""
+
+    def write(self, line: str | bytes) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        self.sock.sendall(data + b"\r\n")
+
+    def read(self) -> dict[str, Any]:
+        """
+        The next reply.
+
+        @raise ConnectionError: if the server closed the connection first.
+        """
+        while DELIMITER not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.buffer += data
+        frame, self.buffer = self.buffer.split(DELIMITER, 1)
+        return json.loads(frame)  # type: ignore[no-any-return]
+
+    def request(self, line: str | bytes) -> dict[str, Any]:
+        self.write(line)
+        return self.read()
+
+    def login(self, username: str = "messi", password: str = "surabaya") -> str:
+        reply = self.request(f"auth {username} {password}")
+        assert reply["status"] == "OK", reply
+        return str(reply["tokenid"])
+
+    def read_until_closed(self) -> tuple[list[dict[str, Any]], bool]:
+        """
+        Every reply until the server closes the connection.
+
+        @return: the replies, and whether the connection was reset (rather
+            than closed cleanly).
+        """
+        replies: list[dict[str, Any]] = []
+        reset = False
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                data = b""
+            if not data:
+                break
+            self.buffer += data
+        for frame in self.buffer.split(DELIMITER):
+            if frame.strip():
+                replies.append(json.loads(frame))
+        self.buffer = b""
+        return replies, reset
+
+    def close(self) -> None:
+        self.sock.close()
