@@ -26,6 +26,17 @@ def make_logger() -> Logger:
     return Logger(observer=observer)
 
 
+_debugging = False
+
+
+def debugging() -> bool:
+    """
+    Whether debug events are logged: hot paths check this first, so that a
+    filtered-out event costs a function call rather than building the event.
+    """
+    return _debugging
+
+
 def set_level(name: str) -> None:
     """
     Set the lowest level logged: debug, info, warn, error or critical.
@@ -37,6 +48,8 @@ def set_level(name: str) -> None:
     except Exception:
         raise ValueError(f"unknown log level {name!r}") from None
     level_filter.setLogLevelForNamespace("", level)
+    global _debugging
+    _debugging = level <= LogLevel.debug
 
 
 def token_label(token_hash: str) -> str:

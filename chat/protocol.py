@@ -116,6 +116,7 @@ from chat.limits import (
 )
 from chat.logs import make_logger
 from chat.model import Group, Message, Page
+from chat.sessions import SessionManager
 
 if TYPE_CHECKING:
     from chat.federation import Challenge, Federation, InboundLink
@@ -233,6 +234,7 @@ class ChatProtocol(LineReceiver):
     __slots__ = (
         "_address",
         "_authenticated",
+        "_avatars",
         "_closing",
         "_counted",
         "_deadline_slot",
@@ -256,7 +258,10 @@ class ChatProtocol(LineReceiver):
         self._draining = False
         self._input_closed = False
         self._peer = "?"
+        # Per user this connection has acted as: its cred logout, and the
+        # avatar, reused while the session manager vouches for the token.
         self._logouts: dict[str, Callable[[], None]] = {}
+        self._avatars: dict[str, Any] = {}
         self._subscription: tuple[Any, Any] | None = None
         self._host = "?"
         self._partial: list[bytes] = []
@@ -318,6 +323,7 @@ class ChatProtocol(LineReceiver):
         self._throttle = None
         self._unsubscribe()
         logouts, self._logouts = self._logouts, {}
+        self._avatars.clear()
         for logout in logouts.values():
             logout()
         self._partial.clear()
@@ -770,6 +776,15 @@ class ChatProtocol(LineReceiver):
         return commands.ok(tokenid=token)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
+        sessions = self.factory.sessions
+        if sessions is not None:
+            # Fast path: a token this connection already logged in with
+            # through the portal, still alive in the session cache.
+            username = sessions.peek(token)
+            if username is not None:
+                avatar = self._avatars.get(username)
+                if avatar is not None:
+                    return succeed(avatar)
         failures = self.factory.failures
         try:
             failures.check_token(self._address)
@@ -781,6 +796,7 @@ class ChatProtocol(LineReceiver):
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
         _, avatar, logout = result
         self._logouts.setdefault(avatar.username, logout)
+        self._avatars[avatar.username] = avatar
         if not self._authenticated:
             self._authenticated_now()
         return avatar
@@ -976,6 +992,7 @@ class ChatFactory(Factory):
         *,
         limits: Limits | None = None,
         clock: IReactorTime | None = None,
+        sessions: SessionManager | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -985,6 +1002,8 @@ class ChatFactory(Factory):
         self.portal = portal
         self.max_line = max_line
         self.registrar = registrar
+        #: Lets connections skip the portal for tokens they already used.
+        self.sessions = sessions
         self.limits = limits = limits or Limits()
         self.clock = clock
         self.connections = ConnectionTracker(

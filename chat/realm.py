@@ -59,7 +59,7 @@ from chat.errors import (
     TooManyRecipients,
 )
 from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
-from chat.logs import make_logger
+from chat.logs import debugging, make_logger
 from chat.model import (
     Attachment,
     Group,
@@ -189,12 +189,13 @@ class ChatUser:
         d = self.realm.store.store_message(self.username, recipient, text, now)
 
         def sent(message: Message) -> Message:
-            self.log.debug(
-                "Message {id} stored from {sender} to {recipient}",
-                id=message.id,
-                sender=self.username,
-                recipient=recipient,
-            )
+            if debugging():
+                self.log.debug(
+                    "Message {id} stored from {sender} to {recipient}",
+                    id=message.id,
+                    sender=self.username,
+                    recipient=recipient,
+                )
             self.realm.fanout.publish(message)
             return message
 
@@ -216,12 +217,13 @@ class ChatUser:
 
     def _sent_to(self, what: str) -> Callable[[list[Message]], list[Message]]:
         def sent(messages: list[Message]) -> list[Message]:
-            self.log.debug(
-                "{count} messages stored from {sender} to {what}",
-                count=len(messages),
-                sender=self.username,
-                what=what,
-            )
+            if debugging():
+                self.log.debug(
+                    "{count} messages stored from {sender} to {what}",
+                    count=len(messages),
+                    sender=self.username,
+                    what=what,
+                )
             for message in messages:
                 # The sender's own copy of a group message is stored as
                 # delivered already (for its history): nothing to push.
@@ -238,11 +240,12 @@ class ChatUser:
         )
 
         def drained(messages: list[Message]) -> list[Message]:
-            self.log.debug(
-                "Inbox of {user}: {count} messages delivered",
-                user=self.username,
-                count=len(messages),
-            )
+            if debugging():
+                self.log.debug(
+                    "Inbox of {user}: {count} messages delivered",
+                    user=self.username,
+                    count=len(messages),
+                )
             if messages:
                 self._delivered(messages[-1].id)
             return messages

@@ -138,7 +138,12 @@ class ChatService(Service):
         if max_line is None:
             max_line = commands.max_line_for_file(max_file_size)
         self.factory = ChatFactory(
-            self.portal, max_line, self.registrar, limits=limits, clock=reactor
+            self.portal,
+            max_line,
+            self.registrar,
+            limits=limits,
+            clock=reactor,
+            sessions=self.sessions,
         )
         self.purger = (
             None if retention is None else MessagePurger(store, reactor, retention)

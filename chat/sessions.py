@@ -163,6 +163,26 @@ class SessionManager:
 
         return d.addCallback(loaded)
 
+    def peek(self, token: str) -> str | None:
+        """
+        The username of C{token} if its session is cached, alive, and needs
+        no write to the store now; C{None} when only L{resolve} can tell.
+        Records activity like L{resolve}. This is the fast path of every
+        command after the first on a connection: no Deferred, no store.
+        """
+        live = self._live.get(hash_token(token))
+        if live is None:
+            return None
+        now = self.clock.seconds()
+        if (
+            self._expired(live, now)
+            or now - live.stored_last_seen_at >= self.touch_interval
+        ):
+            return None
+        if now > live.last_seen_at:
+            live.last_seen_at = now
+        return live.username
+
     def _expired(self, live: _Live, now: float) -> bool:
         return (
             now - live.last_seen_at > self.idle_timeout

@@ -152,7 +152,12 @@ class Server:
         if max_line is None:
             max_line = commands.max_line_for_file(max_file_size)
         self.factory = ChatFactory(
-            self.portal, max_line, self.registrar, limits=limits, clock=self.clock
+            self.portal,
+            max_line,
+            self.registrar,
+            limits=limits,
+            clock=self.clock,
+            sessions=self.sessions,
         )
         self._next_port = 40000
 

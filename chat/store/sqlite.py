@@ -44,6 +44,7 @@ from zope.interface import implementer
 from chat.errors import (
     AlreadyAMember,
     CannotKickSelf,
+    ChatError,
     GroupExists,
     MailboxFull,
     NoSuchGroup,
@@ -277,6 +278,14 @@ class SQLiteStore:
             connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
             for op, args in batch:
+                if op in _CHECKS_BEFORE_WRITING:
+                    # A domain error from these comes before any write:
+                    # nothing to undo, so no savepoint to pay for.
+                    try:
+                        results.append((True, op(connection, *args)))
+                    except ChatError as e:
+                        results.append((False, e))
+                    continue
                 connection.execute("SAVEPOINT op")
                 try:
                     value = op(connection, *args)
@@ -290,9 +299,11 @@ class SQLiteStore:
                     connection.execute("RELEASE op")
                     results.append((True, value))
             connection.execute("COMMIT")
-        except sqlite3.Error as e:
+        except BaseException as e:
             self._mailboxes.clear()
             self._abandon()
+            if not isinstance(e, sqlite3.Error):
+                raise
             self.log.error("Storage error, batch rolled back: {error}", error=str(e))
             raise StorageUnavailable(str(e)) from None
         self.commits += 1
@@ -686,15 +697,17 @@ def _mailbox(
     recipient: str,
     max_mailbox: int,
     mailboxes: _MailboxCounts | None,
+    created_at: float | None = None,
 ) -> tuple[float, int] | None:
     """
     The recipient's C{created_at} and count of undelivered messages, or
-    None if the mailbox is full.
+    None if the mailbox is full. Pass C{created_at} if already read.
     """
-    row = connection.execute(
-        "SELECT created_at FROM users WHERE username = ?", (recipient,)
-    ).fetchone()
-    created_at = 0.0 if row is None else row[0]
+    if created_at is None:
+        row = connection.execute(
+            "SELECT created_at FROM users WHERE username = ?", (recipient,)
+        ).fetchone()
+        created_at = 0.0 if row is None else row[0]
     count = None if mailboxes is None else mailboxes.get(recipient, created_at)
     if count is None:
         (count,) = connection.execute(
@@ -724,16 +737,19 @@ def _store_message_txn(
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     mailboxes: _MailboxCounts | None = None,
 ) -> Message:
-    names = dict(
-        connection.execute(
-            "SELECT username, full_name FROM users WHERE username IN (?, ?)",
-            (sender, recipient),
-        ).fetchall()
-    )
+    names: dict[str, str] = {}
+    created_at = 0.0
+    for username, full_name, created in connection.execute(
+        "SELECT username, full_name, created_at FROM users WHERE username IN (?, ?)",
+        (sender, recipient),
+    ):
+        names[username] = full_name
+        if username == recipient:
+            created_at = created
     for username in (sender, recipient):
         if username not in names:
             raise NoSuchUser(username)
-    mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes)
+    mailbox = _mailbox(connection, recipient, max_mailbox, mailboxes, created_at)
     if mailbox is None:
         raise MailboxFull(recipient)
     cursor = connection.execute(
@@ -1562,3 +1578,20 @@ def _forget_remote_ids_txn(connection: sqlite3.Connection, before: float) -> int
         "DELETE FROM realm_inbound WHERE received_at < ?", (before,)
     )
     return cursor.rowcount
+
+
+#: Operations that raise their domain errors (ChatError) only before their
+#: first write, or never, so they run without a savepoint of their own.
+#: Any other exception in them rolls back the whole batch.
+_CHECKS_BEFORE_WRITING = frozenset(
+    {
+        _store_message_txn,
+        _drain_inbox_txn,
+        _undelivered_txn,
+        _mark_delivered_txn,
+        _get_user_txn,
+        _get_session_txn,
+        _touch_session_txn,
+        _create_session_txn,
+    }
+)
