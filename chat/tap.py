@@ -16,6 +16,7 @@ from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store
+from chat.web.origins import parse_origin
 
 DEFAULT_LISTEN = "tcp:8889:interface=127.0.0.1"
 
@@ -259,6 +260,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["web"] = []
+        self["web-origin"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -266,6 +269,26 @@ class Options(usage.Options):
         [default: tcp:8889:interface=127.0.0.1]
         """
         self["listen"].append(endpoint)
+
+    def opt_web(self, endpoint: str) -> None:
+        """
+        Serve the web client (the page and its WebSocket) on this Twisted
+        endpoint, e.g. tcp:8080:interface=127.0.0.1 (repeatable).
+        [default: off]
+        """
+        self["web"].append(endpoint)
+
+    def opt_web_origin(self, origin: str) -> None:
+        """
+        Also accept WebSockets from pages of this origin, e.g.
+        https://chat.example.org (repeatable). [default: the page's own
+        origin only]
+        """
+        try:
+            parse_origin(origin)
+        except ValueError as e:
+            raise usage.UsageError(f"--web-origin: {e}") from None
+        self["web-origin"].append(origin)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -343,6 +366,8 @@ def makeService(options: Options) -> IService:
         max_recipients=options["max-recipients"],
         retention=options["retention"],
         federation=federation_settings(options),
+        web=options["web"],
+        web_origins=options["web-origin"],
     )
 
 
