@@ -37,6 +37,41 @@ export function icon(name, className = "icon") {
   return svg;
 }
 
+// Rendering reuses the node of anything that did not change, and moves
+// nodes only where the order changed: a re-render (a presence event, a
+// new message) never resets a selection, a focused button, or a click in
+// progress.
+function keyed(next, previous, key, signature, build) {
+  const hit = previous.get(key);
+  const entry = hit && hit.signature === signature ? hit : { signature, node: build() };
+  next.set(key, entry);
+  return entry.node;
+}
+
+function reconcile(parent, nodes) {
+  let current = parent.firstChild;
+  for (const node of nodes) {
+    if (node === current) {
+      current = current.nextSibling;
+      continue;
+    }
+    parent.insertBefore(node, current);
+  }
+  while (current) {
+    const next = current.nextSibling;
+    current.remove();
+    current = next;
+  }
+}
+
+const caches = new WeakMap();
+
+function cacheFor(parent, scope) {
+  const cached = caches.get(parent);
+  if (cached && cached.scope === scope) return cached.entries;
+  return new Map();
+}
+
 export function avatar(key, title, online) {
   const node = el("span", {
     class: `avatar ${key.startsWith("#") ? "group" : ""} ${hueClass(key)}`,
@@ -55,6 +90,8 @@ function preview(message, me) {
 }
 
 export function renderList(list, empty, state, activeKey) {
+  const previous = cacheFor(list, "list");
+  const next = new Map();
   const items = [];
   for (const conversation of state.listed()) {
     const key = conversation.key;
@@ -70,37 +107,43 @@ export function renderList(list, empty, state, activeKey) {
     const label = [title, conversation.unread ? `${conversation.unread} unread` : "", online ? "online" : ""]
       .filter(Boolean)
       .join(", ");
-    const button = el(
-      "button",
-      {
-        class: `conv-item${key === activeKey ? " active" : ""}${conversation.unread ? " unread" : ""}`,
-        attrs: {
-          type: "button",
-          "data-key": key,
-          "aria-current": key === activeKey ? "true" : null,
-          "aria-label": label,
-        },
-      },
-      [
-        avatar(key, title, online),
-        el("span", { class: "conv-main" }, [
-          el("span", { class: "conv-top" }, [
-            el("span", { class: "conv-title", text: title }),
-            el("span", { class: "conv-when", text: when }),
-          ]),
-          el("span", { class: "conv-bottom" }, [
-            el("span", { class: "conv-preview", text: sub }),
-            conversation.unread
-              ? el("span", { class: "badge", text: conversation.unread > 99 ? "99+" : String(conversation.unread) })
-              : null,
-          ]),
-        ]),
-      ],
-    );
-    items.push(el("li", {}, [button]));
+    const signature = JSON.stringify([title, when, sub, conversation.unread, online, key === activeKey]);
+    const build = () => el("li", {}, [listButton(key, title, when, sub, label, online, conversation, activeKey)]);
+    items.push(keyed(next, previous, key, signature, build));
   }
-  list.replaceChildren(...items);
+  caches.set(list, { scope: "list", entries: next });
+  reconcile(list, items);
   empty.hidden = items.length > 0;
+}
+
+function listButton(key, title, when, sub, label, online, conversation, activeKey) {
+  return el(
+    "button",
+    {
+      class: `conv-item${key === activeKey ? " active" : ""}${conversation.unread ? " unread" : ""}`,
+      attrs: {
+        type: "button",
+        "data-key": key,
+        "aria-current": key === activeKey ? "true" : null,
+        "aria-label": label,
+      },
+    },
+    [
+      avatar(key, title, online),
+      el("span", { class: "conv-main" }, [
+        el("span", { class: "conv-top" }, [
+          el("span", { class: "conv-title", text: title }),
+          el("span", { class: "conv-when", text: when }),
+        ]),
+        el("span", { class: "conv-bottom" }, [
+          el("span", { class: "conv-preview", text: sub }),
+          conversation.unread
+            ? el("span", { class: "badge", text: conversation.unread > 99 ? "99+" : String(conversation.unread) })
+            : null,
+        ]),
+      ]),
+    ],
+  );
 }
 
 // A blob: URL for a received file, made once per message.
@@ -168,6 +211,8 @@ const STATUS = {
 };
 
 export function renderMessages(list, conversation, state, onRetry) {
+  const cached = cacheFor(list, conversation);
+  const next = new Map();
   const nodes = [];
   let lastDay = null;
   let previous = null;
@@ -175,53 +220,61 @@ export function renderMessages(list, conversation, state, onRetry) {
     const date = parseDate(message.sent_at);
     const day = dayKey(date);
     if (day !== lastDay) {
-      nodes.push(el("li", { class: "day" }, [el("span", { text: dayLabel(date) })]));
+      const label = dayLabel(date);
+      nodes.push(
+        keyed(next, cached, `day:${day}`, label, () => el("li", { class: "day" }, [el("span", { text: label })])),
+      );
       lastDay = day;
       previous = null;
     }
-    const mine = message.from === state.me;
     const run =
       previous !== null && previous.from === message.from && date - parseDate(previous.sent_at) < 5 * 60 * 1000;
-    const classes = ["msg", mine ? "mine" : "theirs", run ? "run" : "first"];
-    if (message.status === "failed") classes.push("failed");
-    const body = [];
-    if (conversation.isGroup && !mine && !run) {
-      body.push(el("span", { class: "sender", text: message.msg_from || message.from }));
-    }
-    const bubble = el("div", { class: "bubble" });
-    if (message.file_name) bubble.append(fileCard(message));
-    else bubble.append(el("p", { class: "text", text: message.msg }));
-    const meta = el("span", { class: "meta" }, [
-      el("time", { text: timeLabel(date), attrs: { datetime: date.toISOString(), title: date.toLocaleString() } }),
-    ]);
-    if (mine && message.status && message.status !== "failed") {
-      meta.append(el("span", { class: `status ${message.status}`, text: STATUS[message.status] || "" }));
-    }
-    bubble.append(meta);
-    body.push(bubble);
-    if (message.status === "failed") {
-      const retry = el("button", { class: "link retry", text: "Retry", attrs: { type: "button" } });
-      retry.addEventListener("click", () => onRetry(message));
-      body.push(
-        el("p", { class: "send-error", attrs: { role: "alert" } }, [
-          el("span", { text: `Not sent: ${message.error || "failed"}. ` }),
-          retry,
-        ]),
-      );
-    }
-    nodes.push(
-      el(
-        "li",
-        {
-          class: classes.join(" "),
-          attrs: { "data-testid": "message", "data-id": message.id ?? null, "data-local": message.localId ?? null },
-        },
-        body,
-      ),
-    );
+    const key = message.id !== undefined ? `id:${message.id}` : `local:${message.localId}`;
+    const signature = JSON.stringify([run, message.status, message.error]);
+    nodes.push(keyed(next, cached, key, signature, () => messageNode(message, date, run, conversation, state, onRetry)));
     previous = message;
   }
-  list.replaceChildren(...nodes);
+  caches.set(list, { scope: conversation, entries: next });
+  reconcile(list, nodes);
+}
+
+function messageNode(message, date, run, conversation, state, onRetry) {
+  const mine = message.from === state.me;
+  const classes = ["msg", mine ? "mine" : "theirs", run ? "run" : "first"];
+  if (message.status === "failed") classes.push("failed");
+  const body = [];
+  if (conversation.isGroup && !mine && !run) {
+    body.push(el("span", { class: "sender", text: message.msg_from || message.from }));
+  }
+  const bubble = el("div", { class: "bubble" });
+  if (message.file_name) bubble.append(fileCard(message));
+  else bubble.append(el("p", { class: "text", text: message.msg }));
+  const meta = el("span", { class: "meta" }, [
+    el("time", { text: timeLabel(date), attrs: { datetime: date.toISOString(), title: date.toLocaleString() } }),
+  ]);
+  if (mine && message.status && message.status !== "failed") {
+    meta.append(el("span", { class: `status ${message.status}`, text: STATUS[message.status] || "" }));
+  }
+  bubble.append(meta);
+  body.push(bubble);
+  if (message.status === "failed") {
+    const retry = el("button", { class: "link retry", text: "Retry", attrs: { type: "button" } });
+    retry.addEventListener("click", () => onRetry(message));
+    body.push(
+      el("p", { class: "send-error", attrs: { role: "alert" } }, [
+        el("span", { text: `Not sent: ${message.error || "failed"}. ` }),
+        retry,
+      ]),
+    );
+  }
+  return el(
+    "li",
+    {
+      class: classes.join(" "),
+      attrs: { "data-testid": "message", "data-id": message.id ?? null, "data-local": message.localId ?? null },
+    },
+    body,
+  );
 }
 
 export function toast(container, text, kind = "info", ms = 5000) {
