@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_end_to_end import TwistdChat
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -228,3 +230,34 @@ class Page:
             return False
 
         wait_until(click, what=f"{selector} in the message {text!r}")
+
+
+class WebChat(TwistdChat):
+    """
+    C{twistd chat} with the web client on a fixed port (so a restarted
+    server is found at the same address by the open pages).
+    """
+
+    def __init__(self, workdir: Path, *arguments: str) -> None:
+        self.web_port = free_port()
+        super().__init__(
+            workdir,
+            "--demo",
+            "--web",
+            f"tcp:{self.web_port}:interface=127.0.0.1",
+            *arguments,
+        )
+        self.log.touch()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
+
+    def start(self, port: int = 0) -> int:
+        offset = self.log.stat().st_size
+        result = super().start(port)
+        wait_until(
+            lambda: b"Web client on" in self.log.read_bytes()[offset:],
+            what="the web client to listen",
+        )
+        return result

@@ -24,46 +24,15 @@ import pytest
 
 from tests.browser import (
     Page,
+    WebChat,
     chromium,
-    free_port,
     quit_browser,
     require_browser,
     wait_until,
 )
-from tests.test_end_to_end import CourseClient, TwistdChat
+from tests.test_end_to_end import CourseClient
 
 pytestmark = pytest.mark.browser
-
-
-class WebChat(TwistdChat):
-    """
-    C{twistd chat} with the web client on a fixed port (so a restarted
-    server is found at the same address by the open pages).
-    """
-
-    def __init__(self, workdir: Path, *arguments: str) -> None:
-        self.web_port = free_port()
-        super().__init__(
-            workdir,
-            "--demo",
-            "--web",
-            f"tcp:{self.web_port}:interface=127.0.0.1",
-            *arguments,
-        )
-        self.log.touch()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}/"
-
-    def start(self, port: int = 0) -> int:
-        offset = self.log.stat().st_size
-        result = super().start(port)
-        wait_until(
-            lambda: b"Web client on" in self.log.read_bytes()[offset:],
-            what="the web client to listen",
-        )
-        return result
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +225,15 @@ def test_file_downloads_byte_identical(
     path = tmp_path / f"quarterly report {uuid.uuid4().hex[:6]}.bin"
     path.write_bytes(data)
     name = path.name.replace(" ", "_")
+    alice.driver.execute_script(
+        """
+        window.__progress = false;
+        new MutationObserver(() => {
+          const bar = document.querySelector("progress.upload-progress");
+          if (bar) window.__progress = true;
+        }).observe(document.body, {childList: true, subtree: true});
+        """
+    )
     alice.find("compose-file").send_keys(str(path))
     assert "300 KB" in bob.wait_message(name, timeout=20)
     alice.wait_message(name)
@@ -263,6 +241,7 @@ def test_file_downloads_byte_identical(
         lambda: all("Sending" not in text for text in alice.texts(name)),
         what="the upload to finish",
     )
+    assert alice.driver.execute_script("return window.__progress") is True
     bob.click_in_message(name, '[data-testid="file-download"]')
     target = downloads / name
     wait_until(target.exists, what=f"{target} downloaded")

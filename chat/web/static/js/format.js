@@ -58,9 +58,14 @@ export function timeLabel(date) {
   return date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
 }
 
-// For the conversation list: a time today, else a short date.
+// For the conversation list: a time today, then "Yesterday", a weekday
+// for this week, else a short date.
 export function shortWhen(date, now = new Date()) {
   if (dayKey(date) === dayKey(now)) return timeLabel(date);
+  const yesterday = new Date(now);
+  yesterday.setDate(now.getDate() - 1);
+  if (dayKey(date) === dayKey(yesterday)) return "Yesterday";
+  if (now - date < 6 * 24 * 3600 * 1000) return date.toLocaleDateString(undefined, { weekday: "short" });
   const options = { day: "numeric", month: "short" };
   if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
   return date.toLocaleDateString(undefined, options);

@@ -55,6 +55,7 @@ const ui = {
   composer: $("composer"),
   composeText: $("compose-text"),
   composeFile: $("compose-file"),
+  attach: $("attach"),
   composeSend: $("compose-send"),
   dropOverlay: $("drop-overlay"),
   toasts: $("toasts"),
@@ -75,6 +76,7 @@ let ackWanted = 0;
 let ackSent = 0;
 let renderScheduled = false;
 let stickToBottom = true;
+let pinned = true; // the view is at the bottom (follow new messages)
 let retryTicker = null;
 const reconcileTimers = new Map();
 
@@ -97,6 +99,13 @@ function rememberedKeys() {
   } catch (error) {
     return [];
   }
+}
+
+function forget(key) {
+  const conversation = state.conversation(key);
+  conversation.listed = false;
+  const keys = rememberedKeys().filter((known) => known !== key);
+  sessionStorage.setItem(KEYS, JSON.stringify(keys));
 }
 
 function remember(key) {
@@ -361,6 +370,7 @@ async function loadNewest(key) {
   } catch (error) {
     conversation.error = error.code || "connection_lost";
     if (error.code === "not_a_member") conversation.member = false;
+    if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
   } finally {
     conversation.loading = false;
     scheduleRender();
@@ -587,6 +597,7 @@ async function flushOutbox() {
         } else {
           local.status = "failed";
           local.error = fmt.friendlyError(error).replace(/\.$/, "");
+          if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
         }
       }
       outbox.shift();
@@ -682,6 +693,7 @@ function render() {
   if (stickToBottom || atBottom) {
     ui.messages.scrollTop = ui.messages.scrollHeight;
     stickToBottom = false;
+    pinned = true;
   }
 }
 
@@ -820,13 +832,23 @@ function bind() {
       attachFiles([...files]);
     }
   });
+  ui.attach.addEventListener("click", () => ui.composeFile.click());
   ui.composeFile.addEventListener("change", () => {
     attachFiles([...ui.composeFile.files]);
     ui.composeFile.value = "";
   });
   ui.messages.addEventListener("scroll", () => {
+    pinned = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
     if (active !== null && ui.messages.scrollTop < 120) loadOlder(active);
   });
+  // A picture that finishes loading grows its message: stay at the bottom.
+  ui.messageList.addEventListener(
+    "load",
+    () => {
+      if (pinned) ui.messages.scrollTop = ui.messages.scrollHeight;
+    },
+    true,
+  );
   let dragDepth = 0;
   const hasFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
   ui.conversation.addEventListener("dragenter", (event) => {
@@ -861,6 +883,13 @@ function bind() {
   });
   connection.addEventListener("open", () => {
     if (session !== null) resume();
+  });
+  connection.addEventListener("close", () => {
+    // Who is online is unknown until the next who.
+    if (state !== null) {
+      state.online = new Map();
+      scheduleRender();
+    }
   });
   connection.addEventListener("event", onEvent);
 }

@@ -85,8 +85,7 @@ export function avatar(key, title, online) {
 function preview(message, me) {
   if (!message) return "";
   const who = message.from === me ? "You: " : "";
-  const what = message.file_name ? `📎 ${message.file_name}` : message.msg;
-  return who + what;
+  return who + message.msg;
 }
 
 export function renderList(list, empty, state, activeKey) {
@@ -107,8 +106,9 @@ export function renderList(list, empty, state, activeKey) {
     const label = [title, conversation.unread ? `${conversation.unread} unread` : "", online ? "online" : ""]
       .filter(Boolean)
       .join(", ");
-    const signature = JSON.stringify([title, when, sub, conversation.unread, online, key === activeKey]);
-    const build = () => el("li", {}, [listButton(key, title, when, sub, label, online, conversation, activeKey)]);
+    const file = Boolean(last && last.file_name);
+    const signature = JSON.stringify([title, when, sub, file, conversation.unread, online, key === activeKey]);
+    const build = () => el("li", {}, [listButton(key, title, when, sub, file, label, online, conversation, activeKey)]);
     items.push(keyed(next, previous, key, signature, build));
   }
   caches.set(list, { scope: "list", entries: next });
@@ -116,7 +116,7 @@ export function renderList(list, empty, state, activeKey) {
   empty.hidden = items.length > 0;
 }
 
-function listButton(key, title, when, sub, label, online, conversation, activeKey) {
+function listButton(key, title, when, sub, file, label, online, conversation, activeKey) {
   return el(
     "button",
     {
@@ -136,7 +136,10 @@ function listButton(key, title, when, sub, label, online, conversation, activeKe
           el("span", { class: "conv-when", text: when }),
         ]),
         el("span", { class: "conv-bottom" }, [
-          el("span", { class: "conv-preview", text: sub }),
+          el("span", { class: "conv-preview" }, [
+            file ? icon("file") : null,
+            el("span", { class: "conv-preview-text", text: sub }),
+          ]),
           conversation.unread
             ? el("span", { class: "badge", text: conversation.unread > 99 ? "99+" : String(conversation.unread) })
             : null,
