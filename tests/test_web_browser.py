@@ -319,3 +319,58 @@ def test_restart_reconnects_and_delivers_once(server: WebChat, bob: Page) -> Non
     assert reader.inbox(other)["messages"] == {}
     reader.close()
     course.close()
+
+
+def test_page_helpers(alice: Page) -> None:
+    """The page's own rules, run in the browser: recipients, one-line text,
+    file names for the wire and for saving, and de-duplication by id (a
+    message pushed again, or also in a history page, is kept once; the
+    server's copy of the user's own message replaces the local one)."""
+    alice.open_fresh()
+    result = alice.driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        Promise.all([import("/js/format.js"), import("/js/state.js")]).then(
+          ([f, s]) => {
+            const state = new s.ChatState("messi");
+            const pushed = {id: 7, from: "henderson", to: "messi", msg: "hi",
+                            msg_from: "Jordan Henderson",
+                            sent_at: "2026-01-01T10:00:00Z"};
+            const first = state.add(pushed).added;
+            const again = state.add({...pushed}).added;
+            const mine = state.conversation("henderson");
+            mine.pending.push({localId: 1, from: "messi", msg: "yo", status: "sent"});
+            state.add({id: 9, from: "messi", to: "henderson", msg: "yo",
+                       sent_at: "2026-01-01T10:01:00Z"});
+            state.add({id: 3, from: "ayu", to: "messi", group: "team", msg: "g",
+                       sent_at: "2026-01-01T09:00:00Z"});
+            done({
+              keys: ["Messi ", "#Team", "budi@realm-b", "two words", "a/b", ""]
+                .map(f.conversationKey),
+              oneLine: f.oneLine("  line one\\r\\n\\n line two \\u0000 "),
+              wire: [f.wireFileName("my report.pdf"), f.wireFileName("../../.bashrc"),
+                     f.wireFileName("a\\tb\\u0007.txt")],
+              save: [f.saveName("../etc/passwd"), f.saveName(".hidden"),
+                     f.saveName("ok name.png"), f.saveName("")],
+              dedupe: [first, again],
+              ids: mine.messages().map((m) => m.id ?? "local"),
+              fullName: state.title("henderson"),
+              groups: state.conversation("#team").messages().length,
+              sizes: [f.humanSize(512), f.humanSize(300 * 1024), f.humanSize(4 << 20)],
+            });
+          },
+          (error) => done(String(error)),
+        );
+        """
+    )
+    assert result == {
+        "keys": ["messi", "#team", "budi@realm-b", None, None, None],
+        "oneLine": "line one line two",
+        "wire": ["my_report.pdf", "bashrc", "a_b_.txt"],
+        "save": ["_etc_passwd", "hidden", "ok name.png", "download"],
+        "dedupe": [True, False],
+        "ids": [7, 9],
+        "fullName": "Jordan Henderson",
+        "groups": 1,
+        "sizes": ["512 B", "300 KB", "4.0 MB"],
+    }

@@ -106,6 +106,15 @@ def test_same_origin_only_by_default() -> None:
     assert policy.allows("http://chat.example.org", FakeRequest("chat.example.org:80"))
 
 
+def test_odd_origins_and_hosts() -> None:
+    """An Origin that is not an origin, or a Host header that is not a
+    host, allows nothing."""
+    policy = OriginPolicy()
+    assert not policy.allows("http://127.0.0.1:99999", FakeRequest("127.0.0.1:99999"))
+    assert not policy.allows("http://a b", FakeRequest("a b"))
+    assert not policy.allows("http://x", FakeRequest("x/evil"))
+
+
 def test_listed_origins() -> None:
     """--web-origin adds origins (a page served elsewhere, a TLS proxy)."""
     policy = OriginPolicy.from_strings(["https://chat.example.org"])

@@ -13,6 +13,7 @@ import pytest
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.testing import StringTransport
 from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -404,3 +405,50 @@ def test_producer_registered_through_the_real_channel(server: Server) -> None:
     assert producer.calls == ["pause", "resume"]
     client.lose()
     assert transport.disconnected
+
+
+class ClosingWebSocket(FakeWebSocket):
+    """
+    A WebSocket whose peer has begun closing: wsproto refuses to send.
+    """
+
+    def sendTextMessage(self, text: str) -> None:
+        raise LocalProtocolError("closing")
+
+    def loseConnection(self, code: int = 1000) -> None:
+        raise LocalProtocolError("closing")
+
+
+def test_frame_transport_while_the_peer_closes() -> None:
+    """Writes while the peer closes are dropped, and closing then drops
+    the connection itself."""
+    connection, channel = StringTransport(), FakeChannel()
+    transport = FrameTransport(ClosingWebSocket(), connection, channel)  # type: ignore[arg-type]
+    transport.write(b'{"a":1}\r\n\r\n')
+    transport.loseConnection()
+    assert connection.disconnecting
+
+
+def test_frame_transport_after_the_connection_is_gone() -> None:
+    """Once the connection is lost, pausing does nothing, stopProducing is
+    a close, and a producer registered late is stopped at once."""
+    transport, websocket, connection, channel = frame_transport()
+    transport.connection_lost()
+    transport.pauseProducing()
+    transport.resumeProducing()
+    assert connection.producerState == "producing"
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    assert producer.calls == ["stop"]
+    assert channel.producer is None
+    transport.unregisterProducer()
+    transport.unregisterProducer()
+    transport.stopProducing()
+    assert websocket.closed == []
+
+
+def test_stop_producing_closes() -> None:
+    """stopProducing, as a consumer calls it, closes the WebSocket."""
+    transport, websocket, *_ = frame_transport()
+    transport.stopProducing()
+    assert websocket.closed == [1000]

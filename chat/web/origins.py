@@ -13,6 +13,7 @@ refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,10 @@ import attrs
 Origin = tuple[str, str, int]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: A host name (IDNs in their xn-- form), an IPv4 address, or an IPv6
+#: address without its brackets.
+_HOST = re.compile(r"[a-z0-9_.-]+|[0-9a-f:.]+")
 
 
 def parse_origin(text: str) -> Origin:
@@ -49,7 +54,10 @@ def parse_origin(text: str) -> Origin:
         or parts.fragment
     ):
         raise ValueError(f"an origin is scheme://host[:port] only, not {text!r}")
-    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]
+    host = parts.hostname.lower()
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"not a host name or address in origin {text!r}")
+    return scheme, host, port or DEFAULT_PORTS[scheme]
 
 
 def format_origin(origin: Origin) -> str:

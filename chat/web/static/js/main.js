@@ -15,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 const SESSION = "chat.session";
 const KEYS = "chat.conversations";
 const OPEN = "chat.open";
+const UNREAD = "chat.unread";
 const PAGE = 30;
 
 const ui = {
@@ -202,6 +203,7 @@ async function submitLogin(event) {
     sessionStorage.setItem(SESSION, JSON.stringify(session));
     sessionStorage.removeItem(KEYS);
     sessionStorage.removeItem(OPEN);
+    sessionStorage.removeItem(UNREAD);
     enterChat();
   } catch (error) {
     ui.loginError.textContent =
@@ -215,6 +217,16 @@ async function submitLogin(event) {
 function enterChat() {
   state = new ChatState(session.username);
   for (const key of rememberedKeys()) state.conversation(key).listed = true;
+  try {
+    const unread = JSON.parse(sessionStorage.getItem(UNREAD) || "{}");
+    for (const [key, ids] of Object.entries(unread)) {
+      if (fmt.conversationKey(key) === key && Array.isArray(ids)) {
+        state.conversation(key).unreadIds = new Set(ids.filter(Number.isInteger));
+      }
+    }
+  } catch (error) {
+    // no counts to restore
+  }
   outbox = [];
   ackWanted = ackSent = 0;
   ui.login.hidden = true;
@@ -237,6 +249,7 @@ function sessionEnded(notice = "Your session has ended. Please log in again.") {
   sessionStorage.removeItem(SESSION);
   sessionStorage.removeItem(KEYS);
   sessionStorage.removeItem(OPEN);
+  sessionStorage.removeItem(UNREAD);
   connection.stop();
   if (state !== null) {
     for (const conversation of state.conversations.values()) {
@@ -328,7 +341,7 @@ function onEvent(event) {
   const frame = event.detail;
   if (frame.event === "message") {
     const { conversation, added } = state.add(frame);
-    if (added && (conversation.key !== active || document.hidden)) conversation.unread += 1;
+    if (added && (conversation.key !== active || document.hidden)) conversation.unreadIds.add(frame.id);
     if (frame.id > ackWanted) ackWanted = frame.id;
     scheduleRender();
   } else if (frame.event === "presence") {
@@ -435,7 +448,7 @@ function openConversation(key, { focus = true, fromInput = false } = {}) {
   active = key;
   sessionStorage.setItem(OPEN, key);
   const conversation = state.conversation(key);
-  conversation.unread = 0;
+  conversation.unreadIds.clear();
   if (!fromInput) ui.composeTo.value = key;
   ui.chat.dataset.view = "conversation";
   stickToBottom = true;
@@ -664,6 +677,11 @@ function render() {
   if (state === null) return;
   const total = state.unreadTotal();
   document.title = total ? `(${total}) Chat` : "Chat";
+  const unread = {};
+  for (const conversation of state.conversations.values()) {
+    if (conversation.unread) unread[conversation.key] = [...conversation.unreadIds].slice(-500);
+  }
+  sessionStorage.setItem(UNREAD, JSON.stringify(unread));
   renderList(ui.conversations, ui.conversationsEmpty, state, active);
   renderPeople();
   renderMe();
@@ -872,7 +890,7 @@ function bind() {
   });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && state !== null && active !== null) {
-      state.conversation(active).unread = 0;
+      state.conversation(active).unreadIds.clear();
       scheduleRender();
     }
   });

@@ -6,6 +6,8 @@
 
 import { parseDate } from "./format.js";
 
+const MAX_ONLINE_LISTED = 50;
+
 export class Conversation {
   constructor(key) {
     this.key = key;
@@ -13,7 +15,7 @@ export class Conversation {
     this.name = this.isGroup ? key.slice(1) : key;
     this.byId = new Map();
     this.pending = [];
-    this.unread = 0;
+    this.unreadIds = new Set(); // messages that arrived while elsewhere
     this.loaded = false; // the newest history page was read since connecting
     this.hasMore = true; // older history pages may exist
     this.loading = false;
@@ -21,6 +23,10 @@ export class Conversation {
     this.member = null; // groups: whether the user is a member
     this.members = [];
     this.listed = false; // shown in the list even without messages
+  }
+
+  get unread() {
+    return this.unreadIds.size;
   }
 
   messages() {
@@ -150,7 +156,13 @@ export class ChatState {
     for (const conversation of this.conversations.values()) {
       if (!conversation.isEmpty() || conversation.listed) keys.add(conversation.key);
     }
-    for (const username of this.online.keys()) if (username !== this.me) keys.add(username);
+    // Everyone online is listed too, up to a point (a big server).
+    let online = 0;
+    for (const username of [...this.online.keys()].sort()) {
+      if (username === this.me || keys.has(username)) continue;
+      if (++online > MAX_ONLINE_LISTED) break;
+      keys.add(username);
+    }
     return [...keys]
       .map((key) => this.conversation(key))
       .sort((a, b) => b.lastTime() - a.lastTime() || a.key.localeCompare(b.key));
