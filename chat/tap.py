@@ -272,17 +272,15 @@ class Options(usage.Options):
 
     def opt_web(self, endpoint: str) -> None:
         """
-        Serve the web client (the page and its WebSocket) on this Twisted
-        endpoint, e.g. tcp:8080:interface=127.0.0.1 (repeatable).
+        Serve the web client on this endpoint (repeatable).
         [default: off]
         """
         self["web"].append(endpoint)
 
     def opt_web_origin(self, origin: str) -> None:
         """
-        Also accept WebSockets from pages of this origin, e.g.
-        https://chat.example.org (repeatable). [default: the page's own
-        origin only]
+        Accept WebSockets from this origin too (repeatable).
+        [default: only the page's own]
         """
         try:
             parse_origin(origin)
