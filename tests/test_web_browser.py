@@ -374,3 +374,17 @@ def test_page_helpers(alice: Page) -> None:
         "groups": 1,
         "sizes": ["512 B", "300 KB", "4.0 MB"],
     }
+
+
+def test_missing_browser_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Chromium the browser tests skip with the reason; with CI=true
+    they fail instead."""
+    import tests.browser
+
+    monkeypatch.setattr(tests.browser, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium is missing"):
+        require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_browser()
