@@ -87,6 +87,7 @@ def chromium(
                 "download.prompt_for_download": False,
             },
         )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(service=service, options=options)
     driver.profile = profile
@@ -101,6 +102,19 @@ def chromium(
             {"behavior": "allow", "downloadPath": str(downloads)},
         )
     return driver
+
+
+def page_errors(driver: Any) -> list[str]:
+    """
+    Script errors and policy violations the page logged since the last
+    call (network errors, such as a refused connection, are expected).
+    """
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if (entry.get("source") != "network" and entry.get("level") == "SEVERE")
+        or "Content Security Policy" in entry.get("message", "")
+    ]
 
 
 def quit_browser(driver: Any) -> None:

@@ -26,6 +26,7 @@ from tests.browser import (
     Page,
     WebChat,
     chromium,
+    page_errors,
     quit_browser,
     require_browser,
     wait_until,
@@ -63,14 +64,18 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def alice(server: WebChat) -> Iterator[Page]:
     driver = chromium()
     yield Page(driver, server.url)
+    errors = page_errors(driver)
     quit_browser(driver)
+    assert errors == []
 
 
 @pytest.fixture(scope="module")
 def bob(server: WebChat, downloads: Path) -> Iterator[Page]:
     driver = chromium(downloads=downloads)
     yield Page(driver, server.url)
+    errors = page_errors(driver)
     quit_browser(driver)
+    assert errors == []
 
 
 def unique(text: str) -> str:
@@ -278,6 +283,8 @@ def test_register_reload_logout(server: WebChat, alice: Page) -> None:
     alice.wait_logged_in()
     alice.find("logout").click()
     wait_until(lambda: alice.find("login-username").is_displayed(), what="login")
+    notice = alice.driver.find_element("id", "login-notice").text
+    assert notice == "You have logged out."
     assert alice.driver.execute_script("return sessionStorage.length") == 0
     alice.driver.refresh()
     wait_until(lambda: alice.find("login-username").is_displayed(), what="login")

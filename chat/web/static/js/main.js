@@ -79,6 +79,7 @@ let renderScheduled = false;
 let stickToBottom = true;
 let pinned = true; // the view is at the bottom (follow new messages)
 let retryTicker = null;
+let loggingOut = false;
 const reconcileTimers = new Map();
 
 // Session storage.
@@ -270,12 +271,14 @@ async function logout() {
   if (session === null) return;
   const token = session.token;
   ui.logout.disabled = true;
+  loggingOut = true;
   try {
     if (connection.connected) await withTimeout(connection.request(`logout ${token}`), 3000);
   } catch (error) {
     // logged out locally anyway; the session expires on the server
   } finally {
     ui.logout.disabled = false;
+    loggingOut = false;
   }
   sessionEnded("You have logged out.");
 }
@@ -347,7 +350,7 @@ function onEvent(event) {
   } else if (frame.event === "presence") {
     state.presence(frame);
     scheduleRender();
-  } else if (frame.event === "unsubscribed") {
+  } else if (frame.event === "unsubscribed" && !loggingOut) {
     sessionEnded("Your session has ended. Please log in again.");
   }
 }
