@@ -5,6 +5,7 @@ sessions and the listening ports, and starts and stops them in order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -20,6 +21,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from chat import commands
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
@@ -34,6 +36,7 @@ from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
 from chat.registration import Registrar
 from chat.retention import MessagePurger
 from chat.sessions import SessionManager
+from chat.web import OriginPolicy, WebSettings, make_site
 
 #: Default of C{--registration-rate}: 5 attempts per address, then one more
 #: every 12 minutes (5 per hour).
@@ -69,6 +72,19 @@ async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
             pass  # created meanwhile, by chat-admin or another node
 
 
+def page_url(description: str, address: Any) -> str:
+    """
+    Where a browser finds the web client listening at C{address}.
+    """
+    scheme = "https" if description.split(":", 1)[0] in ("ssl", "tls") else "http"
+    host = str(getattr(address, "host", "localhost"))
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{getattr(address, 'port', '')}/"
+
+
 class ChatService(Service):
     """
     The chat server as a twistd service.
@@ -99,6 +115,8 @@ class ChatService(Service):
         retention: float | None = None,
         federation: FederationSettings | None = None,
         limits: Limits | None = None,
+        web: Sequence[str] = (),
+        web_origins: Sequence[str] = (),
     ) -> None:
         """
         @param max_line: the longest request line; by default the shortest
@@ -108,6 +126,10 @@ class ChatService(Service):
             C{seconds}.
         @param retention: seconds after which messages are deleted; None
             keeps them forever.
+        @param web: endpoints serving the web client (L{chat.web}), whose
+            WebSockets reach the same factory as C{endpoints}.
+        @param web_origins: origins besides the page's own whose pages may
+            open a WebSocket (C{https://chat.example.org}).
         """
         self.reactor = reactor
         self.store = store
@@ -159,7 +181,17 @@ class ChatService(Service):
                 connect=partial(clientFromString, reactor),
             )
             self.realm.federation = self.factory.federation = self.federation
+        self.web_endpoints = list(web)
+        self.site: Site | None = None
+        if self.web_endpoints:
+            self.site = make_site(
+                self.factory,
+                WebSettings(max_file_size, registration_open),
+                OriginPolicy.from_strings(web_origins),
+                reactor=reactor,
+            )
         self.ports: list[IListeningPort] = []
+        self.web_ports: list[IListeningPort] = []
         self.ready: Deferred[None] = Deferred()
 
     def privilegedStartService(self) -> None:
@@ -170,24 +202,39 @@ class ChatService(Service):
         super().privilegedStartService()
         self._ensure_open_files()
         for description in self.endpoints:
-            outcome: list[Any] = []
-            serverFromString(self.reactor, description).listen(self.factory).addBoth(
-                outcome.append
-            )
-            if outcome and isinstance(outcome[0], Failure):
-                self._stop_listening()
-                raise SystemExit(
-                    f"chat: cannot listen on {description}: {outcome[0].value}"
-                )
-            if not outcome:
-                raise SystemExit(f"chat: {description} did not listen at once")
-            port = outcome[0]
+            port = self._listen(description, self.factory)
             self.ports.append(port)
             self.log.info(
                 "Chat server listening on {address} ({description})",
                 address=port.getHost(),
                 description=description,
             )
+        for description in self.web_endpoints:
+            assert self.site is not None
+            port = self._listen(description, self.site)
+            self.web_ports.append(port)
+            self.log.info(
+                "Web client on {address} ({description}): open {url}",
+                address=port.getHost(),
+                description=description,
+                url=page_url(description, port.getHost()),
+            )
+
+    def _listen(self, description: str, factory: Any) -> IListeningPort:
+        outcome: list[Any] = []
+        serverFromString(self.reactor, description).listen(factory).addBoth(
+            outcome.append
+        )
+        if outcome and isinstance(outcome[0], Failure):
+            self._stop_listening()
+            raise SystemExit(
+                f"chat: cannot listen on {description}: {outcome[0].value}"
+            )
+        if not outcome:
+            self._stop_listening()
+            raise SystemExit(f"chat: {description} did not listen at once")
+        port: IListeningPort = outcome[0]
+        return port
 
     def _ensure_open_files(self) -> None:
         """
@@ -245,7 +292,8 @@ class ChatService(Service):
         d.addCallbacks(started, failed)
 
     def _stop_listening(self) -> Deferred[Any]:
-        ports, self.ports = self.ports, []
+        ports, self.ports = self.ports + self.web_ports, []
+        self.web_ports = []
         return DeferredList([maybeDeferred(port.stopListening) for port in ports])
 
     def stopService(self) -> Deferred[None]:

@@ -17,6 +17,7 @@ from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store
+from chat.web.origins import parse_origin
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
 #: connections is queued by the kernel rather than refused.
@@ -368,6 +369,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["web"] = []
+        self["web-origin"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -375,6 +378,24 @@ class Options(usage.Options):
         your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
         self["listen"].append(endpoint)
+
+    def opt_web(self, endpoint: str) -> None:
+        """
+        Serve the web client on this endpoint (repeatable).
+        [default: off]
+        """
+        self["web"].append(endpoint)
+
+    def opt_web_origin(self, origin: str) -> None:
+        """
+        Accept WebSockets from this origin too (repeatable).
+        [default: only the page's own]
+        """
+        try:
+            parse_origin(origin)
+        except ValueError as e:
+            raise usage.UsageError(f"--web-origin: {e}") from None
+        self["web-origin"].append(origin)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -460,6 +481,8 @@ def makeService(options: Options) -> IService:
         retention=options["retention"],
         federation=federation_settings(options),
         limits=limits,
+        web=options["web"],
+        web_origins=options["web-origin"],
     )
 
 

@@ -1,0 +1,932 @@
+// The chat page: logs in, keeps one WebSocket, shows conversations.
+//
+// Messages are de-duplicated by id and acknowledged (`ack`) only after
+// they were rendered, so a reconnect shows nothing twice and loses nothing.
+// The session token lives in sessionStorage: a reload stays logged in,
+// closing the tab forgets it. It never goes into a URL or a cookie.
+
+import { Connection, ConnectionLost } from "./connection.js";
+import * as fmt from "./format.js";
+import { ChatState } from "./state.js";
+import { avatar, renderList, renderMessages, toast } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+
+const SESSION = "chat.session";
+const KEYS = "chat.conversations";
+const OPEN = "chat.open";
+const UNREAD = "chat.unread";
+const PAGE = 30;
+
+const ui = {
+  login: $("login"),
+  loginForm: $("login-form"),
+  loginIntro: $("login-intro"),
+  loginNotice: $("login-notice"),
+  loginError: $("login-error"),
+  username: $("login-username"),
+  password: $("login-password"),
+  fullName: $("register-fullname"),
+  registerFields: $("register-fields"),
+  registerSwitch: $("register-switch"),
+  registerQuestion: $("register-question"),
+  registerToggle: $("register-toggle"),
+  submit: $("login-submit"),
+  chat: $("chat"),
+  meAvatar: $("me-avatar"),
+  meName: $("me-name"),
+  meUsername: $("me-username"),
+  connState: $("conn-state"),
+  connText: $("conn-text"),
+  logout: $("logout"),
+  newMessage: $("new-message"),
+  conversations: $("conversations"),
+  conversationsEmpty: $("conversations-empty"),
+  conversation: $("conversation"),
+  back: $("back"),
+  composeTo: $("compose-to"),
+  people: $("people"),
+  convStatus: $("conv-status"),
+  convActions: $("conv-actions"),
+  messages: $("messages"),
+  historyStatus: $("history-status"),
+  messageList: $("message-list"),
+  emptyState: $("empty-state"),
+  emptyText: $("empty-text"),
+  composer: $("composer"),
+  composeText: $("compose-text"),
+  composeFile: $("compose-file"),
+  attach: $("attach"),
+  composeSend: $("compose-send"),
+  dropOverlay: $("drop-overlay"),
+  toasts: $("toasts"),
+};
+
+const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+const connection = new Connection(`${scheme}//${location.host}/ws`);
+
+let config = { max_file_size: 1024 * 1024, registration: false };
+let session = null; // {username, token}
+let state = null;
+let active = null; // the open conversation's key
+let registering = false;
+let outbox = []; // {key, local} waiting to be sent, in order
+let flushing = false;
+let localIds = 0;
+let ackWanted = 0;
+let ackSent = 0;
+let renderScheduled = false;
+let stickToBottom = true;
+let pinned = true; // the view is at the bottom (follow new messages)
+let retryTicker = null;
+let loggingOut = false;
+const reconcileTimers = new Map();
+
+// Session storage.
+
+function loadSession() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(SESSION) || "null");
+    if (saved && fmt.USERNAME.test(saved.username) && typeof saved.token === "string") return saved;
+  } catch (error) {
+    // a damaged entry is the same as none
+  }
+  return null;
+}
+
+function rememberedKeys() {
+  try {
+    const keys = JSON.parse(sessionStorage.getItem(KEYS) || "[]");
+    return Array.isArray(keys) ? keys.filter((key) => fmt.conversationKey(key) === key) : [];
+  } catch (error) {
+    return [];
+  }
+}
+
+function forget(key) {
+  const conversation = state.conversation(key);
+  conversation.listed = false;
+  const keys = rememberedKeys().filter((known) => known !== key);
+  sessionStorage.setItem(KEYS, JSON.stringify(keys));
+}
+
+function remember(key) {
+  const conversation = state.conversation(key);
+  conversation.listed = true;
+  const keys = rememberedKeys();
+  if (!keys.includes(key)) {
+    keys.push(key);
+    sessionStorage.setItem(KEYS, JSON.stringify(keys.slice(-200)));
+  }
+}
+
+// Requests: every one carries the token; an ended session ends the page's.
+
+async function request(line) {
+  try {
+    return await connection.request(line);
+  } catch (error) {
+    if (error.code === "no_session") sessionEnded();
+    throw error;
+  }
+}
+
+function withTimeout(promise, ms) {
+  return Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), ms))]);
+}
+
+// Logging in.
+
+function showLogin(notice = "") {
+  ui.chat.hidden = true;
+  ui.login.hidden = false;
+  ui.loginNotice.textContent = notice;
+  ui.loginNotice.hidden = !notice;
+  ui.loginError.textContent = "";
+  ui.registerSwitch.hidden = !config.registration;
+  setRegistering(false);
+  document.title = "Chat";
+  ui.username.focus();
+}
+
+function setRegistering(on) {
+  registering = on && config.registration;
+  ui.registerFields.hidden = !registering;
+  ui.fullName.required = registering;
+  ui.password.autocomplete = registering ? "new-password" : "current-password";
+  ui.submit.textContent = registering ? "Create account" : "Log in";
+  ui.loginIntro.textContent = registering ? "Create an account on this server." : "Log in to your account.";
+  ui.registerQuestion.textContent = registering ? "Have an account?" : "New here?";
+  ui.registerToggle.textContent = registering ? "Log in" : "Create an account";
+  ui.loginError.textContent = "";
+}
+
+function loginProblem() {
+  const username = ui.username.value.trim().toLowerCase();
+  const password = ui.password.value;
+  if (!fmt.USERNAME.test(username)) {
+    ui.username.focus();
+    return "Usernames are 1-32 lowercase letters, digits, '_', '-' or '.'.";
+  }
+  if (registering && !ui.fullName.value.trim()) {
+    ui.fullName.focus();
+    return "Please give your full name.";
+  }
+  if (!password) {
+    ui.password.focus();
+    return "Please type your password.";
+  }
+  if (/\s/.test(password)) return "Passwords cannot contain spaces.";
+  if (registering && password.length < 8) return "Passwords need at least 8 characters.";
+  return null;
+}
+
+async function submitLogin(event) {
+  event.preventDefault();
+  if (ui.submit.disabled) return;
+  const problem = loginProblem();
+  ui.loginError.textContent = problem || "";
+  if (problem) return;
+  const username = ui.username.value.trim().toLowerCase();
+  const password = ui.password.value;
+  const label = ui.submit.textContent;
+  ui.submit.disabled = true;
+  ui.submit.textContent = registering ? "Creating…" : "Logging in…";
+  try {
+    await connection.whenConnected();
+    if (registering) {
+      const fullName = fmt.oneLine(ui.fullName.value);
+      await connection.request(`register ${username} ${password} ${fullName}`);
+    }
+    const reply = await connection.request(`auth ${username} ${password}`);
+    ui.password.value = "";
+    session = { username, token: reply.tokenid };
+    sessionStorage.setItem(SESSION, JSON.stringify(session));
+    sessionStorage.removeItem(KEYS);
+    sessionStorage.removeItem(OPEN);
+    sessionStorage.removeItem(UNREAD);
+    enterChat();
+  } catch (error) {
+    ui.loginError.textContent =
+      error instanceof ConnectionLost ? "Cannot reach the chat server. Please try again." : fmt.friendlyError(error);
+  } finally {
+    ui.submit.disabled = false;
+    ui.submit.textContent = label;
+  }
+}
+
+function enterChat() {
+  state = new ChatState(session.username);
+  for (const key of rememberedKeys()) state.conversation(key).listed = true;
+  try {
+    const unread = JSON.parse(sessionStorage.getItem(UNREAD) || "{}");
+    for (const [key, ids] of Object.entries(unread)) {
+      if (fmt.conversationKey(key) === key && Array.isArray(ids)) {
+        state.conversation(key).unreadIds = new Set(ids.filter(Number.isInteger));
+      }
+    }
+  } catch (error) {
+    // no counts to restore
+  }
+  outbox = [];
+  ackWanted = ackSent = 0;
+  ui.login.hidden = true;
+  ui.chat.hidden = false;
+  ui.chat.dataset.view = "list";
+  renderMe();
+  const open = sessionStorage.getItem(OPEN);
+  if (open && fmt.conversationKey(open) === open) openConversation(open, { focus: false });
+  else closeConversation();
+  connection.persistent = true;
+  if (connection.connected) resume();
+  else connection.start(true);
+  renderConnState();
+  scheduleRender();
+}
+
+function sessionEnded(notice = "Your session has ended. Please log in again.") {
+  if (session === null) return;
+  session = null;
+  sessionStorage.removeItem(SESSION);
+  sessionStorage.removeItem(KEYS);
+  sessionStorage.removeItem(OPEN);
+  sessionStorage.removeItem(UNREAD);
+  connection.stop();
+  if (state !== null) {
+    for (const conversation of state.conversations.values()) {
+      for (const message of conversation.messages()) if (message.fileUrl) URL.revokeObjectURL(message.fileUrl);
+    }
+  }
+  state = null;
+  active = null;
+  outbox = [];
+  ui.messageList.replaceChildren();
+  ui.conversations.replaceChildren();
+  ui.composeTo.value = "";
+  ui.composeText.value = "";
+  showLogin(notice);
+}
+
+async function logout() {
+  if (session === null) return;
+  const token = session.token;
+  ui.logout.disabled = true;
+  loggingOut = true;
+  try {
+    if (connection.connected) await withTimeout(connection.request(`logout ${token}`), 3000);
+  } catch (error) {
+    // logged out locally anyway; the session expires on the server
+  } finally {
+    ui.logout.disabled = false;
+    loggingOut = false;
+  }
+  sessionEnded("You have logged out.");
+}
+
+// After every (re)connection: subscribe again, refresh, send what waited.
+
+async function resume() {
+  if (session === null) return;
+  const token = session.token;
+  try {
+    await request(`subscribe ${token}`);
+  } catch (error) {
+    return; // an ended session was handled; a lost connection retries
+  }
+  ackWanted = ackSent = 0;
+  for (const conversation of state.conversations.values()) conversation.loaded = false;
+  try {
+    state.setOnline((await request(`who ${token}`)).users);
+    state.setGroups((await request(`groups ${token}`)).groups);
+  } catch (error) {
+    return;
+  }
+  renderMe();
+  scheduleRender();
+  const uncertain = [...state.conversations.values()].filter((c) =>
+    c.pending.some((local) => local.status === "unknown"),
+  );
+  for (const conversation of uncertain) await loadNewest(conversation.key);
+  for (const conversation of uncertain) {
+    for (const local of conversation.pending) {
+      if (local.status === "unknown") {
+        local.status = "failed";
+        local.error = "the connection was lost while sending";
+      }
+    }
+  }
+  if (active !== null) await loadNewest(active);
+  flushOutbox();
+  await loadPreviews();
+}
+
+async function loadPreviews() {
+  const token = session && session.token;
+  const wanted = state.listed().filter((c) => c.isEmpty() && !c.previewed && (!c.isGroup || c.member));
+  for (const conversation of wanted.slice(0, 30)) {
+    if (session === null || session.token !== token || !connection.connected) return;
+    conversation.previewed = true;
+    try {
+      const reply = await request(`history ${token} ${conversation.key} 1`);
+      for (const message of reply.messages) state.add(message);
+      if (reply.messages.length && conversation.byId.size === reply.messages.length) conversation.hasMore = true;
+    } catch (error) {
+      // no preview for this one
+    }
+    scheduleRender();
+  }
+}
+
+// Live events.
+
+function onEvent(event) {
+  if (state === null) return;
+  const frame = event.detail;
+  if (frame.event === "message") {
+    const { conversation, added } = state.add(frame);
+    if (added && (conversation.key !== active || document.hidden)) conversation.unreadIds.add(frame.id);
+    if (frame.id > ackWanted) ackWanted = frame.id;
+    scheduleRender();
+  } else if (frame.event === "presence") {
+    state.presence(frame);
+    scheduleRender();
+  } else if (frame.event === "unsubscribed" && !loggingOut) {
+    sessionEnded("Your session has ended. Please log in again.");
+  }
+}
+
+// Acknowledge what was rendered: called right after rendering.
+function acknowledge() {
+  if (session === null || !connection.connected || ackWanted <= ackSent) return;
+  const upTo = ackWanted;
+  ackSent = upTo;
+  request(`ack ${session.token} ${upTo}`).catch(() => {
+    if (ackSent === upTo) ackSent = 0;
+  });
+}
+
+// History.
+
+async function loadNewest(key) {
+  const conversation = state.conversation(key);
+  if (conversation.loading || !connection.connected || session === null) return;
+  conversation.loading = true;
+  conversation.error = null;
+  scheduleRender();
+  try {
+    const oldestBefore = conversation.oldestId();
+    const reply = await request(`history ${session.token} ${key} ${PAGE}`);
+    for (const message of reply.messages) state.add(message);
+    const oldestRead = reply.messages.length ? reply.messages[reply.messages.length - 1].id : null;
+    if (oldestBefore === null || (oldestRead !== null && oldestRead <= oldestBefore)) {
+      conversation.hasMore = reply.next_before_id !== null;
+    }
+    conversation.loaded = true;
+    if (conversation.isGroup) conversation.member = true;
+  } catch (error) {
+    conversation.error = error.code || "connection_lost";
+    if (error.code === "not_a_member") conversation.member = false;
+    if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
+  } finally {
+    conversation.loading = false;
+    scheduleRender();
+  }
+  requestAnimationFrame(fillView);
+}
+
+async function loadOlder(key) {
+  const conversation = state.conversation(key);
+  if (!conversation.loaded || conversation.loading || !conversation.hasMore || !connection.connected) return;
+  const before = conversation.oldestId();
+  if (before === null) return;
+  conversation.loading = true;
+  scheduleRender();
+  try {
+    const reply = await request(`history ${session.token} ${key} ${PAGE} ${before}`);
+    const fromBottom = ui.messages.scrollHeight - ui.messages.scrollTop;
+    for (const message of reply.messages) state.add(message);
+    conversation.hasMore = reply.next_before_id !== null;
+    conversation.loading = false;
+    if (key === active) {
+      render();
+      ui.messages.scrollTop = ui.messages.scrollHeight - fromBottom;
+    }
+  } catch (error) {
+    conversation.error = error.code || "connection_lost";
+  } finally {
+    conversation.loading = false;
+    scheduleRender();
+  }
+  requestAnimationFrame(fillView);
+}
+
+// Load older pages until the view can scroll (or there is nothing more).
+function fillView() {
+  if (active === null || state === null) return;
+  if (ui.messages.scrollHeight <= ui.messages.clientHeight + 40) loadOlder(active);
+}
+
+// Reading the user's own messages back gives them their ids.
+function reconcileSoon(key) {
+  clearTimeout(reconcileTimers.get(key));
+  reconcileTimers.set(
+    key,
+    setTimeout(async () => {
+      reconcileTimers.delete(key);
+      if (state === null || !connection.connected) return;
+      try {
+        const reply = await request(`history ${session.token} ${key} 20`);
+        for (const message of reply.messages) state.add(message);
+        scheduleRender();
+      } catch (error) {
+        // the next history read does it
+      }
+    }, 600),
+  );
+}
+
+// Conversations.
+
+function openConversation(key, { focus = true, fromInput = false } = {}) {
+  active = key;
+  sessionStorage.setItem(OPEN, key);
+  const conversation = state.conversation(key);
+  conversation.unreadIds.clear();
+  if (!fromInput) ui.composeTo.value = key;
+  ui.chat.dataset.view = "conversation";
+  stickToBottom = true;
+  if (!conversation.loaded) loadNewest(key);
+  render();
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+  if (focus) ui.composeText.focus();
+}
+
+function closeConversation() {
+  active = null;
+  sessionStorage.removeItem(OPEN);
+  render();
+}
+
+function newMessage() {
+  ui.composeTo.value = "";
+  closeConversation();
+  ui.chat.dataset.view = "conversation";
+  ui.composeTo.focus();
+}
+
+let toTimer = null;
+
+function onToInput() {
+  clearTimeout(toTimer);
+  toTimer = setTimeout(() => {
+    const key = fmt.conversationKey(ui.composeTo.value);
+    if (key === null) {
+      if (!ui.composeTo.value.trim()) closeConversation();
+      else renderConversationInfo();
+      return;
+    }
+    if (key !== active) openConversation(key, { focus: false, fromInput: true });
+  }, 250);
+}
+
+function onToCommit() {
+  clearTimeout(toTimer);
+  const key = fmt.conversationKey(ui.composeTo.value);
+  if (key === null) {
+    if (ui.composeTo.value.trim()) toast(ui.toasts, "Type a username, or #group for a group.", "error");
+    return;
+  }
+  ui.composeTo.value = key;
+  if (key !== active) openConversation(key, { focus: true });
+  else ui.composeText.focus();
+}
+
+async function groupAction(verb, name) {
+  try {
+    await request(`${verb} ${session.token} ${name}`);
+    state.setGroups((await request(`groups ${session.token}`)).groups);
+    const conversation = state.conversation(`#${name}`);
+    conversation.error = null;
+    if (verb !== "leavegroup") {
+      remember(`#${name}`);
+      conversation.loaded = false;
+      loadNewest(`#${name}`);
+    } else {
+      conversation.member = false;
+    }
+  } catch (error) {
+    toast(ui.toasts, fmt.friendlyError(error), "error");
+  }
+  scheduleRender();
+}
+
+// Sending.
+
+function currentRecipient() {
+  const key = fmt.conversationKey(ui.composeTo.value);
+  if (key === null) {
+    toast(ui.toasts, "Type a username, or #group for a group, in To.", "error");
+    ui.composeTo.focus();
+  }
+  return key;
+}
+
+function queueLocal(key, fields) {
+  if (key !== active) openConversation(key, { focus: false });
+  remember(key);
+  const conversation = state.conversation(key);
+  const local = {
+    localId: ++localIds,
+    from: session.username,
+    to: key.startsWith("#") ? session.username : key,
+    group: key.startsWith("#") ? key.slice(1) : undefined,
+    msg_from: state.fullNames.get(session.username) || session.username,
+    sent_at: new Date().toISOString(),
+    status: "queued",
+    ...fields,
+  };
+  conversation.pending.push(local);
+  outbox.push({ key, local });
+  stickToBottom = true;
+  scheduleRender();
+  flushOutbox();
+}
+
+function sendText() {
+  if (state === null) return;
+  const key = currentRecipient();
+  if (key === null) return;
+  const text = fmt.oneLine(ui.composeText.value);
+  if (!text) return;
+  ui.composeText.value = "";
+  queueLocal(key, { msg: text });
+  ui.composeText.focus();
+}
+
+function attachFiles(files) {
+  if (state === null || !files.length) return;
+  const key = currentRecipient();
+  if (key === null) return;
+  for (const file of files) {
+    if (file.size === 0) {
+      toast(ui.toasts, `${file.name} is empty.`, "error");
+      continue;
+    }
+    if (file.size > config.max_file_size) {
+      toast(ui.toasts, `${file.name} is larger than ${fmt.humanSize(config.max_file_size)}, this server's limit.`, "error");
+      continue;
+    }
+    const name = fmt.wireFileName(file.name);
+    queueLocal(key, {
+      msg: name,
+      file_name: name,
+      file_size: file.size,
+      file: file,
+      fileUrl: URL.createObjectURL(file),
+      progress: 0,
+    });
+  }
+}
+
+async function flushOutbox() {
+  if (flushing) return;
+  flushing = true;
+  try {
+    while (outbox.length && connection.connected && session !== null) {
+      const { key, local } = outbox[0];
+      local.status = "sending";
+      scheduleRender();
+      try {
+        await deliver(key, local);
+        local.status = "sent";
+        delete local.progress;
+        delete local.file;
+        reconcileSoon(key);
+      } catch (error) {
+        if (error instanceof ConnectionLost && error.message.includes("too large")) {
+          local.status = "failed";
+          local.error = "too large for this server";
+        } else if (error instanceof ConnectionLost) {
+          local.status = "unknown";
+          outbox.shift();
+          break;
+        } else {
+          local.status = "failed";
+          local.error = fmt.friendlyError(error).replace(/\.$/, "");
+          if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
+        }
+      }
+      outbox.shift();
+      scheduleRender();
+    }
+  } finally {
+    flushing = false;
+  }
+}
+
+async function deliver(key, local) {
+  const token = session.token;
+  const group = key.startsWith("#");
+  if (!local.file_name) {
+    await request(`${group ? "sendgroup" : "send"} ${token} ${key} ${local.msg}`);
+    return;
+  }
+  const content = await fmt.fileToBase64(local.file);
+  const line = `${group ? "sendgroupfile" : "sendfile"} ${token} ${key} ${local.file_name} ${content}`;
+  const total = line.length;
+  const reply = request(line);
+  const ticker = setInterval(() => {
+    local.progress = Math.max(0, Math.min(1, 1 - connection.buffered / total));
+    const bar = ui.messageList.querySelector(`[data-local="${local.localId}"] progress`);
+    if (bar) bar.value = local.progress;
+  }, 100);
+  try {
+    await reply;
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+function retry(local) {
+  const key = state.keyFor(local);
+  local.status = "queued";
+  local.error = undefined;
+  if (local.file_name) local.progress = 0;
+  if (!local.file_name || local.file) {
+    const conversation = state.conversation(key);
+    if (!conversation.pending.includes(local)) conversation.pending.push(local);
+    outbox.push({ key, local });
+    flushOutbox();
+  } else {
+    local.status = "failed";
+    local.error = "pick the file again";
+  }
+  scheduleRender();
+}
+
+// Rendering.
+
+function scheduleRender() {
+  if (renderScheduled) return;
+  renderScheduled = true;
+  setTimeout(() => {
+    renderScheduled = false;
+    render();
+    acknowledge();
+  }, 0);
+}
+
+function render() {
+  if (state === null) return;
+  const total = state.unreadTotal();
+  document.title = total ? `(${total}) Chat` : "Chat";
+  const unread = {};
+  for (const conversation of state.conversations.values()) {
+    if (conversation.unread) unread[conversation.key] = [...conversation.unreadIds].slice(-500);
+  }
+  sessionStorage.setItem(UNREAD, JSON.stringify(unread));
+  renderList(ui.conversations, ui.conversationsEmpty, state, active);
+  renderPeople();
+  renderMe();
+  renderConversationInfo();
+  const conversation = active === null ? null : state.conversation(active);
+  ui.emptyState.hidden = conversation !== null && !conversation.isEmpty();
+  if (conversation === null) {
+    ui.emptyText.textContent = "Pick a conversation, or type a username or #group in To.";
+    ui.messageList.replaceChildren();
+    ui.historyStatus.textContent = "";
+    return;
+  }
+  const atBottom = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
+  renderMessages(ui.messageList, conversation, state, retry);
+  if (conversation.isEmpty()) {
+    ui.emptyText.textContent = conversation.loading
+      ? "Loading…"
+      : conversation.error
+        ? ""
+        : `No messages with ${state.title(active)} yet. Say hello!`;
+  }
+  ui.historyStatus.textContent = conversation.loading && !conversation.isEmpty()
+    ? "Loading earlier messages…"
+    : conversation.loaded && !conversation.hasMore && !conversation.isEmpty()
+      ? "This is the beginning of the conversation."
+      : "";
+  if (stickToBottom || atBottom) {
+    ui.messages.scrollTop = ui.messages.scrollHeight;
+    stickToBottom = false;
+    pinned = true;
+  }
+}
+
+function renderMe() {
+  if (state === null) return;
+  const me = state.me;
+  const fullName = state.fullNames.get(me) || me;
+  ui.meName.textContent = fullName;
+  ui.meUsername.textContent = `@${me}`;
+  const picture = avatar(me, fullName);
+  ui.meAvatar.className = picture.className + " small";
+  ui.meAvatar.textContent = picture.textContent;
+}
+
+function renderPeople() {
+  const names = new Set([...state.fullNames.keys(), ...state.online.keys()]);
+  names.delete(state.me);
+  const options = [...names].sort().map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.label = state.fullNames.get(name) || name;
+    return option;
+  });
+  for (const name of [...state.groups.keys()].sort()) {
+    const option = document.createElement("option");
+    option.value = `#${name}`;
+    options.push(option);
+  }
+  ui.people.replaceChildren(...options);
+}
+
+function actionButton(text, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "button small";
+  button.textContent = text;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function renderConversationInfo() {
+  ui.convActions.replaceChildren();
+  if (active === null) {
+    const typed = ui.composeTo.value.trim();
+    ui.convStatus.textContent = typed && fmt.conversationKey(typed) === null ? "Not a valid username or #group" : "";
+    return;
+  }
+  const conversation = state.conversation(active);
+  const error = conversation.error;
+  if (conversation.isGroup) {
+    const name = conversation.name;
+    if (error === "no_such_group") {
+      ui.convStatus.textContent = `There is no group ${active} yet.`;
+      ui.convActions.append(actionButton(`Create ${active}`, () => groupAction("creategroup", name)));
+    } else if (conversation.member === false || error === "not_a_member") {
+      ui.convStatus.textContent = `You are not in ${active}.`;
+      ui.convActions.append(actionButton(`Join ${active}`, () => groupAction("joingroup", name)));
+    } else {
+      const count = conversation.members.length;
+      ui.convStatus.textContent = count ? `${count} member${count === 1 ? "" : "s"}` : "";
+      if (conversation.member) ui.convActions.append(actionButton("Leave", () => groupAction("leavegroup", name)));
+    }
+    return;
+  }
+  if (error === "no_such_user") {
+    ui.convStatus.textContent = `There is no user named ${active}.`;
+    return;
+  }
+  const fullName = state.fullNames.get(active);
+  const online = state.online.has(active);
+  ui.convStatus.replaceChildren();
+  if (fullName && fullName !== active) ui.convStatus.append(fullName, " · ");
+  const presence = document.createElement("span");
+  presence.className = online ? "online-text" : "offline-text";
+  presence.textContent = online ? "online" : "offline";
+  ui.convStatus.append(presence);
+}
+
+function renderConnState() {
+  const labels = { connected: "Online", connecting: "Connecting…", offline: "Offline" };
+  const status = connection.state;
+  ui.connState.dataset.state = status;
+  clearInterval(retryTicker);
+  if (status === "waiting") {
+    const tick = () => {
+      const seconds = Math.max(1, Math.ceil((connection.retryAt - Date.now()) / 1000));
+      ui.connText.textContent = `Offline · retry in ${seconds}s`;
+    };
+    tick();
+    retryTicker = setInterval(tick, 500);
+    ui.connState.title = "Not connected. Click to try again now.";
+  } else {
+    ui.connText.textContent = labels[status];
+    ui.connState.title = status === "connected" ? "Connected to the server" : "Connecting to the server";
+  }
+  ui.composeSend.title = status === "connected" ? "Send" : "Send (when connected again)";
+}
+
+// Wiring.
+
+function bind() {
+  ui.loginForm.addEventListener("submit", submitLogin);
+  ui.registerToggle.addEventListener("click", () => setRegistering(!registering));
+  ui.logout.addEventListener("click", logout);
+  ui.connState.addEventListener("click", () => connection.retryNow());
+  ui.newMessage.addEventListener("click", newMessage);
+  ui.back.addEventListener("click", () => {
+    ui.chat.dataset.view = "list";
+  });
+  ui.conversations.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-key]");
+    if (button) openConversation(button.dataset.key);
+  });
+  ui.composeTo.addEventListener("input", onToInput);
+  ui.composeTo.addEventListener("change", onToCommit);
+  ui.composeTo.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      onToCommit();
+    }
+  });
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendText();
+  });
+  ui.composeText.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.isComposing) {
+      event.preventDefault();
+      sendText();
+    }
+  });
+  ui.composeText.addEventListener("paste", (event) => {
+    const files = event.clipboardData && event.clipboardData.files;
+    if (files && files.length) {
+      event.preventDefault();
+      attachFiles([...files]);
+    }
+  });
+  ui.attach.addEventListener("click", () => ui.composeFile.click());
+  ui.composeFile.addEventListener("change", () => {
+    attachFiles([...ui.composeFile.files]);
+    ui.composeFile.value = "";
+  });
+  ui.messages.addEventListener("scroll", () => {
+    pinned = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
+    if (active !== null && ui.messages.scrollTop < 120) loadOlder(active);
+  });
+  // A picture that finishes loading grows its message: stay at the bottom.
+  ui.messageList.addEventListener(
+    "load",
+    () => {
+      if (pinned) ui.messages.scrollTop = ui.messages.scrollHeight;
+    },
+    true,
+  );
+  let dragDepth = 0;
+  const hasFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+  ui.conversation.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    dragDepth += 1;
+    ui.dropOverlay.hidden = false;
+  });
+  ui.conversation.addEventListener("dragover", (event) => {
+    if (hasFiles(event)) event.preventDefault();
+  });
+  ui.conversation.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) ui.dropOverlay.hidden = true;
+  });
+  ui.conversation.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    ui.dropOverlay.hidden = true;
+    attachFiles([...event.dataTransfer.files]);
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state !== null && active !== null) {
+      state.conversation(active).unreadIds.clear();
+      scheduleRender();
+    }
+  });
+  window.addEventListener("online", () => connection.retryNow());
+  connection.addEventListener("state", () => {
+    renderConnState();
+    if (connection.connected) flushOutbox();
+  });
+  connection.addEventListener("open", () => {
+    if (session !== null) resume();
+  });
+  connection.addEventListener("close", () => {
+    // Who is online is unknown until the next who.
+    if (state !== null) {
+      state.online = new Map();
+      scheduleRender();
+    }
+  });
+  connection.addEventListener("event", onEvent);
+}
+
+async function boot() {
+  bind();
+  try {
+    const response = await fetch("/config.json", { cache: "no-store" });
+    if (response.ok) config = { ...config, ...(await response.json()) };
+  } catch (error) {
+    // the defaults will do
+  }
+  session = loadSession();
+  if (session !== null) enterChat();
+  else showLogin();
+  document.body.dataset.ready = "true";
+}
+
+boot();

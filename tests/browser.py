@@ -1,0 +1,277 @@
+"""
+Real Chromium for the web client's end-to-end tests and the screenshots:
+Debian's chromium and chromedriver, driven by Selenium, headless, with a
+fresh profile each time and nothing fetched from the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_end_to_end import TwistdChat
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def missing() -> str | None:
+    """
+    Why the browser tests cannot run here, or None if they can.
+    """
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    return None
+
+
+def require_browser() -> None:
+    """
+    Skip the calling test without a browser; under CI=true, fail instead.
+    """
+    reason = missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"browser tests cannot run, and CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def chromium(
+    width: int = 1280,
+    height: int = 800,
+    downloads: Path | None = None,
+    profile: Path | None = None,
+) -> Any:
+    """
+    A headless Chromium with a fresh profile, its window C{width} by
+    C{height} CSS pixels; files it downloads go to C{downloads}.
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = profile or Path(tempfile.mkdtemp(prefix="chat-chromium-"))
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    options.add_argument(f"--window-size={width},{height}")
+    if downloads is not None:
+        options.add_experimental_option(
+            "prefs",
+            {
+                "download.default_directory": str(downloads),
+                "download.prompt_for_download": False,
+            },
+        )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.profile = profile
+    # The window size includes the browser's frame: make the page itself
+    # the size asked for.
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    if inner != [width, height]:
+        driver.set_window_size(width + (width - inner[0]), height + (height - inner[1]))
+    if downloads is not None:
+        driver.execute_cdp_cmd(
+            "Browser.setDownloadBehavior",
+            {"behavior": "allow", "downloadPath": str(downloads)},
+        )
+    return driver
+
+
+def page_errors(driver: Any) -> list[str]:
+    """
+    Script errors and policy violations the page logged since the last
+    call (network errors, such as a refused connection, are expected).
+    """
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if (entry.get("source") != "network" and entry.get("level") == "SEVERE")
+        or "Content Security Policy" in entry.get("message", "")
+    ]
+
+
+def quit_browser(driver: Any) -> None:
+    driver.quit()
+    shutil.rmtree(driver.profile, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Page:
+    """
+    The chat page in one browser, by its test hooks.
+    """
+
+    def __init__(self, driver: Any, url: str) -> None:
+        self.driver = driver
+        self.url = url
+
+    def find(self, testid: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+
+    def all(self, testid: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(
+            self.driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+        )
+
+    def open_fresh(self) -> None:
+        """
+        The page with nothing remembered from an earlier test.
+        """
+        self.driver.get(self.url)
+        self.driver.execute_script("sessionStorage.clear()")
+        self.driver.get(self.url)
+        wait_until(lambda: self.find("login-username").is_displayed(), what="login")
+
+    def login(self, username: str, password: str = "surabaya") -> None:
+        self.open_fresh()
+        self.find("login-username").send_keys(username)
+        self.find("login-password").send_keys(password)
+        self.find("login-submit").click()
+        self.wait_logged_in()
+
+    def wait_logged_in(self, timeout: float = 15.0) -> None:
+        wait_until(
+            lambda: self.find("logout").is_displayed() and self.state() == "connected",
+            timeout,
+            "logged in and connected",
+        )
+
+    def state(self) -> str:
+        return str(self.find("conn-state").get_attribute("data-state"))
+
+    def open(self, key: str) -> None:
+        """
+        Type a username (or #group) into To: its conversation opens.
+        """
+        field = self.find("compose-to")
+        field.clear()
+        field.send_keys(key)
+        wait_until(
+            lambda: (
+                self.driver.execute_script("return sessionStorage.getItem('chat.open')")
+                == key
+            ),
+            what=f"conversation {key} open",
+        )
+
+    def send(self, text: str) -> None:
+        self.find("compose-text").send_keys(text)
+        self.find("compose-send").click()
+
+    def texts(self, text: str) -> list[str]:
+        """
+        The text of every rendered message that contains C{text}, read in
+        one go in the page (nodes may be replaced between two calls).
+        """
+        found: list[str] = self.driver.execute_script(
+            """
+            return [...document.querySelectorAll('[data-testid="message"]')]
+              .map((node) => node.textContent)
+              .filter((text) => text.includes(arguments[0]));
+            """,
+            text,
+        )
+        return found
+
+    def wait_message(self, text: str, timeout: float = 10.0) -> str:
+        found: list[str] = wait_until(lambda: self.texts(text), timeout, repr(text))
+        return found[0]
+
+    def click_in_message(self, text: str, selector: str) -> None:
+        """
+        Click C{selector} inside the message containing C{text}.
+        """
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.common.by import By
+
+        def click() -> bool:
+            try:
+                for message in self.all("message"):
+                    if text in message.text:
+                        message.find_element(By.CSS_SELECTOR, selector).click()
+                        return True
+            except StaleElementReferenceException:
+                pass
+            return False
+
+        wait_until(click, what=f"{selector} in the message {text!r}")
+
+
+class WebChat(TwistdChat):
+    """
+    C{twistd chat} with the web client on a fixed port (so a restarted
+    server is found at the same address by the open pages).
+    """
+
+    def __init__(self, workdir: Path, *arguments: str) -> None:
+        self.web_port = free_port()
+        super().__init__(
+            workdir,
+            "--demo",
+            "--web",
+            f"tcp:{self.web_port}:interface=127.0.0.1",
+            *arguments,
+        )
+        self.log.touch()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
+
+    def start(self, port: int = 0) -> int:
+        offset = self.log.stat().st_size
+        result = super().start(port)
+        wait_until(
+            lambda: b"Web client on" in self.log.read_bytes()[offset:],
+            what="the web client to listen",
+        )
+        return result
