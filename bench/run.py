@@ -219,6 +219,7 @@ class Server:
                 listen,
                 "--store",
                 f"sqlite:{self.dir}/chat.sqlite",
+                *self.args.chat_arg,
             ]
         command = [self.args.python, str(BENCH / "baseline_server.py")]
         command += ["--port", str(self.port)]
@@ -623,6 +624,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=None,
         help="listen backlog for both servers (default: the servers' own, 50)",
+    )
+    add(
+        "--chat-arg",
+        action="append",
+        default=[],
+        help="extra option for twistd chat, repeatable (e.g."
+        " --chat-arg=--max-connections-per-address=20000: the load comes"
+        " from one address, which the default per-address limit of 1000"
+        " would cap)",
     )
     add(
         "--python",
