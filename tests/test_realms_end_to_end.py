@@ -8,7 +8,6 @@ security checks (wrong secret, forged sender, addrealm by a non-admin).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import pytest
 
 from chat import links
 from tests.test_end_to_end import REPO, CourseClient, TwistdChat
+from tests.twistd_helpers import make_certificate
 
 SECRET = "secret-shared-by-a-and-b-0123"
 
@@ -250,49 +250,13 @@ def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> Non
         assert SECRET not in realm.log_text()
 
 
-def _certificate(directory: Path, key_directory: Path) -> tuple[Path, Path]:
-    """
-    A self-signed certificate for localhost, and its key.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", key_directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_three_realms_group_tls_and_addrealm(
     realms: Callable[..., Realm], tmp_path: Path
 ) -> None:
     """A group message reaches two realms; a TLS link; addrealm by an admin."""
     trust = tmp_path / "trust"
     trust.mkdir()
-    cert, key = _certificate(trust, tmp_path)
+    key, cert = make_certificate(trust, tmp_path)
     tls_port = free_port()
     a, b = (
         realms("realm-a"),
