@@ -284,6 +284,19 @@ def words_and_text(rest: str, count: int) -> tuple[list[str], str]:
     return parts[:count], parts[count].strip()
 
 
+@attrs.frozen
+class TokenCommand(Command):
+    """
+    A command whose one argument is the session token.
+    """
+
+    token: str = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Command:
+        return cls(*words(rest, 1))
+
+
 @verb("auth")
 @attrs.frozen
 class Auth(Command):
@@ -310,12 +323,8 @@ class Send(Command):
 
 @verb("inbox")
 @attrs.frozen
-class Inbox(Command):
-    token: str = attrs.field(repr=False)
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Inbox:
-        return cls(*words(rest, 1))
+class Inbox(TokenCommand):
+    pass
 
 
 @verb("ping")
@@ -339,12 +348,8 @@ class Quit(Command):
 
 @verb("subscribe")
 @attrs.frozen
-class Subscribe(Command):
-    token: str = attrs.field(repr=False)
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Subscribe:
-        return cls(*words(rest, 1))
+class Subscribe(TokenCommand):
+    pass
 
 
 @verb("ack")
@@ -363,12 +368,8 @@ class Ack(Command):
 
 @verb("who")
 @attrs.frozen
-class Who(Command):
-    token: str = attrs.field(repr=False)
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Who:
-        return cls(*words(rest, 1))
+class Who(TokenCommand):
+    pass
 
 
 @verb("register")
@@ -386,12 +387,8 @@ class Register(Command):
 
 @verb("logout")
 @attrs.frozen
-class Logout(Command):
-    token: str = attrs.field(repr=False)
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Logout:
-        return cls(*words(rest, 1))
+class Logout(TokenCommand):
+    pass
 
 
 def group_name(word: str) -> str:
@@ -483,40 +480,37 @@ class SendGroupFile(Command):
         )
 
 
-@verb("creategroup")
 @attrs.frozen
-class CreateGroup(Command):
+class GroupCommand(Command):
+    """
+    A command taking the token and a group (with or without its C{#}).
+    """
+
     token: str = attrs.field(repr=False)
     group: str
 
     @classmethod
-    def from_arguments(cls, rest: str) -> CreateGroup:
+    def from_arguments(cls, rest: str) -> Command:
         token, name = words(rest, 2)
         return cls(token, group_name(name))
+
+
+@verb("creategroup")
+@attrs.frozen
+class CreateGroup(GroupCommand):
+    pass
 
 
 @verb("joingroup")
 @attrs.frozen
-class JoinGroup(Command):
-    token: str = attrs.field(repr=False)
-    group: str
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> JoinGroup:
-        token, name = words(rest, 2)
-        return cls(token, group_name(name))
+class JoinGroup(GroupCommand):
+    pass
 
 
 @verb("leavegroup")
 @attrs.frozen
-class LeaveGroup(Command):
-    token: str = attrs.field(repr=False)
-    group: str
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> LeaveGroup:
-        token, name = words(rest, 2)
-        return cls(token, group_name(name))
+class LeaveGroup(GroupCommand):
+    pass
 
 
 @verb("kickgroup")
@@ -534,12 +528,8 @@ class KickGroup(Command):
 
 @verb("groups")
 @attrs.frozen
-class Groups(Command):
-    token: str = attrs.field(repr=False)
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Groups:
-        return cls(*words(rest, 1))
+class Groups(TokenCommand):
+    pass
 
 
 _NUMBER = re.compile(r"[0-9]{1,18}")
