@@ -8,3 +8,5 @@ from __future__ import annotations
 from chat import logs
 
 logs.set_level("debug")
+
+pytest_plugins = ["tests.postgres"]

@@ -9,7 +9,12 @@ SCHEMA_VERSION changelog:
        Realms: an admin flag on users, realm links, the outbox for other
        realms and the ids of messages accepted from them.
 
-A fresh database is created from C{sql/sqlite/v<N>.sql} in a temporary file
+PostgreSQL (L{prepare_postgres}) has the same versions, from
+C{sql/postgresql/}: created or upgraded in one transaction (DDL is
+transactional there), under an advisory lock so that nodes starting
+together do not race.
+
+A fresh SQLite database is created from C{sql/sqlite/v<N>.sql} in a temporary file
 that is renamed into place, so a crash never leaves a half-made database.
 An older database is backed up (C{<file>.v<old>.bak}) and then upgraded by
 C{sql/sqlite/upgrade-to-v<k>.sql}, one transaction per step. A newer one is
@@ -22,16 +27,20 @@ import os
 import shutil
 import sqlite3
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from chat.errors import SchemaTooNew, StorageUnavailable
+
+if TYPE_CHECKING:
+    import psycopg
 
 SCHEMA_VERSION = 1
 
 
-def _sql(name: str) -> str:
+def _sql(name: str, dialect: str = "sqlite") -> str:
     return (
         resources.files("chat.store")
-        .joinpath("sql", "sqlite", name)
+        .joinpath("sql", dialect, name)
         .read_text(encoding="utf-8")
     )
 
@@ -117,3 +126,49 @@ def _create(path: str) -> None:
     finally:
         connection.close()
     os.replace(temporary, path)
+
+
+#: The advisory lock key held while creating or upgrading a PostgreSQL schema.
+SCHEMA_LOCK = 0x63686174  # "chat"
+
+
+def prepare_postgres(connection: psycopg.Connection[Any]) -> int:
+    """
+    Make sure the PostgreSQL database of C{connection} (in autocommit mode)
+    has the current schema.
+
+    @return: the schema version it had before (0 if it was created).
+    @raise SchemaTooNew: if a newer chat wrote the database.
+    @raise StorageUnavailable: if it holds tables but no chat schema.
+    """
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        exists = connection.execute(
+            "SELECT to_regclass('schema_version') IS NOT NULL"
+        ).fetchone()
+        if not (exists and exists[0]):
+            tables = connection.execute(
+                "SELECT count(*) FROM information_schema.tables"
+                " WHERE table_schema = current_schema()"
+            ).fetchone()
+            if tables and tables[0]:
+                raise StorageUnavailable(
+                    "not a chat database: it has tables but no schema_version"
+                )
+            for statement in _statements(_sql(f"v{SCHEMA_VERSION}.sql", "postgresql")):
+                connection.execute(statement)
+            return 0
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            raise StorageUnavailable("not a chat database: empty schema_version")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version}, but this chat "
+                f"supports at most {SCHEMA_VERSION}: upgrade chat, or use "
+                "another --store"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _statements(_sql(f"upgrade-to-v{step}.sql", "postgresql")):
+                connection.execute(statement)
+        return version

@@ -1,0 +1,174 @@
+"""
+A throwaway PostgreSQL server for the tests: Debian's binaries, C{initdb} in
+a temporary folder, listening on a free loopback port (and a Unix socket in
+that folder), trusting local connections. As root it runs PostgreSQL as the
+C{postgres} user, since C{initdb} and C{postgres} refuse to run as root.
+
+Without PostgreSQL installed the tests that need it are skipped, with the
+reason, except under C{CI=true}, where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+NEEDED = "PostgreSQL server binaries (Debian package postgresql) are not installed"
+
+
+def find_bindir() -> str | None:
+    """
+    The newest C{/usr/lib/postgresql/*/bin} with C{initdb}, or None.
+    """
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[-3]) if p.split("/")[-3].isdigit() else 0,
+    )
+    return os.path.dirname(candidates[-1]) if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThrowawayPostgres:
+    """
+    One PostgreSQL cluster in C{directory}, started and stopped by the tests.
+    """
+
+    def __init__(self, bindir: str, directory: str, port: int | None = None) -> None:
+        self.bindir = bindir
+        self.directory = directory
+        self.data = os.path.join(directory, "data")
+        self.port = port or free_port()
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())[0]
+
+    def _command(self, *argv: str) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return list(argv)
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run(
+            self._command(*argv),
+            check=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def init(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+            os.chmod(self.directory, 0o700)
+        self._run(
+            os.path.join(self.bindir, "initdb"),
+            "-D",
+            self.data,
+            "-U",
+            self.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-instructions",
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1"
+            f" -c unix_socket_directories={self.directory}"
+            " -c max_connections=200 -c fsync=on -c synchronous_commit=on"
+        )
+        self._run(
+            os.path.join(self.bindir, "pg_ctl"),
+            "-D",
+            self.data,
+            "-o",
+            options,
+            "-l",
+            os.path.join(self.directory, "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            os.path.join(self.bindir, "pg_ctl"),
+            "-D",
+            self.data,
+            "-m",
+            mode,
+            "-w",
+            "stop",
+        )
+
+    def is_running(self) -> bool:
+        return os.path.exists(os.path.join(self.data, "postmaster.pid"))
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """
+        Create an empty database; return its URL.
+        """
+        import psycopg
+
+        name = name or "chat_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def start_throwaway() -> Iterator[ThrowawayPostgres]:
+    """
+    Start a throwaway server for the session; skip (or fail under CI) if
+    PostgreSQL is not installed.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(NEEDED + ", and CI=true requires them")
+        pytest.skip(NEEDED)
+    directory = tempfile.mkdtemp(prefix="chat-pg-")
+    server = ThrowawayPostgres(bindir, directory)
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.is_running():
+            try:
+                server.stop("immediate")
+            except subprocess.CalledProcessError:
+                time.sleep(0.5)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """
+    A throwaway PostgreSQL server shared by the whole test session.
+    """
+    yield from start_throwaway()
+
+
+@pytest.fixture
+def postgres_url(postgres: ThrowawayPostgres) -> str:
+    """
+    The URL of a new, empty database on the session's server.
+    """
+    return postgres.create_database()
