@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -163,6 +164,9 @@ class SQLiteStore:
         self.path = path
         self.max_mailbox = max_mailbox
         self.commits = 0
+        #: Called with (operations in the batch, seconds the transaction
+        #: took) after each commit, in the reactor thread (for metrics).
+        self.commit_observers: list[Callable[[int, float], None]] = []
         self._mailboxes = _MailboxCounts()
         self._reactor = reactor
         self._setup = connection_setup
@@ -223,7 +227,7 @@ class SQLiteStore:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        batch_done: Deferred[list[tuple[bool, Any]]] = deferToThreadPool(
+        batch_done: Deferred[tuple[list[tuple[bool, Any]], float]] = deferToThreadPool(
             self._reactor,
             self._pool,
             self._run_batch_txn,
@@ -239,7 +243,10 @@ class SQLiteStore:
             for _, _, d in batch:
                 d.errback(error)
         else:
-            assert isinstance(outcome, list)
+            assert isinstance(outcome, tuple)
+            outcome, seconds = outcome
+            for observer in self.commit_observers:
+                observer(len(batch), seconds)
             for (_, _, d), (succeeded, value) in zip(batch, outcome, strict=True):
                 if succeeded:
                     d.callback(value)
@@ -269,11 +276,14 @@ class SQLiteStore:
 
     def _run_batch_txn(
         self, batch: list[tuple[_Op, tuple[Any, ...]]]
-    ) -> list[tuple[bool, Any]]:
+    ) -> tuple[list[tuple[bool, Any]], float]:
         """
         Run a batch in one transaction, in the store's thread.
+
+        @return: the outcome of each operation, and the seconds it took.
         """
         results: list[tuple[bool, Any]] = []
+        started = time.perf_counter()
         try:
             connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
@@ -307,7 +317,7 @@ class SQLiteStore:
             self.log.error("Storage error, batch rolled back: {error}", error=str(e))
             raise StorageUnavailable(str(e)) from None
         self.commits += 1
-        return results
+        return results, time.perf_counter() - started
 
     def _abandon(self) -> None:
         """
