@@ -383,6 +383,14 @@ class SQLStore(GroupCommit):
     def forget_remote_ids(self, before: float) -> Deferred[int]:
         return self._run(_forget_remote_ids_txn, before)
 
+    # For other nodes' notifications (chat.cluster).
+
+    def messages_by_id(self, ids: Sequence[int]) -> Deferred[list[Message]]:
+        """
+        Read messages (delivered or not) by id, in id order.
+        """
+        return self._run(_messages_by_id_txn, list(ids))
+
 
 # The operations. Each runs inside the batch transaction, in the store's
 # thread; a ChatError undoes just that operation.
@@ -1469,3 +1477,52 @@ def run_operations(
             connection.execute("RELEASE op")
             results.append((True, value))
     return results
+
+
+#: Operations that store new messages (their results are Messages, lists of
+#: them, or a Delivery), which other nodes are told about.
+STORES_MESSAGES = frozenset(
+    {
+        _store_message_txn,
+        _store_messages_txn,
+        _store_group_message_txn,
+        _remove_realm_link_txn,
+        _finish_outbound_txn,
+        _receive_remote_txn,
+    }
+)
+
+
+def new_messages(
+    batch: list[tuple[_Op, tuple[Any, ...]]], results: list[tuple[bool, Any]]
+) -> list[Message]:
+    """
+    The undelivered messages the operations of C{batch} stored (not a
+    sender's own, already delivered, copy of a group message).
+    """
+    stored: list[Message] = []
+    for (op, _), (succeeded, value) in zip(batch, results, strict=True):
+        if not succeeded or op not in STORES_MESSAGES:
+            continue
+        if isinstance(value, Delivery):
+            value = value.messages
+        for message in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(message, Message) and not (
+                message.group and message.recipient == message.sender
+            ):
+                stored.append(message)
+    return stored
+
+
+def _messages_by_id_txn(connection: Connection, ids: Sequence[int]) -> list[Message]:
+    rows: list[tuple[Any, ...]] = []
+    for chunk in _chunks(list(ids)):
+        rows.extend(
+            connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                f" WHERE id IN ({_marks(len(chunk))})",
+                chunk,
+            ).fetchall()
+        )
+    rows.sort(key=lambda row: row[_ID])
+    return _messages(connection, rows)
