@@ -106,19 +106,24 @@ def notification_payloads(node_id: str, messages: Sequence[Message]) -> list[str
     """
     payloads: list[str] = []
     head = {"node": node_id, "at": time.time()}
+    empty = len(_compact({**head, "messages": []}))
     entries: list[list[Any]] = []
-    size = len(json.dumps(head)) + 20
+    size = empty
     for message in messages:
         entry = [message.id, message.recipient]
-        entry_size = len(json.dumps(entry)) + 1
+        entry_size = len(_compact(entry)) + 1
         if entries and size + entry_size > MAX_PAYLOAD:
-            payloads.append(json.dumps({**head, "messages": entries}))
-            entries, size = [], len(json.dumps(head)) + 20
+            payloads.append(_compact({**head, "messages": entries}))
+            entries, size = [], empty
         entries.append(entry)
         size += entry_size
     if entries:
-        payloads.append(json.dumps({**head, "messages": entries}))
+        payloads.append(_compact({**head, "messages": entries}))
     return payloads
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class _Connection:
