@@ -60,7 +60,9 @@ def _open(
     if request.param == "sqlite":
         opened: Any = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), **limits)
     else:
-        opened = PostgresStore(reactor, request.getfixturevalue("postgres_db"), **limits)
+        opened = PostgresStore(
+            reactor, request.getfixturevalue("postgres_db"), **limits
+        )
     opened.start()
     yield opened
     pytest_twisted.blockon(opened.close())

@@ -241,7 +241,9 @@ async def test_database_down_then_back(postgres: ThrowawayPostgres) -> None:
         recovered = None
         for _ in range(100):
             try:
-                recovered = await store.store_message("messi", "henderson", "after", 4.0)
+                recovered = await store.store_message(
+                    "messi", "henderson", "after", 4.0
+                )
                 break
             except StorageUnavailable:
                 await _sleep(0.1)
