@@ -18,6 +18,10 @@
  *   one "ping" on each and wait for its reply, print "HOLD <n>" on stdout,
  *   keep the connections open and silent for --hold seconds, then close.
  *
+ * --port may be given several times (or as a comma-separated list), e.g. for
+ * several nodes of one cluster: connection i goes to the (i mod n)-th port,
+ * so the connections, and each user's connections, are spread round-robin.
+ *
  * Both modes print a human summary and, as the last line on stdout, one JSON
  * object. The program always ends by itself: setup is bounded by
  * --setup-timeout, the rest by --warmup + --duration or --hold.
@@ -52,6 +56,7 @@
 #define MAX_IN_BUFFER (64u << 20)   /* a reply larger than this is an error */
 #define MAX_EVENTS 1024
 #define CONNECT_RETRIES 30          /* per connection, during setup only */
+#define MAX_PORTS 16
 
 /* ------------------------------------------------------------------ */
 /* Latency histogram (log-linear, like HdrHistogram).                  */
@@ -127,7 +132,8 @@ static double hist_quantile_ms(double p)
 
 static struct {
     const char *host;
-    int port;
+    int ports[MAX_PORTS];
+    int n_ports;
     int conns;
     double duration;
     double warmup;
@@ -143,7 +149,7 @@ static struct {
     int quiet;
 } opt = {
     .host = "127.0.0.1",
-    .port = 0,
+    .n_ports = 0,
     .conns = 1,
     .duration = 10.0,
     .warmup = 1.0,
@@ -185,6 +191,7 @@ enum req_kind { R_NONE, R_AUTH, R_SEND, R_INBOX, R_PING };
 struct conn {
     int fd;
     int user;
+    int target;         /* index into server_addrs */
     enum conn_state state;
     enum req_kind req;
     int retries;
@@ -204,7 +211,7 @@ static struct user *users;
 static int n_users;
 static struct conn *conns;
 static int epfd;
-static struct sockaddr_in server_addr;
+static struct sockaddr_in server_addrs[MAX_PORTS];
 static enum phase phase = PH_SETUP;
 static char *message_text;  /* the send text, opt.msg_size bytes */
 static char scratch[1 << 16];  /* read buffer and request builder */
@@ -387,7 +394,8 @@ static void start_connect(struct conn *c)
     c->fd = fd;
     n_connecting++;
     set_state(c, C_CONNECTING);
-    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0
+    const struct sockaddr_in *addr = &server_addrs[c->target];
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) < 0
         && errno != EINPROGRESS) {
         /* EAGAIN / EADDRNOTAVAIL (no local port), ECONNREFUSED: retry. */
         connect_failed(c, errno);
@@ -713,9 +721,11 @@ static void make_message(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: loadgen --port P [options]\n"
+        "usage: loadgen --port P[,P...] [options]\n"
         "  --host H             server address (IPv4, default 127.0.0.1)\n"
-        "  --port P             server port (required)\n"
+        "  --port P             server port (required); repeat it or give a\n"
+        "                       comma-separated list to spread the connections\n"
+        "                       round-robin over several servers\n"
         "  --conns N            connections (default 1)\n"
         "  --users a,b,c        users, assigned to connections round-robin\n"
         "                       (default messi,henderson,lineker)\n"
@@ -754,6 +764,21 @@ static int parse_int(const char *s, const char *name, int min)
     return (int)v;
 }
 
+/* One --port value: a port, or several separated by commas. */
+static void parse_ports(const char *arg)
+{
+    char *copy = strdup(arg);
+    if (copy == NULL)
+        die("out of memory");
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (opt.n_ports == MAX_PORTS)
+            die("--port: at most %d ports", MAX_PORTS);
+        opt.ports[opt.n_ports++] = parse_int(tok, "--port", 1);
+    }
+    free(copy);
+}
+
 static void parse_args(int argc, char **argv)
 {
     enum { O_HOST = 1000, O_PORT, O_CONNS, O_DURATION, O_WARMUP, O_USERS,
@@ -782,7 +807,7 @@ static void parse_args(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
         case O_HOST: opt.host = optarg; break;
-        case O_PORT: opt.port = parse_int(optarg, "--port", 1); break;
+        case O_PORT: parse_ports(optarg); break;
         case O_CONNS: opt.conns = parse_int(optarg, "--conns", 1); break;
         case O_DURATION: opt.duration = parse_double(optarg, "--duration"); break;
         case O_WARMUP: opt.warmup = parse_double(optarg, "--warmup"); break;
@@ -806,7 +831,7 @@ static void parse_args(int argc, char **argv)
         usage(stderr);
         exit(2);
     }
-    if (opt.port == 0) {
+    if (opt.n_ports == 0) {
         usage(stderr);
         die("--port is required");
     }
@@ -914,11 +939,12 @@ static void report(void)
                n_established, opt.conns, setup_s, alive, opt.hold, disconnects);
         printf("loadgen cpu: %.3f s user+sys while holding (%.1f%% of one core), "
                "%.3f s in all\n", cpu, cpu_pct, cpu_total);
-        printf("{\"mode\":\"idle\",\"conns\":%d,\"established\":%d,\"alive\":%d,"
+        printf("{\"mode\":\"idle\",\"ports\":%d,\"conns\":%d,\"established\":%d,\"alive\":%d,"
                "\"setup_failures\":%" PRIu64 ",\"disconnects\":%" PRIu64 ","
                "\"setup_s\":%.3f,\"hold_s\":%.3f,\"connect_retries\":%" PRIu64 ","
                "\"lg_cpu_s\":%.3f,\"lg_cpu_pct\":%.1f,\"lg_cpu_total_s\":%.3f}\n",
-               opt.conns, n_established, alive, setup_failures, disconnects,
+               opt.n_ports, opt.conns, n_established, alive, setup_failures,
+               disconnects,
                setup_s, opt.hold, connect_retries, cpu, cpu_pct, cpu_total);
         return;
     }
@@ -937,7 +963,7 @@ static void report(void)
            p50, p90, p99, pmax);
     printf("loadgen cpu: %.3f s user+sys over %.2f s of load (%.1f%% of one "
            "core), %.3f s in all\n", cpu, phase_wall, cpu_pct, cpu_total);
-    printf("{\"mode\":\"closed\",\"conns\":%d,\"ready\":%d,\"users\":%d,"
+    printf("{\"mode\":\"closed\",\"ports\":%d,\"conns\":%d,\"ready\":%d,\"users\":%d,"
            "\"duration_s\":%.3f,\"warmup_s\":%.3f,\"reqs\":%" PRIu64 ","
            "\"sends\":%" PRIu64 ",\"inboxes\":%" PRIu64 ",\"rps\":%.1f,"
            "\"errors\":%" PRIu64 ",\"unexpected\":%" PRIu64 ","
@@ -946,7 +972,7 @@ static void report(void)
            "\"setup_s\":%.3f,\"connect_retries\":%" PRIu64 ","
            "\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64 ","
            "\"lg_cpu_s\":%.3f,\"lg_cpu_pct\":%.1f,\"lg_cpu_total_s\":%.3f}\n",
-           opt.conns, n_established, n_users, opt.duration,
+           opt.n_ports, opt.conns, n_established, n_users, opt.duration,
            opt.warmup, reqs, reqs_send, reqs_inbox, rps, errors, unexpected,
            disconnects, setup_failures, p50, p90, p99, pmax, setup_s,
            connect_retries, bytes_in, bytes_out, cpu, cpu_pct, cpu_total);
@@ -960,11 +986,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     raise_nofile(opt.conns + 64);
 
-    memset(&server_addr, 0, sizeof server_addr);
-    server_addr.sin_family = AF_INET;
-    server_addr.sin_port = htons((uint16_t)opt.port);
-    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1)
-        die("--host: not an IPv4 address: %s", opt.host);
+    for (int p = 0; p < opt.n_ports; p++) {
+        struct sockaddr_in *addr = &server_addrs[p];
+        memset(addr, 0, sizeof *addr);
+        addr->sin_family = AF_INET;
+        addr->sin_port = htons((uint16_t)opt.ports[p]);
+        if (inet_pton(AF_INET, opt.host, &addr->sin_addr) != 1)
+            die("--host: not an IPv4 address: %s", opt.host);
+    }
 
     conns = calloc((size_t)opt.conns, sizeof *conns);
     if (conns == NULL)
@@ -972,6 +1001,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < opt.conns; i++) {
         conns[i].fd = -1;
         conns[i].user = i % n_users;
+        conns[i].target = i % opt.n_ports;
         conns[i].state = C_NEW;
     }
     epfd = epoll_create1(EPOLL_CLOEXEC);
