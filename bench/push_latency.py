@@ -380,7 +380,7 @@ def main(argv: list[str]) -> int:
     async def run() -> None:
         try:
             await test.setup()
-        except Exception as e:  # noqa: BLE001 - any setup failure is reported
+        except Exception as e:  # any setup failure is reported
             outcome["setup_failed"] = f"{type(e).__name__}: {e}"
             return
         test.start()
