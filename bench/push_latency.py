@@ -33,7 +33,7 @@ from typing import Any
 
 from twisted.internet import epollreactor
 
-epollreactor.install()  # type: ignore[no-untyped-call]
+epollreactor.install()
 
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
@@ -62,6 +62,9 @@ class Line(LineReceiver):
         self.on_event: Callable[[dict[str, Any], int], None] | None = None
         self.connected_d: Deferred[Line] = Deferred()
         self.lost = False
+        self.token = ""
+        #: Called with the replies to fire_and_forget requests.
+        self.unrequested_reply: Callable[[dict[str, Any]], None] = lambda reply: None
 
     def connectionMade(self) -> None:
         self.connected_d.callback(self)
@@ -80,6 +83,7 @@ class Line(LineReceiver):
         return d
 
     def sendLine(self, line: bytes) -> None:  # requests end in LF, not the delimiter
+        assert self.transport is not None
         self.transport.write(line + b"\n")
 
     def lineReceived(self, line: bytes) -> None:
@@ -102,10 +106,8 @@ class Line(LineReceiver):
         Send a request whose reply goes to L{unrequested_reply}.
         """
         self.waiting.append(None)
+        assert self.transport is not None
         self.transport.write(line)
-
-    def unrequested_reply(self, reply: dict[str, Any]) -> None:
-        pass
 
 
 class Factory(ClientFactory):
@@ -126,7 +128,7 @@ class Factory(ClientFactory):
 
 def connect(host: str, port: int) -> Deferred[Line]:
     factory = Factory()
-    reactor.connectTCP(host, port, factory, timeout=10)  # type: ignore[attr-defined]
+    reactor.connectTCP(host, port, factory, timeout=10)
     return factory.made
 
 
@@ -177,15 +179,15 @@ class PushLatency:
         a = self.args
         self.sub, self.sub_token = await self.login(a.sub_port, a.subscriber)
         self.sub.on_event = self.on_event
-        self.sub.unrequested_reply = self.on_ack_reply  # type: ignore[method-assign]
+        self.sub.unrequested_reply = self.on_ack_reply
         reply = await self.sub.request(f"subscribe {self.sub_token}")
         if reply.get("status") != "OK":
             raise RuntimeError(f"subscribe: {reply}")
         users = [u for u in a.senders_from.split(",") if u]
         for i in range(a.senders):
             line, token = await self.login(a.send_port, users[i % len(users)])
-            line.unrequested_reply = self.on_send_reply  # type: ignore[method-assign]
-            line.token = token  # type: ignore[attr-defined]
+            line.unrequested_reply = self.on_send_reply
+            line.token = token
             self.senders.append(line)
         # Let the presence events of the senders' logins go by.
         await deferLater(0.2)
@@ -217,14 +219,14 @@ class PushLatency:
             sent = now_ns()
             self.send_times.append(sent)
             line.fire_and_forget(
-                f"send {line.token} {a.subscriber} {MARK} {seq} {sent}\n".encode()  # type: ignore[attr-defined]
+                f"send {line.token} {a.subscriber} {MARK} {seq} {sent}\n".encode()
             )
             seq += 1
         if seq >= self.total:
             self.ticker.stop()
             self.t_end = now_ns()
             print("DONE", flush=True)
-            reactor.callLater(a.drain, self.finish)  # type: ignore[attr-defined]
+            reactor.callLater(a.drain, self.finish)
             self.check_done()
 
     def on_send_reply(self, reply: dict[str, Any]) -> None:
@@ -331,7 +333,7 @@ class PushLatency:
 
 def deferLater(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)  # type: ignore[attr-defined]
+    reactor.callLater(seconds, d.callback, None)
     return d
 
 
@@ -389,12 +391,10 @@ def main(argv: list[str]) -> int:
     def stop(result: object) -> None:
         if isinstance(result, Failure):
             outcome["failed"] = result.getErrorMessage()
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
-    reactor.callWhenRunning(  # type: ignore[attr-defined]
-        lambda: Deferred.fromCoroutine(run()).addBoth(stop)
-    )
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(run()).addBoth(stop))
+    reactor.run()
     if "setup_failed" in outcome:
         print(json.dumps({"mode": "push", **outcome}))
         return 2
