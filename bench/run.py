@@ -2,12 +2,19 @@
 """
 Benchmark C{twistd chat} against a minimal in-memory Twisted server.
 
-For each server (ours: C{twistd chat} with a fresh SQLite store and
-C{--demo}; baseline: C{bench/baseline_server.py}) and each connection count,
-start the server pinned to CPU 0, run C{bench/loadgen} (closed loop) pinned
-to CPU 1, and stop the server. Then, per server, hold many authenticated
-idle connections and read the server's resident memory (VmRSS) meanwhile.
-Prints a table and optionally writes every figure as JSON.
+Server kinds: baseline (C{bench/baseline_server.py}), ours (C{twistd chat}
+with a fresh SQLite store and C{--demo}), ours-pg (one node on a fresh
+PostgreSQL database) and ours-pg2 (two nodes on one fresh database, the
+load's connections spread over both). For each kind and each connection
+count, start the server(s) pinned to CPU 0, run C{bench/loadgen} (closed
+loop) pinned to CPU 1, and stop the server(s). PostgreSQL is a throwaway
+server started for the run (L{pgserver}), pinned to CPU 0 with the nodes
+by default (C{--pg-cpus}). Then, per kind, hold many authenticated idle
+connections and read the server's resident memory (VmRSS) meanwhile. With
+C{--push-latency}, also measure how long a message takes from C{send} to
+its push to a subscriber, on one node and from one node to another
+(C{bench/push_latency.py}). Prints tables and optionally writes every
+figure as JSON.
 
 Standard library only; run it with a Python that has Twisted (the servers
 use the same interpreter):
@@ -38,8 +45,19 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOADGEN = BENCH / "loadgen"
-SERVERS = ("ours", "baseline")
+PUSH_LATENCY = BENCH / "push_latency.py"
 SERVER_CPU, LOADGEN_CPU = "0", "1"
+
+sys.path.insert(0, str(BENCH))
+from pgserver import ThrowawayPostgres, find_bindir  # noqa: E402
+
+#: The server kinds, and how many chat nodes each runs (the baseline: 0).
+NODES = {"baseline": 0, "ours": 1, "ours-pg": 1, "ours-pg2": 2}
+SERVERS = tuple(NODES)
+#: The kinds that run on PostgreSQL.
+PG_KINDS = ("ours-pg", "ours-pg2")
+#: Push-latency rows: (kind, whether sender and subscriber are on one node).
+PUSH_ROWS = (("ours", True), ("ours-pg", True), ("ours-pg2", False))
 
 #: Log lines that point at a problem in a server (the --demo warning aside).
 PROBLEM_MARKERS = ("Traceback", "#error]", "#critical]", "Unhandled", "#warn]")
@@ -193,34 +211,45 @@ def wait_quiet(timeout: float, window: float = 2.0, threshold: float = 10.0) -> 
 class Server:
     """
     One server process, in a temporary directory of its own.
+
+    @ivar store: for our server, the C{--store} (default: a new SQLite file
+        in that directory).
+    @ivar node_id: for our server, its C{--node-id} in a cluster, if this
+        chat has that option.
     """
 
-    def __init__(self, kind: str, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(
+        self,
+        kind: str,
+        args: argparse.Namespace,
+        workdir: Path,
+        store: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
         self.kind = kind
         self.args = args
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
         self.port = free_port()
         self.log_path = self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.store = store or f"sqlite:{self.dir}/chat.sqlite"
+        self.node_id = node_id
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.node_id}" if self.node_id else self.kind
 
     def command(self) -> list[str]:
         backlog = self.args.listen_backlog
-        if self.kind == "ours":
+        if self.kind != "baseline":
             listen = f"tcp:{self.port}:interface=127.0.0.1"
             if backlog:
                 listen += f":backlog={backlog}"
-            return [
-                self.args.twistd,
-                "-n",
-                "--pidfile=",
-                "chat",
-                "--demo",
-                "--listen",
-                listen,
-                "--store",
-                f"sqlite:{self.dir}/chat.sqlite",
-                *self.args.chat_arg,
-            ]
+            command = [self.args.twistd, "-n", "--pidfile=", "chat", "--demo"]
+            command += ["--listen", listen, "--store", self.store]
+            if self.node_id and "--node-id" in self.args.chat_options:
+                command += ["--node-id", self.node_id]
+            return [*command, *self.args.limit_args, *self.args.chat_arg]
         command = [self.args.python, str(BENCH / "baseline_server.py")]
         command += ["--port", str(self.port)]
         if backlog:
@@ -229,7 +258,7 @@ class Server:
 
     def start(self) -> None:
         env = dict(os.environ)
-        if self.kind == "ours":
+        if self.kind != "baseline":
             paths = (self.args.chat_src, env.get("PYTHONPATH"))
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         command = self.command()
@@ -264,7 +293,7 @@ class Server:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(
-                    f"{self.kind} server exited while starting:\n{self.log_tail()}"
+                    f"{self.name} server exited while starting:\n{self.log_tail()}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 1.0) as s:
@@ -281,7 +310,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.kind} server not ready after {timeout} s")
+        raise RuntimeError(f"{self.name} server not ready after {timeout} s")
 
     def stop(self) -> dict[str, Any]:
         """
@@ -328,25 +357,160 @@ class Server:
         return found
 
 
+class Deployment:
+    """
+    The server processes of one measurement: the baseline, our server on
+    SQLite, or our node(s) on a fresh PostgreSQL database (created here,
+    dropped by L{stop}).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        args: argparse.Namespace,
+        workdir: Path,
+        pg: ThrowawayPostgres | None,
+    ) -> None:
+        self.kind = kind
+        self.args = args
+        self.workdir = workdir
+        self.pg = pg if kind in PG_KINDS else None
+        self.database: str | None = None
+        self.servers: list[Server] = []
+
+    def start(self) -> None:
+        store = None
+        if self.pg is not None:
+            self.database = self.pg.create_database()
+            store = self.pg.url(self.database)
+        count = max(1, NODES[self.kind])
+        for i in range(count):
+            node_id = f"node{i + 1}" if self.kind in PG_KINDS else None
+            server = Server(self.kind, self.args, self.workdir, store, node_id)
+            self.servers.append(server)
+            # One after the other: the first creates the schema and the
+            # demo users, the others find them.
+            server.start()
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def alive(self) -> bool:
+        return bool(self.servers) and all(server.alive() for server in self.servers)
+
+    def rss_kb(self) -> int | None:
+        """
+        The servers' VmRSS, added.
+        """
+        values = [rss_kb(server.pid) for server in self.servers]
+        return None if None in values else sum(v for v in values if v is not None)
+
+    def cpu_seconds(self) -> float | None:
+        """
+        The servers' CPU time, added.
+        """
+        values = [cpu_seconds(server.pid) for server in self.servers]
+        return None if None in values else sum(v for v in values if v is not None)
+
+    def db_cpu(self) -> dict[int, float]:
+        """
+        CPU time of each PostgreSQL process (postmaster, backends, ...).
+        """
+        if self.pg is None:
+            return {}
+        found = {pid: cpu_seconds(pid) for pid in self.pg.pids()}
+        return {pid: t for pid, t in found.items() if t is not None}
+
+    def stop(self) -> dict[str, Any]:
+        """
+        Stop every server (see L{Server.stop}) and drop the database.
+        """
+        outcome: dict[str, Any] = {"crashed": False, "killed": False}
+        codes, problems = [], []
+        for server in self.servers:
+            one = server.stop()
+            outcome["crashed"] = outcome["crashed"] or one["crashed"]
+            outcome["killed"] = outcome["killed"] or one["killed"]
+            codes.append(one.get("exit_code"))
+            prefix = f"[{server.node_id}] " if server.node_id else ""
+            problems += [prefix + line for line in one.get("log_problems", [])]
+        outcome["exit_code"] = codes[0] if len(codes) == 1 else codes
+        outcome["log_problems"] = problems
+        if self.pg is not None and self.database is not None:
+            try:
+                self.pg.drop_database(self.database)
+            except RuntimeError as e:
+                outcome["db_drop_failed"] = str(e)
+        return outcome
+
+
+def cpu_snapshot(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "server": deployment.cpu_seconds(),
+        "db": deployment.db_cpu(),
+        "at": time.monotonic(),
+        "cpus": cpus_busy(),
+    }
+
+
+def cpu_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """
+    The server's and PostgreSQL's CPU between two snapshots (100% = one
+    core), and how busy each CPU was meanwhile.
+    """
+    wall = after["at"] - before["at"]
+    figures: dict[str, Any] = {}
+    if before["server"] is not None and after["server"] is not None:
+        figures["server_cpu_pct"] = round(
+            100 * (after["server"] - before["server"]) / wall, 1
+        )
+    if after["db"]:
+        # A backend that started meanwhile counts whole; one that ended is
+        # lost (the nodes keep theirs open).
+        used = sum(t - before["db"].get(pid, 0.0) for pid, t in after["db"].items())
+        figures["db_cpu_pct"] = round(100 * used / wall, 1)
+    figures["cpu_busy_pct"] = {
+        name: round(100 * (after["cpus"][name] - before["cpus"][name]) / wall, 1)
+        for name in after["cpus"]
+    }
+    return figures
+
+
 # Load runs.
 
 
 def run_loadgen(
     args: argparse.Namespace,
-    port: int,
+    ports: list[int],
     options: list[str],
     on_line: Callable[[str], bool],
     timeout: float,
 ) -> dict[str, Any]:
     """
-    Run loadgen against C{port}; call C{on_line} with each line it prints on
-    stdout, as it comes, until C{on_line} returns True. Return loadgen's
-    JSON result (its last line).
+    Run loadgen against C{ports} (its connections spread round-robin over
+    them); call C{on_line} with each line it prints on stdout, as it comes,
+    until C{on_line} returns True. Return loadgen's JSON result (its last
+    line).
     """
-    command = [str(LOADGEN), "--port", str(port), "--users", args.users]
+    command = [str(LOADGEN), "--port", ",".join(map(str, ports))]
+    command += ["--users", args.users]
     command += ["--password", args.password, "--quiet", *options]
     if args.pin:
         command = ["taskset", "-c", LOADGEN_CPU, *command]
+    return run_tool(command, on_line, timeout, "loadgen")
+
+
+def run_tool(
+    command: list[str],
+    on_line: Callable[[str], bool],
+    timeout: float,
+    name: str,
+) -> dict[str, Any]:
+    """
+    Run a measuring tool (loadgen, push_latency.py) that prints progress
+    lines and, last, one JSON object on stdout; see L{run_loadgen}.
+    """
     lines: list[str] = []
     watching = True
     with tempfile.TemporaryFile("w+") as errors:
@@ -369,20 +533,25 @@ def run_loadgen(
         err = errors.read().strip()
     result: dict[str, Any] = {"loadgen_stderr": err[-2000:]}
     if proc.returncode != 0:
-        result["loadgen_failed"] = f"exit {proc.returncode}: {err[-500:]}"
+        result["loadgen_failed"] = f"{name} exit {proc.returncode}: {err[-500:]}"
     for line in reversed(lines):
         if line.startswith("{"):
             result.update(json.loads(line))
             return result
-    raise RuntimeError(f"no result from loadgen (exit {proc.returncode}): {err[-500:]}")
+    raise RuntimeError(f"no result from {name} (exit {proc.returncode}): {err[-500:]}")
 
 
 def closed_run(
-    kind: str, conns: int, args: argparse.Namespace, workdir: Path
+    kind: str,
+    conns: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    pg: ThrowawayPostgres | None,
 ) -> dict[str, Any]:
-    server = Server(kind, args, workdir)
+    deployment = Deployment(kind, args, workdir, pg)
     result: dict[str, Any] = {"server": kind, "conns": conns}
-    cpu: dict[str, tuple[float | None, float, dict[str, float]]] = {}
+    result["nodes"] = NODES[kind]
+    cpu: dict[str, dict[str, Any]] = {}
 
     def on_line(line: str) -> bool:
         # loadgen prints "LOAD <n>" when the load phase (warmup included)
@@ -390,40 +559,34 @@ def closed_run(
         # tells whether it was CPU-bound.
         word = line.split(" ", 1)[0].strip()
         if word in ("LOAD", "DONE"):
-            cpu[word] = (cpu_seconds(server.pid), time.monotonic(), cpus_busy())
+            cpu[word] = cpu_snapshot(deployment)
         if word == "DONE":
-            result["server_rss_kb"] = rss_kb(server.pid)
+            result["server_rss_kb"] = deployment.rss_kb()
             return True
         return False
 
     try:
-        server.start()
+        deployment.start()
         options = ["--conns", str(conns), "--duration", str(args.duration)]
         options += ["--warmup", str(args.warmup), "--msg-size", str(args.msg_size)]
         timeout = args.duration + args.warmup + 180
-        result.update(run_loadgen(args, server.port, options, on_line, timeout))
+        result.update(run_loadgen(args, deployment.ports, options, on_line, timeout))
         if "LOAD" in cpu and "DONE" in cpu:
-            (before, t0, busy0), (after, t1, busy1) = cpu["LOAD"], cpu["DONE"]
-            if before is not None and after is not None:
-                server_cpu = 100 * (after - before) / (t1 - t0)
-                result["server_cpu_pct"] = round(server_cpu, 1)
-            # How busy each CPU was: CPU 0 well above the server's own
-            # share, or CPU 1 above loadgen's, means something else ran.
-            result["cpu_busy_pct"] = {
-                name: round(100 * (busy1[name] - busy0[name]) / (t1 - t0), 1)
-                for name in busy1
-            }
-        result["server_alive_after"] = server.alive()
+            result.update(cpu_figures(cpu["LOAD"], cpu["DONE"]))
+        result["server_alive_after"] = deployment.alive()
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         result["failed"] = str(e)
     finally:
-        result.update(server.stop())
+        result.update(deployment.stop())
     return result
 
 
-def idle_run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    server = Server(kind, args, workdir)
+def idle_run(
+    kind: str, args: argparse.Namespace, workdir: Path, pg: ThrowawayPostgres | None
+) -> dict[str, Any]:
+    deployment = Deployment(kind, args, workdir, pg)
     result: dict[str, Any] = {"server": kind, "conns": args.idle_conns}
+    result["nodes"] = NODES[kind]
     samples: list[int] = []
 
     def on_line(line: str) -> bool:
@@ -434,7 +597,7 @@ def idle_run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         time.sleep(min(1.0, args.hold / 4))  # let the server settle
         end = time.monotonic() + args.hold / 2
         while True:
-            rss = rss_kb(server.pid)
+            rss = deployment.rss_kb()
             if rss is not None:
                 samples.append(rss)
             if time.monotonic() >= end:
@@ -442,22 +605,71 @@ def idle_run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             time.sleep(0.25)
 
     try:
-        server.start()
-        result["rss_before_kb"] = rss_kb(server.pid)
+        deployment.start()
+        result["rss_before_kb"] = deployment.rss_kb()
         options = ["--idle", "--conns", str(args.idle_conns)]
         options += ["--hold", str(args.hold)]
-        result.update(run_loadgen(args, server.port, options, on_line, args.hold + 180))
+        timeout = args.hold + 180
+        result.update(run_loadgen(args, deployment.ports, options, on_line, timeout))
         result["rss_held_kb"] = max(samples) if samples else None
         result["rss_samples"] = len(samples)
         before, held = result.get("rss_before_kb"), result["rss_held_kb"]
         if before and held and result.get("established"):
             per_conn = (held - before) / result["established"]
             result["kb_per_conn"] = round(per_conn, 2)
-        result["server_alive_after"] = server.alive()
+        result["server_alive_after"] = deployment.alive()
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         result["failed"] = str(e)
     finally:
-        result.update(server.stop())
+        result.update(deployment.stop())
+    return result
+
+
+def push_run(
+    kind: str,
+    same_node: bool,
+    args: argparse.Namespace,
+    workdir: Path,
+    pg: ThrowawayPostgres | None,
+) -> dict[str, Any]:
+    """
+    Push latency on C{kind}: senders on the first node, the subscriber on
+    the same node or on the second.
+    """
+    deployment = Deployment(kind, args, workdir, pg)
+    result: dict[str, Any] = {"server": kind, "same_node": same_node}
+    result["nodes"] = NODES[kind]
+    cpu: dict[str, dict[str, Any]] = {}
+
+    def on_line(line: str) -> bool:
+        word = line.strip()
+        if word in ("LOAD", "DONE"):
+            cpu[word] = cpu_snapshot(deployment)
+        return word == "DONE"
+
+    try:
+        deployment.start()
+        ports = deployment.ports
+        command = [args.python, str(PUSH_LATENCY), "--quiet"]
+        command += ["--send-port", str(ports[0])]
+        command += ["--sub-port", str(ports[0] if same_node else ports[-1])]
+        command += ["--rate", str(args.push_rate)]
+        command += ["--duration", str(args.push_duration)]
+        command += ["--warmup", str(args.warmup)]
+        command += ["--senders", str(args.push_senders)]
+        command += ["--drain", str(args.push_drain)]
+        command += ["--password", args.password]
+        if args.pin:
+            command = ["taskset", "-c", LOADGEN_CPU, *command]
+        timeout = args.push_duration + args.warmup + args.push_drain + 120
+        result.update(run_tool(command, on_line, timeout, "push_latency"))
+        if "LOAD" in cpu and "DONE" in cpu:
+            result.update(cpu_figures(cpu["LOAD"], cpu["DONE"]))
+        result["server_alive_after"] = deployment.alive()
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        result["failed"] = str(e)
+    finally:
+        result.update(deployment.stop())
     return result
 
 
@@ -474,18 +686,37 @@ def fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
 
+def placement(args: argparse.Namespace) -> str:
+    """
+    Where the processes ran, in words.
+    """
+    if not args.pin:
+        return "not pinned"
+    where = f"server(s) on CPU {SERVER_CPU}, load on CPU {LOADGEN_CPU}"
+    if args.pg is not None:
+        where += (
+            ", PostgreSQL unpinned"
+            if args.pg_cpus is None
+            else f", PostgreSQL on CPU {args.pg_cpus}"
+        )
+    return where
+
+
+def failure(r: dict[str, Any]) -> str:
+    return str(r.get("failed") or r.get("loadgen_failed") or "?").replace("\n", " ")
+
+
 def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     closed = {(r["server"], r["conns"]): r for r in results}
     print(
         f"Closed loop: {args.warmup:g} s warmup + {args.duration:g} s measured; "
         f"send with {args.msg_size}-byte text, every 10th request an inbox; "
-        f"users {args.users}; "
-        + ("server on CPU 0, loadgen on CPU 1" if args.pin else "not pinned")
+        f"users {args.users}; {placement(args)}"
     )
     header = (
-        f"{'server':<10} {'conns':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} "
+        f"{'server':<13} {'conns':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} "
         f"{'p99 ms':>8} {'max ms':>8} {'errors':>6} {'lost':>5} {'setup s':>7} "
-        f"{'srv cpu':>7} {'lg cpu':>6}"
+        f"{'srv cpu':>7} {'db cpu':>6} {'lg cpu':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -495,34 +726,39 @@ def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
             if r is None:
                 continue
             if "rps" not in r:
-                failure = r.get("failed") or r.get("loadgen_failed") or "?"
-                print(f"{kind:<10} {conns:>6}  FAILED: {failure[:70]}")
+                print(f"{kind:<13} {conns:>6}  FAILED: {failure(r)[:70]}")
                 continue
             lost = r.get("disconnects", 0) + r.get("setup_failures", 0)
             print(
-                f"{kind:<10} {conns:>6} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
+                f"{kind:<13} {conns:>6} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
                 f"{r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} "
                 f"{r['errors']:>6} {lost:>5} {r['setup_s']:>7.2f} "
                 f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7} "
+                f"{fmt(r.get('db_cpu_pct'), '.0f', '%'):>6} "
                 f"{r['lg_cpu_pct']:>5.0f}%"
             )
-        ours, base = closed.get(("ours", conns)), closed.get(("baseline", conns))
-        if ours and base and "rps" in ours and "rps" in base:
-            print(
-                f"{'ours/base':<10} {conns:>6} {ratio(ours['rps'], base['rps']):>9} "
-                f"{ratio(ours['p50_ms'], base['p50_ms']):>8} "
-                f"{ratio(ours['p90_ms'], base['p90_ms']):>8} "
-                f"{ratio(ours['p99_ms'], base['p99_ms']):>8}"
-            )
+        base = closed.get(("baseline", conns))
+        for kind in args.servers:
+            ours = closed.get((kind, conns))
+            if kind == "baseline" or not ours or not base:
+                continue
+            if "rps" in ours and "rps" in base:
+                print(
+                    f"{kind + '/base':<13} {conns:>6} "
+                    f"{ratio(ours['rps'], base['rps']):>9} "
+                    f"{ratio(ours['p50_ms'], base['p50_ms']):>8} "
+                    f"{ratio(ours['p90_ms'], base['p90_ms']):>8} "
+                    f"{ratio(ours['p99_ms'], base['p99_ms']):>8}"
+                )
 
 
 def print_idle(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"Idle: {args.idle_conns} connections, authenticated, one ping each, "
-        f"then held {args.hold:g} s; server VmRSS before and while held"
+        f"then held {args.hold:g} s; server VmRSS (all nodes) before and while held"
     )
     header = (
-        f"{'server':<10} {'conns':>6} {'held':>6} {'lost':>5} {'setup s':>7} "
+        f"{'server':<13} {'conns':>6} {'held':>6} {'lost':>5} {'setup s':>7} "
         f"{'RSS before':>11} {'RSS held':>10} {'KB/conn':>8}"
     )
     print(header)
@@ -533,62 +769,127 @@ def print_idle(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if r is None:
             continue
         if "established" not in r:
-            failure = r.get("failed") or r.get("loadgen_failed") or "?"
-            print(f"{kind:<10} FAILED: {failure[:70]}")
+            print(f"{kind:<13} FAILED: {failure(r)[:70]}")
             continue
         before, held = r.get("rss_before_kb"), r.get("rss_held_kb")
         lost = r.get("disconnects", 0) + r.get("setup_failures", 0)
         print(
-            f"{kind:<10} {r['conns']:>6} {r['established']:>6} {lost:>5} "
+            f"{kind:<13} {r['conns']:>6} {r['established']:>6} {lost:>5} "
             f"{r['setup_s']:>7.2f} "
             f"{fmt(before and before / 1024, '.1f', ' MB'):>11} "
             f"{fmt(held and held / 1024, '.1f', ' MB'):>10} "
             f"{fmt(r.get('kb_per_conn'), '.2f'):>8}"
         )
-    ours, base = idle.get("ours"), idle.get("baseline")
-    if ours and base:
+    base = idle.get("baseline")
+    for kind in args.servers:
+        ours = idle.get(kind)
+        if kind == "baseline" or not ours or not base:
+            continue
         print(
-            f"{'ours/base':<10} {'':>6} {'':>6} {'':>5} {'':>7} "
+            f"{kind + '/base':<13} {'':>6} {'':>6} {'':>5} {'':>7} "
             f"{ratio(ours.get('rss_before_kb'), base.get('rss_before_kb')):>11} "
             f"{ratio(ours.get('rss_held_kb'), base.get('rss_held_kb')):>10} "
             f"{ratio(ours.get('kb_per_conn'), base.get('kb_per_conn')):>8}"
         )
 
 
-def interference(r: dict[str, Any]) -> str | None:
+def push_label(r: dict[str, Any]) -> str:
+    return "same node" if r["same_node"] else "cross node"
+
+
+def print_push(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"Push latency: {args.push_rate:g} messages/s, open loop, over "
+        f"{args.push_senders} sender connections (messi, lineker) on node A to "
+        f"one subscriber (henderson) on node A (same node) or B (cross node); "
+        f"{args.warmup:g} s warmup + {args.push_duration:g} s measured; "
+        f"send written -> push read; {placement(args)}"
+    )
+    header = (
+        f"{'server':<13} {'where':<10} {'sent':>6} {'recv':>6} {'miss':>5} "
+        f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'rate':>6} "
+        f"{'srv cpu':>7} {'db cpu':>6} {'tool':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        where = push_label(r)
+        if "sent" not in r:
+            print(f"{r['server']:<13} {where:<10}  FAILED: {failure(r)[:70]}")
+            continue
+        print(
+            f"{r['server']:<13} {where:<10} {r['sent']:>6} {r['received']:>6} "
+            f"{r['missing']:>5} {fmt(r['p50_ms'], '.2f'):>8} "
+            f"{fmt(r['p90_ms'], '.2f'):>8} {fmt(r['p99_ms'], '.2f'):>8} "
+            f"{fmt(r['max_ms'], '.1f'):>8} {fmt(r['achieved_rate'], '.0f'):>6} "
+            f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7} "
+            f"{fmt(r.get('db_cpu_pct'), '.0f', '%'):>6} "
+            f"{fmt(r.get('tool_cpu_pct'), '.0f', '%'):>5}"
+        )
+    for r in results:
+        if r.get("sent") and r.get("received") == 0 and not r["same_node"]:
+            print(
+                f"\n!! {r['server']} cross node: no push arrived: this chat has "
+                "no cross-node fan-out (LISTEN/NOTIFY), or it is not enabled"
+            )
+
+
+def interference(r: dict[str, Any], args: argparse.Namespace) -> str | None:
     """
-    Whether a CPU was much busier than the process pinned to it (the server
-    on CPU 0, loadgen on CPU 1): then something else competed with it, and
-    the run's figures are too low. Kernel I/O threads take a few % at most.
+    Whether a CPU was much busier than the processes pinned to it (the
+    server(s) on CPU 0, loadgen on CPU 1, PostgreSQL where --pg-cpus puts
+    it): then something else competed with them, and the run's figures are
+    too low. Kernel I/O threads take a few % at most. With PostgreSQL
+    unpinned, the CPUs are checked together.
     """
     busy = r.get("cpu_busy_pct", {})
-    for cpu, key, who in (
-        ("cpu0", "server_cpu_pct", "the server"),
-        ("cpu1", "lg_cpu_pct", "loadgen"),
-    ):
-        if cpu in busy and r.get(key) is not None and busy[cpu] - r[key] > 20:
-            return f"{cpu} was {busy[cpu]:.0f}% busy but {who} used {r[key]:.0f}%"
+    server, tool = r.get("server_cpu_pct"), r.get("lg_cpu_pct", r.get("tool_cpu_pct"))
+    db = r.get("db_cpu_pct")
+    if server is None or tool is None or "cpu0" not in busy or "cpu1" not in busy:
+        return None
+    if not args.pin:
+        return None
+    if db is not None and args.pg_cpus not in (SERVER_CPU, LOADGEN_CPU):
+        total, used = busy["cpu0"] + busy["cpu1"], server + tool + db
+        if total - used > 30:
+            return f"the CPUs were {total:.0f}% busy but ours used {used:.0f}%"
+        return None
+    expected = {"cpu0": server, "cpu1": tool}
+    if db is not None:
+        expected["cpu" + str(args.pg_cpus)] += db
+    for cpu, who in (("cpu0", "the server side"), ("cpu1", "the load")):
+        if busy[cpu] - expected[cpu] > 20:
+            return (
+                f"{cpu} was {busy[cpu]:.0f}% busy but {who} used {expected[cpu]:.0f}%"
+            )
     return None
 
 
-def print_interference(results: list[dict[str, Any]]) -> None:
+def describe(r: dict[str, Any]) -> str:
+    if "same_node" in r:
+        return f"{r['server']} push latency, {push_label(r)}"
+    return f"{r['server']} with {r['conns']} connections"
+
+
+def print_interference(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for r in results:
-        why = interference(r)
+        why = interference(r, args)
         if why:
             print(
-                f"\n?? {r['server']} with {r['conns']} connections: {why}: "
+                f"\n?? {describe(r)}: {why}: "
                 "something else ran there, so these figures are too low"
             )
 
 
 def print_problems(results: list[dict[str, Any]]) -> None:
     keys = ["failed", "loadgen_failed", "crashed", "killed", "errors"]
-    keys += ["unexpected", "disconnects", "setup_failures"]
+    keys += ["unexpected", "disconnects", "setup_failures", "db_drop_failed"]
+    keys += ["send_errors", "missing", "duplicates", "ack_errors"]
     for r in results:
         if not (r.get("log_problems") or any(r.get(k) for k in keys)):
             continue
-        print(f"\n!! {r['server']} with {r['conns']} connections:")
-        for key in (*keys, "exit_code"):
+        print(f"\n!! {describe(r)}:")
+        for key in (*keys, "exit_code", "error_samples"):
             if r.get(key):
                 print(f"   {key}: {r[key]}")
         for line in r.get("log_problems", [])[:10]:
@@ -615,7 +916,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="connections of the idle-memory run; 0 skips it (%(default)s)",
     )
     add("--hold", type=float, default=5.0, help="idle hold in s (%(default)s)")
-    add("--servers", default="ours,baseline", help="which servers (%(default)s)")
+    add(
+        "--servers",
+        default=None,
+        help=f"which server kinds, of {', '.join(SERVERS)} (default: all of "
+        "them if PostgreSQL is installed, else baseline,ours)",
+    )
     add("--users", default="messi,henderson,lineker", help="round-robin users")
     add("--password", default="surabaya")
     add("--msg-size", type=int, default=40, help="bytes of text per send")
@@ -629,10 +935,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--chat-arg",
         action="append",
         default=[],
-        help="extra option for twistd chat, repeatable (e.g."
-        " --chat-arg=--max-connections-per-address=20000: the load comes"
-        " from one address, which the default per-address limit of 1000"
-        " would cap)",
+        help="extra option for twistd chat, repeatable (e.g. "
+        "--chat-arg=--push-window=200); run.py already raises "
+        "--max-connections and --max-connections-per-address to fit the "
+        "largest run, since all the load comes from 127.0.0.1",
     )
     add(
         "--python",
@@ -650,6 +956,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="REV",
         help="measure chat as of this commit (e.g. HEAD), exported from git, "
         "instead of the work tree",
+    )
+    add(
+        "--pg-bin",
+        metavar="DIR",
+        default=None,
+        help="PostgreSQL's initdb, pg_ctl, psql (default: the newest "
+        "/usr/lib/postgresql/*/bin)",
+    )
+    add(
+        "--pg-cpus",
+        default=SERVER_CPU,
+        help="CPU list for PostgreSQL (taskset -c), or 'any' for unpinned "
+        "(default %(default)s: with the chat nodes, so that the server side "
+        "has one core in every row)",
+    )
+    add(
+        "--push-latency",
+        action="store_true",
+        help="also measure push latency: same node (ours, ours-pg) and cross "
+        "node (ours-pg2), for the kinds in --servers",
+    )
+    add("--push-rate", type=float, default=1000.0, help="messages/s (%(default)s)")
+    add(
+        "--push-duration",
+        type=float,
+        default=10.0,
+        help="measured s of each push run (%(default)s)",
+    )
+    add(
+        "--push-senders",
+        type=int,
+        default=8,
+        help="sending connections of the push runs (%(default)s)",
+    )
+    add(
+        "--push-drain",
+        type=float,
+        default=5.0,
+        help="most s to wait for missing pushes after the last send (%(default)s)",
     )
     add(
         "--quiet-wait",
@@ -672,16 +1017,65 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "for the CPUs (%(default)s)",
     )
     add("--json", metavar="PATH", help="also write every figure as JSON")
-    add("--keep", action="store_true", help="keep the servers' directories and logs")
+    add(
+        "--keep",
+        action="store_true",
+        help="keep the servers' directories and logs, and PostgreSQL's",
+    )
     args = parser.parse_args(argv)
     args.conns = [int(n) for n in args.conns.split(",") if n.strip()]
+    args.pg_bin = args.pg_bin or find_bindir()
+    if args.servers is None:
+        if args.pg_bin is None:
+            log(
+                "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; "
+                "--pg-bin DIR names another): measuring baseline,ours only"
+            )
+            args.servers = "baseline,ours"
+        else:
+            args.servers = ",".join(SERVERS)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in args.servers:
         if s not in SERVERS:
             parser.error(f"--servers: unknown {s!r} (known: {', '.join(SERVERS)})")
+    if args.pg_bin is None and set(args.servers) & set(PG_KINDS):
+        parser.error(
+            "--servers: ours-pg and ours-pg2 need PostgreSQL's server binaries "
+            "(Debian package postgresql), not found; --pg-bin DIR names them"
+        )
+    if args.pg_cpus in ("any", ""):
+        args.pg_cpus = None
     if args.twistd is None:
         args.twistd = str(Path(args.python).parent / "twistd")
     return args
+
+
+def chat_options(args: argparse.Namespace) -> str:
+    """
+    C{twistd chat --help}: which options this chat has (e.g. --node-id).
+    """
+    env = dict(os.environ)
+    paths = (args.chat_src, env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    done = subprocess.run(
+        [args.twistd, "chat", "--help"], capture_output=True, env=env, text=True
+    )
+    return done.stdout
+
+
+def limit_args(args: argparse.Namespace, largest: int) -> list[str]:
+    """
+    Connection limits that fit the largest run: all the load comes from one
+    address, which the default per-address limit (1,000) would cap. Left
+    alone when --chat-arg sets them.
+    """
+    given = " ".join(args.chat_arg)
+    need = largest + 64
+    found: list[str] = []
+    for option in ("--max-connections", "--max-connections-per-address"):
+        if f"{option}=" not in given and f"{option} " not in given + " ":
+            found.append(f"{option}={max(need, 10_000)}")
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -690,12 +1084,14 @@ def main(argv: list[str]) -> int:
     if check.returncode != 0:
         log(f"{args.python} cannot import twisted; pass --python")
         return 2
-    if "ours" in args.servers and not Path(args.twistd).exists():
+    if set(args.servers) - {"baseline"} and not Path(args.twistd).exists():
         log(f"no twistd at {args.twistd}; pass --twistd")
         return 2
     if args.pin and (not shutil.which("taskset") or (os.cpu_count() or 1) < 2):
         log("taskset or a second CPU is missing: running unpinned")
         args.pin = False
+    if not args.pin:
+        args.pg_cpus = None
 
     build_loadgen()
     largest = max([*args.conns, args.idle_conns])
@@ -705,7 +1101,14 @@ def main(argv: list[str]) -> int:
     ports = local_port_count()
     if ports is not None and ports < largest:
         log(f"only {ports} local ports: not enough for {largest} connections")
+    args.limit_args = limit_args(args, largest)
 
+    push_rows = [
+        (kind, same)
+        for kind, same in PUSH_ROWS
+        if args.push_latency and kind in args.servers
+    ]
+    uses_pg = bool(set(args.servers) & set(PG_KINDS))
     results: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {
@@ -715,8 +1118,10 @@ def main(argv: list[str]) -> int:
             "nofile": nofile,
         },
         "chat": "",
+        "postgres": None,
         "closed": [],
         "idle": [],
+        "push": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     if args.chat_commit:
@@ -725,15 +1130,34 @@ def main(argv: list[str]) -> int:
         results["chat"] = f"{commit} (exported)"
     else:
         results["chat"] = chat_version(args.chat_src)
+    args.chat_options = chat_options(args)
+    args.pg = None
+    pg: ThrowawayPostgres | None = None
     try:
+        if uses_pg:
+            assert args.pg_bin is not None
+            pg = ThrowawayPostgres(args.pg_bin, cpus=args.pg_cpus)
+            log(f"starting PostgreSQL from {args.pg_bin} in {pg.directory}")
+            pg.start()
+            args.pg = pg.directory
+            version = subprocess.run(
+                [os.path.join(args.pg_bin, "postgres"), "--version"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            results["postgres"] = {
+                "bin": args.pg_bin,
+                "version": version,
+                "cpus": args.pg_cpus or "any",
+            }
         for kind in args.servers:
             for conns in args.conns:
                 log(f"{kind}: {conns} connections, {args.duration:g} s")
                 for attempt in range(1 + args.retries):
                     wait_quiet(args.quiet_wait)
-                    r = closed_run(kind, conns, args, workdir)
+                    r = closed_run(kind, conns, args, workdir, pg)
                     r["attempt"] = attempt + 1
-                    why = interference(r)
+                    why = interference(r, args)
                     if not why or attempt == args.retries:
                         break
                     log(f"  {why}: something else ran; again in 10 s")
@@ -745,14 +1169,36 @@ def main(argv: list[str]) -> int:
                         f"{r['errors']} errors, loadgen cpu {r['lg_cpu_pct']:.0f}%"
                     )
                 else:
-                    log(f"  failed: {r.get('failed') or r.get('loadgen_failed')}")
+                    log(f"  failed: {failure(r)}")
             if args.idle_conns > 0:
                 log(f"{kind}: {args.idle_conns} idle connections, {args.hold:g} s")
                 wait_quiet(args.quiet_wait)
-                r = idle_run(kind, args, workdir)
+                r = idle_run(kind, args, workdir, pg)
                 results["idle"].append(r)
                 log(f"  {r.get('established')} held, RSS {r.get('rss_held_kb')} kB")
+        for kind, same_node in push_rows:
+            where = "same node" if same_node else "cross node"
+            log(f"{kind}: push latency, {where}, {args.push_rate:g}/s")
+            for attempt in range(1 + args.retries):
+                wait_quiet(args.quiet_wait)
+                r = push_run(kind, same_node, args, workdir, pg)
+                r["attempt"] = attempt + 1
+                why = interference(r, args)
+                if not why or attempt == args.retries:
+                    break
+                log(f"  {why}: something else ran; again in 10 s")
+                time.sleep(10)
+            results["push"].append(r)
+            if "sent" in r:
+                log(f"  {r['received']} of {r['sent']} received, p99 {r['p99_ms']} ms")
+            else:
+                log(f"  failed: {failure(r)}")
     finally:
+        if pg is not None:
+            try:
+                pg.remove(keep=args.keep)
+            except RuntimeError as e:
+                log(f"could not stop PostgreSQL: {e}")
         if args.keep:
             log(f"kept the servers' directories in {workdir}")
         else:
@@ -760,14 +1206,21 @@ def main(argv: list[str]) -> int:
 
     print()
     print(f"twistd chat from {args.chat_src} at {results['chat']}")
+    if results["postgres"]:
+        pgi = results["postgres"]
+        print(f"PostgreSQL: {pgi['version']}, CPUs {pgi['cpus']}")
     print_closed(results["closed"], args)
     if results["idle"]:
         print()
         print_idle(results["idle"], args)
-    print_problems(results["closed"] + results["idle"])
-    print_interference(results["closed"])
+    if results["push"]:
+        print()
+        print_push(results["push"], args)
+    print_problems(results["closed"] + results["idle"] + results["push"])
+    print_interference(results["closed"] + results["push"], args)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        results["config"]["pg"] = str(args.pg) if args.pg else None
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
         log(f"wrote {args.json}")
     return 0
 
