@@ -244,10 +244,10 @@ class SQLiteStore:
                 d.errback(error)
         else:
             assert isinstance(outcome, tuple)
-            outcome, seconds = outcome
+            results, seconds = outcome
             for observer in self.commit_observers:
                 observer(len(batch), seconds)
-            for (_, _, d), (succeeded, value) in zip(batch, outcome, strict=True):
+            for (_, _, d), (succeeded, value) in zip(batch, results, strict=True):
                 if succeeded:
                     d.callback(value)
                 else:
