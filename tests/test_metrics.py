@@ -162,7 +162,7 @@ def test_factory_counts_the_commands_it_runs() -> None:
     assert Server().factory.metrics is None
 
 
-def test_service_hooks(tmp_path: Path) -> None:
+def test_service_hooks() -> None:
     """With metrics, the service hooks the factory, the connection count,
     the store's commit observers and a fan-out's lag observers."""
     store = MemoryStore()
@@ -190,7 +190,7 @@ def test_service_hooks(tmp_path: Path) -> None:
     assert service.outbox_watcher is None  # no realms without federation
 
 
-def test_service_without_metrics(tmp_path: Path) -> None:
+def test_service_without_metrics() -> None:
     """Without --metrics nothing is hooked and nothing listens."""
     store = MemoryStore()
     store.commit_observers = []  # type: ignore[attr-defined]
