@@ -144,7 +144,7 @@ def test_postgresql_stopped_and_started_under_load(
     assert not any(s.unanswered for s in senders), "a connection was dropped"
     assert sum(len(s.acked) for s in senders) > acked_at_recovery
     stored = [m["msg"] for m in drain(port_b)]
-    acked, errored, unanswered, unanswered_stored = check_ledger(senders, stored)
+    acked, errored, _, _ = check_ledger(senders, stored)
     for server in (a, b):
         assert "Traceback" not in server.log_text()
     report(
