@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from chat.errors import SchemaTooNew, StorageUnavailable
+from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
 from chat.model import Message
 from chat.store import open_store, schema
 from chat.store.postgres import (
@@ -265,3 +265,72 @@ def test_open_store_passes_node_id(postgres_db: str) -> None:
     store: Any = open_store(reactor, postgres_db, node_id="node-7", max_mailbox=5)
     assert isinstance(store, PostgresStore)
     assert (store.node_id, store.max_mailbox, store.url) == ("node-7", 5, postgres_db)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_batch_of_sends_and_drains(postgres_db: str) -> None:
+    """Sends and drains asked for together (one batch, run in bulk) succeed
+    or fail each as it would alone: unknown users and full mailboxes are
+    refused one by one, and two drains of one mailbox share it out."""
+    store = PostgresStore(reactor, postgres_db, max_mailbox=3)
+    store.start()
+    try:
+        for user in (MESSI, HENDERSON, LINEKER):
+            await store.add_user(user)
+        await store.store_message("messi", "lineker", "old", 0.5)
+        await store.store_message("henderson", "lineker", "older", 0.6)
+        commits = store.commits
+        asked = [
+            store.store_message("messi", "henderson", "h1", 1.0),
+            store.store_message("nobody", "henderson", "x", 1.0),
+            store.store_message("messi", "nobody", "x", 1.0),
+            store.store_message("lineker", "henderson", "h2", 1.0),
+            store.store_message("messi", "henderson", "h3", 1.0),
+            store.store_message("messi", "henderson", "h4", 1.0),
+            store.drain_inbox("lineker", 2.0, 1),
+            store.drain_inbox("lineker", 2.0),
+            store.drain_inbox("messi", 2.0),
+        ]
+        outcomes: list[Any] = []
+        for d in asked:
+            outcomes.append(await d.addErrback(lambda f: f.value))
+        assert store.commits - commits <= 2
+        left = await store.drain_inbox("henderson", 3.0)
+    finally:
+        await store.close()
+    h1, nobody_sender, nobody_recipient, h2, h3, h4 = outcomes[:6]
+    assert (h1.text, h2.text, h3.text) == ("h1", "h2", "h3")
+    assert h1.id < h2.id < h3.id
+    assert (h2.sender_name, h2.recipient_name) == ("Gary Lineker", "Jordan Henderson")
+    assert isinstance(nobody_sender, NoSuchUser) and nobody_sender.username == "nobody"
+    assert isinstance(nobody_recipient, NoSuchUser)
+    assert isinstance(h4, MailboxFull)
+    first, second, messi = outcomes[6:]
+    assert [m.text for m in first] == ["old"]
+    assert [m.text for m in second] == ["older"]
+    assert messi == []
+    assert [m.text for m in left] == ["h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ended_sessions_are_notified(
+    pg_store: PostgresStore, postgres_db: str
+) -> None:
+    """Logout, a new password and a deleted user are announced to the other
+    nodes (which cache sessions) in the committing transaction."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    listener = psycopg.connect(postgres_db, autocommit=True)
+    try:
+        listener.execute("LISTEN chat_sessions")
+        await pg_store.delete_session("f" * 64)
+        await pg_store.set_password_hash("messi", "$argon2id$new")
+        await pg_store.delete_user("henderson")
+        notifies = list(listener.notifies(timeout=1.0, stop_after=3))
+    finally:
+        listener.close()
+    assert [json.loads(n.payload) for n in notifies] == [
+        {"node": "node-a", "session": "f" * 64},
+        {"node": "node-a", "user": "messi"},
+        {"node": "node-a", "user": "henderson"},
+    ]

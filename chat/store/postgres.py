@@ -35,15 +35,31 @@ import psycopg
 from psycopg import errors
 from twisted.internet.interfaces import IReactorFromThreads
 
-from chat.errors import StorageUnavailable
+from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message
 from chat.store import schema
 from chat.store.batching import BatchOutcome, Op
-from chat.store.operations import SQLStore, new_messages, run_operations
+from chat.store.operations import (
+    _ID,
+    _MESSAGE_COLUMNS,
+    SQLStore,
+    _delete_session_txn,
+    _delete_user_txn,
+    _drain_inbox_txn,
+    _messages,
+    _set_password_hash_txn,
+    _store_message_txn,
+    _within,
+    new_messages,
+    run_operations,
+)
 
 #: The channel of committed messages.
 MESSAGES_CHANNEL = "chat_messages"
+#: The channel of sessions ended (logout), and of users whose sessions all
+#: ended (password changed, user deleted).
+SESSIONS_CHANNEL = "chat_sessions"
 #: PostgreSQL refuses payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7000
 #: Seconds to wait before connecting again after a failure: first, most.
@@ -126,6 +142,14 @@ def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+#: Operations that end sessions, and what their first argument is.
+_ENDS_SESSIONS: dict[Op, str] = {
+    _delete_session_txn: "session",
+    _set_password_hash_txn: "user",
+    _delete_user_txn: "user",
+}
+
+
 class _Connection:
     """
     A psycopg connection speaking the operations' SQL: C{?} parameters
@@ -146,6 +170,129 @@ class _Connection:
             query = query.replace("%", "%%").replace("?", "%s")
             self._translated[sql] = query
         return self.connection.execute(query, parameters)
+
+
+def _run_operations(
+    connection: _Connection, batch: list[tuple[Op, tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """
+    Run the operations of C{batch}, as L{run_operations} does, but all its
+    private messages in a few statements, then all its inbox drains in a
+    few more: with the database a round trip away, statements per
+    operation are what cost.
+
+    The order changes (messages, drains, then the rest in order), which is
+    sound because the operations of one batch are concurrent: each was
+    asked for by a different command in flight (a connection runs one
+    command at a time), none has finished, so any order is one that could
+    have happened.
+    """
+    results: list[tuple[bool, Any] | None] = [None] * len(batch)
+    for op, bulk in (
+        (_store_message_txn, _store_messages_bulk),
+        (_drain_inbox_txn, _drain_inboxes_bulk),
+    ):
+        positions = [i for i, (o, _) in enumerate(batch) if o is op]
+        if len(positions) > 1:
+            outcomes = bulk(connection, [batch[i][1] for i in positions])
+            for i, outcome in zip(positions, outcomes, strict=True):
+                results[i] = outcome
+    for i, (op, args) in enumerate(batch):
+        if results[i] is None:
+            (results[i],) = run_operations(connection, [(op, args)], psycopg.Error)
+    return [outcome for outcome in results if outcome is not None]
+
+
+def _drain_inboxes_bulk(
+    connection: _Connection, drains: list[tuple[Any, ...]]
+) -> list[tuple[bool, Any]]:
+    """
+    Several L{_drain_inbox_txn}s at once, each taking what it would alone,
+    in order: one query locking the mailboxes' undelivered messages, one
+    update, and one query for their files.
+    """
+    usernames = sorted({args[0] for args in drains})
+    waiting: dict[str, list[tuple[Any, ...]]] = {name: [] for name in usernames}
+    for row in connection.connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE recipient = ANY(%s)"
+        " AND delivered_at IS NULL ORDER BY id FOR UPDATE",
+        (usernames,),
+    ):
+        waiting[row[2]].append(row)
+    taken: list[list[tuple[Any, ...]]] = []
+    marks: list[tuple[int, float]] = []
+    for username, delivered_at, max_bytes, *_ in drains:
+        rows, _ = _within(waiting[username], max_bytes)
+        waiting[username] = waiting[username][len(rows) :]
+        taken.append(rows)
+        marks.extend((row[_ID], delivered_at) for row in rows)
+    if marks:
+        ids, times = zip(*marks, strict=True)
+        connection.connection.execute(
+            "UPDATE messages SET delivered_at = u.t FROM unnest(%s::bigint[],"
+            " %s::float8[]) AS u (id, t) WHERE messages.id = u.id",
+            (list(ids), list(times)),
+        )
+    messages = iter(_messages(connection, [row for rows in taken for row in rows]))
+    return [(True, [next(messages) for _ in rows]) for rows in taken]
+
+
+def _store_messages_bulk(
+    connection: _Connection, sends: list[tuple[Any, ...]]
+) -> list[tuple[bool, Any]]:
+    """
+    Several L{_store_message_txn}s at once, each succeeding or failing as it
+    would alone, in order: one query for the users' names, one for the
+    mailboxes' counts, one insert.
+    """
+    arguments = [args[:5] for args in sends]
+    usernames = sorted({name for a in arguments for name in a[:2]})
+    names = dict(
+        connection.connection.execute(
+            "SELECT username, full_name FROM users WHERE username = ANY(%s)",
+            (usernames,),
+        ).fetchall()
+    )
+    recipients = sorted({a[1] for a in arguments if a[1] in names})
+    counts: dict[str, int] = dict(
+        connection.connection.execute(
+            "SELECT recipient, count(*) FROM messages WHERE recipient = ANY(%s)"
+            " AND delivered_at IS NULL GROUP BY recipient",
+            (recipients,),
+        ).fetchall()
+    )
+    outcomes: list[tuple[bool, Any]] = []
+    rows: list[tuple[int, tuple[Any, ...]]] = []
+    for sender, recipient, text, sent_at, max_mailbox in arguments:
+        missing = next((u for u in (sender, recipient) if u not in names), None)
+        if missing is not None:
+            outcomes.append((False, NoSuchUser(missing)))
+            continue
+        if counts.get(recipient, 0) >= max_mailbox:
+            outcomes.append((False, MailboxFull(recipient)))
+            continue
+        counts[recipient] = counts.get(recipient, 0) + 1
+        row = (sender, recipient, names[sender], names[recipient], text, sent_at)
+        rows.append((len(outcomes), row))
+        outcomes.append((True, None))
+    if rows:
+        columns = list(zip(*(row for _, row in rows), strict=True))
+        ids = sorted(
+            new_id
+            for (new_id,) in connection.connection.execute(
+                "INSERT INTO messages (sender, recipient, sender_name,"
+                " recipient_name, body, sent_at)"
+                " SELECT s, r, sn, rn, b, t FROM unnest(%s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[], %s::float8[])"
+                " WITH ORDINALITY AS u (s, r, sn, rn, b, t, n) ORDER BY n"
+                " RETURNING id",
+                [list(column) for column in columns],
+            ).fetchall()
+        )
+        # Identity values are drawn in the order the rows are inserted.
+        for new_id, (position, row) in zip(ids, rows, strict=True):
+            outcomes[position] = (True, Message(new_id, *row))
+    return outcomes
 
 
 class PostgresStore(SQLStore):
@@ -215,13 +362,8 @@ class PostgresStore(SQLStore):
             connection = self._connect()
             try:
                 connection.execute("BEGIN")
-                results = run_operations(_Connection(connection), batch, psycopg.Error)
-                for payload in notification_payloads(
-                    self.node_id, new_messages(batch, results)
-                ):
-                    connection.execute(
-                        "SELECT pg_notify(%s, %s)", (MESSAGES_CHANNEL, payload)
-                    )
+                results = _run_operations(_Connection(connection), batch)
+                self._notify(connection, batch, results)
                 connection.execute("COMMIT")
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
                 self._rollback()
@@ -240,6 +382,31 @@ class PostgresStore(SQLStore):
             self.commits += 1
             return results, time.perf_counter() - started
         raise AssertionError("unreachable")
+
+    def _notify(
+        self,
+        connection: psycopg.Connection[Any],
+        batch: list[tuple[Op, tuple[Any, ...]]],
+        results: list[tuple[bool, Any]],
+    ) -> None:
+        """
+        Tell the other nodes, in the batch's transaction, what it changed
+        that they keep in memory: new messages, ended sessions.
+        """
+        notices = [
+            (MESSAGES_CHANNEL, payload)
+            for payload in notification_payloads(
+                self.node_id, new_messages(batch, results)
+            )
+        ]
+        for (op, args), (succeeded, _) in zip(batch, results, strict=True):
+            if succeeded and op in _ENDS_SESSIONS:
+                key = _ENDS_SESSIONS[op]
+                notices.append(
+                    (SESSIONS_CHANNEL, _compact({"node": self.node_id, key: args[0]}))
+                )
+        for channel, payload in notices:
+            connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     def _rollback(self) -> None:
         try:
