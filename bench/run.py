@@ -625,6 +625,105 @@ def idle_run(
     return result
 
 
+def profile_run(
+    kind: str,
+    conns: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    pg: ThrowawayPostgres | None,
+) -> dict[str, Any]:
+    """
+    A closed-loop run like L{closed_run} with py-spy sampling the first
+    node through the measured phase (py-spy pinned with the load). Sampling
+    pauses the node briefly 100 times a second, so its req/s is a little
+    lower than the table's; it is reported apart.
+    """
+    deployment = Deployment(kind, args, workdir, pg)
+    result: dict[str, Any] = {"server": kind, "conns": conns}
+    raw = workdir / f"py-spy-{kind}-{conns}.txt"
+    spy: list[subprocess.Popen[bytes]] = []
+
+    def on_line(line: str) -> bool:
+        if line.startswith("LOAD"):
+            time.sleep(args.warmup)
+            command = [args.py_spy, "record", "-p", str(deployment.servers[0].pid)]
+            command += ["-d", str(max(1, int(args.duration))), "-r", "100"]
+            command += ["-f", "raw", "-o", str(raw), "--threads", "--idle"]
+            command += ["--function"]
+            if args.pin:
+                command = ["taskset", "-c", LOADGEN_CPU, *command]
+            spy.append(
+                subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+            )
+        return line.startswith("DONE")
+
+    try:
+        deployment.start()
+        options = ["--conns", str(conns), "--duration", str(args.duration)]
+        options += ["--warmup", str(args.warmup), "--msg-size", str(args.msg_size)]
+        timeout = args.duration + args.warmup + 180
+        result.update(run_loadgen(args, deployment.ports, options, on_line, timeout))
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        result["failed"] = str(e)
+    finally:
+        for proc in spy:
+            try:
+                _, err = proc.communicate(timeout=60)
+                result["py_spy_stderr"] = err.decode(errors="replace")[-500:]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        result.update(deployment.stop())
+    if raw.exists():
+        result["profile"] = summarize_profile(raw.read_text())
+        if args.keep:
+            result["profile_raw"] = str(raw)
+    return result
+
+
+def summarize_profile(text: str, top: int = 12) -> dict[str, Any]:
+    """
+    py-spy's raw output ("thread;frame;...;frame count" per line, idle
+    samples included) as samples per thread, each thread's functions with
+    the most samples where they run (own), and the chat functions with the
+    most samples anywhere on the stack (inclusive).
+    """
+    threads: dict[str, int] = {}
+    own: dict[str, dict[str, int]] = {}
+    chat: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        thread = "?"
+        if frames[0].startswith("thread ("):  # "thread (0x1234): name"
+            thread = frames[0].partition(": ")[2] or frames[0]
+            frames = frames[1:]
+        threads[thread] = threads.get(thread, 0) + count
+        if frames:
+            mine = own.setdefault(thread, {})
+            mine[frames[-1]] = mine.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if "(chat/" in frame:
+                chat[frame] = chat.get(frame, 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
+        return sorted(counts.items(), key=lambda item: -item[1])[:top]
+
+    return {
+        "samples": total,
+        "threads": ranked(threads),
+        "own": {thread: ranked(counts) for thread, counts in own.items()},
+        "chat_inclusive": ranked(chat),
+    }
+
+
 def push_run(
     kind: str,
     same_node: bool,
@@ -791,6 +890,36 @@ def print_idle(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{ratio(ours.get('rss_held_kb'), base.get('rss_held_kb')):>10} "
             f"{ratio(ours.get('kb_per_conn'), base.get('kb_per_conn')):>8}"
         )
+
+
+def print_profile(r: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"Profile: py-spy, 100 samples/s of {r['server']}'s first node "
+        f"(idle samples included: % of wall time per thread), "
+        f"{r['conns']} connections, {args.duration:g} s of the measured phase"
+    )
+    if "profile" not in r:
+        why = r.get("failed") or r.get("py_spy_stderr") or "no samples"
+        print(f"  FAILED: {why}")
+        return
+    if "rps" in r:
+        print(
+            f"  while sampled: {r['rps']:.1f} req/s, p99 {r['p99_ms']:.2f} ms "
+            "(sampling pauses the node: compare the table, not this)"
+        )
+    p = r["profile"]
+    per_thread = dict(p["threads"])
+    for thread, own in p["own"].items():
+        samples = max(1, per_thread.get(thread, 0))
+        if own and own[0][1] > 0.97 * samples:
+            continue  # asleep all along (e.g. the password hashers)
+        print(f"  thread {thread}: {samples} samples; where it was (own):")
+        for frame, n in own[:10]:
+            print(f"    {100 * n / samples:5.1f}%  {frame[:100]}")
+    main = max(1, per_thread.get("MainThread", 0))
+    print("  chat functions on the stack, % of the main thread's samples:")
+    for frame, n in p["chat_inclusive"][:12]:
+        print(f"    {100 * n / main:5.1f}%  {frame[:100]}")
 
 
 def push_label(r: dict[str, Any]) -> str:
@@ -997,6 +1126,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="most s to wait for missing pushes after the last send (%(default)s)",
     )
     add(
+        "--profile",
+        metavar="KIND:CONNS",
+        help="after the table's runs, run KIND with CONNS connections once "
+        "more with py-spy sampling its first node (e.g. ours-pg:100), and "
+        "print where its time goes",
+    )
+    add(
+        "--py-spy",
+        default=None,
+        help="py-spy for --profile (default: next to --python, or on PATH)",
+    )
+    add(
         "--quiet-wait",
         type=float,
         default=60.0,
@@ -1043,6 +1184,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "--servers: ours-pg and ours-pg2 need PostgreSQL's server binaries "
             "(Debian package postgresql), not found; --pg-bin DIR names them"
         )
+    if args.profile:
+        kind, _, conns = args.profile.partition(":")
+        if kind not in SERVERS or kind == "baseline" or not conns.isdigit():
+            parser.error("--profile: expected ours, ours-pg or ours-pg2, ':', a count")
+        if kind in PG_KINDS and args.pg_bin is None:
+            parser.error("--profile: PostgreSQL's server binaries are not found")
+        args.profile = (kind, int(conns))
+        args.py_spy = (
+            args.py_spy
+            or shutil.which("py-spy", path=str(Path(args.python).parent))
+            or shutil.which("py-spy")
+        )
+        if args.py_spy is None:
+            parser.error("--profile: py-spy not found; --py-spy PATH names it")
     if args.pg_cpus in ("any", ""):
         args.pg_cpus = None
     if args.twistd is None:
@@ -1108,7 +1263,8 @@ def main(argv: list[str]) -> int:
         for kind, same in PUSH_ROWS
         if args.push_latency and kind in args.servers
     ]
-    uses_pg = bool(set(args.servers) & set(PG_KINDS))
+    kinds = set(args.servers) | ({args.profile[0]} if args.profile else set())
+    uses_pg = bool(kinds & set(PG_KINDS))
     results: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {
@@ -1122,6 +1278,7 @@ def main(argv: list[str]) -> int:
         "closed": [],
         "idle": [],
         "push": [],
+        "profile": None,
     }
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     if args.chat_commit:
@@ -1193,6 +1350,11 @@ def main(argv: list[str]) -> int:
                 log(f"  {r['received']} of {r['sent']} received, p99 {r['p99_ms']} ms")
             else:
                 log(f"  failed: {failure(r)}")
+        if args.profile:
+            kind, conns = args.profile
+            log(f"{kind}: {conns} connections, {args.duration:g} s, with py-spy")
+            wait_quiet(args.quiet_wait)
+            results["profile"] = profile_run(kind, conns, args, workdir, pg)
     finally:
         if pg is not None:
             try:
@@ -1216,6 +1378,9 @@ def main(argv: list[str]) -> int:
     if results["push"]:
         print()
         print_push(results["push"], args)
+    if results["profile"]:
+        print()
+        print_profile(results["profile"], args)
     print_problems(results["closed"] + results["idle"] + results["push"])
     print_interference(results["closed"] + results["push"], args)
     if args.json:
