@@ -52,10 +52,14 @@ class ThrowawayPostgres:
 
     @ivar cpus: a C{taskset -c} CPU list for the server and its backends
         (they inherit the postmaster's affinity), or None: unpinned.
+    @ivar settings: more C{name=value} server settings (C{postgres -c}).
     """
 
-    def __init__(self, bindir: str, cpus: str | None = None) -> None:
+    def __init__(
+        self, bindir: str, cpus: str | None = None, settings: list[str] | None = None
+    ) -> None:
         self.bindir = bindir
+        self.settings = settings or []
         self.directory = Path(tempfile.mkdtemp(prefix="chat-bench-pg-"))
         self.data = self.directory / "data"
         self.port = _free_port()
@@ -107,6 +111,8 @@ class ThrowawayPostgres:
             f" -c unix_socket_directories={self.directory}"
             " -c max_connections=200 -c fsync=on -c synchronous_commit=on"
         )
+        for setting in self.settings:
+            options += f" -c {setting}"
         pg_ctl = ["-D", str(self.data), "-o", options, "-l", str(self.log_path)]
         pg_ctl += ["-w", "-t", "60", "start"]
         if self.cpus is None:

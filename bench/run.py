@@ -1101,6 +1101,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "has one core in every row)",
     )
     add(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL server setting, repeatable (e.g. "
+        "--pg-setting autovacuum_naptime=5s); default: PostgreSQL's own, "
+        "with fsync and synchronous_commit on",
+    )
+    add(
         "--push-latency",
         action="store_true",
         help="also measure push latency: same node (ours, ours-pg) and cross "
@@ -1293,7 +1302,7 @@ def main(argv: list[str]) -> int:
     try:
         if uses_pg:
             assert args.pg_bin is not None
-            pg = ThrowawayPostgres(args.pg_bin, cpus=args.pg_cpus)
+            pg = ThrowawayPostgres(args.pg_bin, args.pg_cpus, args.pg_setting)
             log(f"starting PostgreSQL from {args.pg_bin} in {pg.directory}")
             pg.start()
             args.pg = pg.directory
@@ -1306,6 +1315,7 @@ def main(argv: list[str]) -> int:
                 "bin": args.pg_bin,
                 "version": version,
                 "cpus": args.pg_cpus or "any",
+                "settings": args.pg_setting,
             }
         for kind in args.servers:
             for conns in args.conns:
@@ -1370,7 +1380,8 @@ def main(argv: list[str]) -> int:
     print(f"twistd chat from {args.chat_src} at {results['chat']}")
     if results["postgres"]:
         pgi = results["postgres"]
-        print(f"PostgreSQL: {pgi['version']}, CPUs {pgi['cpus']}")
+        settings = ", ".join(pgi["settings"]) or "defaults"
+        print(f"PostgreSQL: {pgi['version']}, CPUs {pgi['cpus']}, settings {settings}")
     print_closed(results["closed"], args)
     if results["idle"]:
         print()
