@@ -310,3 +310,27 @@ async def test_one_batch_of_sends_and_drains(postgres_db: str) -> None:
     assert [m.text for m in second] == ["older"]
     assert messi == []
     assert [m.text for m in left] == ["h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ended_sessions_are_notified(
+    pg_store: PostgresStore, postgres_db: str
+) -> None:
+    """Logout, a new password and a deleted user are announced to the other
+    nodes (which cache sessions) in the committing transaction."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    listener = psycopg.connect(postgres_db, autocommit=True)
+    try:
+        listener.execute("LISTEN chat_sessions")
+        await pg_store.delete_session("f" * 64)
+        await pg_store.set_password_hash("messi", "$argon2id$new")
+        await pg_store.delete_user("henderson")
+        notifies = list(listener.notifies(timeout=1.0, stop_after=3))
+    finally:
+        listener.close()
+    assert [json.loads(n.payload) for n in notifies] == [
+        {"node": "node-a", "session": "f" * 64},
+        {"node": "node-a", "user": "messi"},
+        {"node": "node-a", "user": "henderson"},
+    ]
