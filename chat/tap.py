@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from chat import commands, logs
@@ -371,6 +372,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["web"] = []
         self["web-origin"] = []
+        self["metrics"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -385,6 +387,21 @@ class Options(usage.Options):
         [default: off]
         """
         self["web"].append(endpoint)
+
+    def opt_metrics(self, endpoint: str) -> None:
+        """
+        Serve Prometheus metrics over HTTP on this endpoint, e.g.
+        tcp:9100:interface=127.0.0.1. [default: off]
+        """
+        from twisted.internet import reactor
+
+        try:
+            serverFromString(reactor, endpoint)
+        except (ValueError, TypeError, KeyError, OSError) as e:
+            raise usage.UsageError(
+                f"--metrics: not a server endpoint: {endpoint!r} ({e})"
+            ) from None
+        self["metrics"] = endpoint
 
     def opt_web_origin(self, origin: str) -> None:
         """
@@ -483,6 +500,7 @@ def makeService(options: Options) -> IService:
         limits=limits,
         web=options["web"],
         web_origins=options["web-origin"],
+        metrics=options["metrics"],
     )
 
 
