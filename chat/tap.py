@@ -379,29 +379,21 @@ class Options(usage.Options):
         Listen on this Twisted endpoint (repeatable); add backlog=1024 to
         your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
-        self["listen"].append(endpoint)
+        self["listen"].append(_server_endpoint("--listen", endpoint))
 
     def opt_web(self, endpoint: str) -> None:
         """
         Serve the web client on this endpoint (repeatable).
         [default: off]
         """
-        self["web"].append(endpoint)
+        self["web"].append(_server_endpoint("--web", endpoint))
 
     def opt_metrics(self, endpoint: str) -> None:
         """
         Serve Prometheus metrics over HTTP on this endpoint, e.g.
         tcp:9100:interface=127.0.0.1. [default: off]
         """
-        from twisted.internet import reactor
-
-        try:
-            serverFromString(reactor, endpoint)
-        except (ValueError, TypeError, KeyError, OSError) as e:
-            raise usage.UsageError(
-                f"--metrics: not a server endpoint: {endpoint!r} ({e})"
-            ) from None
-        self["metrics"] = endpoint
+        self["metrics"] = _server_endpoint("--metrics", endpoint)
 
     def opt_web_origin(self, origin: str) -> None:
         """
@@ -462,6 +454,24 @@ class Options(usage.Options):
             logs.set_level(self["log-level"])
         except ValueError as e:
             raise usage.UsageError(f"--log-level: {e}") from None
+
+
+def _server_endpoint(option: str, endpoint: str) -> str:
+    """
+    C{endpoint}, if Twisted can make a server endpoint of it (for TLS, that
+    loads the certificate and key).
+
+    @raise usage.UsageError: if it cannot, saying why.
+    """
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise usage.UsageError(
+            f"{option}: not a server endpoint: {endpoint!r} ({e})"
+        ) from None
+    return endpoint
 
 
 def makeService(options: Options) -> IService:
