@@ -264,6 +264,28 @@ def test_haproxy_accepts_the_config(haproxy: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """
+    systemd-analyze verify finds nothing to say about deploy/chat@.service
+    (an unknown or misplaced key is only a warning, so its output must be
+    empty). The twistd it names is replaced by one that exists.
+    """
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze (Debian package systemd) is not installed")
+    unit = (DEPLOY / "chat@.service").read_text()
+    assert "/opt/chat/venv/bin/twistd " in unit
+    instance = tmp_path / "chat@1.service"
+    instance.write_text(
+        unit.replace("/opt/chat/venv/bin/twistd ", f"{sys.executable} ")
+    )
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(instance)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
 def test_client_survives_its_node_killed(cluster: Cluster) -> None:
     """
     A client logs in and sends through HAProxy; its node is killed with
