@@ -318,7 +318,8 @@ class PushLatency:
             "send_errors": self.send_errors,
             "send_replies_missing": sent - self.send_ok - self.send_errors,
             "received": len(self.arrived),
-            "missing": sent - len(self.arrived),
+            # Sends refused with an error are not expected to arrive.
+            "missing": max(0, sent - self.send_errors - len(self.arrived)),
             "duplicates": self.duplicates,
             "foreign": self.foreign,
             "measured": len(latencies),

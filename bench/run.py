@@ -916,10 +916,11 @@ def print_profile(r: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  thread {thread}: {samples} samples; where it was (own):")
         for frame, n in own[:10]:
             print(f"    {100 * n / samples:5.1f}%  {frame[:100]}")
-    main = max(1, per_thread.get("MainThread", 0))
-    print("  chat functions on the stack, % of the main thread's samples:")
+    # Every thread is sampled as often: a thread's samples are the wall time.
+    wall = max(1, max(per_thread.values(), default=1))
+    print("  chat functions on the stack (of whichever thread), % of wall time:")
     for frame, n in p["chat_inclusive"][:12]:
-        print(f"    {100 * n / main:5.1f}%  {frame[:100]}")
+        print(f"    {100 * n / wall:5.1f}%  {frame[:100]}")
 
 
 def push_label(r: dict[str, Any]) -> str:
