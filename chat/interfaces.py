@@ -242,9 +242,18 @@ class IFanout(Interface):
     database it is fed by the database's notifications as well.
     """
 
-    def listen(username: str, listener: Callable[[Message], None]) -> None:
+    def listen(
+        username: str,
+        listener: Callable[[Message], None],
+        resync: Callable[[], None] | None = None,
+    ) -> None:
         """
         Call C{listener} with each message committed for C{username}.
+
+        @param resync: called when the fan-out may have missed messages
+            (its connection to the other nodes was lost and made again):
+            the listener should read what it has not seen from the store.
+            A fan-out that cannot miss messages never calls it.
         """
 
     def unlisten(username: str, listener: Callable[[Message], None]) -> None:
