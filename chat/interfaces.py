@@ -660,3 +660,27 @@ class IRealmStore(Interface):
 
         @return: fires with how many were forgotten.
         """
+
+
+class IClusterStore(Interface):
+    """
+    A store that several nodes share (PostgreSQL): each node serves the
+    same realm, and hears of the others' commits through the database
+    (L{chat.cluster}).
+
+    In the transaction of each batch that stores messages, the store sends
+    C{pg_notify('chat_messages', payload)}, where the payload is the JSON
+    object C{{"node": <node_id>, "at": <commit time, seconds>, "messages":
+    [[id, recipient], ...]}} (several notifications if it would be long).
+    """
+
+    node_id = Attribute("This node's id, a str unique among the nodes.")
+    url = Attribute("The libpq URI of the database, a str.")
+
+    def messages_by_id(ids: Sequence[int]) -> Deferred[list[Message]]:
+        """
+        The messages with these ids (delivered or not), in id order; ids
+        that no longer exist are left out.
+
+        @return: fails with L{chat.errors.StorageUnavailable}.
+        """

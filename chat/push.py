@@ -58,6 +58,12 @@ class LocalFanout:
         # Nothing is ever missed within one process: resync is not needed.
         self._listeners.setdefault(username, []).append(listener)
 
+    def listening(self, username: str) -> bool:
+        """
+        Whether anyone listens for C{username}'s messages here.
+        """
+        return username in self._listeners
+
     def unlisten(self, username: str, listener: Listener) -> None:
         listeners = self._listeners.get(username, [])
         if listener in listeners:
@@ -231,7 +237,7 @@ class Presence:
         online = self._online.get(username)
         if online is None:
             online = self._online[username] = _Online(full_name)
-            self._announce(username, full_name, True)
+            self._came_online(username, full_name)
         online.minds.add(mind)
 
     def detach(self, username: str, mind: object) -> None:
@@ -241,7 +247,25 @@ class Presence:
         online.minds.discard(mind)
         if not online.minds:
             del self._online[username]
-            self._announce(username, online.full_name, False)
+            self._went_offline(username, online.full_name)
+
+    def _came_online(self, username: str, full_name: str) -> None:
+        """
+        The first connection of C{username} was attached here.
+        """
+        self._announce(username, full_name, True)
+
+    def _went_offline(self, username: str, full_name: str) -> None:
+        """
+        The last connection of C{username} here was detached.
+        """
+        self._announce(username, full_name, False)
+
+    def local(self) -> dict[str, str]:
+        """
+        The full name of each user with a connection to this process.
+        """
+        return {name: o.full_name for name, o in self._online.items()}
 
     def online(self) -> list[tuple[str, str]]:
         """

@@ -12,6 +12,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from chat import commands, logs
+from chat.cluster import new_node_id
 from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
@@ -357,6 +358,23 @@ class Options(usage.Options):
             duration,
         ],
         [
+            "node-id",
+            None,
+            None,
+            "With a PostgreSQL store shared by several nodes: this node's id, "
+            "unique among them (1-100 characters). [default: host name, "
+            "process id and a random suffix]",
+        ],
+        [
+            "heartbeat",
+            None,
+            "5s",
+            "With a PostgreSQL store: how often this node tells the others it "
+            "is alive; a node silent for three heartbeats is taken for dead and "
+            "its users go offline.",
+            duration,
+        ],
+        [
             "realm-seen-ttl",
             None,
             "30d",
@@ -412,6 +430,7 @@ class Options(usage.Options):
             "realm-retry-max": duration,
             "realm-timeout": duration,
             "realm-seen-ttl": duration,
+            "heartbeat": duration,
         }
         for name, coerce in defaults.items():
             if isinstance(self[name], str):
@@ -437,6 +456,10 @@ class Options(usage.Options):
             validate_realm_id(self["realm-id"])
         except InvalidRealmId as e:
             raise usage.UsageError(f"--realm-id: {e}") from None
+        if self["node-id"] is None:
+            self["node-id"] = new_node_id()
+        elif not 0 < len(self["node-id"]) <= 100 or not self["node-id"].isprintable():
+            raise usage.UsageError("--node-id: 1-100 printable characters")
         if self["realm-retry-min"] > self["realm-retry-max"]:
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
         if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
@@ -483,6 +506,7 @@ def makeService(options: Options) -> IService:
         limits=limits,
         web=options["web"],
         web_origins=options["web-origin"],
+        heartbeat=options["heartbeat"],
     )
 
 
