@@ -17,7 +17,7 @@ from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
-from chat.store import STORE_HELP, open_store
+from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.origins import parse_origin
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
@@ -462,7 +462,7 @@ class Options(usage.Options):
             raise usage.UsageError("--node-id: 1-100 printable characters")
         if self["realm-retry-min"] > self["realm-retry-max"]:
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
-        if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
+        if not valid_store(self["store"]):
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
             logs.set_level(self["log-level"])
