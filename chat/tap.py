@@ -483,7 +483,12 @@ def makeService(options: Options) -> IService:
 
     limits = limits_from(options)
     try:
-        store = open_store(reactor, options["store"], max_mailbox=limits.max_mailbox)
+        store = open_store(
+            reactor,
+            options["store"],
+            max_mailbox=limits.max_mailbox,
+            node_id=options["node-id"],
+        )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 

@@ -34,8 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors
 from twisted.internet.interfaces import IReactorFromThreads
+from zope.interface import implementer
 
 from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable
+from chat.interfaces import IClusterStore
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message
 from chat.store import schema
@@ -281,6 +283,7 @@ def _store_messages_bulk(
     return outcomes
 
 
+@implementer(IClusterStore)
 class PostgresStore(SQLStore):
     """
     L{IChatStore} and L{IRealmStore} on a PostgreSQL database shared by the
