@@ -697,11 +697,14 @@ def _drain_inbox_txn(
     )
     rows, _ = _within(cursor, max_bytes)
     cursor.close()
-    if rows:
+    # Exactly the rows read (and locked): on PostgreSQL each statement sees
+    # the commits made since the last, so "id <= the last id read" could
+    # take a lower id that another node committed meanwhile, unreturned.
+    ids = [row[_ID] for row in rows]
+    for chunk in _chunks(ids):
         connection.execute(
-            f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
-            " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
-            (delivered_at, username, rows[-1][_ID]),
+            f"UPDATE messages SET delivered_at = ? WHERE id IN ({_marks(len(chunk))})",
+            (delivered_at, *chunk),
         )
     return _messages(connection, rows)
 
