@@ -44,6 +44,13 @@ Federation
     queues a message for a link it does not hold wakes the holder with a
     C{chat_outbox} notification.
 
+Sessions
+    Each node caches the sessions it resolved (L{chat.sessions}). The store
+    notifies C{chat_sessions} when a session ends (logout) or all of a
+    user's do (new password, user deleted); the other nodes drop them from
+    their caches at once. One missed while the LISTEN connection was down
+    still ends within the session cache's touch interval.
+
 Why a thread for LISTEN, not C{addReader}
     The LISTEN connection is watched by one daemon thread
     (L{NotificationThread}) that blocks in psycopg's C{notifies()} and
@@ -96,6 +103,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from chat.federation import Federation
+    from chat.sessions import SessionManager
 
 T = TypeVar("T")
 
@@ -103,7 +111,9 @@ T = TypeVar("T")
 MESSAGES = "chat_messages"
 PRESENCE = "chat_presence"
 OUTBOX = "chat_outbox"
-CHANNELS = (MESSAGES, PRESENCE, OUTBOX)
+#: Sent by the store: sessions ended, users whose sessions all ended.
+SESSIONS = "chat_sessions"
+CHANNELS = (MESSAGES, PRESENCE, OUTBOX, SESSIONS)
 
 #: Longest payload sent in one notification (PostgreSQL's limit is 8000
 #: bytes); longer ones are split.
@@ -1210,6 +1220,7 @@ class Cluster:
             reactor, reactor, store.url, f"chat {self.node_id} listen"
         )
         self.federation: Federation | None = None
+        self.sessions: SessionManager | None = None
         self.listening = False
         self._running = False
         self._attempts = 0
@@ -1230,6 +1241,12 @@ class Cluster:
         self.leases.gained = federation.lease_gained
         self.leases.lost = federation.lease_lost
         self.leases.held = federation.wake
+
+    def serve_sessions(self, sessions: SessionManager) -> None:
+        """
+        End in C{sessions} the sessions other nodes end.
+        """
+        self.sessions = sessions
 
     def start(self) -> None:
         self._running = True
@@ -1291,6 +1308,8 @@ class Cluster:
                 self._presence(payload)
             elif channel == OUTBOX:
                 self._outbox(payload)
+            elif channel == SESSIONS:
+                self._sessions(payload)
         except (ValueError, TypeError, AttributeError) as e:
             self.log.warn(
                 "Ignored a malformed {channel} notification: {why}",
@@ -1326,6 +1345,18 @@ class Cluster:
             and isinstance(realm_id, str)
         ):
             federation.wake(realm_id)
+
+    def _sessions(self, payload: dict[str, Any]) -> None:
+        sessions = self.sessions
+        if sessions is None or payload.get("node") == self.node_id:
+            return
+        token_hash, username = payload.get("session"), payload.get("user")
+        if isinstance(token_hash, str):
+            sessions.ended_elsewhere(token_hash, "logged out on another node")
+        if isinstance(username, str):
+            sessions.user_changed_elsewhere(
+                username, "password changed or user deleted"
+            )
 
     def _ended(self, result: object, session: Deferred[None]) -> None:
         self.listening = False

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from chat import commands, logs
@@ -389,20 +390,28 @@ class Options(usage.Options):
         self["listen"] = []
         self["web"] = []
         self["web-origin"] = []
+        self["metrics"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """
         Listen on this Twisted endpoint (repeatable); add backlog=1024 to
         your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
-        self["listen"].append(endpoint)
+        self["listen"].append(_server_endpoint("--listen", endpoint))
 
     def opt_web(self, endpoint: str) -> None:
         """
         Serve the web client on this endpoint (repeatable).
         [default: off]
         """
-        self["web"].append(endpoint)
+        self["web"].append(_server_endpoint("--web", endpoint))
+
+    def opt_metrics(self, endpoint: str) -> None:
+        """
+        Serve Prometheus metrics over HTTP on this endpoint, e.g.
+        tcp:9100:interface=127.0.0.1. [default: off]
+        """
+        self["metrics"] = _server_endpoint("--metrics", endpoint)
 
     def opt_web_origin(self, origin: str) -> None:
         """
@@ -470,6 +479,24 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-level: {e}") from None
 
 
+def _server_endpoint(option: str, endpoint: str) -> str:
+    """
+    C{endpoint}, if Twisted can make a server endpoint of it (for TLS, that
+    loads the certificate and key).
+
+    @raise usage.UsageError: if it cannot, saying why.
+    """
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise usage.UsageError(
+            f"{option}: not a server endpoint: {endpoint!r} ({e})"
+        ) from None
+    return endpoint
+
+
 def makeService(options: Options) -> IService:
     """
     Open the store and wire the chat service; twistd starts it.
@@ -512,6 +539,7 @@ def makeService(options: Options) -> IService:
         web=options["web"],
         web_origins=options["web-origin"],
         heartbeat=options["heartbeat"],
+        metrics=options["metrics"],
     )
 
 

@@ -20,6 +20,7 @@ from chat.cluster import (
     NOTIFY_LIMIT,
     OUTBOX,
     PRESENCE,
+    SESSIONS,
     Cluster,
     ClusterPresence,
     LinkLeases,
@@ -621,6 +622,29 @@ def test_notifications_are_dispatched() -> None:
     assert isinstance(store, FakeStore)
     store.reads[0][1].callback([message(4)])
     assert [m.id for m in heard] == [4]
+
+
+def test_sessions_ended_elsewhere_end_here() -> None:
+    c, notifications, _runner, _clock = cluster()
+    ended: list[tuple[str, str]] = []
+
+    class Sessions:
+        def ended_elsewhere(self, token_hash: str, why: str) -> None:
+            ended.append((token_hash, why))
+
+        def user_changed_elsewhere(self, username: str, why: str) -> None:
+            ended.append((username, why))
+
+    c.serve_sessions(Sessions())  # type: ignore[arg-type]
+    c.start()
+    notified = notifications.sessions[-1][1]
+    notified(SESSIONS, json.dumps({"node": "b", "session": "abc"}))
+    notified(SESSIONS, json.dumps({"node": "", "user": "messi"}))  # chat-admin
+    notified(SESSIONS, json.dumps({"node": "a", "session": "mine"}))
+    assert ended == [
+        ("abc", "logged out on another node"),
+        ("messi", "password changed or user deleted"),
+    ]
 
 
 def test_found_dead_rejoins() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -204,6 +203,23 @@ async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
     assert len(subscriber.messages()) == 4
     for client in (sender, subscriber, on_b):
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_logout_on_a_ends_the_session_on_b(nodes: Nodes) -> None:
+    """A session B has cached ends on B as soon as it is logged out on A:
+    its subscription on B ends, and B refuses the token."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    on_a, on_b = await connect(a), await connect(b)
+    token = await on_a.login("henderson")
+    assert (await on_b.request(f"subscribe {token}"))["status"] == "OK"
+    assert (await on_b.request(f"inbox {token}"))["status"] == "OK"
+    assert (await on_a.request(f"logout {token}"))["status"] == "OK"
+    await on_b.wait_for(lambda: any(e["event"] == "unsubscribed" for e in on_b.events))
+    reply = await on_b.request(f"inbox {token}")
+    assert reply["message"] == "Session Tidak Ditemukan"
+    await on_a.close()
+    await on_b.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -356,3 +356,27 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
             "SELECT body FROM messages WHERE delivered_at IS NULL"
         ).fetchall()
         assert undelivered == [("late",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ended_sessions_are_notified(
+    pg_store: PostgresStore, postgres_db: str
+) -> None:
+    """Logout, a new password and a deleted user are announced to the other
+    nodes (which cache sessions) in the committing transaction."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    listener = psycopg.connect(postgres_db, autocommit=True)
+    try:
+        listener.execute("LISTEN chat_sessions")
+        await pg_store.delete_session("f" * 64)
+        await pg_store.set_password_hash("messi", "$argon2id$new")
+        await pg_store.delete_user("henderson")
+        notifies = list(listener.notifies(timeout=1.0, stop_after=3))
+    finally:
+        listener.close()
+    assert [json.loads(n.payload) for n in notifies] == [
+        {"node": "node-a", "session": "f" * 64},
+        {"node": "node-a", "user": "messi"},
+        {"node": "node-a", "user": "henderson"},
+    ]

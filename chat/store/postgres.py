@@ -46,8 +46,11 @@ from chat.store.operations import (
     _ID,
     _MESSAGE_COLUMNS,
     SQLStore,
+    _delete_session_txn,
+    _delete_user_txn,
     _drain_inbox_txn,
     _messages,
+    _set_password_hash_txn,
     _store_message_txn,
     _within,
     new_messages,
@@ -56,6 +59,9 @@ from chat.store.operations import (
 
 #: The channel of committed messages.
 MESSAGES_CHANNEL = "chat_messages"
+#: The channel of sessions ended (logout), and of users whose sessions all
+#: ended (password changed, user deleted).
+SESSIONS_CHANNEL = "chat_sessions"
 #: PostgreSQL refuses payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7000
 #: Seconds to wait before connecting again after a failure: first, most.
@@ -136,6 +142,14 @@ def notification_payloads(node_id: str, messages: Sequence[Message]) -> list[str
 
 def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+#: Operations that end sessions, and what their first argument is.
+_ENDS_SESSIONS: dict[Op, str] = {
+    _delete_session_txn: "session",
+    _set_password_hash_txn: "user",
+    _delete_user_txn: "user",
+}
 
 
 class _Connection:
@@ -352,12 +366,7 @@ class PostgresStore(SQLStore):
             try:
                 connection.execute("BEGIN")
                 results = _run_operations(_Connection(connection), batch)
-                for payload in notification_payloads(
-                    self.node_id, new_messages(batch, results)
-                ):
-                    connection.execute(
-                        "SELECT pg_notify(%s, %s)", (MESSAGES_CHANNEL, payload)
-                    )
+                self._notify(connection, batch, results)
                 connection.execute("COMMIT")
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
                 self._rollback()
@@ -376,6 +385,31 @@ class PostgresStore(SQLStore):
             self.commits += 1
             return results, time.perf_counter() - started
         raise AssertionError("unreachable")
+
+    def _notify(
+        self,
+        connection: psycopg.Connection[Any],
+        batch: list[tuple[Op, tuple[Any, ...]]],
+        results: list[tuple[bool, Any]],
+    ) -> None:
+        """
+        Tell the other nodes, in the batch's transaction, what it changed
+        that they keep in memory: new messages, ended sessions.
+        """
+        notices = [
+            (MESSAGES_CHANNEL, payload)
+            for payload in notification_payloads(
+                self.node_id, new_messages(batch, results)
+            )
+        ]
+        for (op, args), (succeeded, _) in zip(batch, results, strict=True):
+            if succeeded and op in _ENDS_SESSIONS:
+                key = _ENDS_SESSIONS[op]
+                notices.append(
+                    (SESSIONS_CHANNEL, _compact({"node": self.node_id, key: args[0]}))
+                )
+        for channel, payload in notices:
+            connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     def _rollback(self) -> None:
         try:
