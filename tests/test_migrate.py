@@ -1,0 +1,288 @@
+"""
+chat-admin migrate: a real SQLite store, filled through SQLiteStore, copied
+into a real (throwaway) PostgreSQL by chat-admin run as a process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from chat.links import InboundMessage, RealmLink
+from chat.migrate import CLUSTER_TABLES, TABLES, masked, source_path, target_url
+from chat.model import Attachment, Session, User
+from chat.store import schema
+from chat.store.sqlite import SQLiteStore
+from tests.postgres import ThrowawayPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
+TOKEN_HASH = hashlib.sha256(b"messi-token").hexdigest()
+
+
+def chat_admin(
+    cwd: Path, *argv: str, tty: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run chat-admin; with C{tty}, its standard error is a terminal.
+    """
+    command = [sys.executable, "-m", "chat.admin", *argv]
+    environment = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    if not tty:
+        return subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment,
+            cwd=cwd,
+        )
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=environment,
+        cwd=cwd,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert process.stdout is not None
+    stdout = process.stdout.read().decode()
+    process.stdout.close()
+    returncode = process.wait(timeout=120)
+    stderr = b"".join(chunks).decode()
+    return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+
+def migrate(
+    tmp_path: Path, source: Path, url: str, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    return chat_admin(
+        tmp_path, "migrate", "--from", f"sqlite:{source}", "--to", url, **kwargs
+    )
+
+
+async def fill(store: SQLiteStore) -> None:
+    """
+    A store with something in every table: delivered and undelivered
+    messages, a group with its messages, a file, sessions, a realm link with
+    queued messages, messages accepted from that realm, and gaps in the ids.
+    """
+    await store.add_user(User("messi", "Lionel Messi", "Argentina", "$argon2id$h1"))
+    await store.add_user(User("henderson", "Jordan Henderson", "Inggris", "$h2"))
+    await store.add_user(User("lineker", "Gary Lineker", "Inggris", "$argon2id$h3"))
+    await store.add_user(User("ani", "Ani", "", "$argon2id$h4"))
+    await store.set_admin("messi", True)
+    await store.create_session(Session(TOKEN_HASH, "messi", 10.5, 11.25))
+    await store.create_session(Session("f" * 64, "henderson", 12.0, 13.0))
+    await store.store_message("henderson", "messi", "halo messi", 20.0)
+    await store.store_message("lineker", "messi", "apa kabar?", 21.0)
+    await store.drain_inbox("messi", 22.5)  # delivered
+    await store.store_message("messi", "henderson", "belum dibaca", 23.0)
+    await store.store_message("ani", "messi", "gone with ani", 23.5)
+    await store.store_messages("messi", ["henderson", "lineker"], "untuk kalian", 24.0)
+    await store.store_messages(
+        "lineker", ["henderson"], "photo.png", 25.0, Attachment("photo.png", PNG)
+    )
+    await store.create_group("tim", "messi", 30.0)
+    await store.join_group("tim", "ani", 30.5)
+    await store.join_group("tim", "henderson", 31.0)
+    await store.join_group("tim", "lineker", 32.0)
+    await store.store_group_message("henderson", "tim", "rapat jam 5", 33.0)
+    await store.store_group_message(
+        "messi", "tim", "doc.bin", 34.0, Attachment("doc.bin", b"\x00\xff" * 100)
+    )
+    await store.delete_user("ani")  # gaps in the message and member ids
+    await store.add_realm_link(
+        RealmLink("realm-b", "tcp:host=b:port=8889", "secret-of-realm-b", 40.0)
+    )
+    await store.add_realm_link(
+        RealmLink("realm-c", "ssl:host=c:port=8890", "secret-of-realm-c", 41.0)
+    )
+    await store.queue_outbound(
+        "messi", "to xavi", 42.0, [("realm-b", ("xavi",), "u1")], 9
+    )
+    await store.queue_outbound(
+        "henderson", "to both", 43.0, [("realm-b", ("xavi", "puyol"), "u2")], 9
+    )
+    inbound = InboundMessage("r1", "xavi", "Xavi", ("messi", "nobody"), "hola", 44.0)
+    await store.receive_remote("realm-b", inbound, 45.0)
+    inbound = InboundMessage("r2", "xavi", "Xavi", ("henderson",), "dua", 46.0)
+    await store.receive_remote("realm-b", inbound, 47.0)
+    await store.drain_realm_inbox("henderson", "realm-b", 48.0)
+
+
+async def make_store(path: Path, filler: Any = fill) -> Path:
+    store = SQLiteStore(reactor, str(path))
+    store.start()
+    try:
+        await filler(store)
+    finally:
+        await store.close()
+    return path
+
+
+@pytest_twisted.async_fixture
+async def source(tmp_path: Path) -> Path:
+    """
+    A filled SQLite store.
+    """
+    return await make_store(tmp_path / "chat.sqlite")
+
+
+#: The columns each table is compared in order of.
+KEYS = {"realm_inbound": 2}
+
+
+def sqlite_rows(path: Path, table: str) -> list[tuple[Any, ...]]:
+    columns = next(t.columns for t in TABLES if t.name == table)
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute(
+            f"SELECT {', '.join(columns)} FROM {table}"
+        ).fetchall()
+    finally:
+        connection.close()
+    return sorted(rows, key=lambda row: row[: KEYS.get(table, 1)])
+
+
+def postgres_rows(url: str, table: str) -> list[tuple[Any, ...]]:
+    columns = next(t.columns for t in TABLES if t.name == table)
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            f"SELECT {', '.join(columns)} FROM {table}"  # type: ignore[arg-type]
+        ).fetchall()
+    return sorted(rows, key=lambda row: row[: KEYS.get(table, 1)])
+
+
+def postgres_tables(url: str) -> dict[str, int]:
+    """
+    The tables of the database at C{url}, with their row counts.
+    """
+    with psycopg.connect(url) as connection:
+        names = [
+            row[0]
+            for row in connection.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema()"
+            )
+        ]
+        return {
+            name: connection.execute(
+                f'SELECT count(*) FROM "{name}"'  # type: ignore[arg-type]
+            ).fetchone()[0]  # type: ignore[index]
+            for name in names
+        }
+
+
+def test_copies_every_row(tmp_path: Path, source: Path, postgres_url: str) -> None:
+    """
+    Every table is copied row for row: ids, password hashes, delivery
+    state, file bytes, realm queues; the cluster tables stay empty; the
+    counts are printed and match.
+    """
+    result = migrate(tmp_path, source, postgres_url)
+    assert result.returncode == 0, result.stderr
+    for table in TABLES:
+        expected = sqlite_rows(source, table.name)
+        assert postgres_rows(postgres_url, table.name) == expected, table.name
+        assert expected, f"the test leaves {table.name} empty"
+    tables = postgres_tables(postgres_url)
+    assert tables["schema_version"] == 1
+    assert all(tables[name] == 0 for name in CLUSTER_TABLES)
+
+    messages = sqlite_rows(source, "messages")
+    undelivered = [row for row in messages if row[7] is None]
+    delivered = [row for row in messages if row[7] is not None]
+    assert undelivered and delivered
+    ids = [row[0] for row in messages]
+    assert ids != list(range(1, len(ids) + 1)), "the test wants gaps in the ids"
+
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["sqlite", "postgresql"]
+    counts = {line.rsplit(None, 2)[0]: line.rsplit(None, 2)[1:] for line in lines[1:-1]}
+    assert counts["messages"] == [str(len(messages))] * 2
+    assert counts["users"] == ["3", "3"]
+    assert counts["messages: highest id"] == [str(max(ids))] * 2
+    assert counts["messages: undelivered"] == [str(len(undelivered))] * 2
+    assert "every count matches" in lines[-1]
+    assert f"rows from {source} to {postgres_url}" in lines[-1]
+    assert result.stderr.splitlines() == [
+        f"copied {table.name}: {tables[table.name]:,} {'row' if tables[table.name] == 1 else 'rows'}"
+        for table in TABLES
+    ]
+    assert sqlite_rows(source, "messages") == messages
+
+
+def test_sequences_continue_after_the_copied_ids(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """New rows in PostgreSQL get ids above the copied ones."""
+    assert migrate(tmp_path, source, postgres_url).returncode == 0
+    inserts = {
+        "messages": "INSERT INTO messages (sender, recipient, sender_name,"
+        " recipient_name, body, sent_at)"
+        " VALUES ('messi', 'lineker', 'M', 'L', 'new', 50.0)",
+        "group_members": "INSERT INTO group_members (group_name, username, joined_at)"
+        " VALUES ('tim', 'ani', 51.0)",
+        "realm_outbox": "INSERT INTO realm_outbox (realm_id, message_uid, sender,"
+        " sender_name, recipients, body, sent_at)"
+        " VALUES ('realm-b', 'u9', 'messi', 'M', '[\"xavi\"]', 'x', 52.0)",
+    }
+    with psycopg.connect(postgres_url) as connection:
+        connection.execute("INSERT INTO users VALUES ('ani', 'Ani', '', 'h', 1.0, 0)")
+        for table, insert in inserts.items():
+            highest = one(connection, f"SELECT max(id) FROM {table}")
+            assert one(connection, insert + " RETURNING id") == highest + 1, table
+
+
+def one(connection: psycopg.Connection[Any], query: str) -> Any:
+    row = connection.execute(query).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_store(tmp_path: Path, postgres_url: str) -> None:
+    """An empty store migrates to an empty schema whose ids start at 1."""
+    source = await make_store(tmp_path / "empty.sqlite", nothing)
+    result = migrate(tmp_path, source, postgres_url)
+    assert result.returncode == 0, result.stderr
+    assert "migrated 0 rows" in result.stdout
+    assert set(postgres_tables(postgres_url).values()) <= {0, 1}
+    with psycopg.connect(postgres_url) as connection:
+        connection.execute("INSERT INTO users VALUES ('a', 'A', '', 'h', 1.0, 0)")
+        new = one(
+            connection,
+            "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+            " body, sent_at) VALUES ('a', 'a', 'A', 'A', 'x', 1.0) RETURNING id",
+        )
+    assert new == 1
+
+
+async def nothing(store: SQLiteStore) -> None:
+    pass
