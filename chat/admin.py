@@ -51,7 +51,7 @@ from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.migrate import migrate, source_path, target_url
 from chat.model import User, validate_username
 from chat.store import STORE_HELP, open_store
-from chat.store.sqlite import SQLiteStore
+from chat.store.operations import SQLStore
 
 
 class InterspersedOptions(usage.Options):
@@ -329,7 +329,7 @@ def prepare_realm(reactor: Any, options: RealmOptions, stdin: TextIO) -> str | N
 
 async def run_realm(
     reactor: Any,
-    store: SQLiteStore,
+    store: SQLStore,
     options: RealmOptions,
     secret: str | None,
     stdout: TextIO,

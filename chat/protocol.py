@@ -120,6 +120,7 @@ from chat.sessions import SessionManager
 
 if TYPE_CHECKING:
     from chat.federation import Challenge, Federation, InboundLink
+    from chat.metrics import Metrics
 
 Reply = dict[str, object]
 
@@ -566,10 +567,15 @@ class ChatProtocol(LineReceiver):
         factory = self.factory
         if not factory.is_open:
             return factory.when_open().addCallback(lambda _: self._respond(line))
+        metrics = factory.metrics
         try:
             command = commands.parse(line)
         except commands.BadCommand as e:
+            if metrics is not None:
+                metrics.command(None)
             return succeed(e.reply())
+        if metrics is not None:
+            metrics.command(command.verb)
         try:
             d = self._dispatch(command)
         except Exception:
@@ -993,7 +999,12 @@ class ChatFactory(Factory):
         limits: Limits | None = None,
         clock: IReactorTime | None = None,
         sessions: SessionManager | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """
+        @param metrics: counts the commands the connections run (and is
+            told nothing else by the factory); None counts nothing.
+        """
         if clock is None:
             from twisted.internet import reactor
 
@@ -1014,6 +1025,8 @@ class ChatFactory(Factory):
         self._waiting: list[Deferred[None]] | None = None
         #: Links to other realms (chat.federation), if enabled.
         self.federation: Federation | None = None
+        #: Counts the commands run (chat.metrics), if enabled.
+        self.metrics = metrics
 
     @property
     def is_open(self) -> bool:

@@ -30,6 +30,7 @@ from chat.federation import Federation, FederationSettings
 from chat.interfaces import IChatStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.logs import make_logger
+from chat.metrics import Metrics, OutboxWatcher, metrics_site
 from chat.model import User
 from chat.protocol import ChatFactory
 from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
@@ -117,6 +118,7 @@ class ChatService(Service):
         limits: Limits | None = None,
         web: Sequence[str] = (),
         web_origins: Sequence[str] = (),
+        metrics: str | None = None,
     ) -> None:
         """
         @param max_line: the longest request line; by default the shortest
@@ -130,6 +132,8 @@ class ChatService(Service):
             WebSockets reach the same factory as C{endpoints}.
         @param web_origins: origins besides the page's own whose pages may
             open a WebSocket (C{https://chat.example.org}).
+        @param metrics: the endpoint serving Prometheus metrics
+            (L{chat.metrics}); None collects none.
         """
         self.reactor = reactor
         self.store = store
@@ -190,9 +194,36 @@ class ChatService(Service):
                 OriginPolicy.from_strings(web_origins),
                 reactor=reactor,
             )
+        self.metrics_endpoint = metrics
+        self.metrics: Metrics | None = None
+        self.outbox_watcher: OutboxWatcher | None = None
+        if metrics is not None:
+            self._collect_metrics(Metrics())
         self.ports: list[IListeningPort] = []
         self.web_ports: list[IListeningPort] = []
+        self.metrics_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+
+    def _collect_metrics(self, metrics: Metrics) -> None:
+        """
+        Hook C{metrics} to the parts that report to it: the factory's
+        commands and connections, the store's commits, the fan-out's
+        notification lag (a fan-out fed by another node), the outbox.
+        """
+        self.metrics = metrics
+        self.factory.metrics = metrics
+        connections = self.factory.connections
+        metrics.watch_connections(lambda: connections.total)
+        commit_observers = getattr(self.store, "commit_observers", None)
+        if commit_observers is not None:
+            commit_observers.append(metrics.committed)
+        lag_observers = getattr(self.realm.fanout, "lag_observers", None)
+        if lag_observers is not None:
+            lag_observers.append(metrics.notify_lag)
+        if self.federation is not None:
+            self.outbox_watcher = OutboxWatcher(
+                metrics, self.store, self.reactor, self.federation.realm_id
+            )
 
     def privilegedStartService(self) -> None:
         """
@@ -218,6 +249,17 @@ class ChatService(Service):
                 address=port.getHost(),
                 description=description,
                 url=page_url(description, port.getHost()),
+            )
+        if self.metrics_endpoint is not None:
+            assert self.metrics is not None
+            description = self.metrics_endpoint
+            port = self._listen(description, metrics_site(self.metrics, self.reactor))
+            self.metrics_port = port
+            self.log.info(
+                "Prometheus metrics on {address} ({description}): scrape {url}",
+                address=port.getHost(),
+                description=description,
+                url=page_url(description, port.getHost()) + "metrics",
             )
 
     def _listen(self, description: str, factory: Any) -> IListeningPort:
@@ -283,6 +325,8 @@ class ChatService(Service):
                     "This server is realm {realm}", realm=self.federation.realm_id
                 )
                 self.federation.start()
+            if self.outbox_watcher is not None:
+                self.outbox_watcher.start()
             self.ready.callback(None)
 
         def failed(f: Failure) -> None:
@@ -294,12 +338,17 @@ class ChatService(Service):
     def _stop_listening(self) -> Deferred[Any]:
         ports, self.ports = self.ports + self.web_ports, []
         self.web_ports = []
+        if self.metrics_port is not None:
+            ports.append(self.metrics_port)
+            self.metrics_port = None
         return DeferredList([maybeDeferred(port.stopListening) for port in ports])
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self.purger is not None:
             self.purger.stop()
+        if self.outbox_watcher is not None:
+            self.outbox_watcher.stop()
         d = self._stop_listening()
         federation = self.federation
         if federation is not None:

@@ -223,14 +223,36 @@ class SessionManager:
         """
         return self._end(hash_token(token), "logged out")
 
-    def _end(self, token_hash: str, why: str) -> Deferred[None]:
-        self._live.pop(token_hash, None)
+    def ended_elsewhere(self, token_hash: str, why: str) -> None:
+        """
+        Another node ended a session (and deleted it from the store): stop
+        resolving it here at once.
+        """
+        if self._live.pop(token_hash, None) is not None:
+            self._ended(token_hash, why)
+
+    def user_changed_elsewhere(self, username: str, why: str) -> None:
+        """
+        Another process changed a user's password or deleted the user,
+        which ended all of its sessions in the store: stop resolving them
+        here at once.
+        """
+        for token_hash, live in list(self._live.items()):
+            if live.username == username:
+                del self._live[token_hash]
+                self._ended(token_hash, why)
+
+    def _ended(self, token_hash: str, why: str) -> None:
         for listener in list(self.ended_listeners):
             listener(token_hash, why)
-        self._ending[token_hash] = self._ending.get(token_hash, 0) + 1
         self.log.info(
             "Session {session} ended: {why}", session=token_label(token_hash), why=why
         )
+
+    def _end(self, token_hash: str, why: str) -> Deferred[None]:
+        self._live.pop(token_hash, None)
+        self._ending[token_hash] = self._ending.get(token_hash, 0) + 1
+        self._ended(token_hash, why)
 
         def deleted(passthrough: object) -> object:
             left = self._ending.pop(token_hash) - 1

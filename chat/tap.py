@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from chat import commands, logs
@@ -16,7 +17,7 @@ from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
-from chat.store import STORE_HELP, open_store
+from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.origins import parse_origin
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
@@ -371,20 +372,28 @@ class Options(usage.Options):
         self["listen"] = []
         self["web"] = []
         self["web-origin"] = []
+        self["metrics"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """
         Listen on this Twisted endpoint (repeatable); add backlog=1024 to
         your own. [default: tcp:8889:interface=127.0.0.1:backlog=1024]
         """
-        self["listen"].append(endpoint)
+        self["listen"].append(_server_endpoint("--listen", endpoint))
 
     def opt_web(self, endpoint: str) -> None:
         """
         Serve the web client on this endpoint (repeatable).
         [default: off]
         """
-        self["web"].append(endpoint)
+        self["web"].append(_server_endpoint("--web", endpoint))
+
+    def opt_metrics(self, endpoint: str) -> None:
+        """
+        Serve Prometheus metrics over HTTP on this endpoint, e.g.
+        tcp:9100:interface=127.0.0.1. [default: off]
+        """
+        self["metrics"] = _server_endpoint("--metrics", endpoint)
 
     def opt_web_origin(self, origin: str) -> None:
         """
@@ -439,12 +448,30 @@ class Options(usage.Options):
             raise usage.UsageError(f"--realm-id: {e}") from None
         if self["realm-retry-min"] > self["realm-retry-max"]:
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
-        if not self["store"].startswith("sqlite:") or self["store"] == "sqlite:":
+        if not valid_store(self["store"]):
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
             logs.set_level(self["log-level"])
         except ValueError as e:
             raise usage.UsageError(f"--log-level: {e}") from None
+
+
+def _server_endpoint(option: str, endpoint: str) -> str:
+    """
+    C{endpoint}, if Twisted can make a server endpoint of it (for TLS, that
+    loads the certificate and key).
+
+    @raise usage.UsageError: if it cannot, saying why.
+    """
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise usage.UsageError(
+            f"{option}: not a server endpoint: {endpoint!r} ({e})"
+        ) from None
+    return endpoint
 
 
 def makeService(options: Options) -> IService:
@@ -483,6 +510,7 @@ def makeService(options: Options) -> IService:
         limits=limits,
         web=options["web"],
         web_origins=options["web-origin"],
+        metrics=options["metrics"],
     )
 
 

@@ -172,3 +172,34 @@ def postgres_url(postgres: ThrowawayPostgres) -> str:
     The URL of a new, empty database on the session's server.
     """
     return postgres.create_database()
+
+
+#: The chat tables, emptied between tests that share one database.
+CHAT_TABLES = (
+    "users, sessions, files, messages, chat_groups, group_members, realm_links,"
+    " realm_outbox, realm_inbound, cluster_nodes, cluster_presence"
+)
+
+
+@pytest.fixture(scope="session")
+def _shared_chat_database(postgres: ThrowawayPostgres) -> str:
+    from twisted.internet import reactor
+
+    from chat.store.postgres import PostgresStore
+
+    url = postgres.create_database("chat_shared")
+    PostgresStore(reactor, url)  # creates the schema
+    return url
+
+
+@pytest.fixture
+def postgres_db(_shared_chat_database: str) -> str:
+    """
+    The URL of a database with the chat schema and no rows (one database
+    for the session, emptied before each test: faster than creating one).
+    """
+    import psycopg
+
+    with psycopg.connect(_shared_chat_database, autocommit=True) as connection:
+        connection.execute(f"TRUNCATE {CHAT_TABLES} RESTART IDENTITY CASCADE")
+    return _shared_chat_database

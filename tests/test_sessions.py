@@ -269,3 +269,35 @@ def test_history_with_oneself_after_deletion_is_no_session() -> None:
     # The cached session still resolves until the next touch.
     reply = client.request(f"history {token} lineker")
     assert reply["code"] == "no_session"
+
+
+def test_session_ended_elsewhere_stops_at_once() -> None:
+    """Another node's logout (a notification) ends a cached session here at
+    once, tells the listeners, and leaves other sessions alone."""
+    server = Server()
+    client = server.connect()
+    token = client.login()
+    other = result_of(server.sessions.create("henderson"))
+    ended: list[tuple[str, str]] = []
+    server.sessions.ended_listeners.append(lambda h, why: ended.append((h, why)))
+    assert client.request(f"inbox {token}")["status"] == "OK"
+    server.store.sessions.pop(hash_token(token))  # deleted by the other node
+    server.sessions.ended_elsewhere(hash_token(token), "logged out on another node")
+    server.sessions.ended_elsewhere(hash_token("not-cached"), "whatever")
+    assert ended == [(hash_token(token), "logged out on another node")]
+    assert client.request(f"inbox {token}")["message"] == "Session Tidak Ditemukan"
+    assert result_of(server.sessions.resolve(other)) == "henderson"
+
+
+def test_user_changed_elsewhere_ends_all_its_sessions() -> None:
+    server = Server()
+    first = result_of(server.sessions.create("messi"))
+    second = result_of(server.sessions.create("messi"))
+    other = result_of(server.sessions.create("henderson"))
+    for token in (first, second, other):
+        result_of(server.sessions.resolve(token))
+    server.store.sessions.clear()
+    server.sessions.user_changed_elsewhere("messi", "password changed")
+    assert server.sessions.peek(first) is None
+    assert server.sessions.peek(second) is None
+    assert server.sessions.peek(other) == "henderson"

@@ -35,6 +35,7 @@ from chat.interfaces import IChatStore
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
 from chat.store.memory import MemoryStore
+from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
 
 MESSI = User("messi", "Lionel Messi", "Argentina", "$argon2id$fake1")
@@ -43,29 +44,41 @@ LINEKER = User("lineker", "Gary Lineker", "Inggris", "$argon2id$fake3")
 PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+STORES = ["memory", "sqlite", "postgresql"]
+
+
+def _open(
+    request: pytest.FixtureRequest, tmp_path: Path, max_mailbox: int | None = None
+) -> Iterator[Any]:
+    """
+    The store of C{request.param}, empty, closed after the test.
+    """
+    limits = {} if max_mailbox is None else {"max_mailbox": max_mailbox}
     if request.param == "memory":
-        yield MemoryStore()
+        yield MemoryStore(**limits)
         return
-    sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
-    sqlite_store.start()
-    yield sqlite_store
-    pytest_twisted.blockon(sqlite_store.close())
+    if request.param == "sqlite":
+        opened: Any = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), **limits)
+    else:
+        opened = PostgresStore(
+            reactor, request.getfixturevalue("postgres_db"), **limits
+        )
+    opened.start()
+    yield opened
+    pytest_twisted.blockon(opened.close())
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    yield from _open(request, tmp_path)
+
+
+@pytest.fixture(params=STORES)
 def small_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """
-    Both stores with mailboxes of 3 messages.
+    Each store with mailboxes of 3 messages.
     """
-    if request.param == "memory":
-        yield MemoryStore(max_mailbox=3)
-        return
-    sqlite_store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), max_mailbox=3)
-    sqlite_store.start()
-    yield sqlite_store
-    pytest_twisted.blockon(sqlite_store.close())
+    yield from _open(request, tmp_path, max_mailbox=3)
 
 
 @pytest.fixture

@@ -247,3 +247,19 @@ def test_make_service_refuses_bad_store(tmp_path: Path) -> None:
     options = parse("--store", f"sqlite:{bad}")
     with pytest.raises(SystemExit, match="not a chat database"):
         tap.makeService(options)
+
+
+@pytest.mark.parametrize(
+    ("option", "endpoint"),
+    [
+        ("--listen", "tcp:notaport"),
+        ("--web", "tcp:x"),
+        ("--listen", "ssl:8443:privateKey=/nonexistent/key.pem"),
+        ("--metrics", "nonsense:1"),
+    ],
+)
+def test_bad_endpoints_are_usage_errors(option: str, endpoint: str) -> None:
+    """A bad endpoint is refused when the options are read, naming the
+    option, instead of failing later at startup."""
+    with pytest.raises(usage.UsageError, match=f"^{option}: not a server endpoint"):
+        tap.Options().parseOptions([option, endpoint])

@@ -351,14 +351,17 @@ def test_web_options() -> None:
             "--web",
             "tcp:8080:interface=127.0.0.1",
             "--web",
-            "tcp:8081:interface=::1",
+            r"tcp:8081:interface=\:\:1",
             "--web-origin",
             "https://chat.example.org",
             "--web-origin",
             "http://localhost:3000",
         ]
     )
-    assert options["web"] == ["tcp:8080:interface=127.0.0.1", "tcp:8081:interface=::1"]
+    assert options["web"] == [
+        "tcp:8080:interface=127.0.0.1",
+        r"tcp:8081:interface=\:\:1",
+    ]
     assert options["web-origin"] == [
         "https://chat.example.org",
         "http://localhost:3000",

@@ -8,9 +8,23 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorFromThreads
 
 from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.store.operations import SQLStore
+from chat.store.postgres import PostgresStore, is_postgres_url
 from chat.store.sqlite import SQLiteStore
 
-STORE_HELP = "sqlite:PATH (a file, created on first start)"
+STORE_HELP = (
+    "sqlite:PATH (a file, created on first start) or "
+    "postgresql://USER@HOST:PORT/DBNAME (password from PGPASSWORD, "
+    "~/.pgpass or passfile=)"
+)
+
+
+def valid_store(description: str) -> bool:
+    """
+    Whether C{description} names a store this version can open.
+    """
+    kind, _, where = description.partition(":")
+    return (kind == "sqlite" and bool(where)) or is_postgres_url(description)
 
 
 def open_store(
@@ -18,14 +32,23 @@ def open_store(
     description: str,
     *,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
-) -> SQLiteStore:
+    node_id: str = "",
+) -> SQLStore:
     """
-    Open the store named by C{description}, e.g. C{sqlite:chat.sqlite},
-    holding at most C{max_mailbox} undelivered messages per recipient.
+    Open the store named by C{description}, e.g. C{sqlite:chat.sqlite} or
+    C{postgresql://chat@db.example.com/chat}, holding at most
+    C{max_mailbox} undelivered messages per recipient. C{node_id} names
+    this node in a cluster sharing a PostgreSQL database.
 
     @raise ValueError: for a description this version does not understand.
     @raise chat.errors.SchemaTooNew: if a newer chat wrote the database.
+    @raise chat.errors.StorageUnavailable: if the database cannot be
+        reached or is not a chat database.
     """
+    if is_postgres_url(description):
+        return PostgresStore(
+            reactor, description, max_mailbox=max_mailbox, node_id=node_id
+        )
     kind, _, where = description.partition(":")
     if kind == "sqlite" and where:
         return SQLiteStore(reactor, where, max_mailbox=max_mailbox)

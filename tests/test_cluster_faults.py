@@ -1,0 +1,202 @@
+"""
+Faults of a cluster: two real C{twistd chat} nodes on one throwaway
+PostgreSQL, under load with a ledger of acknowledged messages (see
+L{tests.test_faults}).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from twisted.internet import reactor
+
+from chat.store.postgres import PostgresStore
+from tests.postgres import ThrowawayPostgres, free_port
+from tests.test_faults import PROFILE, Sender, check_ledger, drain, report
+from tests.twistd_helpers import REPO, TWISTD, LineClient, TwistdChat
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture
+def node(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., TwistdChat]]:
+    """
+    Make (and afterwards kill) twistd chat nodes on one new database.
+    """
+    nodes: list[TwistdChat] = []
+
+    def make(name: str, *arguments: str) -> TwistdChat:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        server = TwistdChat(
+            workdir,
+            "--demo",
+            "--store",
+            postgres_url,
+            "--max-mailbox",
+            "10000000",
+            *arguments,
+        )
+        nodes.append(server)
+        return server
+
+    yield make
+    for server in nodes:
+        server.kill()
+
+
+def _start(*nodes: TwistdChat) -> list[int]:
+    ports = []
+    for server in nodes:
+        ports.append(server.start())
+        server.wait_ready()
+    return ports
+
+
+def _load(
+    port: int, token: str, prefix: str, stop: threading.Event, count: int = 4
+) -> list[Sender]:
+    senders = [
+        Sender(port, token, "lineker", f"{prefix}-{i}", stop) for i in range(count)
+    ]
+    for sender in senders:
+        sender.start()
+    return senders
+
+
+def _join(senders: list[Sender]) -> None:
+    for sender in senders:
+        sender.join(timeout=60)
+        assert not sender.is_alive()
+
+
+def test_kill9_of_a_node_loses_no_acked_message(
+    node: Callable[..., TwistdChat],
+) -> None:
+    """Node A killed under load, again and again: every message A acked is
+    read back through node B, exactly once."""
+    a, b = node("a"), node("b")
+    port_a, port_b = _start(a, b)
+    token = LineClient(port_a).login("messi")
+    senders: list[Sender] = []
+    started = time.monotonic()
+    for round_ in range(PROFILE["kill_rounds"]):
+        if round_:
+            port_a = a.start()
+        stop = threading.Event()
+        group = _load(port_a, token, f"r{round_}", stop)
+        time.sleep(0.5 + 0.2 * round_)
+        a.kill()
+        stop.set()
+        _join(group)
+        senders.extend(group)
+    stored = [m["msg"] for m in drain(port_b)]
+    acked, errored, unanswered, unanswered_stored = check_ledger(senders, stored)
+    assert acked > 0
+    assert errored == 0
+    report(
+        "cluster kill -9",
+        rounds=PROFILE["kill_rounds"],
+        acked=acked,
+        in_flight_at_kill=unanswered,
+        of_which_stored=unanswered_stored,
+        read_back_through_b=len(stored),
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def test_postgresql_stopped_and_started_under_load(
+    node: Callable[..., TwistdChat], postgres: ThrowawayPostgres
+) -> None:
+    """PostgreSQL stopped mid-load: ERROR replies (never a false
+    acknowledgement), connections stay open; started again: both nodes
+    acknowledge again without a restart, and every ack is stored."""
+    a, b = node("a"), node("b")
+    port_a, port_b = _start(a, b)
+    token = LineClient(port_a).login("messi")
+    stop = threading.Event()
+    senders = _load(port_a, token, "a", stop, 2) + _load(port_b, token, "b", stop, 2)
+    time.sleep(1.0)
+    before = sum(len(s.acked) for s in senders)
+    postgres.stop("fast")
+    try:
+        time.sleep(2.0)
+        during = [len(s.errored) for s in senders]
+    finally:
+        postgres.start()
+    restarted = time.monotonic()
+    recovered_after = _wait_for_acks(senders, timeout=30)
+    acked_at_recovery = sum(len(s.acked) for s in senders)
+    time.sleep(1.0)
+    stop.set()
+    _join(senders)
+    codes = {code for s in senders for _, code in s.errored}
+    assert codes == {"storage_unavailable"}, codes
+    assert all(n > 0 for n in during), during
+    assert not any(s.unanswered for s in senders), "a connection was dropped"
+    assert sum(len(s.acked) for s in senders) > acked_at_recovery
+    stored = [m["msg"] for m in drain(port_b)]
+    acked, errored, _, _ = check_ledger(senders, stored)
+    for server in (a, b):
+        assert "Traceback" not in server.log_text()
+    report(
+        "PostgreSQL stopped and started",
+        acked_before=before,
+        refused_while_down=errored,
+        recovered_seconds=round(recovered_after - restarted, 2),
+        acked=acked,
+        stored=len(stored),
+    )
+
+
+def _wait_for_acks(senders: list[Sender], timeout: float) -> float:
+    """
+    Wait until every sender has had a new acknowledgement.
+
+    @return: when the last one came.
+    """
+    counts = [len(s.acked) for s in senders]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(len(s.acked) > n for s, n in zip(senders, counts, strict=True)):
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError(f"no recovery within {timeout} s: {_errors(senders)}")
+
+
+def _errors(senders: list[Sender]) -> Any:
+    return [s.errored[-3:] for s in senders]
+
+
+@pytest.mark.parametrize("kind", ["newer_schema", "unreachable"])
+def test_node_refuses_to_start(tmp_path: Path, postgres_url: str, kind: str) -> None:
+    """A schema newer than the code, or no PostgreSQL: exit status 1 with a
+    clear message (and no password in it)."""
+    if kind == "newer_schema":
+        PostgresStore(reactor, postgres_url)
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute("UPDATE schema_version SET version = 99")
+        url, expected = postgres_url, "schema version 99"
+    else:
+        url = f"postgresql://chat:s3cret@127.0.0.1:{free_port()}/chat"
+        expected = "cannot connect to PostgreSQL at postgresql://chat:***@"
+    result = subprocess.run(
+        [*TWISTD, "--nodaemon", "--pidfile=", "chat", "--store", url],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        timeout=60,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 1, output
+    assert expected in output
+    assert "s3cret" not in output
+    assert "Traceback" not in output

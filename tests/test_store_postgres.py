@@ -1,0 +1,336 @@
+"""
+What only the PostgreSQL store does (the contract is in test_store.py):
+the same schema as SQLite, notifications in the commit, several stores on
+one database, faults, schema versions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
+from chat.model import Message
+from chat.store import open_store, schema
+from chat.store.postgres import (
+    MAX_PAYLOAD,
+    PostgresStore,
+    notification_payloads,
+    safe_url,
+)
+from tests.postgres import ThrowawayPostgres
+from tests.test_store import HENDERSON, LINEKER, MESSI
+
+#: Tables only a cluster on PostgreSQL needs.
+CLUSTER_TABLES = {"cluster_nodes", "cluster_presence"}
+
+
+def _sqlite_columns(tmp_path: Path) -> dict[str, list[str]]:
+    path = str(tmp_path / "schema.sqlite")
+    schema.prepare(path)
+    with sqlite3.connect(path) as connection:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        ]
+        return {
+            table: sorted(
+                row[1] for row in connection.execute(f"PRAGMA table_info({table})")
+            )
+            for table in tables
+        }
+
+
+def _postgres_columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public'"
+        ).fetchall()
+    columns: dict[str, list[str]] = {}
+    for table, column in rows:
+        columns.setdefault(table, []).append(column)
+    return {table: sorted(names) for table, names in columns.items()}
+
+
+@pytest.fixture
+def pg_store(postgres_db: str) -> Iterator[PostgresStore]:
+    store = PostgresStore(reactor, postgres_db, node_id="node-a")
+    store.start()
+    yield store
+    pytest_twisted.blockon(store.close())
+
+
+def test_same_tables_and_columns_as_sqlite(tmp_path: Path, postgres_url: str) -> None:
+    """Both schemas define the same tables and columns (PostgreSQL adds the
+    cluster's own tables)."""
+    PostgresStore(reactor, postgres_url)
+    sqlite_columns = _sqlite_columns(tmp_path)
+    postgres_columns = _postgres_columns(postgres_url)
+    assert set(postgres_columns) - CLUSTER_TABLES == set(sqlite_columns)
+    for table, columns in sqlite_columns.items():
+        assert postgres_columns[table] == columns, table
+
+
+def test_schema_version_recorded(postgres_url: str) -> None:
+    PostgresStore(reactor, postgres_url)
+    with psycopg.connect(postgres_url) as connection:
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+    assert row == (schema.SCHEMA_VERSION,)
+    # Opening again keeps it (no second creation).
+    PostgresStore(reactor, postgres_url)
+
+
+def test_schema_refuses_newer(postgres_url: str) -> None:
+    PostgresStore(reactor, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaTooNew, match="schema version 99"):
+        PostgresStore(reactor, postgres_url)
+    with psycopg.connect(postgres_url) as connection:
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+    assert row == (99,)
+
+
+def test_refuses_a_database_with_other_tables(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StorageUnavailable, match="not a chat database"):
+        PostgresStore(reactor, postgres_url)
+
+
+def test_unreachable_at_start(postgres: ThrowawayPostgres) -> None:
+    """A clear error, without the password."""
+    from tests.postgres import free_port
+
+    url = f"postgresql://chat:hunter2@127.0.0.1:{free_port()}/chat"
+    with pytest.raises(StorageUnavailable, match="cannot connect") as raised:
+        open_store(reactor, url)
+    assert "hunter2" not in str(raised.value)
+    assert "chat:***@127.0.0.1" in str(raised.value)
+
+
+def test_safe_url() -> None:
+    assert safe_url("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert safe_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_notification_payloads_split_under_the_limit() -> None:
+    messages = [
+        Message(i, "messi", f"user{i:05d}", "M", "U", "text", 1.0)
+        for i in range(1, 2001)
+    ]
+    payloads = notification_payloads("node-a", messages)
+    assert len(payloads) > 1
+    seen = []
+    for payload in payloads:
+        assert len(payload.encode()) <= MAX_PAYLOAD < 8000
+        decoded = json.loads(payload)
+        assert decoded["node"] == "node-a"
+        assert isinstance(decoded["at"], float)
+        seen.extend(decoded["messages"])
+    assert seen == [[m.id, m.recipient] for m in messages]
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_in_the_commit(pg_store: PostgresStore, postgres_db: str) -> None:
+    """One notification per committed batch, with ids and recipients only;
+    nothing for a batch that stored no message."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    await pg_store.add_user(LINEKER)
+    listener = psycopg.connect(postgres_db, autocommit=True)
+    try:
+        listener.execute("LISTEN chat_messages")
+        sent = await gatherResults(
+            [
+                pg_store.store_message("messi", "henderson", "one", 1.0),
+                pg_store.store_messages("messi", ["henderson", "lineker"], "two", 2.0),
+                pg_store.list_users(),
+            ]
+        )
+        await pg_store.drain_inbox("henderson", 3.0)
+        notifies = list(listener.notifies(timeout=1.0, stop_after=5))
+    finally:
+        listener.close()
+    assert len(notifies) == 1
+    payload = json.loads(notifies[0].payload)
+    assert payload["node"] == "node-a"
+    one, (two_h, two_l) = sent[0], sent[1]
+    assert payload["messages"] == [
+        [one.id, "henderson"],
+        [two_h.id, "henderson"],
+        [two_l.id, "lineker"],
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_by_id(pg_store: PostgresStore) -> None:
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    a = await pg_store.store_message("messi", "henderson", "a", 1.0)
+    b = await pg_store.store_message("henderson", "messi", "b", 2.0)
+    found = await pg_store.messages_by_id([b.id, a.id, 999])
+    assert [(m.id, m.text) for m in found] == [(a.id, "a"), (b.id, "b")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_drain_each_message_once(postgres_db: str) -> None:
+    """Two stores (two nodes) draining the same mailbox at the same moment:
+    every message is taken by exactly one of them."""
+    a = PostgresStore(reactor, postgres_db, node_id="a")
+    b = PostgresStore(reactor, postgres_db, node_id="b")
+    a.start()
+    b.start()
+    try:
+        await a.add_user(MESSI)
+        await a.add_user(HENDERSON)
+        sent = await gatherResults(
+            [a.store_message("messi", "henderson", f"m{i}", i) for i in range(300)]
+        )
+        drains = await gatherResults(
+            [
+                store.drain_inbox("henderson", 1000.0, 2000)
+                for _ in range(10)
+                for store in (a, b)
+            ]
+        )
+        while True:
+            more = await a.drain_inbox("henderson", 1000.0)
+            if not more:
+                break
+            drains.append(more)
+    finally:
+        await a.close()
+        await b.close()
+    taken = [m.id for drain in drains for m in drain]
+    assert sorted(taken) == sorted(m.id for m in sent)
+    assert len(taken) == len(set(taken)) == 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_down_then_back(postgres: ThrowawayPostgres) -> None:
+    """PostgreSQL stopped: operations fail with StorageUnavailable (no false
+    acknowledgement); started again: the store recovers by itself."""
+    url = postgres.create_database()
+    store = PostgresStore(reactor, url)
+    store.start()
+    try:
+        await store.add_user(MESSI)
+        await store.add_user(HENDERSON)
+        acked = await store.store_message("messi", "henderson", "before", 1.0)
+        postgres.stop("fast")
+        try:
+            with pytest.raises(StorageUnavailable):
+                await store.store_message("messi", "henderson", "lost", 2.0)
+            with pytest.raises(StorageUnavailable):
+                await store.store_message("messi", "henderson", "lost too", 3.0)
+        finally:
+            postgres.start()
+        recovered = None
+        for _ in range(100):
+            try:
+                recovered = await store.store_message(
+                    "messi", "henderson", "after", 4.0
+                )
+                break
+            except StorageUnavailable:
+                await _sleep(0.1)
+        assert recovered is not None
+        texts = [m.text for m in await store.drain_inbox("henderson", 5.0)]
+    finally:
+        await store.close()
+    assert texts == ["before", "after"]
+    assert acked.id < recovered.id
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+def test_open_store_passes_node_id(postgres_db: str) -> None:
+    store: Any = open_store(reactor, postgres_db, node_id="node-7", max_mailbox=5)
+    assert isinstance(store, PostgresStore)
+    assert (store.node_id, store.max_mailbox, store.url) == ("node-7", 5, postgres_db)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_batch_of_sends_and_drains(postgres_db: str) -> None:
+    """Sends and drains asked for together (one batch, run in bulk) succeed
+    or fail each as it would alone: unknown users and full mailboxes are
+    refused one by one, and two drains of one mailbox share it out."""
+    store = PostgresStore(reactor, postgres_db, max_mailbox=3)
+    store.start()
+    try:
+        for user in (MESSI, HENDERSON, LINEKER):
+            await store.add_user(user)
+        await store.store_message("messi", "lineker", "old", 0.5)
+        await store.store_message("henderson", "lineker", "older", 0.6)
+        commits = store.commits
+        asked = [
+            store.store_message("messi", "henderson", "h1", 1.0),
+            store.store_message("nobody", "henderson", "x", 1.0),
+            store.store_message("messi", "nobody", "x", 1.0),
+            store.store_message("lineker", "henderson", "h2", 1.0),
+            store.store_message("messi", "henderson", "h3", 1.0),
+            store.store_message("messi", "henderson", "h4", 1.0),
+            store.drain_inbox("lineker", 2.0, 1),
+            store.drain_inbox("lineker", 2.0),
+            store.drain_inbox("messi", 2.0),
+        ]
+        outcomes: list[Any] = []
+        for d in asked:
+            outcomes.append(await d.addErrback(lambda f: f.value))
+        assert store.commits - commits <= 2
+        left = await store.drain_inbox("henderson", 3.0)
+    finally:
+        await store.close()
+    h1, nobody_sender, nobody_recipient, h2, h3, h4 = outcomes[:6]
+    assert (h1.text, h2.text, h3.text) == ("h1", "h2", "h3")
+    assert h1.id < h2.id < h3.id
+    assert (h2.sender_name, h2.recipient_name) == ("Gary Lineker", "Jordan Henderson")
+    assert isinstance(nobody_sender, NoSuchUser) and nobody_sender.username == "nobody"
+    assert isinstance(nobody_recipient, NoSuchUser)
+    assert isinstance(h4, MailboxFull)
+    first, second, messi = outcomes[6:]
+    assert [m.text for m in first] == ["old"]
+    assert [m.text for m in second] == ["older"]
+    assert messi == []
+    assert [m.text for m in left] == ["h1", "h2", "h3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ended_sessions_are_notified(
+    pg_store: PostgresStore, postgres_db: str
+) -> None:
+    """Logout, a new password and a deleted user are announced to the other
+    nodes (which cache sessions) in the committing transaction."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    listener = psycopg.connect(postgres_db, autocommit=True)
+    try:
+        listener.execute("LISTEN chat_sessions")
+        await pg_store.delete_session("f" * 64)
+        await pg_store.set_password_hash("messi", "$argon2id$new")
+        await pg_store.delete_user("henderson")
+        notifies = list(listener.notifies(timeout=1.0, stop_after=3))
+    finally:
+        listener.close()
+    assert [json.loads(n.payload) for n in notifies] == [
+        {"node": "node-a", "session": "f" * 64},
+        {"node": "node-a", "user": "messi"},
+        {"node": "node-a", "user": "henderson"},
+    ]
