@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 import psycopg
@@ -32,6 +32,7 @@ from psycopg.abc import Query
 
 from chat.errors import ChatError
 from chat.store import schema
+from chat.store.postgres import connect, is_postgres_url, safe_url
 
 
 @attrs.frozen
@@ -152,67 +153,27 @@ def target_url(value: str) -> str:
 
     @raise ValueError: for anything else (the message hides a password).
     """
-    if not value.startswith(("postgresql://", "postgres://")):
+    if not is_postgres_url(value):
         raise ValueError(
-            f"--to must be a postgresql://USER@HOST:PORT/DBNAME URL, "
-            f"not {masked(value)!r}"
+            "--to must be a postgresql://USER@HOST:PORT/DBNAME URL, "
+            f"not {safe_url(value)!r}"
         )
     try:
         psycopg.conninfo.conninfo_to_dict(value)
     except psycopg.Error as e:
         message = _hide(e, value)
-        raise ValueError(f"invalid --to URL {masked(value)}: {message}") from None
+        raise ValueError(f"invalid --to URL {safe_url(value)}: {message}") from None
     return value
-
-
-def masked(url: str) -> str:
-    """
-    C{url} with any password (in the user part or a C{password=} parameter)
-    replaced by C{***}, for messages.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://***"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in pairs], safe="*/"
-        )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def has_password(url: str) -> bool:
-    return bool(_secrets(url))
-
-
-def _secrets(url: str) -> list[str]:
-    """
-    The passwords written in C{url}, as written and decoded.
-    """
-    found = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        found += [v for k, v in parse_qsl(parts.query) if k == "password" and v]
-    except ValueError:
-        return []
-    return [s for secret in found for s in {secret, quote(secret, safe="")} if s]
 
 
 def _hide(error: BaseException, url: str) -> str:
     """
-    The message of C{error} on one line, without the passwords of C{url}.
+    The message of C{error} on one line, without the password of C{url}.
     """
     message = " ".join(str(error).split())
-    for secret in _secrets(url):
-        message = message.replace(secret, "***")
+    password = urlsplit(url).password
+    if password:
+        message = message.replace(password, "***")
     return message
 
 
@@ -322,18 +283,6 @@ def open_source(path: str) -> sqlite3.Connection:
     return connection
 
 
-def connect_target(url: str) -> psycopg.Connection[Any]:
-    """
-    Connect to the target database, in autocommit mode (transactions are
-    explicit).
-    """
-    try:
-        return psycopg.connect(url, autocommit=True)
-    except psycopg.Error as e:
-        message = _hide(e, url)
-        raise MigrationError(f"cannot connect to {masked(url)}: {message}") from None
-
-
 def _source_columns(source: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in source.execute(f"PRAGMA table_info({table})")}
 
@@ -361,13 +310,13 @@ def prepare_target(target: psycopg.Connection[Any], url: str) -> None:
     foreign = sorted({row[0] for row in rows} - CHAT_TABLES)
     if foreign:
         raise MigrationError(
-            f"{masked(url)} has tables that are not chat's ({', '.join(foreign)}): "
+            f"{safe_url(url)} has tables that are not chat's ({', '.join(foreign)}): "
             "migrate into a new, empty database"
         )
     try:
         schema.prepare_postgres(target)
     except ChatError as e:
-        raise MigrationError(f"{masked(url)}: {e}") from None
+        raise MigrationError(f"{safe_url(url)}: {e}") from None
     names = sorted(CHAT_TABLES)
     target.execute(
         sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
@@ -385,14 +334,14 @@ def prepare_target(target: psycopg.Connection[Any], url: str) -> None:
     ]
     if used:
         raise MigrationError(
-            f"{masked(url)} is not empty ({', '.join(used)} have rows): "
+            f"{safe_url(url)} is not empty ({', '.join(used)} have rows): "
             "migrate into a new, empty database"
         )
     for table in TABLES:
         columns = _target_columns(target, table.name)
         if columns != set(table.columns):
             raise MigrationError(
-                f"{masked(url)}: table {table.name} has columns "
+                f"{safe_url(url)}: table {table.name} has columns "
                 f"{sorted(columns)}, expected {sorted(table.columns)}"
             )
 
@@ -515,7 +464,7 @@ def migrate(
     """
     if progress is None:
         progress = Progress(stderr)
-    if has_password(url):
+    if safe_url(url) != url:
         print(
             "chat-admin: warning: a password in the URL can be seen by other "
             "users of this machine; use PGPASSWORD or ~/.pgpass instead",
@@ -524,17 +473,20 @@ def migrate(
     started = time.monotonic()
     source = open_source(path)
     try:
-        target = connect_target(url)
+        try:
+            target = connect(url)
+        except ChatError as e:
+            raise MigrationError(str(e)) from None
         try:
             counts = _migrate(source, target, path, url, stdout, progress)
         except psycopg.Error as e:
             raise MigrationError(
-                f"migration failed, nothing was written to {masked(url)}: "
+                f"migration failed, nothing was written to {safe_url(url)}: "
                 f"{_hide(e, url)}"
             ) from None
         except sqlite3.Error as e:
             raise MigrationError(
-                f"cannot read {path}, nothing was written to {masked(url)}: {e}"
+                f"cannot read {path}, nothing was written to {safe_url(url)}: {e}"
             ) from None
         finally:
             target.close()
@@ -542,7 +494,7 @@ def migrate(
         source.close()
     rows = sum(count.source for count in counts[: len(TABLES)])
     print(
-        f"migrated {rows:,} rows from {path} to {masked(url)} in "
+        f"migrated {rows:,} rows from {path} to {safe_url(url)} in "
         f"{time.monotonic() - started:.1f} s; every count matches",
         file=stdout,
     )
@@ -583,7 +535,7 @@ def _migrate(
             if different:
                 raise MigrationError(
                     f"the copy differs ({', '.join(different)}); nothing was "
-                    f"written to {masked(url)}"
+                    f"written to {safe_url(url)}"
                 )
     finally:
         source.execute("ROLLBACK")

@@ -6,12 +6,12 @@ into a real (throwaway) PostgreSQL by chat-admin run as a process.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pty
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+import chat.migrate
 from chat.links import InboundMessage, RealmLink
-from chat.migrate import CLUSTER_TABLES, TABLES, masked, source_path, target_url
+from chat.migrate import CLUSTER_TABLES, TABLES, Progress
 from chat.model import Attachment, Session, User
 from chat.store import schema
+from chat.store.postgres import safe_url
 from chat.store.sqlite import SQLiteStore
-from tests.postgres import ThrowawayPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
@@ -232,7 +233,8 @@ def test_copies_every_row(tmp_path: Path, source: Path, postgres_url: str) -> No
     assert "every count matches" in lines[-1]
     assert f"rows from {source} to {postgres_url}" in lines[-1]
     assert result.stderr.splitlines() == [
-        f"copied {table.name}: {tables[table.name]:,} {'row' if tables[table.name] == 1 else 'rows'}"
+        f"copied {table.name}: {tables[table.name]:,} row"
+        + "s" * (tables[table.name] != 1)
         for table in TABLES
     ]
     assert sqlite_rows(source, "messages") == messages
@@ -286,3 +288,235 @@ async def test_empty_store(tmp_path: Path, postgres_url: str) -> None:
 
 async def nothing(store: SQLiteStore) -> None:
     pass
+
+
+def test_refuses_a_target_with_rows(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """A second migration into the same database is refused; nothing changes."""
+    assert migrate(tmp_path, source, postgres_url).returncode == 0
+    before = postgres_tables(postgres_url)
+    again = migrate(tmp_path, source, postgres_url)
+    assert again.returncode == 1
+    assert "is not empty" in again.stderr
+    assert "migrate into a new, empty database" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert postgres_tables(postgres_url) == before
+
+
+def test_refuses_a_target_in_use(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """Rows in the cluster tables alone (a node ran there) are enough to refuse."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schema.prepare_postgres(connection)
+        connection.execute("INSERT INTO cluster_nodes VALUES ('node-1', 1.0, 2.0)")
+    result = migrate(tmp_path, source, postgres_url)
+    assert result.returncode == 1
+    assert "cluster_nodes have rows" in result.stderr
+    assert postgres_tables(postgres_url)["users"] == 0
+
+
+def test_refuses_a_target_with_other_tables(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """A database with tables that are not chat's is refused, left as it was."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE invoices (id integer)")
+    result = migrate(tmp_path, source, postgres_url)
+    assert result.returncode == 1
+    assert "has tables that are not chat's (invoices)" in result.stderr
+    assert postgres_tables(postgres_url) == {"invoices": 0}
+
+
+def test_refuses_bad_sources(tmp_path: Path, postgres_url: str) -> None:
+    """
+    A missing file, a file that is not a SQLite database, a SQLite database
+    that is not chat's, and chat databases of another schema version are
+    refused with a one-line message; the target stays empty.
+    """
+    (tmp_path / "notes.txt").write_text("not a database at all\n" * 100)
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.execute("CREATE TABLE t (x)")
+    other.commit()
+    other.close()
+    versions = {}
+    for version in (0, schema.SCHEMA_VERSION + 1):
+        path = tmp_path / f"v{version}.sqlite"
+        schema.prepare(str(path))
+        connection = sqlite3.connect(path)
+        connection.execute("UPDATE schema_version SET version = ?", (version,))
+        connection.commit()
+        connection.close()
+        versions[version] = path
+    cases = [
+        (tmp_path / "missing.sqlite", "missing.sqlite: no such file"),
+        (tmp_path / "notes.txt", "notes.txt: not a chat database"),
+        (tmp_path / "other.sqlite", "other.sqlite: not a chat database"),
+        (versions[0], "start this chat once on it"),
+        (versions[schema.SCHEMA_VERSION + 1], "written by a newer chat"),
+    ]
+    for path, message in cases:
+        result = migrate(tmp_path, path, postgres_url)
+        assert result.returncode == 1, (path, result)
+        assert message in result.stderr, (path, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert postgres_tables(postgres_url) == {}
+    assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_usage_errors(tmp_path: Path, postgres_url: str) -> None:
+    """--from and --to are checked before anything is opened (exit 2)."""
+    cases = [
+        (["--from", "chat.sqlite", "--to", postgres_url], "--from must be sqlite:PATH"),
+        (["--from", "sqlite:", "--to", postgres_url], "--from must be sqlite:PATH"),
+        (["--from", "sqlite:chat.sqlite"], "--from and --to are required"),
+        (
+            ["--from", "sqlite:chat.sqlite", "--to", "mysql://root:pw@db/chat"],
+            "--to must be a postgresql://",
+        ),
+        (
+            ["--from", "sqlite:chat.sqlite", "--to", "postgresql://u@h/db?nonsense=1"],
+            "invalid --to URL",
+        ),
+    ]
+    for argv, message in cases:
+        result = chat_admin(tmp_path, "migrate", *argv)
+        assert result.returncode == 2, (argv, result)
+        assert message in result.stderr, (argv, result.stderr)
+        assert "pw@" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no chat.sqlite made by --store
+
+
+def test_password_in_the_url_is_never_shown(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """
+    A password in the URL works (this server trusts everyone) but is masked
+    in every message, with a warning to use PGPASSWORD or ~/.pgpass.
+    """
+    url = postgres_url.replace("://postgres@", "://postgres:Sekr1t-pw@")
+    result = migrate(tmp_path, source, url)
+    assert result.returncode == 0, result.stderr
+    assert "Sekr1t" not in result.stdout + result.stderr
+    assert "postgres:***@127.0.0.1" in result.stdout
+    assert "use PGPASSWORD or ~/.pgpass" in result.stderr
+    refused = migrate(tmp_path, source, url + "?password=Sekr1t-pw")
+    assert refused.returncode == 1
+    assert "Sekr1t" not in refused.stdout + refused.stderr
+    port = postgres_url.rsplit(":", 1)[1].split("/")[0]
+    unreachable = url.replace(f":{port}/", ":1/")
+    failed = migrate(tmp_path, source, unreachable)
+    assert failed.returncode == 1
+    assert "cannot connect to PostgreSQL at postgresql://postgres:***@" in failed.stderr
+    assert "Sekr1t" not in failed.stdout + failed.stderr
+
+
+def test_safe_url_masks_password_parameters() -> None:
+    assert (
+        safe_url("postgresql://u@h/db?sslmode=require&password=pw")
+        == "postgresql://u@h/db?sslmode=require&password=***"
+    )
+    assert safe_url("postgresql://u:pw@h/db?password=pw") == (
+        "postgresql://u:***@h/db?password=***"
+    )
+
+
+def test_progress_bar_on_a_terminal(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """On a terminal, each table gets a bar, drawn in place up to 100%."""
+    result = migrate(tmp_path, source, postgres_url, tty=True)
+    assert result.returncode == 0, result.stderr
+    full = "[" + "#" * Progress.width + "]"
+    for table in TABLES:
+        assert f"\r{table.name}" in result.stderr
+    lines = [line for line in result.stderr.split("\n") if line.strip("\r")]
+    assert len(lines) == len(TABLES)
+    for line, table in zip(lines, TABLES, strict=True):
+        final = line.rstrip("\r").rsplit("\r", 1)[-1]
+        assert final.startswith(table.name)
+        assert full in final and final.endswith("100%"), final
+    assert "copied users" not in result.stderr
+
+
+def test_progress_bar_draws_in_place() -> None:
+    """The bar is redrawn with \\r as rows are copied, then ends its line."""
+    stream = io.StringIO()
+    progress = Progress(stream, tty=True)
+    progress.interval = 0
+    progress.start("messages", 200_000)
+    progress.advance(50_000)
+    progress.advance(150_000)
+    progress.finish()
+    frames = stream.getvalue().split("\r")[1:]
+    assert [frame.rsplit(None, 1)[-1] for frame in frames] == [
+        "0%",
+        "25%",
+        "100%",
+        "100%",
+    ]
+    assert "50,000/200,000" in frames[1]
+    assert frames[-1].endswith("200,000/200,000 100%\n")
+
+
+def test_tables_cover_both_schemas(tmp_path: Path, postgres_url: str) -> None:
+    """
+    Every table and column of both schemas is copied, except the version
+    and PostgreSQL's cluster tables.
+    """
+    path = tmp_path / "chat.sqlite"
+    schema.prepare(str(path))
+    connection = sqlite3.connect(path)
+    sqlite_tables = {
+        name: {row[1] for row in connection.execute(f"PRAGMA table_info({name})")}
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
+    connection.close()
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        schema.prepare_postgres(pg)
+        rows = pg.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"
+        ).fetchall()
+    pg_tables: dict[str, set[str]] = {}
+    for table, column in rows:
+        pg_tables.setdefault(table, set()).add(column)
+    copied = {table.name: set(table.columns) for table in TABLES}
+    del sqlite_tables["schema_version"]
+    assert sqlite_tables == copied
+    assert set(pg_tables) == set(copied) | {"schema_version", *CLUSTER_TABLES}
+    assert {name: pg_tables[name] for name in copied} == copied
+    assert [t.name for t in TABLES if t.identity] == [
+        "messages",
+        "group_members",
+        "realm_outbox",
+    ]
+
+
+def test_counts_that_differ_roll_back(
+    tmp_path: Path,
+    source: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    If the copy came out different (here: a row of messages lost), the
+    counts say which, and nothing is committed.
+    """
+    original = chat.migrate._rows
+
+    def losing(connection: Any, table: Any) -> Any:
+        for rows in original(connection, table):
+            yield rows[1:] if table.name == "messages" else rows
+
+    monkeypatch.setattr(chat.migrate, "_rows", losing)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.raises(chat.migrate.MigrationError) as raised:
+        chat.migrate.migrate(str(source), postgres_url, stdout, stderr)
+    assert "the copy differs (messages);" in str(raised.value)
+    assert "nothing was written" in str(raised.value)
+    assert "DIFFERENT" in stdout.getvalue()
+    assert postgres_tables(postgres_url) == {}
