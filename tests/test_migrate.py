@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import argon2
 import psycopg
 import pytest
 import pytest_twisted
@@ -24,7 +25,7 @@ import chat.migrate
 from chat.links import InboundMessage, RealmLink
 from chat.migrate import CLUSTER_TABLES, TABLES, Progress
 from chat.model import Attachment, Session, User
-from chat.store import schema
+from chat.store import open_store, schema
 from chat.store.postgres import safe_url
 from chat.store.sqlite import SQLiteStore
 
@@ -34,17 +35,17 @@ TOKEN_HASH = hashlib.sha256(b"messi-token").hexdigest()
 
 
 def chat_admin(
-    cwd: Path, *argv: str, tty: bool = False, env: dict[str, str] | None = None
+    cwd: Path, *argv: str, tty: bool = False, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """
     Run chat-admin; with C{tty}, its standard error is a terminal.
     """
     command = [sys.executable, "-m", "chat.admin", *argv]
-    environment = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    environment = dict(os.environ, PYTHONPATH=str(REPO))
     if not tty:
         return subprocess.run(
             command,
-            stdin=subprocess.DEVNULL,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
@@ -520,3 +521,113 @@ def test_counts_that_differ_roll_back(
     assert "nothing was written" in str(raised.value)
     assert "DIFFERENT" in stdout.getvalue()
     assert postgres_tables(postgres_url) == {}
+
+
+async def everything(store: Any, later: float) -> dict[str, Any]:
+    """
+    What a server sees of the filled store, through the store API: users,
+    a session, groups, histories, the realm queue, then the mailboxes
+    drained, a new message, and a message from realm-b received again.
+    """
+    seen: dict[str, Any] = {
+        "users": await store.list_users(),
+        "admin": await store.is_admin("messi"),
+        "session": await store.get_session(TOKEN_HASH),
+        "groups": await store.list_groups("henderson"),
+        "links": await store.list_realm_links(),
+        "outbox": await store.next_outbound("realm-b", 10),
+        "outbox size": await store.outbox_size("realm-b"),
+    }
+    for user, peer in [("messi", "henderson"), ("henderson", "lineker")]:
+        seen[f"conversation {user} {peer}"] = await store.conversation(user, peer, 50)
+    seen["group history"] = await store.group_history("lineker", "tim", 50)
+    for user in ("messi", "henderson", "lineker"):
+        seen[f"inbox {user}"] = await store.drain_inbox(user, later)
+    seen["new"] = await store.store_message("lineker", "messi", "baru", later)
+    again = InboundMessage("r1", "xavi", "Xavi", ("messi", "nobody"), "hola", 44.0)
+    seen["again"] = await store.receive_remote("realm-b", again, later)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_postgres_store_serves_what_was_migrated(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
+    """
+    The PostgreSQL store, opened as the server would, answers as the SQLite
+    store does: the old session token still resolves, the same messages
+    (ids, files, delivery state) are in the histories and mailboxes, the
+    next message gets the same id, and realm-b's message is a duplicate.
+    """
+    result = migrate(tmp_path, source, postgres_url)
+    assert result.returncode == 0, result.stderr
+    seen = {}
+    for description in (f"sqlite:{source}", postgres_url):
+        store = open_store(reactor, description)
+        store.start()
+        try:
+            seen[description] = await everything(store, 99.0)
+        finally:
+            await store.close()
+    expected, got = seen[f"sqlite:{source}"], seen[postgres_url]
+    assert expected["session"] is not None
+    assert [m.text for m in expected["inbox henderson"]] == [
+        "belum dibaca",
+        "untuk kalian",
+        "photo.png",
+        "doc.bin",
+    ]
+    assert expected["inbox henderson"][2].file_content == PNG
+    assert expected["again"].duplicate
+    for key in expected:
+        assert got[key] == expected[key], key
+
+
+def test_admin_commands_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """chat-admin --store postgresql://... works for every command."""
+    store = ["--store", postgres_url]
+    made = chat_admin(
+        tmp_path, *store, "useradd", "budi", "--name", "Budi", stdin="rahasia\n"
+    )
+    assert made.returncode == 0, made.stderr
+    assert chat_admin(tmp_path, *store, "users").stdout == "budi\tBudi\t\n"
+    assert (
+        chat_admin(tmp_path, *store, "passwd", "budi", stdin="baru\n").returncode == 0
+    )
+    with psycopg.connect(postgres_url) as connection:
+        stored = one(connection, "SELECT password_hash FROM users")
+    assert argon2.PasswordHasher().verify(stored, "baru")
+    assert chat_admin(tmp_path, *store, "setadmin", "budi", "yes").returncode == 0
+    assert chat_admin(tmp_path, *store, "users").stdout == "budi\tBudi\t\tadmin\n"
+    added = chat_admin(
+        tmp_path,
+        *store,
+        "realm",
+        "add",
+        "realm-b",
+        "tcp:host=b:port=8889",
+        stdin="a-shared-secret-of-some-length",
+    )
+    assert added.returncode == 0, added.stderr
+    listed = chat_admin(tmp_path, *store, "realm", "list")
+    assert listed.stdout == "realm-b\ttcp:host=b:port=8889\t0 queued\n"
+    assert chat_admin(tmp_path, *store, "realm", "remove", "realm-b").returncode == 0
+    assert chat_admin(tmp_path, *store, "userdel", "budi").returncode == 0
+    assert chat_admin(tmp_path, *store, "users").stdout == ""
+    missing = chat_admin(tmp_path, *store, "userdel", "nobody")
+    assert missing.returncode == 1
+    assert missing.stderr == "chat-admin: no such user: nobody\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_admin_on_unreachable_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """An unreachable database is a one-line error, the password masked."""
+    port = postgres_url.rsplit(":", 1)[1].split("/")[0]
+    url = postgres_url.replace("://postgres@", "://postgres:Sekr1t@")
+    url = url.replace(f":{port}/", ":1/")
+    result = chat_admin(tmp_path, "--store", url, "users")
+    assert result.returncode == 1
+    assert result.stderr.startswith("chat-admin: cannot connect to PostgreSQL at")
+    assert "postgres:***@127.0.0.1:1/" in result.stderr
+    assert "Sekr1t" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
