@@ -57,7 +57,7 @@ TABLES = (
         "users",
         ("username", "full_name", "country", "password_hash", "created_at", "is_admin"),
     ),
-    # Up to --max-file-size each: a few at a time.
+    # Up to --max-file-size each (1 MiB by default): a few at a time.
     Table("files", ("sha256", "size", "content"), chunk=8),
     Table("sessions", ("token_hash", "username", "created_at", "last_seen_at")),
     Table(
