@@ -479,6 +479,11 @@ def migrate(
             raise MigrationError(str(e)) from None
         try:
             counts = _migrate(source, target, path, url, stdout, progress)
+        except psycopg.errors.LockNotAvailable:
+            raise MigrationError(
+                f"{safe_url(url)} is in use (by a chat server?): stop it, or "
+                "migrate into a new, empty database; nothing was written"
+            ) from None
         except psycopg.Error as e:
             raise MigrationError(
                 f"migration failed, nothing was written to {safe_url(url)}: "

@@ -631,3 +631,23 @@ def test_admin_on_unreachable_postgresql(tmp_path: Path, postgres_url: str) -> N
     assert "postgres:***@127.0.0.1:1/" in result.stderr
     assert "Sekr1t" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_refuses_a_target_in_use_by_a_server(
+    source: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A target whose tables a server holds (here: a transaction that locked
+    users) is refused after the lock timeout, not waited for forever.
+    """
+    monkeypatch.setattr(chat.migrate, "LOCK_TIMEOUT", 1)
+    with psycopg.connect(postgres_url, autocommit=True) as server:
+        schema.prepare_postgres(server)
+        with server.transaction():
+            server.execute("LOCK TABLE users IN ROW EXCLUSIVE MODE")
+            with pytest.raises(chat.migrate.MigrationError) as raised:
+                chat.migrate.migrate(
+                    str(source), postgres_url, io.StringIO(), io.StringIO()
+                )
+    assert "is in use (by a chat server?)" in str(raised.value)
+    assert postgres_tables(postgres_url)["users"] == 0
