@@ -175,7 +175,7 @@ class MigrateOptions(usage.Options):
             None,
             None,
             "An empty PostgreSQL database: postgresql://USER@HOST:PORT/DBNAME "
-            "(the password from PGPASSWORD or ~/.pgpass).",
+            "(the password from PGPASSWORD, ~/.pgpass or passfile=).",
         ],
     ]
 
