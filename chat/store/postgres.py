@@ -87,14 +87,19 @@ def is_postgres_url(description: str) -> bool:
 
 def safe_url(url: str) -> str:
     """
-    C{url} with any password in it masked, for messages and logs.
+    C{url} with any password in it (before the host, or a C{password=}
+    parameter) masked, for messages and logs.
     """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    if "password=" in query:
+        query = "&".join(
+            "password=***" if item.startswith("password=") else item
+            for item in query.split("&")
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
