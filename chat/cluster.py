@@ -31,7 +31,10 @@ Presence
     deletes the nodes whose heartbeat is older than three intervals (their
     presence rows go with them, C{ON DELETE CASCADE}) and notifies the
     others: the users of a node that crashed go offline everywhere within
-    about four heartbeats. A node that stops cleanly deletes its own row.
+    about four heartbeats. Only a node whose own heartbeats went through
+    for those three intervals removes others, so that after an outage of
+    the database the first node back does not remove the rest. A node that
+    stops cleanly deletes its own row.
 
 Federation
     Each node's L{chat.federation.Federation} accepts links from other
@@ -889,6 +892,8 @@ class Membership:
         self._reap = False
         self._running = False
         self._failing = False
+        #: Since when this node's writes succeed (None while they fail).
+        self._healthy_since: float | None = None
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
@@ -949,6 +954,16 @@ class Membership:
             return
         self._again = False
         reap, self._reap = self._reap, False
+        # Only a node whose own heartbeats have gone through for a whole
+        # expiry period judges the others: after an outage of the database
+        # every heartbeat is old, and the first node back must not remove
+        # all the others.
+        healthy = self._healthy_since
+        reap = (
+            reap
+            and healthy is not None
+            and self.clock.seconds() - healthy >= self.expire_after
+        )
         desired = self.presence.local()
         done: Deferred[None] = Deferred()
         self._busy = done
@@ -965,6 +980,8 @@ class Membership:
 
     def _synced(self, result: SyncResult, desired: dict[str, str]) -> None:
         self._written = desired
+        if self._healthy_since is None:
+            self._healthy_since = self.clock.seconds()
         if self._failing:
             self._failing = False
             self.log.info("Node {node} writes to the cluster again", node=self.node_id)
@@ -980,6 +997,7 @@ class Membership:
     def _failed(self, f: Failure) -> None:
         f.trap(StorageUnavailable)
         self._written = None
+        self._healthy_since = None
         if not self._failing:
             self._failing = True
             self.log.warn(
@@ -1191,7 +1209,7 @@ class Cluster:
         *,
         heartbeat: float = DEFAULT_HEARTBEAT,
         retry_min: float = 0.5,
-        retry_max: float = 30.0,
+        retry_max: float = 5.0,
         notifications: Notifications | None = None,
         runner: Runner | None = None,
     ) -> None:

@@ -393,26 +393,37 @@ def test_heartbeat_writes_everything_first_then_changes() -> None:
     m, runner, clock, p = membership()
     m.start()
     job, args, d = runner.pop()
-    assert job is sync_txn and args == ("a", {}, None, 6.0)
+    assert job is sync_txn and args == ("a", {}, None, None)
     p.attach("messi", "Lionel Messi", "conn")
     assert runner.jobs == []  # one write at a time
     d.callback(SyncResult(True, []))
     job, args, d = runner.pop()
     assert args == ("a", {"messi": "Lionel Messi"}, {}, None)
     d.callback(SyncResult(False, []))
-    clock.advance(2.0)
-    job, args, d = runner.pop()
-    assert args == ("a", {"messi": "Lionel Messi"}, {"messi": "Lionel Messi"}, 6.0)
-    d.callback(SyncResult(False, ["dead"]))
+    written = {"messi": "Lionel Messi"}
+    # Others are judged once this node's own heartbeats went through for
+    # three of them.
+    for reaping in (None, None, 6.0):
+        clock.advance(2.0)
+        job, args, d = runner.pop()
+        assert args == ("a", written, written, reaping)
+        d.callback(SyncResult(False, []))
 
 
 def test_expired_nodes_users_go_offline() -> None:
-    m, runner, _clock, p = membership()
+    m, runner, clock, p = membership()
     watcher = Events()
     p.watch(watcher)
     p.node_changed("dead", {"lineker": "L"}, [], False)
     m.start()
-    runner.pop()[2].callback(SyncResult(True, ["dead"]))
+    runner.pop()[2].callback(SyncResult(True, []))
+    for _ in range(3):
+        clock.advance(2.0)
+        runner.pop()[2].callback(SyncResult(False, []))
+    clock.advance(2.0)
+    _, args, d = runner.pop()
+    assert args[3] == 6.0
+    d.callback(SyncResult(False, ["dead"]))
     assert watcher.presence() == [("lineker", True), ("lineker", False)]
 
 
@@ -428,7 +439,8 @@ def test_failed_write_is_retried_whole_at_the_next_heartbeat() -> None:
     d.errback(StorageUnavailable("still down"))
     clock.advance(2.0)
     _, args, d = runner.pop()
-    assert args == ("a", {"messi": "M", "lineker": "L"}, None, 6.0)
+    # Not healthy for long enough to judge the others.
+    assert args == ("a", {"messi": "M", "lineker": "L"}, None, None)
     d.callback(SyncResult(False, []))
     p.detach("lineker", "conn")
     assert runner.pop()[1] == (
