@@ -536,6 +536,17 @@ class IChatStore(Interface):
         @return: fires with how many were marked.
         """
 
+    def mark_delivered_ids(
+        username: str, ids: Sequence[int], delivered_at: float
+    ) -> Deferred[int]:
+        """
+        Mark the user's undelivered messages with these ids delivered (an
+        acknowledgement of exactly what was pushed: with several nodes, a
+        lower id may commit after a higher one was pushed).
+
+        @return: fires with how many were marked.
+        """
+
     def close() -> Deferred[None]:
         """
         Finish in-flight work and release the storage.

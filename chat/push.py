@@ -204,6 +204,12 @@ class Subscription:
         self._in_flight.append(message.id)
         self.client.send_event({"event": "message", **message.to_wire()})
 
+    def pushed_up_to(self, up_to_id: int) -> list[int]:
+        """
+        The ids pushed and not yet acknowledged, up to C{up_to_id}.
+        """
+        return [i for i in self._in_flight if i <= up_to_id]
+
     def acknowledged(self, up_to_id: int) -> None:
         """
         Messages up to C{up_to_id} were delivered: make room and refill.
