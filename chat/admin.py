@@ -10,24 +10,31 @@ C{chat-admin}: manage accounts in a chat store.
     chat-admin --store sqlite:chat.sqlite realm add REALM_ID ENDPOINT [--generate]
     chat-admin --store sqlite:chat.sqlite realm list
     chat-admin --store sqlite:chat.sqlite realm remove REALM_ID
+    chat-admin migrate --from sqlite:chat.sqlite \
+        --to postgresql://USER@HOST:PORT/DBNAME
 
 Passwords, and the secrets realm links share, are read from standard input
 (one line; asked twice, hidden, on a terminal), never from the command
 line, where other users of the machine could see them. It is safe to run
 while the server runs; it picks up link changes within
 L{chat.federation.FederationSettings.sync_interval}.
+
+C{migrate} copies a SQLite store into an empty PostgreSQL database (see
+L{chat.migrate}); stop the server first. PostgreSQL passwords come from
+C{PGPASSWORD}, C{~/.pgpass} or a C{passfile=} parameter of the URL.
 """
 
 from __future__ import annotations
 
 import getopt
 import getpass
+import signal
 import sys
 from typing import Any, TextIO
 
 import argon2
 from twisted.internet import task
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
@@ -41,6 +48,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
+from chat.migrate import migrate, source_path, target_url
 from chat.model import User, validate_username
 from chat.store import STORE_HELP, open_store
 from chat.store.operations import SQLStore
@@ -158,6 +166,29 @@ class RealmOptions(usage.Options):
             raise usage.UsageError("add, list or remove")
 
 
+class MigrateOptions(usage.Options):
+    synopsis = "--from sqlite:PATH --to postgresql://USER@HOST:PORT/DBNAME"
+    optParameters = [
+        ["from", None, None, "The SQLite store to copy: sqlite:PATH (read only)."],
+        [
+            "to",
+            None,
+            None,
+            "An empty PostgreSQL database: postgresql://USER@HOST:PORT/DBNAME "
+            "(the password from PGPASSWORD, ~/.pgpass or passfile=).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["from"] or not self["to"]:
+            raise usage.UsageError("--from and --to are required")
+        try:
+            self["source"] = source_path(self["from"])
+            self["target"] = target_url(self["to"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
 class AdminOptions(usage.Options):
     synopsis = "--store STORE COMMAND [ARGS]"
     optParameters = [
@@ -180,6 +211,13 @@ class AdminOptions(usage.Options):
             "Make a user an administrator (yes) or not (no).",
         ],
         ["realm", None, RealmOptions, "Links to other realms (chat servers)."],
+        [
+            "migrate",
+            None,
+            MigrateOptions,
+            "Copy a SQLite store into an empty PostgreSQL database (--store "
+            "is not used).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -321,6 +359,21 @@ async def run_realm(
         )
 
 
+def run_migrate(options: MigrateOptions) -> None:
+    """
+    The migration: synchronous (nothing else runs meanwhile), and Ctrl-C
+    interrupts it at once, rolling back what it wrote.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        migrate(options["source"], options["target"], sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        print("\nchat-admin: interrupted; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def describe(error: Exception) -> str:
     if isinstance(error, NoSuchUser):
         return f"no such user: {error.username}"
@@ -351,6 +404,8 @@ def main(reactor: Any, *argv: str) -> Any:
             raise SystemExit(1)
         return f
 
+    if options.subCommand == "migrate":
+        return maybeDeferred(run_migrate, options.subOptions).addErrback(failed)
     d = ensureDeferred(run(reactor, options, sys.stdin, sys.stdout))
     return d.addErrback(failed)
 

@@ -55,7 +55,7 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application.internet import ClientService
@@ -102,6 +102,9 @@ from chat.links import (
 )
 from chat.logs import make_logger
 from chat.model import USERNAME_PATTERN, Message
+
+if TYPE_CHECKING:
+    from chat.cluster import LinkLeases
 
 Reply = dict[str, object]
 
@@ -674,6 +677,10 @@ class Federation:
     @ivar connect: makes the client endpoint of a link from its endpoint
         string (C{clientFromString} on the reactor, in a server).
     @ivar jitter: a random number in [0, 1), for the backoff.
+    @ivar leases: with several nodes on one database (L{chat.cluster}), says
+        which links this node delivers: it runs only those whose lease it
+        holds (and calls L{lease_gained} and L{lease_lost}). None runs
+        every link (one node).
     """
 
     settings: FederationSettings
@@ -684,7 +691,10 @@ class Federation:
     jitter: Callable[[], float] = random.random
     new_uid: Callable[[], str] = _new_uid
     links: dict[str, OutboundLink] = attrs.field(factory=dict)
+    leases: LinkLeases | None = None
     limiter: RateLimiter = attrs.field(init=False)
+    #: The links this realm has, by realm id, as last read.
+    _wanted: dict[str, RealmLink] = attrs.field(factory=dict, init=False)
     _loops: list[LoopingCall] = attrs.field(factory=list, init=False)
     _running: bool = attrs.field(default=False, init=False)
 
@@ -723,6 +733,7 @@ class Federation:
         @return: fires once their connections are closed.
         """
         self._running = False
+        self._wanted = {}
         loops, self._loops = self._loops, []
         for loop in loops:
             if loop.running:
@@ -747,14 +758,47 @@ class Federation:
         wanted = {
             link.realm_id: link for link in links if link.realm_id != self.realm_id
         }
+        self._wanted = wanted
         for realm_id, outbound in list(self.links.items()):
             if wanted.get(realm_id) != outbound.link:
                 del self.links[realm_id]
                 outbound.stop()
                 self.log.info("Link to realm {realm} stopped", realm=realm_id)
+        if self.leases is not None:
+            self.leases.want(wanted)
         for realm_id, link in wanted.items():
-            if realm_id not in self.links:
+            if realm_id not in self.links and self._may_deliver(realm_id):
                 self._start_link(link)
+
+    def _may_deliver(self, realm_id: str) -> bool:
+        return self.leases is None or self.leases.holds(realm_id)
+
+    # Leases (several nodes).
+
+    def lease_gained(self, realm_id: str) -> None:
+        """
+        This node now delivers to C{realm_id}.
+        """
+        link = self._wanted.get(realm_id)
+        if self._running and link is not None and realm_id not in self.links:
+            self._start_link(link)
+
+    def lease_lost(self, realm_id: str) -> None:
+        """
+        Another node may deliver to C{realm_id} now: stop at once.
+        """
+        outbound = self.links.pop(realm_id, None)
+        if outbound is not None:
+            outbound.stop()
+            self.log.info("Link to realm {realm} stopped", realm=realm_id)
+
+    def wake(self, realm_id: str) -> None:
+        """
+        Messages may have been queued for C{realm_id} (by another node).
+        """
+        outbound = self.links.get(realm_id)
+        if outbound is not None:
+            outbound.wake()
 
     def _start_link(self, link: RealmLink) -> None:
         outbound = OutboundLink(self, link)
@@ -843,6 +887,9 @@ class Federation:
             link = self.links.get(message.realm_id)
             if link is not None:
                 link.wake()
+            elif self.leases is not None and message.realm_id in self._wanted:
+                # Another node delivers to that realm: wake it.
+                self.leases.queued(message.realm_id)
             elif self._running:
                 # Added by chat-admin since the last sync.
                 self.sync()
@@ -884,7 +931,11 @@ class Federation:
                 endpoint=endpoint,
             )
             if self._running and realm_id not in self.links:
-                self._start_link(link)
+                self._wanted[realm_id] = link
+                if self.leases is not None:
+                    self.leases.want(self._wanted)
+                if self._may_deliver(realm_id):
+                    self._start_link(link)
             return secret
 
         return ensureDeferred(add())

@@ -242,9 +242,18 @@ class IFanout(Interface):
     database it is fed by the database's notifications as well.
     """
 
-    def listen(username: str, listener: Callable[[Message], None]) -> None:
+    def listen(
+        username: str,
+        listener: Callable[[Message], None],
+        resync: Callable[[], None] | None = None,
+    ) -> None:
         """
         Call C{listener} with each message committed for C{username}.
+
+        @param resync: called when the fan-out may have missed messages
+            (its connection to the other nodes was lost and made again):
+            the listener should read what it has not seen from the store.
+            A fan-out that cannot miss messages never calls it.
         """
 
     def unlisten(username: str, listener: Callable[[Message], None]) -> None:
@@ -527,6 +536,17 @@ class IChatStore(Interface):
         @return: fires with how many were marked.
         """
 
+    def mark_delivered_ids(
+        username: str, ids: Sequence[int], delivered_at: float
+    ) -> Deferred[int]:
+        """
+        Mark the user's undelivered messages with these ids delivered (an
+        acknowledgement of exactly what was pushed: with several nodes, a
+        lower id may commit after a higher one was pushed).
+
+        @return: fires with how many were marked.
+        """
+
     def close() -> Deferred[None]:
         """
         Finish in-flight work and release the storage.
@@ -650,4 +670,28 @@ class IRealmStore(Interface):
         C{before}.
 
         @return: fires with how many were forgotten.
+        """
+
+
+class IClusterStore(Interface):
+    """
+    A store that several nodes share (PostgreSQL): each node serves the
+    same realm, and hears of the others' commits through the database
+    (L{chat.cluster}).
+
+    In the transaction of each batch that stores messages, the store sends
+    C{pg_notify('chat_messages', payload)}, where the payload is the JSON
+    object C{{"node": <node_id>, "at": <commit time, seconds>, "messages":
+    [[id, recipient], ...]}} (several notifications if it would be long).
+    """
+
+    node_id = Attribute("This node's id, a str unique among the nodes.")
+    url = Attribute("The libpq URI of the database, a str.")
+
+    def messages_by_id(ids: Sequence[int]) -> Deferred[list[Message]]:
+        """
+        The messages with these ids (delivered or not), in id order; ids
+        that no longer exist are left out.
+
+        @return: fails with L{chat.errors.StorageUnavailable}.
         """

@@ -304,6 +304,12 @@ class ChatProtocol(LineReceiver):
             self._close()
             return
         self._counted = True
+        # Replies and pushes are small writes: with Nagle's algorithm, a
+        # push written just after a reply waits for the client's delayed
+        # ACK of that reply (40 ms on Linux).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.log.info("Connection from {peer}", peer=self._peer)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True

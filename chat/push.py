@@ -13,6 +13,14 @@ Memory stays bounded however slow the client: a subscription has at most
 C{window} pushed-but-unacknowledged messages. When the window is full, new
 messages stay in the store and are read from there as acknowledgements make
 room, so a subscriber that stops reading costs its window and nothing more.
+
+With several nodes on one database (L{chat.cluster}), messages are not
+always heard of in id order: two nodes' transactions commit in either
+order, and a node that lost its connection to the others hears nothing for
+a while. A subscription that hears of a message older than one it pushed,
+or is told to resync by its fan-out, reads the oldest undelivered messages
+again and pushes those not in flight (L{Subscription.resync}): the store,
+not the notifications, decides what is still to be delivered.
 """
 
 from __future__ import annotations
@@ -41,8 +49,20 @@ class LocalFanout:
 
     _listeners: dict[str, list[Listener]] = attrs.field(factory=dict)
 
-    def listen(self, username: str, listener: Listener) -> None:
+    def listen(
+        self,
+        username: str,
+        listener: Listener,
+        resync: Callable[[], None] | None = None,
+    ) -> None:
+        # Nothing is ever missed within one process: resync is not needed.
         self._listeners.setdefault(username, []).append(listener)
+
+    def listening(self, username: str) -> bool:
+        """
+        Whether anyone listens for C{username}'s messages here.
+        """
+        return username in self._listeners
 
     def unlisten(self, username: str, listener: Listener) -> None:
         listeners = self._listeners.get(username, [])
@@ -76,13 +96,14 @@ class Subscription:
     _fetching: bool = False
     _dirty: bool = False
     _caught_up: bool = False
+    _rescan: bool = False
     active: bool = False
 
     log = make_logger()
 
     def start(self) -> None:
         self.active = True
-        self.fanout.listen(self.username, self._committed)
+        self.fanout.listen(self.username, self._committed, self.resync)
         self.pump()
 
     def stop(self) -> None:
@@ -93,8 +114,23 @@ class Subscription:
     def _room(self) -> int:
         return self.window - len(self._in_flight)
 
+    def resync(self) -> None:
+        """
+        Read the oldest undelivered messages again and push those not in
+        flight: some may have been committed without this subscription
+        hearing of them.
+        """
+        self._rescan = True
+        self._caught_up = False
+        self.pump()
+
     def _committed(self, message: Message) -> None:
-        if not self.active or message.id <= self._last_pushed:
+        if not self.active or message.id in self._in_flight:
+            return
+        if message.id <= self._last_pushed:
+            # Committed after a message with a higher id (by another
+            # node), or heard of late: pushed if still undelivered.
+            self.resync()
             return
         if self._caught_up and not self._fetching and self._room() > 0:
             self._push(message)
@@ -116,22 +152,46 @@ class Subscription:
             return
         self._fetching = True
         self._dirty = False
-        d = self.store.undelivered(self.username, self._last_pushed, room)
-        d.addCallbacks(self._fetched, self._fetch_failed, callbackArgs=(room,))
+        rescan, self._rescan = self._rescan, False
+        if rescan:
+            # The in-flight messages are among the oldest undelivered:
+            # read them again, and as many more as there is room for.
+            asked = self.window
+            d = self.store.undelivered(self.username, 0, asked)
+        else:
+            asked = room
+            d = self.store.undelivered(self.username, self._last_pushed, asked)
+        d.addCallbacks(
+            self._fetched,
+            self._fetch_failed,
+            callbackArgs=(asked, rescan),
+            errbackArgs=(rescan,),
+        )
 
-    def _fetched(self, messages: list[Message], asked: int) -> None:
+    def _fetched(self, messages: list[Message], asked: int, rescan: bool) -> None:
         self._fetching = False
         if not self.active:
             return
-        for message in messages:
-            if message.id > self._last_pushed:
+        full = len(messages) >= asked
+        if rescan:
+            in_flight = set(self._in_flight)
+            fresh = [m for m in messages if m.id not in in_flight]
+            room = self._room()
+            for message in fresh[:room]:
                 self._push(message)
-        self._caught_up = len(messages) < asked
+            self._rescan = len(fresh) > room or (full and self._room() <= 0)
+            self._caught_up = not full and not self._rescan
+        else:
+            for message in messages:
+                if message.id > self._last_pushed:
+                    self._push(message)
+            self._caught_up = not full
         if self._dirty or (not self._caught_up and self._room() > 0):
             self.pump()
 
-    def _fetch_failed(self, f: Failure) -> None:
+    def _fetch_failed(self, f: Failure, rescan: bool) -> None:
         self._fetching = False
+        self._rescan = self._rescan or rescan
         self.log.warn(
             "Could not read messages for {user}: {why}; retrying",
             user=self.username,
@@ -140,16 +200,23 @@ class Subscription:
         self.clock.callLater(self.retry_delay, self.pump)
 
     def _push(self, message: Message) -> None:
-        self._last_pushed = message.id
+        self._last_pushed = max(self._last_pushed, message.id)
         self._in_flight.append(message.id)
         self.client.send_event({"event": "message", **message.to_wire()})
+
+    def pushed_up_to(self, up_to_id: int) -> list[int]:
+        """
+        The ids pushed and not yet acknowledged, up to C{up_to_id}.
+        """
+        return [i for i in self._in_flight if i <= up_to_id]
 
     def acknowledged(self, up_to_id: int) -> None:
         """
         Messages up to C{up_to_id} were delivered: make room and refill.
         """
-        while self._in_flight and self._in_flight[0] <= up_to_id:
-            self._in_flight.popleft()
+        if self._in_flight and min(self._in_flight) <= up_to_id:
+            # Not always in id order: see resync.
+            self._in_flight = deque(i for i in self._in_flight if i > up_to_id)
         self.pump()
 
 
@@ -176,7 +243,7 @@ class Presence:
         online = self._online.get(username)
         if online is None:
             online = self._online[username] = _Online(full_name)
-            self._announce(username, full_name, True)
+            self._came_online(username, full_name)
         online.minds.add(mind)
 
     def detach(self, username: str, mind: object) -> None:
@@ -186,7 +253,25 @@ class Presence:
         online.minds.discard(mind)
         if not online.minds:
             del self._online[username]
-            self._announce(username, online.full_name, False)
+            self._went_offline(username, online.full_name)
+
+    def _came_online(self, username: str, full_name: str) -> None:
+        """
+        The first connection of C{username} was attached here.
+        """
+        self._announce(username, full_name, True)
+
+    def _went_offline(self, username: str, full_name: str) -> None:
+        """
+        The last connection of C{username} here was detached.
+        """
+        self._announce(username, full_name, False)
+
+    def local(self) -> dict[str, str]:
+        """
+        The full name of each user with a connection to this process.
+        """
+        return {name: o.full_name for name, o in self._online.items()}
 
     def online(self) -> list[tuple[str, str]]:
         """

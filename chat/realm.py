@@ -393,8 +393,21 @@ class ChatUser:
         self.realm.remove_subscription(subscription)
 
     def acknowledge(self, up_to_id: int) -> Deferred[int]:
+        """
+        With subscriptions here, mark exactly what they pushed up to
+        C{up_to_id}: on a cluster, a message with a lower id may commit
+        after a higher one was pushed, and must not be marked unseen.
+        Without any, every undelivered message up to C{up_to_id}.
+        """
         now = self.realm.clock.seconds()
-        d = self.realm.store.mark_delivered(self.username, up_to_id, now)
+        subscriptions = list(self.realm.subscriptions_of(self.username))
+        if subscriptions:
+            pushed = sorted(
+                {i for s in subscriptions for i in s.pushed_up_to(up_to_id)}
+            )
+            d = self.realm.store.mark_delivered_ids(self.username, pushed, now)
+        else:
+            d = self.realm.store.mark_delivered(self.username, up_to_id, now)
 
         def marked(count: int) -> int:
             self._delivered(up_to_id)

@@ -1,6 +1,11 @@
 """
 Wiring: one L{ChatService} owns the store, the password hasher, the
 sessions and the listening ports, and starts and stops them in order.
+
+With a store that several nodes share (L{chat.interfaces.IClusterStore}:
+PostgreSQL), the realm's fan-out and presence and the federation's link
+leases come from a L{chat.cluster.Cluster}; otherwise they are this
+process's own.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from twisted.web.server import Site
 
 from chat import commands
 from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
+from chat.cluster import DEFAULT_HEARTBEAT, Cluster
 from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
-from chat.interfaces import IChatStore, IPasswordHasher
+from chat.interfaces import IChatStore, IClusterStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.logs import make_logger
 from chat.metrics import Metrics, OutboxWatcher, metrics_site
@@ -118,6 +124,7 @@ class ChatService(Service):
         limits: Limits | None = None,
         web: Sequence[str] = (),
         web_origins: Sequence[str] = (),
+        heartbeat: float = DEFAULT_HEARTBEAT,
         metrics: str | None = None,
     ) -> None:
         """
@@ -132,6 +139,8 @@ class ChatService(Service):
             WebSockets reach the same factory as C{endpoints}.
         @param web_origins: origins besides the page's own whose pages may
             open a WebSocket (C{https://chat.example.org}).
+        @param heartbeat: with a shared store, seconds between this node's
+            heartbeats; a node silent for three of them is taken for dead.
         @param metrics: the endpoint serving Prometheus metrics
             (L{chat.metrics}); None collects none.
         """
@@ -142,14 +151,30 @@ class ChatService(Service):
         self.demo = demo
         self.registration_open = registration_open
         self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
-        self.realm = ChatRealm(
-            store,
-            reactor,
-            self.sessions,
-            max_file_size=max_file_size,
-            max_recipients=max_recipients,
-            push_window=push_window,
-        )
+        self.cluster: Cluster | None = None
+        shared = IClusterStore.providedBy(store)
+        if shared:
+            self.cluster = Cluster(store, reactor, heartbeat=heartbeat)
+            self.cluster.serve_sessions(self.sessions)
+            self.realm = ChatRealm(
+                store,
+                reactor,
+                self.sessions,
+                max_file_size=max_file_size,
+                max_recipients=max_recipients,
+                push_window=push_window,
+                fanout=self.cluster.fanout,
+                presence=self.cluster.presence,
+            )
+        else:
+            self.realm = ChatRealm(
+                store,
+                reactor,
+                self.sessions,
+                max_file_size=max_file_size,
+                max_recipients=max_recipients,
+                push_window=push_window,
+            )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
@@ -185,6 +210,8 @@ class ChatService(Service):
                 connect=partial(clientFromString, reactor),
             )
             self.realm.federation = self.factory.federation = self.federation
+            if self.cluster is not None:
+                self.cluster.serve_federation(self.federation)
         self.web_endpoints = list(web)
         self.site: Site | None = None
         if self.web_endpoints:
@@ -304,6 +331,13 @@ class ChatService(Service):
         self.store.start()
         self.hasher.start()
         self.sessions.start()
+        if self.cluster is not None:
+            self.log.info(
+                "Node {node} of a cluster (heartbeat every {heartbeat}s)",
+                node=self.cluster.node_id,
+                heartbeat=self.cluster.heartbeat,
+            )
+            self.cluster.start()
         if self.registration_open:
             self.log.info("Registration is open: anyone may create an account")
         if self.demo:
@@ -353,6 +387,9 @@ class ChatService(Service):
         federation = self.federation
         if federation is not None:
             d.addBoth(lambda _: federation.stop())
+        cluster = self.cluster
+        if cluster is not None:
+            d.addBoth(lambda _: cluster.stop())
         d.addBoth(lambda _: self.sessions.stop())
         d.addBoth(lambda _: self.store.close())
         d.addBoth(lambda _: self.hasher.stop())

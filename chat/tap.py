@@ -13,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from chat import commands, logs
+from chat.cluster import new_node_id
 from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
@@ -358,6 +359,23 @@ class Options(usage.Options):
             duration,
         ],
         [
+            "node-id",
+            None,
+            None,
+            "With a PostgreSQL store shared by several nodes: this node's id, "
+            "unique among them (1-100 characters). [default: host name, "
+            "process id and a random suffix]",
+        ],
+        [
+            "heartbeat",
+            None,
+            "5s",
+            "With a PostgreSQL store: how often this node tells the others it "
+            "is alive; a node silent for three heartbeats is taken for dead and "
+            "its users go offline.",
+            duration,
+        ],
+        [
             "realm-seen-ttl",
             None,
             "30d",
@@ -421,6 +439,7 @@ class Options(usage.Options):
             "realm-retry-max": duration,
             "realm-timeout": duration,
             "realm-seen-ttl": duration,
+            "heartbeat": duration,
         }
         for name, coerce in defaults.items():
             if isinstance(self[name], str):
@@ -446,6 +465,10 @@ class Options(usage.Options):
             validate_realm_id(self["realm-id"])
         except InvalidRealmId as e:
             raise usage.UsageError(f"--realm-id: {e}") from None
+        if self["node-id"] is None:
+            self["node-id"] = new_node_id()
+        elif not 0 < len(self["node-id"]) <= 100 or not self["node-id"].isprintable():
+            raise usage.UsageError("--node-id: 1-100 printable characters")
         if self["realm-retry-min"] > self["realm-retry-max"]:
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
         if not valid_store(self["store"]):
@@ -487,7 +510,12 @@ def makeService(options: Options) -> IService:
 
     limits = limits_from(options)
     try:
-        store = open_store(reactor, options["store"], max_mailbox=limits.max_mailbox)
+        store = open_store(
+            reactor,
+            options["store"],
+            max_mailbox=limits.max_mailbox,
+            node_id=options["node-id"],
+        )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 
@@ -510,6 +538,7 @@ def makeService(options: Options) -> IService:
         limits=limits,
         web=options["web"],
         web_origins=options["web-origin"],
+        heartbeat=options["heartbeat"],
         metrics=options["metrics"],
     )
 

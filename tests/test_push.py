@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import fail
 
 from chat.errors import StorageUnavailable
+from chat.store.memory import _Stored
 from tests.helpers import Connection, Server
 
 
@@ -309,3 +311,23 @@ def test_file_message_is_pushed_with_content() -> None:
     assert event["file_name"] == "hi.txt"
     assert event["file_size"] == 5
     assert event["file_content"] == "aGVsbG8="
+
+
+def test_ack_marks_what_was_pushed_not_a_late_lower_id() -> None:
+    """On a cluster a lower id can commit after a higher one was pushed: an
+    ack of the higher id must not mark the lower one delivered unseen."""
+    server = Server()
+    messi = server.connect()
+    token = messi.login("messi")
+    henderson, token_h = subscribed(server, "henderson")
+    henderson.events()
+    messi.request(f"send {token} henderson pushed")
+    (pushed,) = [e for e in henderson.events() if e.get("event") == "message"]
+    # A message with a lower id, committed late by another node: stored,
+    # but not (yet) pushed here.
+    late = attrs.evolve(server.store.messages[-1].message, id=0, text="late")
+    server.store.messages.insert(0, _Stored(late))
+    reply = henderson.request(f"ack {token_h} {pushed['id']}")
+    assert reply["count"] == 1
+    inbox = henderson.request(f"inbox {token_h}")
+    assert [m["msg"] for m in inbox["messages"]["messi"]] == ["late"]

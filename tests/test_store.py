@@ -943,3 +943,23 @@ async def test_undelivered_and_mark_delivered(store: Any) -> None:
     assert [m.text for m in await store.undelivered("messi", 0, 10)] == [
         "other mailbox"
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mark_delivered_ids(store: Any) -> None:
+    """Marking by ids marks exactly those of the user's undelivered ones."""
+    await _with_users(store)
+    ids = [
+        (await store.store_message("messi", "henderson", f"m{i}", 1.0)).id
+        for i in range(4)
+    ]
+    other = await store.store_message("henderson", "messi", "not hers", 1.0)
+    assert (
+        await store.mark_delivered_ids("henderson", [ids[1], ids[3], other.id], 2.0)
+        == 2
+    )
+    assert await store.mark_delivered_ids("henderson", [ids[1]], 2.0) == 0
+    assert await store.mark_delivered_ids("henderson", [], 2.0) == 0
+    left = await store.undelivered("henderson", 0, 10)
+    assert [m.text for m in left] == ["m0", "m2"]
+    assert [m.text for m in await store.undelivered("messi", 0, 10)] == ["not hers"]

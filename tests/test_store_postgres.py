@@ -312,6 +312,52 @@ async def test_one_batch_of_sends_and_drains(postgres_db: str) -> None:
     assert [m.text for m in left] == ["h1", "h2", "h3"]
 
 
+def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
+    """A message with a lower id committed by another node between the
+    drain's read and its update stays undelivered (it used to be marked
+    delivered without being returned: lost)."""
+    from chat.store.operations import _drain_inbox_txn
+    from chat.store.postgres import _Connection
+
+    with psycopg.connect(postgres_db, autocommit=True) as setup:
+        for user in (MESSI, HENDERSON):
+            setup.execute(
+                "INSERT INTO users (username, full_name, password_hash, created_at)"
+                " VALUES (%s, %s, %s, 0)",
+                (user.username, user.full_name, user.password_hash),
+            )
+    insert = (
+        "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+        " body, sent_at) VALUES ('messi', 'henderson', 'M', 'H', %s, 1)"
+        " RETURNING id"
+    )
+    with (
+        psycopg.connect(postgres_db) as slow,
+        psycopg.connect(postgres_db, autocommit=True) as fast,
+        psycopg.connect(postgres_db, autocommit=True) as drainer,
+    ):
+        (late,) = slow.execute(insert, ("late",)).fetchone()  # not committed
+        (early,) = fast.execute(insert, ("early",)).fetchone()
+        assert late < early
+
+        class CommitsTheSlowOneAfterReading(_Connection):
+            def execute(self, sql: str, parameters: Any = ()) -> Any:
+                if sql.startswith("UPDATE"):
+                    slow.commit()
+                return super().execute(sql, parameters)
+
+        drainer.execute("BEGIN")
+        taken = _drain_inbox_txn(
+            CommitsTheSlowOneAfterReading(drainer), "henderson", 2.0, None
+        )
+        drainer.execute("COMMIT")
+        assert [m.text for m in taken] == ["early"]
+        undelivered = fast.execute(
+            "SELECT body FROM messages WHERE delivered_at IS NULL"
+        ).fetchall()
+        assert undelivered == [("late",)]
+
+
 @pytest_twisted.ensureDeferred
 async def test_ended_sessions_are_notified(
     pg_store: PostgresStore, postgres_db: str

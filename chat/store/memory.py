@@ -354,6 +354,26 @@ class MemoryStore:
 
         return self._run(read)
 
+    def mark_delivered_ids(
+        self, username: str, ids: Sequence[int], delivered_at: float
+    ) -> Deferred[int]:
+        wanted = set(ids)
+
+        def mark() -> int:
+            count = 0
+            for stored in self.messages:
+                message = stored.message
+                if (
+                    message.recipient == username
+                    and stored.delivered_at is None
+                    and message.id in wanted
+                ):
+                    stored.delivered_at = delivered_at
+                    count += 1
+            return count
+
+        return self._run(mark)
+
     def mark_delivered(
         self, username: str, up_to_id: int, delivered_at: float
     ) -> Deferred[int]:

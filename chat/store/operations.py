@@ -307,6 +307,13 @@ class SQLStore(GroupCommit):
             _mark_delivered_txn, username, up_to_id, delivered_at, self._mailboxes
         )
 
+    def mark_delivered_ids(
+        self, username: str, ids: Sequence[int], delivered_at: float
+    ) -> Deferred[int]:
+        return self._run(
+            _mark_delivered_ids_txn, username, list(ids), delivered_at, self._mailboxes
+        )
+
     # IRealmStore.
 
     def set_admin(self, username: str, is_admin: bool) -> Deferred[None]:
@@ -697,11 +704,14 @@ def _drain_inbox_txn(
     )
     rows, _ = _within(cursor, max_bytes)
     cursor.close()
-    if rows:
+    # Exactly the rows read (and locked): on PostgreSQL each statement sees
+    # the commits made since the last, so "id <= the last id read" could
+    # take a lower id that another node committed meanwhile, unreturned.
+    ids = [row[_ID] for row in rows]
+    for chunk in _chunks(ids):
         connection.execute(
-            f"UPDATE {_UNDELIVERED} SET delivered_at = ?"
-            " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
-            (delivered_at, username, rows[-1][_ID]),
+            f"UPDATE messages SET delivered_at = ? WHERE id IN ({_marks(len(chunk))})",
+            (delivered_at, *chunk),
         )
     return _messages(connection, rows)
 
@@ -1125,6 +1135,26 @@ def _mark_delivered_txn(
     return cursor.rowcount
 
 
+def _mark_delivered_ids_txn(
+    connection: Connection,
+    username: str,
+    ids: list[int],
+    delivered_at: float,
+    mailboxes: _MailboxCounts | None = None,
+) -> int:
+    if mailboxes is not None:
+        mailboxes.drop(username)
+    count = 0
+    for chunk in _chunks(ids):
+        cursor = connection.execute(
+            f"UPDATE {_UNDELIVERED} SET delivered_at = ? WHERE recipient = ?"
+            f" AND delivered_at IS NULL AND id IN ({_marks(len(chunk))})",
+            (delivered_at, username, *chunk),
+        )
+        count += cursor.rowcount
+    return count
+
+
 # Realms (issue 6).
 
 _OUTBOX_COLUMNS = (
@@ -1434,6 +1464,7 @@ CHECKS_BEFORE_WRITING = frozenset(
         _drain_inbox_txn,
         _undelivered_txn,
         _mark_delivered_txn,
+        _mark_delivered_ids_txn,
         _get_user_txn,
         _get_session_txn,
         _touch_session_txn,

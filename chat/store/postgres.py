@@ -34,8 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors
 from twisted.internet.interfaces import IReactorFromThreads
+from zope.interface import implementer
 
 from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable
+from chat.interfaces import IClusterStore
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message
 from chat.store import schema
@@ -85,14 +87,19 @@ def is_postgres_url(description: str) -> bool:
 
 def safe_url(url: str) -> str:
     """
-    C{url} with any password in it masked, for messages and logs.
+    C{url} with any password in it (before the host, or a C{password=}
+    parameter) masked, for messages and logs.
     """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    if "password=" in query:
+        query = "&".join(
+            "password=***" if item.startswith("password=") else item
+            for item in query.split("&")
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
@@ -295,6 +302,7 @@ def _store_messages_bulk(
     return outcomes
 
 
+@implementer(IClusterStore)
 class PostgresStore(SQLStore):
     """
     L{IChatStore} and L{IRealmStore} on a PostgreSQL database shared by the

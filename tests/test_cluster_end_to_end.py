@@ -1,0 +1,520 @@
+"""
+A cluster on a real PostgreSQL: two (or three) chat services in this
+process, each with its own PostgresStore on one database, talking the
+course protocol over loopback TCP; and two real C{twistd chat} nodes, one
+killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+
+from chat.checkers import Argon2Hasher
+from chat.federation import FederationSettings
+from chat.links import RealmLink
+from chat.service import ChatService
+from chat.store.postgres import PostgresStore
+from chat.store.sqlite import SQLiteStore
+from tests.helpers import FAST_ARGON2
+from tests.twistd_helpers import LineClient, TwistdChat
+
+HEARTBEAT = 0.5
+SECRET = "secret-shared-by-one-and-two-0123"
+
+
+class Client(Protocol):
+    """
+    A course-protocol client: replies in order, events apart.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.replies: deque[Deferred[dict[str, Any]]] = deque()
+        self.events: list[dict[str, Any]] = []
+        self.event_waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            frame, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            decoded = json.loads(frame)
+            if "event" in decoded and "status" not in decoded:
+                self.events.append(decoded)
+                for check, d in list(self.event_waiters):
+                    if check():
+                        self.event_waiters.remove((check, d))
+                        d.callback(None)
+            else:
+                self.replies.popleft().callback(decoded)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(None)
+
+    def request(self, line: str) -> Deferred[dict[str, Any]]:
+        d: Deferred[dict[str, Any]] = Deferred()
+        self.replies.append(d)
+        self.transport.write(line.encode() + b"\r\n")  # type: ignore[union-attr]
+        return d.addTimeout(20, reactor)
+
+    async def login(self, user: str) -> str:
+        reply = await self.request(f"auth {user} surabaya")
+        assert reply["status"] == "OK", reply
+        return str(reply["tokenid"])
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "message"]
+
+    def presence(self) -> list[tuple[str, bool]]:
+        return [
+            (e["user"], e["online"]) for e in self.events if e["event"] == "presence"
+        ]
+
+    async def wait_for(self, check: Callable[[], bool], timeout: float = 20) -> None:
+        if check():
+            return
+        d: Deferred[None] = Deferred()
+        self.event_waiters.append((check, d))
+        await d.addTimeout(timeout, reactor)
+
+    async def close(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        await self.closed
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 20) -> float:
+    """
+    Wait until C{check()}; return how long it took.
+    """
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout}s")
+        await sleep(0.02)
+    return time.monotonic() - started
+
+
+class Nodes:
+    """
+    Chat services in this process, stopped at the end.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.services: list[ChatService] = []
+
+    async def start(
+        self, name: str, federation: FederationSettings | None = None
+    ) -> ChatService:
+        store = PostgresStore(reactor, self.url, node_id=name)
+        service = ChatService(
+            reactor,
+            store,
+            ["tcp:0:interface=127.0.0.1"],
+            hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
+            demo=True,
+            heartbeat=HEARTBEAT,
+            federation=federation,
+        )
+        service.startService()
+        await service.ready
+        self.services.append(service)
+        return service
+
+    async def stop(self, service: ChatService) -> None:
+        if service.running:
+            await service.stopService()
+
+    async def stop_all(self) -> None:
+        for service in self.services:
+            await self.stop(service)
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(postgres_db: str) -> AsyncIterator[Nodes]:
+    made = Nodes(postgres_db)
+    yield made
+    await made.stop_all()
+
+
+async def connect(service: ChatService) -> Client:
+    port = service.ports[0].getHost().port
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return await connectProtocol(endpoint, Client())
+
+
+def terminate(url: str, application_name: str) -> int:
+    """
+    End the backends of one of the nodes' connections, as a network
+    failure would.
+    """
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
+    """A message committed through node A is pushed to a subscriber of
+    node B, once; a token made on A works on B."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    sender, subscriber = await connect(a), await connect(b)
+    token = await sender.login("messi")
+    other = await subscriber.login("henderson")
+    assert (await subscriber.request(f"subscribe {other}"))["status"] == "OK"
+    lags: list[float] = []
+    assert b.cluster is not None
+    b.cluster.lag_observers.append(lags.append)
+    await eventually(lambda: b.cluster is not None and b.cluster.listening)
+    for text in ("one", "two", "three"):
+        reply = await sender.request(f"send {token} henderson {text}")
+        assert reply["status"] == "OK", reply
+    await subscriber.wait_for(lambda: len(subscriber.messages()) == 3)
+    assert [m["msg"] for m in subscriber.messages()] == ["one", "two", "three"]
+    assert len(lags) == 3 and all(lag >= 0 for lag in lags)
+    # The token made on A, used on B.
+    on_b = await connect(b)
+    reply = await on_b.request(f"send {token} henderson four")
+    assert reply == {"status": "OK", "message": "Message Sent"}
+    await subscriber.wait_for(lambda: len(subscriber.messages()) == 4)
+    await sleep(0.2)
+    assert [m["msg"] for m in subscriber.messages()][-1] == "four"
+    assert len(subscriber.messages()) == 4
+    for client in (sender, subscriber, on_b):
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_logout_on_a_ends_the_session_on_b(nodes: Nodes) -> None:
+    """A session B has cached ends on B as soon as it is logged out on A:
+    its subscription on B ends, and B refuses the token."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    on_a, on_b = await connect(a), await connect(b)
+    token = await on_a.login("henderson")
+    assert (await on_b.request(f"subscribe {token}"))["status"] == "OK"
+    assert (await on_b.request(f"inbox {token}"))["status"] == "OK"
+    assert (await on_a.request(f"logout {token}"))["status"] == "OK"
+    await on_b.wait_for(lambda: any(e["event"] == "unsubscribed" for e in on_b.events))
+    reply = await on_b.request(f"inbox {token}")
+    assert reply["message"] == "Session Tidak Ditemukan"
+    await on_a.close()
+    await on_b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_message_across_nodes(nodes: Nodes) -> None:
+    """A group message sent on A reaches a member subscribed on B, and the
+    sender's own copy is not pushed to the sender's subscription on B."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    sender, messi_b, lineker_b = await connect(a), await connect(b), await connect(b)
+    token = await sender.login("messi")
+    for client, user in ((messi_b, "messi"), (lineker_b, "lineker")):
+        user_token = await client.login(user)
+        assert (await client.request(f"subscribe {user_token}"))["status"] == "OK"
+    lineker_token = await lineker_b.login("lineker")
+    assert (await sender.request(f"creategroup {token} team"))["status"] == "OK"
+    assert (await lineker_b.request(f"joingroup {lineker_token} team"))[
+        "status"
+    ] == "OK"
+    reply = await sender.request(f"sendgroup {token} #team halo")
+    assert reply["status"] == "OK", reply
+    await lineker_b.wait_for(lambda: len(lineker_b.messages()) == 1)
+    await sleep(0.3)
+    assert messi_b.messages() == []
+    for client in (sender, messi_b, lineker_b):
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_inbox_drains_take_each_message_once(nodes: Nodes) -> None:
+    """Sends on both nodes while inbox drains race on both: every message
+    is taken exactly once."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    senders = [await connect(a), await connect(b)]
+    drainers = [await connect(a), await connect(b), await connect(a), await connect(b)]
+    tokens = [await s.login("messi") for s in senders]
+    drain_tokens = [await d.login("henderson") for d in drainers]
+    count = 300
+    sends = [
+        senders[i % 2].request(f"send {tokens[i % 2]} henderson m{i}")
+        for i in range(count)
+    ]
+    taken: list[str] = []
+
+    async def drain(client: Client, token: str) -> None:
+        idle = 0
+        started = time.monotonic()
+        while idle < 3 and time.monotonic() - started < 15:
+            reply = await client.request(f"inbox {token}")
+            assert reply["status"] == "OK", reply
+            got = [m["msg"] for msgs in reply["messages"].values() for m in msgs]
+            taken.extend(got)
+            idle = idle + 1 if not got and len(taken) >= count else 0
+            if not got:
+                await sleep(0.01)
+
+    drains = [
+        Deferred.fromCoroutine(drain(c, t))
+        for c, t in zip(drainers, drain_tokens, strict=True)
+    ]
+    replies = await gatherResults(sends)
+    assert all(r["status"] == "OK" for r in replies)
+    await gatherResults(drains)
+    assert len(taken) == count
+    assert sorted(taken) == sorted(f"m{i}" for i in range(count))
+    for client in senders + drainers:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_across_nodes(nodes: Nodes) -> None:
+    """A user connected to A is online on B (who, and a presence event);
+    connected to both then leaving A, still online; gone from both,
+    offline."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    watcher = await connect(b)
+    token = await watcher.login("henderson")
+    assert (await watcher.request(f"subscribe {token}"))["status"] == "OK"
+    messi_a = await connect(a)
+    await messi_a.login("messi")
+    await watcher.wait_for(lambda: ("messi", True) in watcher.presence())
+    who = await watcher.request(f"who {token}")
+    assert {"username": "messi", "full_name": "Lionel Messi"} in who["users"]
+    messi_b = await connect(b)
+    await messi_b.login("messi")
+    await messi_a.close()
+    await sleep(0.5)
+    assert watcher.presence().count(("messi", True)) == 1
+    assert ("messi", False) not in watcher.presence()
+    await messi_b.close()
+    await watcher.wait_for(lambda: ("messi", False) in watcher.presence())
+    messi_a = await connect(a)
+    await messi_a.login("messi")
+    await watcher.wait_for(lambda: watcher.presence().count(("messi", True)) == 2)
+    # A stops cleanly: its users go offline at once.
+    await nodes.stop(a)
+    await watcher.wait_for(lambda: watcher.presence().count(("messi", False)) == 2)
+    who = await watcher.request(f"who {token}")
+    assert [u["username"] for u in who["users"]] == ["henderson"]
+    await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_listen_connection_misses_nothing(nodes: Nodes) -> None:
+    """B's LISTEN connection is terminated; a message committed on A before
+    B listens again still reaches B's subscriber (read from the store)."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    assert b.cluster is not None
+    cluster = b.cluster
+    await eventually(lambda: cluster.listening)
+    sender, subscriber = await connect(a), await connect(b)
+    token = await sender.login("messi")
+    other = await subscriber.login("henderson")
+    assert (await subscriber.request(f"subscribe {other}"))["status"] == "OK"
+    lags: list[float] = []
+    cluster.lag_observers.append(lags.append)
+    assert terminate(nodes.url, "chat b listen") == 1
+    await eventually(lambda: not cluster.listening)
+    reply = await sender.request(f"send {token} henderson during the gap")
+    assert reply["status"] == "OK"
+    await subscriber.wait_for(lambda: len(subscriber.messages()) == 1)
+    assert subscriber.messages()[0]["msg"] == "during the gap"
+    assert cluster.listening
+    assert lags == []  # not heard of: read after listening again
+    reply = await sender.request(f"send {token} henderson after")
+    await subscriber.wait_for(lambda: len(subscriber.messages()) == 2)
+    assert len(lags) == 1
+    await sender.close()
+    await subscriber.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_found_dead_by_its_heartbeat(nodes: Nodes) -> None:
+    """A node whose heartbeats stop (as if frozen) is removed by the
+    others: its users go offline within four heartbeats; when it comes
+    back it joins again with its users."""
+    a, b = await nodes.start("a"), await nodes.start("b")
+    watcher = await connect(b)
+    token = await watcher.login("henderson")
+    assert (await watcher.request(f"subscribe {token}"))["status"] == "OK"
+    messi = await connect(a)
+    await messi.login("messi")
+    await watcher.wait_for(lambda: ("messi", True) in watcher.presence())
+    assert a.cluster is not None
+    membership = a.cluster.membership
+    loop = membership._loop
+    assert loop is not None
+    loop.stop()  # frozen: no more heartbeats, nothing else changes
+    frozen = time.monotonic()
+    await watcher.wait_for(lambda: ("messi", False) in watcher.presence())
+    assert time.monotonic() - frozen <= 4 * HEARTBEAT + 1.0
+    # A hears it was removed, and writes itself and messi again.
+    await watcher.wait_for(lambda: watcher.presence().count(("messi", True)) == 2)
+    await messi.close()
+    await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_federation_lease_one_node_delivers_in_order(
+    postgres_db: str, tmp_path: Path
+) -> None:
+    """Nodes A and B of realm one both queue messages for realm two; one
+    node delivers them all, once, in order; when its lease connection
+    dies the other takes over, and nothing is lost or doubled."""
+    fast = {"retry_min": 0.1, "retry_max": 0.5, "sync_interval": 1.0}
+    two_store = SQLiteStore(reactor, str(tmp_path / "two.sqlite"))
+    two = ChatService(
+        reactor,
+        two_store,
+        ["tcp:0:interface=127.0.0.1"],
+        hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
+        demo=True,
+        federation=FederationSettings("two", **fast),  # type: ignore[arg-type]
+    )
+    two.startService()
+    await two.ready
+    two_port = two.ports[0].getHost().port
+    nodes = Nodes(postgres_db)
+    try:
+        one_store = PostgresStore(reactor, postgres_db, node_id="setup")
+        one_store.start()
+        await one_store.add_realm_link(
+            RealmLink("two", f"tcp:host=127.0.0.1:port={two_port}", SECRET, 0.0)
+        )
+        await one_store.close()
+        settings = FederationSettings("one", **fast)  # type: ignore[arg-type]
+        a = await nodes.start("a", settings)
+        b = await nodes.start("b", settings)
+        await two_store.add_realm_link(
+            RealmLink(
+                "one",
+                f"tcp:host=127.0.0.1:port={a.ports[0].getHost().port}",
+                SECRET,
+                0.0,
+            )
+        )
+        on_a, on_b = await connect(a), await connect(b)
+        tokens = [await on_a.login("messi"), await on_b.login("messi")]
+        clients = [on_a, on_b]
+        sent: list[str] = []
+
+        async def send(start: int, end: int) -> None:
+            for i in range(start, end):
+                text = f"m{i:03d}"
+                reply = await clients[i % 2].request(
+                    f"send {tokens[i % 2]} henderson@two {text}"
+                )
+                assert reply["status"] == "OK", reply
+                sent.append(text)
+
+        await send(0, 20)
+        received: list[str] = []
+        reader = await connect(two)
+        reader_token = await reader.login("henderson")
+
+        async def read_until(n: int, timeout: float = 30) -> None:
+            async def check() -> None:
+                reply = await reader.request(f"inbox {reader_token}")
+                for msgs in reply["messages"].values():
+                    received.extend(m["msg"] for m in msgs)
+
+            started = time.monotonic()
+            await check()
+            while len(received) < n and time.monotonic() - started < timeout:
+                await sleep(0.05)
+                await check()
+
+        await read_until(20)
+        assert received == sent
+        holders = [n for n in (a, b) if n.federation and "two" in n.federation.links]
+        assert len(holders) == 1
+        holder = holders[0]
+        other = b if holder is a else a
+        name = "a" if holder is a else "b"
+        assert terminate(postgres_db, f"chat {name} cluster") == 1
+        await send(20, 40)
+        await eventually(
+            lambda: other.federation is not None and "two" in other.federation.links
+        )
+        await read_until(40)
+        assert holder.federation is not None and "two" not in holder.federation.links
+        await sleep(1.0)  # anything delivered twice would arrive by now
+        await read_until(len(received) + 1, timeout=0)
+        assert received == sent, (received, sent)
+        for client in (on_a, on_b, reader):
+            await client.close()
+    finally:
+        await nodes.stop_all()
+        await two.stopService()
+
+
+# Real twistd nodes.
+
+
+def test_kill9_node_users_go_offline_on_the_other(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    """Two twistd nodes; a user on A is in who on B; A killed with SIGKILL:
+    the user is offline on B within about four heartbeats."""
+    servers = []
+    for name in ("a", "b"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        server = TwistdChat(
+            workdir,
+            "--demo",
+            "--store",
+            postgres_db,
+            "--node-id",
+            name,
+            "--heartbeat",
+            str(HEARTBEAT),
+        )
+        servers.append(server)
+    a, b = servers
+    try:
+        for server in servers:
+            server.start()
+            server.wait_ready()
+        on_a = LineClient(a.port)
+        on_a.login("messi")
+        on_b = LineClient(b.port)
+        token = on_b.login("henderson")
+
+        def who() -> list[str]:
+            return [u["username"] for u in on_b.request(f"who {token}")["users"]]
+
+        deadline = time.monotonic() + 10
+        while "messi" not in who():
+            assert time.monotonic() < deadline, who()
+            time.sleep(0.05)
+        a.kill()
+        killed = time.monotonic()
+        while "messi" in who():
+            assert time.monotonic() - killed < 4 * HEARTBEAT + 3, "still online"
+            time.sleep(0.05)
+        assert "Traceback" not in b.log_text()
+    finally:
+        for server in servers:
+            server.kill()
