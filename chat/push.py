@@ -212,12 +212,17 @@ class Subscription:
 
     def acknowledged(self, up_to_id: int) -> None:
         """
-        Messages up to C{up_to_id} were delivered: make room and refill.
+        Messages up to C{up_to_id} were delivered: make room, and refill
+        from the store if messages are waiting there. A subscription that
+        is caught up reads nothing: new messages reach it from the fan-out
+        (reading on every ack made a subscriber that acks each push wait
+        behind a store read per message).
         """
         if self._in_flight and min(self._in_flight) <= up_to_id:
             # Not always in id order: see resync.
             self._in_flight = deque(i for i in self._in_flight if i > up_to_id)
-        self.pump()
+        if not self._caught_up:
+            self.pump()
 
 
 @attrs.define

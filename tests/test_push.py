@@ -331,3 +331,33 @@ def test_ack_marks_what_was_pushed_not_a_late_lower_id() -> None:
     assert reply["count"] == 1
     inbox = henderson.request(f"inbox {token_h}")
     assert [m["msg"] for m in inbox["messages"]["messi"]] == ["late"]
+
+
+def test_ack_when_caught_up_reads_nothing() -> None:
+    """A subscriber that acks each push while caught up costs no store read
+    per ack (new messages come from the fan-out); one whose window was full
+    gets the waiting messages read after its ack."""
+    server = Server(push_window=1)
+    messi = server.connect()
+    token = messi.login("messi")
+    henderson, token_h = subscribed(server, "henderson")
+    henderson.events()
+    reads: list[int] = []
+    undelivered = server.store.undelivered
+
+    def counting(*args: Any) -> Any:
+        reads.append(args[1])
+        return undelivered(*args)
+
+    server.store.undelivered = counting  # type: ignore[method-assign]
+    messi.request(f"send {token} henderson one")
+    (one,) = [e for e in henderson.events() if e.get("event") == "message"]
+    henderson.request(f"ack {token_h} {one['id']}")
+    assert reads == []
+    messi.request(f"send {token} henderson two")
+    messi.request(f"send {token} henderson three")  # the window is full
+    (two,) = [e for e in henderson.events() if e.get("event") == "message"]
+    henderson.send(f"ack {token_h} {two['id']}\r\n".encode())
+    pushed = [e for e in henderson.events() if e.get("event") == "message"]
+    assert [e["msg"] for e in pushed] == ["three"]
+    assert reads
