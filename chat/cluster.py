@@ -82,7 +82,7 @@ import queue
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
@@ -101,6 +101,14 @@ from chat.interfaces import IClusterStore, IFanout
 from chat.logs import make_logger
 from chat.model import Message
 from chat.push import Listener, LocalFanout, Presence
+from chat.store.postgres import (
+    MAX_PAYLOAD,
+    MESSAGES_CHANNEL,
+    SESSIONS_CHANNEL,
+    compact_json,
+    connection_arguments,
+    notify_chunks,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -110,17 +118,17 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: The notification channels.
-MESSAGES = "chat_messages"
+#: The notification channels. The store sends MESSAGES (messages
+#: committed) and SESSIONS (sessions ended, users whose sessions all ended).
+MESSAGES = MESSAGES_CHANNEL
 PRESENCE = "chat_presence"
 OUTBOX = "chat_outbox"
-#: Sent by the store: sessions ended, users whose sessions all ended.
-SESSIONS = "chat_sessions"
+SESSIONS = SESSIONS_CHANNEL
 CHANNELS = (MESSAGES, PRESENCE, OUTBOX, SESSIONS)
 
 #: Longest payload sent in one notification (PostgreSQL's limit is 8000
-#: bytes); longer ones are split.
-NOTIFY_LIMIT = 7000
+#: bytes); longer ones are split (L{notify_chunks}).
+NOTIFY_LIMIT = MAX_PAYLOAD
 
 #: The first key of the advisory locks that are link leases ("link").
 LEASE_CLASS = 0x6C696E6B
@@ -143,56 +151,8 @@ def new_node_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def connection_arguments(url: str, application_name: str) -> dict[str, Any]:
-    """
-    The arguments of C{psycopg.connect} for one of the cluster's own
-    connections: TCP keepalives and a user timeout (unless the URL sets
-    them), so that a vanished peer is noticed in seconds, and an
-    application name that shows in C{pg_stat_activity}.
-    """
-    from psycopg.conninfo import conninfo_to_dict
-
-    given = conninfo_to_dict(url)
-    defaults: dict[str, Any] = {
-        "application_name": application_name[:63],
-        "connect_timeout": 10,
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 5,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 30_000,
-    }
-    return {
-        "conninfo": url,
-        "autocommit": True,
-        **{key: value for key, value in defaults.items() if key not in given},
-    }
-
-
 def _storage_error(e: Exception) -> StorageUnavailable:
     return StorageUnavailable(f"PostgreSQL: {type(e).__name__}: {e}".strip())
-
-
-def _chunks(items: Iterable[Any], overhead: int) -> Iterator[list[Any]]:
-    """
-    C{items} in lists whose JSON, with C{overhead} bytes more, fits in
-    L{NOTIFY_LIMIT} bytes (at least one item per list).
-    """
-    chunk: list[Any] = []
-    size = overhead
-    for item in items:
-        item_size = len(json.dumps(item, separators=(",", ":")).encode()) + 1
-        if chunk and size + item_size > NOTIFY_LIMIT:
-            yield chunk
-            chunk, size = [], overhead
-        chunk.append(item)
-        size += item_size
-    if chunk:
-        yield chunk
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def presence_payloads(
@@ -205,22 +165,26 @@ def presence_payloads(
     every user you had for this node first".
     """
     overhead = len(
-        _json({"node": node_id, "reset": False, "online": [], "offline": []})
+        compact_json({"node": node_id, "reset": False, "online": [], "offline": []})
     )
     payloads: list[str] = []
-    for chunk in _chunks(sorted([u, n] for u, n in came.items()), overhead):
+    for chunk in notify_chunks(sorted([u, n] for u, n in came.items()), overhead):
         payloads.append(
-            _json({"node": node_id, "reset": reset, "online": chunk, "offline": []})
+            compact_json(
+                {"node": node_id, "reset": reset, "online": chunk, "offline": []}
+            )
         )
         reset = False
-    for chunk in _chunks(sorted(went), overhead):
+    for chunk in notify_chunks(sorted(went), overhead):
         payloads.append(
-            _json({"node": node_id, "reset": reset, "online": [], "offline": chunk})
+            compact_json(
+                {"node": node_id, "reset": reset, "online": [], "offline": chunk}
+            )
         )
         reset = False
     if reset:
         payloads.append(
-            _json({"node": node_id, "reset": True, "online": [], "offline": []})
+            compact_json({"node": node_id, "reset": True, "online": [], "offline": []})
         )
     return payloads
 
@@ -230,10 +194,10 @@ def expired_payloads(node_id: str, expired: Iterable[str]) -> list[str]:
     The C{chat_presence} payloads saying that nodes are gone:
     C{{"node", "expired": [node id, ...]}}.
     """
-    overhead = len(_json({"node": node_id, "expired": []}))
+    overhead = len(compact_json({"node": node_id, "expired": []}))
     return [
-        _json({"node": node_id, "expired": chunk})
-        for chunk in _chunks(sorted(expired), overhead)
+        compact_json({"node": node_id, "expired": chunk})
+        for chunk in notify_chunks(sorted(expired), overhead)
     ]
 
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
@@ -69,8 +70,9 @@ FIRST_RETRY, MAX_RETRY = 0.1, 5.0
 #: A batch aborted for a deadlock or serialization failure is run again at
 #: most this many times.
 RETRIES = 5
-#: libpq connection parameters: give up connecting after 5 s, and notice a
-#: dead peer within about 10 s instead of hanging on it.
+#: libpq connection parameters, unless the URL sets them: give up
+#: connecting after 5 s, and notice a dead peer within about 10 s instead of
+#: hanging on it.
 CONNECT_OPTIONS: dict[str, Any] = {
     "connect_timeout": 5,
     "keepalives": 1,
@@ -102,7 +104,22 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
+def connection_arguments(url: str, application_name: str = "chat") -> dict[str, Any]:
+    """
+    The arguments of C{psycopg.connect} for an autocommit connection to
+    C{url}: L{CONNECT_OPTIONS} where the URL does not set them, and an
+    application name that shows in C{pg_stat_activity}.
+    """
+    given = conninfo_to_dict(url)
+    defaults = {"application_name": application_name[:63], **CONNECT_OPTIONS}
+    return {
+        "conninfo": url,
+        "autocommit": True,
+        **{key: value for key, value in defaults.items() if key not in given},
+    }
+
+
+def connect(url: str, application_name: str = "chat") -> psycopg.Connection[Any]:
     """
     An autocommit connection to C{url} (a libpq URI; the password from
     C{PGPASSWORD}, C{~/.pgpass} or C{passfile=}).
@@ -110,7 +127,7 @@ def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
     @raise StorageUnavailable: if PostgreSQL cannot be reached.
     """
     try:
-        return psycopg.connect(url, autocommit=True, **{**CONNECT_OPTIONS, **options})
+        return psycopg.connect(**connection_arguments(url, application_name))
     except psycopg.Error as e:
         raise StorageUnavailable(
             f"cannot connect to PostgreSQL at {safe_url(url)}: {_first_line(e)}"
@@ -127,25 +144,34 @@ def notification_payloads(node_id: str, messages: Sequence[Message]) -> list[str
     C{{"node": ..., "at": <commit time>, "messages": [[id, recipient],
     ...]}}, each under PostgreSQL's size limit.
     """
-    payloads: list[str] = []
     head = {"node": node_id, "at": time.time()}
-    empty = len(_compact({**head, "messages": []}))
-    entries: list[list[Any]] = []
-    size = empty
-    for message in messages:
-        entry = [message.id, message.recipient]
-        entry_size = len(_compact(entry)) + 1
-        if entries and size + entry_size > MAX_PAYLOAD:
-            payloads.append(_compact({**head, "messages": entries}))
-            entries, size = [], empty
-        entries.append(entry)
-        size += entry_size
-    if entries:
-        payloads.append(_compact({**head, "messages": entries}))
-    return payloads
+    overhead = len(compact_json({**head, "messages": []}))
+    entries = ([message.id, message.recipient] for message in messages)
+    return [
+        compact_json({**head, "messages": chunk})
+        for chunk in notify_chunks(entries, overhead)
+    ]
 
 
-def _compact(value: object) -> str:
+def notify_chunks(items: Iterable[Any], overhead: int) -> Iterator[list[Any]]:
+    """
+    C{items} in lists whose JSON, with C{overhead} bytes more, fits in
+    L{MAX_PAYLOAD} bytes (at least one item per list).
+    """
+    chunk: list[Any] = []
+    size = overhead
+    for item in items:
+        item_size = len(compact_json(item).encode()) + 1
+        if chunk and size + item_size > MAX_PAYLOAD:
+            yield chunk
+            chunk, size = [], overhead
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -353,7 +379,7 @@ class PostgresStore(SQLStore):
         if now < self._retry_at:
             raise StorageUnavailable("PostgreSQL is unavailable; retrying soon")
         try:
-            connection = connect(self.url, application_name=f"chat {self.node_id}")
+            connection = connect(self.url, f"chat {self.node_id}")
             connection.execute("SET synchronous_commit = on")
         except (StorageUnavailable, psycopg.Error) as e:
             self._retry_at = now + self._retry_delay
@@ -416,7 +442,10 @@ class PostgresStore(SQLStore):
             if succeeded and op in _ENDS_SESSIONS:
                 key = _ENDS_SESSIONS[op]
                 notices.append(
-                    (SESSIONS_CHANNEL, _compact({"node": self.node_id, key: args[0]}))
+                    (
+                        SESSIONS_CHANNEL,
+                        compact_json({"node": self.node_id, key: args[0]}),
+                    )
                 )
         for channel, payload in notices:
             connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
