@@ -152,29 +152,25 @@ class ChatService(Service):
         self.registration_open = registration_open
         self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
         self.cluster: Cluster | None = None
-        shared = IClusterStore.providedBy(store)
-        if shared:
+        # On a store shared by several nodes, push and presence go through
+        # the cluster; otherwise the realm keeps them in this process.
+        shared: dict[str, Any] = {}
+        if IClusterStore.providedBy(store):
             self.cluster = Cluster(store, reactor, heartbeat=heartbeat)
             self.cluster.serve_sessions(self.sessions)
-            self.realm = ChatRealm(
-                store,
-                reactor,
-                self.sessions,
-                max_file_size=max_file_size,
-                max_recipients=max_recipients,
-                push_window=push_window,
-                fanout=self.cluster.fanout,
-                presence=self.cluster.presence,
-            )
-        else:
-            self.realm = ChatRealm(
-                store,
-                reactor,
-                self.sessions,
-                max_file_size=max_file_size,
-                max_recipients=max_recipients,
-                push_window=push_window,
-            )
+            shared = {
+                "fanout": self.cluster.fanout,
+                "presence": self.cluster.presence,
+            }
+        self.realm = ChatRealm(
+            store,
+            reactor,
+            self.sessions,
+            max_file_size=max_file_size,
+            max_recipients=max_recipients,
+            push_window=push_window,
+            **shared,
+        )
         self.portal = Portal(
             self.realm,
             [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],

@@ -893,33 +893,22 @@ def _store_group_message_txn(
         if member == sender:
             continue
         mailbox = _mailbox(connection, member, max_mailbox, mailboxes)
-        if mailbox is None:
-            # The member's mailbox is full: one member who never reads must
-            # not stop the group. Their copy is kept as delivered (it shows
-            # in their group history) and not returned, so nobody pushes it.
-            _insert_message(
-                connection,
-                from_sender,
-                (member, full_name),
-                text,
-                sent_at,
-                group,
-                attachment,
-                delivered_at=sent_at,
-            )
-            continue
-        stored.append(
-            _insert_message(
-                connection,
-                from_sender,
-                (member, full_name),
-                text,
-                sent_at,
-                group,
-                attachment,
-            )
+        # A full mailbox: one member who never reads must not stop the
+        # group. Their copy is kept as delivered (it shows in their group
+        # history) and not returned, so nobody pushes it.
+        message = _insert_message(
+            connection,
+            from_sender,
+            (member, full_name),
+            text,
+            sent_at,
+            group,
+            attachment,
+            delivered_at=sent_at if mailbox is None else None,
         )
-        _one_more(mailboxes, member, mailbox)
+        if mailbox is not None:
+            stored.append(message)
+            _one_more(mailboxes, member, mailbox)
     return stored
 
 
