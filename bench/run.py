@@ -1243,6 +1243,25 @@ def limit_args(args: argparse.Namespace, largest: int) -> list[str]:
     return found
 
 
+def undisturbed(
+    args: argparse.Namespace, run: Callable[..., dict[str, Any]], *arguments: Any
+) -> dict[str, Any]:
+    """
+    C{run(*arguments)} on quiet CPUs, again (at most C{--retries} times)
+    while its result shows that something else ran meanwhile.
+    """
+    for attempt in range(1 + args.retries):
+        wait_quiet(args.quiet_wait)
+        r = run(*arguments)
+        r["attempt"] = attempt + 1
+        why = interference(r, args)
+        if not why or attempt == args.retries:
+            break
+        log(f"  {why}: something else ran; again in 10 s")
+        time.sleep(10)
+    return r
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     check = subprocess.run([args.python, "-c", "import twisted"], capture_output=True)
@@ -1321,15 +1340,7 @@ def main(argv: list[str]) -> int:
         for kind in args.servers:
             for conns in args.conns:
                 log(f"{kind}: {conns} connections, {args.duration:g} s")
-                for attempt in range(1 + args.retries):
-                    wait_quiet(args.quiet_wait)
-                    r = closed_run(kind, conns, args, workdir, pg)
-                    r["attempt"] = attempt + 1
-                    why = interference(r, args)
-                    if not why or attempt == args.retries:
-                        break
-                    log(f"  {why}: something else ran; again in 10 s")
-                    time.sleep(10)
+                r = undisturbed(args, closed_run, kind, conns, args, workdir, pg)
                 results["closed"].append(r)
                 if "rps" in r:
                     log(
@@ -1347,15 +1358,7 @@ def main(argv: list[str]) -> int:
         for kind, same_node in push_rows:
             where = "same node" if same_node else "cross node"
             log(f"{kind}: push latency, {where}, {args.push_rate:g}/s")
-            for attempt in range(1 + args.retries):
-                wait_quiet(args.quiet_wait)
-                r = push_run(kind, same_node, args, workdir, pg)
-                r["attempt"] = attempt + 1
-                why = interference(r, args)
-                if not why or attempt == args.retries:
-                    break
-                log(f"  {why}: something else ran; again in 10 s")
-                time.sleep(10)
+            r = undisturbed(args, push_run, kind, same_node, args, workdir, pg)
             results["push"].append(r)
             if "sent" in r:
                 log(f"  {r['received']} of {r['sent']} received, p99 {r['p99_ms']} ms")
