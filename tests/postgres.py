@@ -174,13 +174,6 @@ def postgres_url(postgres: ThrowawayPostgres) -> str:
     return postgres.create_database()
 
 
-#: The chat tables, emptied between tests that share one database.
-CHAT_TABLES = (
-    "users, sessions, files, messages, chat_groups, group_members, realm_links,"
-    " realm_outbox, realm_inbound, cluster_nodes, cluster_presence"
-)
-
-
 @pytest.fixture(scope="session")
 def _shared_chat_database(postgres: ThrowawayPostgres) -> str:
     from twisted.internet import reactor
@@ -200,6 +193,9 @@ def postgres_db(_shared_chat_database: str) -> str:
     """
     import psycopg
 
+    from chat.migrate import CHAT_TABLES
+
+    tables = ", ".join(sorted(CHAT_TABLES - {"schema_version"}))
     with psycopg.connect(_shared_chat_database, autocommit=True) as connection:
-        connection.execute(f"TRUNCATE {CHAT_TABLES} RESTART IDENTITY CASCADE")
+        connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     return _shared_chat_database

@@ -28,6 +28,7 @@ from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
 from chat.store.postgres import safe_url
 from chat.store.sqlite import SQLiteStore
+from tests.test_store_postgres import postgres_columns, sqlite_columns
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
@@ -468,23 +469,10 @@ def test_tables_cover_both_schemas(tmp_path: Path, postgres_url: str) -> None:
     """
     path = tmp_path / "chat.sqlite"
     schema.prepare(str(path))
-    connection = sqlite3.connect(path)
-    sqlite_tables = {
-        name: {row[1] for row in connection.execute(f"PRAGMA table_info({name})")}
-        for (name,) in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'"
-        )
-    }
-    connection.close()
+    sqlite_tables = sqlite_columns(path)
     with psycopg.connect(postgres_url, autocommit=True) as pg:
         schema.prepare_postgres(pg)
-        rows = pg.execute(
-            "SELECT table_name, column_name FROM information_schema.columns"
-            " WHERE table_schema = current_schema()"
-        ).fetchall()
-    pg_tables: dict[str, set[str]] = {}
-    for table, column in rows:
-        pg_tables.setdefault(table, set()).add(column)
+    pg_tables = postgres_columns(postgres_url)
     copied = {table.name: set(table.columns) for table in TABLES}
     del sqlite_tables["schema_version"]
     assert sqlite_tables == copied

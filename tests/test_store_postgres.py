@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
+from chat.migrate import CLUSTER_TABLES
 from chat.model import Message
 from chat.store import open_store, schema
 from chat.store.postgres import (
@@ -30,13 +31,11 @@ from chat.store.postgres import (
 from tests.postgres import ThrowawayPostgres
 from tests.test_store import HENDERSON, LINEKER, MESSI
 
-#: Tables only a cluster on PostgreSQL needs.
-CLUSTER_TABLES = {"cluster_nodes", "cluster_presence"}
 
-
-def _sqlite_columns(tmp_path: Path) -> dict[str, list[str]]:
-    path = str(tmp_path / "schema.sqlite")
-    schema.prepare(path)
+def sqlite_columns(path: Path) -> dict[str, set[str]]:
+    """
+    The columns of each table of the SQLite database at C{path}.
+    """
     with sqlite3.connect(path) as connection:
         tables = [
             row[0]
@@ -45,23 +44,24 @@ def _sqlite_columns(tmp_path: Path) -> dict[str, list[str]]:
             )
         ]
         return {
-            table: sorted(
-                row[1] for row in connection.execute(f"PRAGMA table_info({table})")
-            )
+            table: {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
             for table in tables
         }
 
 
-def _postgres_columns(url: str) -> dict[str, list[str]]:
+def postgres_columns(url: str) -> dict[str, set[str]]:
+    """
+    The columns of each table of the PostgreSQL database at C{url}.
+    """
     with psycopg.connect(url) as connection:
         rows = connection.execute(
             "SELECT table_name, column_name FROM information_schema.columns"
-            " WHERE table_schema = 'public'"
+            " WHERE table_schema = current_schema()"
         ).fetchall()
-    columns: dict[str, list[str]] = {}
+    columns: dict[str, set[str]] = {}
     for table, column in rows:
-        columns.setdefault(table, []).append(column)
-    return {table: sorted(names) for table, names in columns.items()}
+        columns.setdefault(table, set()).add(column)
+    return columns
 
 
 @pytest.fixture
@@ -76,11 +76,13 @@ def test_same_tables_and_columns_as_sqlite(tmp_path: Path, postgres_url: str) ->
     """Both schemas define the same tables and columns (PostgreSQL adds the
     cluster's own tables)."""
     PostgresStore(reactor, postgres_url)
-    sqlite_columns = _sqlite_columns(tmp_path)
-    postgres_columns = _postgres_columns(postgres_url)
-    assert set(postgres_columns) - CLUSTER_TABLES == set(sqlite_columns)
-    for table, columns in sqlite_columns.items():
-        assert postgres_columns[table] == columns, table
+    path = tmp_path / "schema.sqlite"
+    schema.prepare(str(path))
+    in_sqlite = sqlite_columns(path)
+    in_postgres = postgres_columns(postgres_url)
+    assert set(in_postgres) - set(CLUSTER_TABLES) == set(in_sqlite)
+    for table, columns in in_sqlite.items():
+        assert in_postgres[table] == columns, table
 
 
 def test_schema_version_recorded(postgres_url: str) -> None:
