@@ -19,9 +19,12 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.twistd_helpers import TwistdChat
 
 NEEDED = "PostgreSQL server binaries (Debian package postgresql) are not installed"
 
@@ -199,3 +202,25 @@ def postgres_db(_shared_chat_database: str) -> str:
     with psycopg.connect(_shared_chat_database, autocommit=True) as connection:
         connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     return _shared_chat_database
+
+
+@pytest.fixture
+def twistd_node(
+    tmp_path: Path, postgres_url: str
+) -> Iterator[Callable[..., TwistdChat]]:
+    """
+    Make twistd chat nodes (C{--demo}) on one new database, each in a folder
+    of its own, with more options if given; they are killed after the test.
+    """
+    nodes: list[TwistdChat] = []
+
+    def make(name: str, *arguments: str) -> TwistdChat:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        server = TwistdChat(workdir, "--demo", "--store", postgres_url, *arguments)
+        nodes.append(server)
+        return server
+
+    yield make
+    for server in nodes:
+        server.kill()

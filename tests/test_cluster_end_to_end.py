@@ -473,48 +473,33 @@ async def test_federation_lease_one_node_delivers_in_order(
 
 
 def test_kill9_node_users_go_offline_on_the_other(
-    tmp_path: Path, postgres_db: str
+    twistd_node: Callable[..., TwistdChat],
 ) -> None:
     """Two twistd nodes; a user on A is in who on B; A killed with SIGKILL:
     the user is offline on B within about four heartbeats."""
-    servers = []
-    for name in ("a", "b"):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        server = TwistdChat(
-            workdir,
-            "--demo",
-            "--store",
-            postgres_db,
-            "--node-id",
-            name,
-            "--heartbeat",
-            str(HEARTBEAT),
-        )
-        servers.append(server)
+    servers = [
+        twistd_node(name, "--node-id", name, "--heartbeat", str(HEARTBEAT))
+        for name in ("a", "b")
+    ]
     a, b = servers
-    try:
-        for server in servers:
-            server.start()
-            server.wait_ready()
-        on_a = LineClient(a.port)
-        on_a.login("messi")
-        on_b = LineClient(b.port)
-        token = on_b.login("henderson")
+    for server in servers:
+        server.start()
+        server.wait_ready()
+    on_a = LineClient(a.port)
+    on_a.login("messi")
+    on_b = LineClient(b.port)
+    token = on_b.login("henderson")
 
-        def who() -> list[str]:
-            return [u["username"] for u in on_b.request(f"who {token}")["users"]]
+    def who() -> list[str]:
+        return [u["username"] for u in on_b.request(f"who {token}")["users"]]
 
-        deadline = time.monotonic() + 10
-        while "messi" not in who():
-            assert time.monotonic() < deadline, who()
-            time.sleep(0.05)
-        a.kill()
-        killed = time.monotonic()
-        while "messi" in who():
-            assert time.monotonic() - killed < 4 * HEARTBEAT + 3, "still online"
-            time.sleep(0.05)
-        assert "Traceback" not in b.log_text()
-    finally:
-        for server in servers:
-            server.kill()
+    deadline = time.monotonic() + 10
+    while "messi" not in who():
+        assert time.monotonic() < deadline, who()
+        time.sleep(0.05)
+    a.kill()
+    killed = time.monotonic()
+    while "messi" in who():
+        assert time.monotonic() - killed < 4 * HEARTBEAT + 3, "still online"
+        time.sleep(0.05)
+    assert "Traceback" not in b.log_text()

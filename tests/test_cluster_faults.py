@@ -10,7 +10,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +25,8 @@ from tests.twistd_helpers import REPO, TWISTD, LineClient, TwistdChat
 
 pytestmark = pytest.mark.fault
 
-
-@pytest.fixture
-def node(tmp_path: Path, postgres_url: str) -> Iterator[Callable[..., TwistdChat]]:
-    """
-    Make (and afterwards kill) twistd chat nodes on one new database.
-    """
-    nodes: list[TwistdChat] = []
-
-    def make(name: str, *arguments: str) -> TwistdChat:
-        workdir = tmp_path / name
-        workdir.mkdir()
-        server = TwistdChat(
-            workdir,
-            "--demo",
-            "--store",
-            postgres_url,
-            "--max-mailbox",
-            "10000000",
-            *arguments,
-        )
-        nodes.append(server)
-        return server
-
-    yield make
-    for server in nodes:
-        server.kill()
+#: No mailbox limit gets in the way of the load.
+BIG_MAILBOX = ("--max-mailbox", "10000000")
 
 
 def _start(*nodes: TwistdChat) -> list[int]:
@@ -79,11 +55,11 @@ def _join(senders: list[Sender]) -> None:
 
 
 def test_kill9_of_a_node_loses_no_acked_message(
-    node: Callable[..., TwistdChat],
+    twistd_node: Callable[..., TwistdChat],
 ) -> None:
     """Node A killed under load, again and again: every message A acked is
     read back through node B, exactly once."""
-    a, b = node("a"), node("b")
+    a, b = twistd_node("a", *BIG_MAILBOX), twistd_node("b", *BIG_MAILBOX)
     port_a, port_b = _start(a, b)
     token = LineClient(port_a).login("messi")
     senders: list[Sender] = []
@@ -114,12 +90,12 @@ def test_kill9_of_a_node_loses_no_acked_message(
 
 
 def test_postgresql_stopped_and_started_under_load(
-    node: Callable[..., TwistdChat], postgres: ThrowawayPostgres
+    twistd_node: Callable[..., TwistdChat], postgres: ThrowawayPostgres
 ) -> None:
     """PostgreSQL stopped mid-load: ERROR replies (never a false
     acknowledgement), connections stay open; started again: both nodes
     acknowledge again without a restart, and every ack is stored."""
-    a, b = node("a"), node("b")
+    a, b = twistd_node("a", *BIG_MAILBOX), twistd_node("b", *BIG_MAILBOX)
     port_a, port_b = _start(a, b)
     token = LineClient(port_a).login("messi")
     stop = threading.Event()
