@@ -358,39 +358,31 @@ class MemoryStore:
         self, username: str, ids: Sequence[int], delivered_at: float
     ) -> Deferred[int]:
         wanted = set(ids)
-
-        def mark() -> int:
-            count = 0
-            for stored in self.messages:
-                message = stored.message
-                if (
-                    message.recipient == username
-                    and stored.delivered_at is None
-                    and message.id in wanted
-                ):
-                    stored.delivered_at = delivered_at
-                    count += 1
-            return count
-
-        return self._run(mark)
+        return self._run(self._mark, username, wanted.__contains__, delivered_at)
 
     def mark_delivered(
         self, username: str, up_to_id: int, delivered_at: float
     ) -> Deferred[int]:
-        def mark() -> int:
-            count = 0
-            for stored in self.messages:
-                message = stored.message
-                if (
-                    message.recipient == username
-                    and stored.delivered_at is None
-                    and message.id <= up_to_id
-                ):
-                    stored.delivered_at = delivered_at
-                    count += 1
-            return count
+        return self._run(self._mark, username, lambda id: id <= up_to_id, delivered_at)
 
-        return self._run(mark)
+    def _mark(
+        self, username: str, chosen: Callable[[int], bool], delivered_at: float
+    ) -> int:
+        """
+        Mark the user's undelivered messages whose ids are C{chosen}
+        delivered; return how many.
+        """
+        count = 0
+        for stored in self.messages:
+            message = stored.message
+            if (
+                message.recipient == username
+                and stored.delivered_at is None
+                and chosen(message.id)
+            ):
+                stored.delivered_at = delivered_at
+                count += 1
+        return count
 
     # Groups.
 
