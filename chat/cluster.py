@@ -586,8 +586,8 @@ class PostgresFanout:
         self._reading = False
         now = self.clock.seconds()
         for message in messages:
-            if message.group and message.recipient == message.sender:
-                continue  # the sender's own copy, stored as delivered
+            if message.senders_copy:
+                continue
             committed_at = wanted.get(message.id)
             lag = now - (message.sent_at if committed_at is None else committed_at)
             for observer in list(self.lag_observers):

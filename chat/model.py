@@ -199,6 +199,14 @@ class Message:
     file_content: bytes | None = attrs.field(default=None, repr=False)
 
     @property
+    def senders_copy(self) -> bool:
+        """
+        Whether this is the sender's own copy of a group message, stored as
+        delivered already (for the sender's history): nothing to push.
+        """
+        return self.group is not None and self.recipient == self.sender
+
+    @property
     def realm(self) -> str | None:
         """
         The realm a message from another realm came from (its sender is

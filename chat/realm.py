@@ -225,9 +225,7 @@ class ChatUser:
                     what=what,
                 )
             for message in messages:
-                # The sender's own copy of a group message is stored as
-                # delivered already (for its history): nothing to push.
-                if not (message.group and message.recipient == self.username):
+                if not message.senders_copy:
                     self.realm.fanout.publish(message)
             return messages
 

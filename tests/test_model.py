@@ -77,3 +77,13 @@ def test_group_name_rule() -> None:
     for name in ["", "Tim", "t" * 33, "#tim", "t m"]:
         with pytest.raises(InvalidGroupName):
             validate_group_name(name)
+
+
+def test_senders_copy() -> None:
+    """Only the sender's own copy of a group message is one."""
+    own = Message(1, "messi", "messi", "M", "M", "hi", 1.0, group="liverpool")
+    member = Message(2, "messi", "henderson", "M", "H", "hi", 1.0, group="liverpool")
+    to_self = Message(3, "messi", "messi", "M", "M", "note", 1.0)
+    assert own.senders_copy
+    assert not member.senders_copy
+    assert not to_self.senders_copy

@@ -1527,9 +1527,7 @@ def new_messages(
         if isinstance(value, Delivery):
             value = value.messages
         for message in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(message, Message) and not (
-                message.group and message.recipient == message.sender
-            ):
+            if isinstance(message, Message) and not message.senders_copy:
                 stored.append(message)
     return stored
 
