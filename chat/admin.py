@@ -51,7 +51,7 @@ from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.migrate import migrate, source_path, target_url
 from chat.model import User, validate_username
 from chat.store import STORE_HELP, open_store
-from chat.store.operations import SQLStore
+from chat.store.sql import SQLStore
 
 
 class InterspersedOptions(usage.Options):

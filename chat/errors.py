@@ -196,6 +196,19 @@ class MailboxFull(ChatError):
         self.username = username
 
 
+class TooManyUnread(ChatError):
+    """
+    The sender already has as many undelivered messages in the recipient's
+    mailbox as one sender may have there (a share of the mailbox, so that
+    one sender cannot fill it for everyone); nothing was stored.
+    """
+
+    def __init__(self, username: str, limit: int) -> None:
+        super().__init__(username)
+        self.username = username
+        self.limit = limit
+
+
 class StorageUnavailable(ChatError):
     """
     The store could not complete an operation (disk full, I/O error, ...).

@@ -18,7 +18,7 @@ the way mail goes between mail servers:
     other realm's acknowledgement, so nothing is lost when either side
     stops, and a message whose acknowledgement was lost is sent again.
  3. The other realm accepts the connection like any other (on its usual
-    ports, in L{chat.protocol.ChatProtocol}). Once the connection has
+    ports, in L{chat.lines.LineConnection}). Once the connection has
     authenticated as a realm (L{Federation.hello},
     L{Federation.authenticate}) it gets an L{InboundLink}, and nothing
     else: no user command works on it. Each C{realm-msg} is stored in the
@@ -69,6 +69,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chat import commands
 from chat.errors import (
@@ -81,11 +82,13 @@ from chat.errors import (
     NotAdmin,
     RateLimited,
     RealmAuthFailed,
+    RealmLinkOnly,
     RealmMismatch,
+    RealmNotAuthenticated,
     StorageUnavailable,
     TooManyRealmRecipients,
 )
-from chat.interfaces import IFanout, IRealmStore
+from chat.interfaces import IDoor, IFanout, ILineHandler, IRealmStore
 from chat.limits import RateLimiter
 from chat.links import (
     MAX_RECIPIENTS,
@@ -257,6 +260,126 @@ class InboundLink:
             )
 
         return d.addCallback(received)
+
+
+#: What a connection that became a link may send.
+LINK_VERBS = frozenset({"realm-hello", "realm-auth", "realm-msg", "ping", "quit"})
+
+
+@implementer(ILineHandler)
+class InboundLinkHandler:
+    """
+    The lines of a connection that said C{realm-hello}: it proves with
+    C{realm-auth} that it knows the link's secret
+    (L{Federation.authenticate}), and may then only send C{realm-msg},
+    which its L{InboundLink} stores (and C{ping} and C{quit}). It never
+    logs in as a user.
+
+    The door (L{chat.lines.LineConnection}) keeps framing and limiting the
+    connection; this takes the place of its user's dispatcher.
+    """
+
+    log = make_logger()
+
+    def __init__(
+        self, federation: Federation, door: IDoor, challenge: Challenge, peer: str
+    ) -> None:
+        self._federation = federation
+        self._door = door
+        self._challenge: Challenge | None = challenge
+        self._peer = peer
+        self.link: InboundLink | None = None
+
+    @property
+    def listening(self) -> bool:
+        # An authenticated link has keepalives of its own.
+        return self.link is not None
+
+    def connection_lost(self) -> None:
+        self._challenge = None
+
+    def dispatch(self, line: bytes, now: float) -> bytes | None:
+        from chat.dispatch import BYE, PONG, error_reply
+
+        try:
+            command = commands.parse(line)
+        except commands.BadCommand as e:
+            return e.reply_bytes()
+        verb = command.verb
+        try:
+            if verb not in LINK_VERBS:
+                raise RealmLinkOnly()
+            if verb == "realm-hello":
+                raise RealmLinkOnly("one realm-hello per connection")
+            if verb == "ping":
+                return PONG
+            if verb == "quit":
+                self._door.close()
+                return BYE
+            if verb == "realm-auth":
+                assert isinstance(command, commands.RealmAuth)
+                self._authenticate(command.proof)
+                return None
+            assert isinstance(command, commands.RealmMsg)
+            if self.link is None:
+                raise RealmNotAuthenticated("realm-msg before realm-auth")
+            self.link.deliver(command.payload).addCallbacks(
+                lambda reply: self._door.answer(commands.dumps(reply)),
+                lambda f: self._door.answer(error_reply(f.value, verb, self._peer)),
+            )
+            return None
+        except Exception as e:
+            return error_reply(e, verb, self._peer)
+
+    def _authenticate(self, given: str) -> None:
+        from chat.dispatch import error_reply
+
+        challenge, self._challenge = self._challenge, None
+        if challenge is None:
+            raise RealmNotAuthenticated("realm-auth without realm-hello")
+        federation = self._federation
+
+        def authenticated(link: InboundLink) -> None:
+            self.link = link
+            self._door.logged_in()
+            max_line = federation.settings.max_line
+            self._door.set_max_line(max_line)
+            self.log.info(
+                "Realm {realm} authenticated from {peer}",
+                realm=link.realm_id,
+                peer=self._peer,
+            )
+            self._door.answer(
+                commands.dumps(
+                    commands.ok(
+                        message="Realm Authenticated",
+                        realm=federation.realm_id,
+                        proof=link.server_proof,
+                        max_line=max_line,
+                    )
+                )
+            )
+
+        def refused(f: Failure) -> None:
+            if not f.check(RealmAuthFailed):
+                error = f.value
+                assert isinstance(error, Exception)
+                self._door.answer(error_reply(error, "realm-auth", self._peer))
+                return
+            self.log.warn(
+                "Realm authentication failed for {realm} from {peer}: {why}",
+                realm=challenge.client_realm,
+                peer=self._peer,
+                why=f.value,
+            )
+            self._door.close()
+            self._door.answer(
+                commands.dumps(
+                    commands.error("realm authentication failed", "realm_auth_failed")
+                )
+            )
+
+        federation.authenticate(challenge, given).addCallbacks(authenticated, refused)
 
 
 class LinkClientProtocol(LineReceiver):

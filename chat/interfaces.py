@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
+from chat.callbacks import Done
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -50,6 +52,12 @@ class IChatUser(Interface):
             L{chat.errors.StorageUnavailable}.
         """
 
+    def send_then(recipient: str, text: str, now: float, done: Done) -> None:
+        """
+        L{send}, sent at C{now}, telling C{done} instead of returning a
+        Deferred.
+        """
+
     def inbox() -> Deferred[list[Message]]:
         """
         Take every undelivered message of this user, oldest first, marking
@@ -59,6 +67,11 @@ class IChatUser(Interface):
 
         @return: fires with the messages after the commit; fails with
             L{chat.errors.StorageUnavailable} (then nothing was marked).
+        """
+
+    def inbox_then(now: float, done: Done) -> None:
+        """
+        L{inbox}, delivered at C{now}, telling C{done}.
         """
 
     def end_session(token: str) -> Deferred[None]:
@@ -80,6 +93,13 @@ class IChatUser(Interface):
             if this user was deleted, or L{chat.errors.StorageUnavailable}.
         """
 
+    def send_many_then(
+        recipients: Sequence[str], text: str, now: float, done: Done
+    ) -> None:
+        """
+        L{send_many}, sent at C{now}, telling C{done}.
+        """
+
     def send_to_group(group: str, text: str) -> Deferred[list[Message]]:
         """
         Store a message for every member of C{group} but this user (and a
@@ -87,6 +107,11 @@ class IChatUser(Interface):
 
         @return: fires with the stored messages; fails with
             L{chat.errors.NoSuchGroup} or L{chat.errors.NotAMember}.
+        """
+
+    def send_to_group_then(group: str, text: str, now: float, done: Done) -> None:
+        """
+        L{send_to_group}, sent at C{now}, telling C{done}.
         """
 
     def send_file(
@@ -184,6 +209,11 @@ class IChatUser(Interface):
         @return: fires with how many were marked.
         """
 
+    def acknowledge_then(up_to_id: int, now: float, done: Done) -> None:
+        """
+        L{acknowledge} at C{now}, telling C{done}.
+        """
+
     def online() -> list[tuple[str, str]]:
         """
         (username, full name) of every user with a live connection.
@@ -225,12 +255,91 @@ class IChatUser(Interface):
 
 class IChatClient(Interface):
     """
-    The mind of a connection: what the realm can push to it.
+    The mind of a connection: what the realm tells it, in the chat's own
+    terms (the connection formats it for its wire).
     """
 
-    def send_event(event: dict[str, object]) -> None:
+    def message_received(message: Message) -> None:
         """
-        Deliver one event (a JSON object with an C{"event"} key).
+        A message for the subscribed user was committed (or is still
+        undelivered from before).
+        """
+
+    def presence_changed(username: str, full_name: str, online: bool) -> None:
+        """
+        A user's first connection arrived, or its last one went.
+        """
+
+    def unsubscribed(reason: str) -> None:
+        """
+        The subscription ended with its session (logout, a new password,
+        the user deleted, expiry).
+        """
+
+
+class ILineHandler(Interface):
+    """
+    What a door hands its request lines to: a connection's
+    L{chat.dispatch.Dispatcher}, or the handler of a realm link that took
+    the connection over.
+    """
+
+    listening = Attribute(
+        "Whether the connection is quiet by design (subscribed to events, or "
+        "a realm link with keepalives of its own): never closed as idle."
+    )
+
+    def dispatch(line: bytes, now: float) -> bytes | None:
+        """
+        Run one request line (without its line ending), received at
+        C{now}, one at a time.
+
+        @return: the reply (a JSON object, without the delimiter), or None
+            if it is given to the door's C{answer} instead (perhaps before
+            this returned).
+        """
+
+    def connection_lost() -> None:
+        """
+        The connection is gone.
+        """
+
+
+class IDoor(IChatClient):
+    """
+    A connection as its line handler sees it: a TCP or TLS line connection,
+    or a WebSocket. The door frames, buffers and limits; the handler runs
+    commands.
+    """
+
+    def answer(reply: bytes) -> None:
+        """
+        The reply to the line in progress, which C{dispatch} left
+        unanswered.
+        """
+
+    def logged_in() -> None:
+        """
+        The connection proved who it is (a login or a valid token): the
+        login deadline gives way to the idle timeout.
+        """
+
+    def close() -> None:
+        """
+        Close after the reply to the line in progress, running nothing
+        more.
+        """
+
+    def take_over(handler: ILineHandler) -> None:
+        """
+        Hand the lines after this one to C{handler} (a realm link).
+
+        @raise chat.errors.RealmLinkOnly: if this door cannot be a link.
+        """
+
+    def set_max_line(length: int) -> None:
+        """
+        Accept lines of up to C{length} bytes from now on.
         """
 
 
@@ -254,6 +363,12 @@ class IFanout(Interface):
             (its connection to the other nodes was lost and made again):
             the listener should read what it has not seen from the store.
             A fan-out that cannot miss messages never calls it.
+        """
+
+    def listening(username: str) -> bool:
+        """
+        Whether anyone here listens for C{username}'s messages (if not,
+        publishing them here would do nothing).
         """
 
     def unlisten(username: str, listener: Callable[[Message], None]) -> None:
@@ -380,9 +495,65 @@ class IChatStore(Interface):
 
         @return: fires with the stored L{Message} after the commit; fails
             with L{chat.errors.NoSuchUser} naming whichever of sender or
-            recipient does not exist, or L{chat.errors.MailboxFull} if the
+            recipient does not exist, L{chat.errors.MailboxFull} if the
             recipient already has the store's maximum of undelivered
-            messages (checked in the same transaction as the insert).
+            messages, or L{chat.errors.TooManyUnread} if it has the
+            store's maximum from this sender (both checked in the same
+            transaction as the insert).
+        """
+
+    def store_message_then(
+        sender: str, recipient: str, text: str, sent_at: float, done: Done
+    ) -> None:
+        """
+        L{store_message}, telling C{done} after the commit instead of
+        returning a Deferred. (Each C{..._then} method below is its
+        namesake's callback form.)
+        """
+
+    def drain_inbox_then(
+        username: str, delivered_at: float, max_bytes: int | None, done: Done
+    ) -> None:
+        """
+        L{drain_inbox}, telling C{done}.
+        """
+
+    def store_messages_then(
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        """
+        L{store_messages}, telling C{done}.
+        """
+
+    def store_group_message_then(
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        """
+        L{store_group_message}, telling C{done}.
+        """
+
+    def mark_delivered_then(
+        username: str, up_to_id: int, delivered_at: float, done: Done
+    ) -> None:
+        """
+        L{mark_delivered}, telling C{done}.
+        """
+
+    def mark_delivered_ids_then(
+        username: str, ids: Sequence[int], delivered_at: float, done: Done
+    ) -> None:
+        """
+        L{mark_delivered_ids}, telling C{done}.
         """
 
     def drain_inbox(

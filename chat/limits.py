@@ -60,8 +60,15 @@ class Limits:
     """
     The value of every limit; the defaults are C{twistd chat}'s.
 
-    @ivar login_timeout: seconds from connect to a successful login.
-    @ivar idle_timeout: seconds a logged-in connection may send nothing.
+    @ivar login_timeout: seconds from connect to a successful login, or None
+        for no deadline (the default: the connection limits close the
+        longest idle connections not logged in when room is needed).
+    @ivar idle_timeout: seconds a logged-in connection may send nothing, or
+        None for no limit (the default: TCP keepalive finds dead peers).
+    @ivar line_timeout: seconds a line in progress may go without growing
+        by L{chat.lines.LINE_PROGRESS} bytes (slowloris).
+    @ivar max_partial_total: bytes of lines in progress held for all the
+        connections not logged in together.
     @ivar login_failures_per_user: failed logins allowed per username.
     @ivar login_failures_per_address: failed logins allowed per address.
     @ivar token_failures_per_address: commands with an invalid token
@@ -74,8 +81,10 @@ class Limits:
     @ivar max_mailbox: undelivered messages stored per recipient.
     """
 
-    login_timeout: float = 30.0
-    idle_timeout: float = 600.0
+    login_timeout: float | None = None
+    idle_timeout: float | None = None
+    line_timeout: float = 30.0
+    max_partial_total: int = 64 * 1024 * 1024
     login_failures_per_user: Rate = Rate(10, 60)
     login_failures_per_address: Rate = Rate(30, 60)
     token_failures_per_address: Rate = Rate(60, 60)
@@ -243,6 +252,14 @@ class ConnectionTracker:
         self.total += 1
         self._by_address[address] = count + 1
         return None
+
+    def add(self, address: str) -> None:
+        """
+        Count a connection from C{address} whatever the limits (one that
+        made room by closing another, still counted until it is gone).
+        """
+        self.total += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
 
     def release(self, address: str) -> None:
         self.total -= 1

@@ -19,11 +19,12 @@ level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 observer = FilteringLogObserver(globalLogPublisher, [level_filter])
 
 
-def make_logger() -> Logger:
+def make_logger(namespace: str | None = None) -> Logger:
     """
-    A L{Logger} for a class body (its namespace becomes the class name).
+    A L{Logger} for a class body (its namespace becomes the class name), or
+    for a module (give its namespace).
     """
-    return Logger(observer=observer)
+    return Logger(namespace=namespace, observer=observer)
 
 
 _debugging = False

@@ -4,10 +4,9 @@ Frozen values passed between the realm, the store and the protocol.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-from datetime import datetime, timezone
+from typing import NamedTuple
 
 import attrs
 
@@ -122,14 +121,6 @@ def validate_file_name(name: str) -> str:
     return name
 
 
-def iso_utc(when: float) -> str:
-    """
-    Format a POSIX timestamp as ISO-8601 UTC with millisecond precision.
-    """
-    moment = datetime.fromtimestamp(when, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @attrs.frozen
 class User:
     """
@@ -172,8 +163,7 @@ class Attachment:
         return hashlib.sha256(self.content).hexdigest()
 
 
-@attrs.frozen
-class Message:
+class Message(NamedTuple):
     """
     A stored message in one mailbox, with the full names captured at send
     time.
@@ -183,6 +173,9 @@ class Message:
     group it was sent to, if any. A file message carries the file's
     C{file_name}, C{file_size} and C{file_sha256}, and its bytes in
     C{file_content} (its C{text} is the file name).
+
+    A named tuple, not an attrs class: the store makes one per message
+    stored or read, straight from a row of its columns, in this order.
     """
 
     id: int
@@ -196,7 +189,16 @@ class Message:
     file_name: str | None = None
     file_size: int | None = None
     file_sha256: str | None = None
-    file_content: bytes | None = attrs.field(default=None, repr=False)
+    file_content: bytes | None = None
+
+    def __repr__(self) -> str:
+        # Not the file's bytes: megabytes in a log line.
+        return (
+            f"Message(id={self.id!r}, sender={self.sender!r}, "
+            f"recipient={self.recipient!r}, text={self.text[:80]!r}, "
+            f"sent_at={self.sent_at!r}, group={self.group!r}, "
+            f"file_name={self.file_name!r})"
+        )
 
     @property
     def senders_copy(self) -> bool:
@@ -215,36 +217,6 @@ class Message:
         _, at, realm = self.sender.partition("@")
         return realm if at else None
 
-    def to_wire(self) -> dict[str, object]:
-        """
-        The course's message shape plus our extra keys; C{group} and the
-        C{file_*} keys only when set, C{realm} only for a message from
-        another realm.
-        """
-        wire: dict[str, object] = {
-            "msg_from": self.sender_name,
-            "msg_to": self.recipient_name,
-            "msg": self.text,
-            "id": self.id,
-            "sent_at": iso_utc(self.sent_at),
-            "from": self.sender,
-            "to": self.recipient,
-        }
-        if self.group is not None:
-            wire["group"] = self.group
-        if self.file_name is not None:
-            wire["file_name"] = self.file_name
-            wire["file_size"] = self.file_size
-            wire["file_sha256"] = self.file_sha256
-            if self.file_content is not None:
-                wire["file_content"] = base64.b64encode(self.file_content).decode(
-                    "ascii"
-                )
-        realm = self.realm
-        if realm is not None:
-            wire["realm"] = realm
-        return wire
-
 
 @attrs.frozen
 class Group:
@@ -257,14 +229,6 @@ class Group:
     owner: str
     members: tuple[str, ...]
     created_at: float
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "owner": self.owner,
-            "members": list(self.members),
-            "created_at": iso_utc(self.created_at),
-        }
 
 
 @attrs.frozen

@@ -4,7 +4,7 @@ window, and presence.
 
 A connection that sends C{subscribe <token>} gets a L{Subscription}. It
 pushes the user's undelivered messages, oldest first, then new ones as they
-are committed, as C{{"event": "message", ...}} objects. Pushed messages stay
+are committed (L{IChatClient.message_received}). Pushed messages stay
 undelivered until the client acknowledges them (C{ack <token> <id>}), so a
 client that crashes mid-stream gets them again on its next subscribe or
 inbox (at least once; clients de-duplicate by id).
@@ -202,7 +202,7 @@ class Subscription:
     def _push(self, message: Message) -> None:
         self._last_pushed = max(self._last_pushed, message.id)
         self._in_flight.append(message.id)
-        self.client.send_event({"event": "message", **message.to_wire()})
+        self.client.message_received(message)
 
     def pushed_up_to(self, up_to_id: int) -> list[int]:
         """
@@ -291,11 +291,5 @@ class Presence:
         self._watchers.discard(client)
 
     def _announce(self, username: str, full_name: str, online: bool) -> None:
-        event: dict[str, object] = {
-            "event": "presence",
-            "user": username,
-            "full_name": full_name,
-            "online": online,
-        }
         for watcher in list(self._watchers):
-            watcher.send_event(event)
+            watcher.presence_changed(username, full_name, online)

@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chat.callbacks import Done, as_deferred, firing
 from chat.errors import (
     ChatError,
     FileTooLarge,
@@ -59,7 +60,7 @@ from chat.errors import (
     TooManyRecipients,
 )
 from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
-from chat.logs import debugging, make_logger
+from chat.logs import make_logger
 from chat.model import (
     Attachment,
     Group,
@@ -158,9 +159,7 @@ class ChatRealm:
             for subscription in list(subscriptions):
                 if subscription.token_hash == token_hash:
                     self.remove_subscription(subscription)
-                    subscription.client.send_event(
-                        {"event": "unsubscribed", "reason": reason}
-                    )
+                    subscription.client.unsubscribed(reason)
 
 
 def _nothing_to_clean_up() -> None:
@@ -184,71 +183,67 @@ class ChatUser:
     def open_session(self) -> Deferred[str]:
         return self.realm.sessions.create(self.username)
 
-    def send(self, recipient: str, text: str) -> Deferred[Message]:
-        now = self.realm.clock.seconds()
-        d = self.realm.store.store_message(self.username, recipient, text, now)
-
-        def sent(message: Message) -> Message:
-            if debugging():
-                self.log.debug(
-                    "Message {id} stored from {sender} to {recipient}",
-                    id=message.id,
-                    sender=self.username,
-                    recipient=recipient,
-                )
-            self.realm.fanout.publish(message)
-            return message
-
-        return d.addCallbacks(sent, self._sender_gone)
-
-    def _sender_gone(self, f: Failure) -> Failure:
+    def _gone(self, error: Exception) -> Exception:
         """
-        A session can outlive its user by a little (see chat.sessions); a
+        A session can outlive its user by a little (see chat.sessions): a
         command from a user who no longer exists is refused like a command
         without a session.
         """
-        error = f.value
         if isinstance(error, NoSuchUser) and error.username == self.username:
-            raise SessionNotFound("the user no longer exists")
-        return f
+            return SessionNotFound("the user no longer exists")
+        return error
+
+    def _sender_gone(self, f: Failure) -> Failure:
+        return Failure(self._gone(f.value))  # type: ignore[arg-type]
 
     def _stored(self, d: Deferred[T]) -> Deferred[T]:
         return d.addErrback(self._sender_gone)
 
-    def _sent_to(self, what: str) -> Callable[[list[Message]], list[Message]]:
-        def sent(messages: list[Message]) -> list[Message]:
-            if debugging():
-                self.log.debug(
-                    "{count} messages stored from {sender} to {what}",
-                    count=len(messages),
-                    sender=self.username,
-                    what=what,
-                )
-            for message in messages:
-                if not message.senders_copy:
-                    self.realm.fanout.publish(message)
-            return messages
+    def send_then(self, recipient: str, text: str, now: float, done: Done) -> None:
+        fanout = self.realm.fanout
+
+        def sent(succeeded: bool, value: Any) -> None:
+            if succeeded:
+                if fanout.listening(recipient):
+                    fanout.publish(value)
+            else:
+                value = self._gone(value)
+            done(succeeded, value)
+
+        self.realm.store.store_message_then(self.username, recipient, text, now, sent)
+
+    def send(self, recipient: str, text: str) -> Deferred[Message]:
+        return as_deferred(self.send_then, recipient, text, self.realm.clock.seconds())
+
+    def _publishing(self, done: Done) -> Done:
+        """
+        C{done}, after publishing the messages stored (but the sender's own
+        copy of a group message) to their recipients' listeners.
+        """
+        fanout = self.realm.fanout
+
+        def sent(succeeded: bool, value: Any) -> None:
+            if succeeded:
+                for message in value:
+                    if not message.senders_copy and fanout.listening(message.recipient):
+                        fanout.publish(message)
+            else:
+                value = self._gone(value)
+            done(succeeded, value)
 
         return sent
 
+    def inbox_then(self, now: float, done: Done) -> None:
+        def drained(succeeded: bool, value: Any) -> None:
+            if succeeded and value:
+                self._delivered(value[-1].id)
+            done(succeeded, value)
+
+        # The budget is passed positionally: tests replace drain_inbox_then.
+        self.realm.store.drain_inbox_then(self.username, now, REPLY_BUDGET, drained)
+
     def inbox(self) -> Deferred[list[Message]]:
-        # The budget is passed positionally: tests replace drain_inbox.
-        d = self.realm.store.drain_inbox(
-            self.username, self.realm.clock.seconds(), REPLY_BUDGET
-        )
-
-        def drained(messages: list[Message]) -> list[Message]:
-            if debugging():
-                self.log.debug(
-                    "Inbox of {user}: {count} messages delivered",
-                    user=self.username,
-                    count=len(messages),
-                )
-            if messages:
-                self._delivered(messages[-1].id)
-            return messages
-
-        return d.addCallback(drained)
+        return as_deferred(self.inbox_then, self.realm.clock.seconds())
 
     def end_session(self, token: str) -> Deferred[None]:
         return self.realm.sessions.end(token)
@@ -266,42 +261,58 @@ class ChatUser:
         return Attachment(file_name, content)
 
     def _send_many(
-        self, recipients: Sequence[str], text: str, attachment: Attachment | None
-    ) -> Deferred[list[Message]]:
-        distinct = self._recipients(recipients)
-        d = self.realm.store.store_messages(
-            self.username, distinct, text, self.realm.clock.seconds(), attachment
+        self,
+        recipients: Sequence[str],
+        text: str,
+        attachment: Attachment | None,
+        now: float,
+        done: Done,
+    ) -> None:
+        try:
+            distinct = self._recipients(recipients)
+        except ChatError as e:
+            done(False, e)
+            return
+        self.realm.store.store_messages_then(
+            self.username, distinct, text, now, attachment, self._publishing(done)
         )
-        return self._stored(d).addCallback(self._sent_to(",".join(distinct)))
 
-    def _send_to_group(
-        self, group: str, text: str, attachment: Attachment | None
-    ) -> Deferred[list[Message]]:
-        d = self.realm.store.store_group_message(
-            self.username, group, text, self.realm.clock.seconds(), attachment
-        )
-        return self._stored(d).addCallback(self._sent_to(f"#{group}"))
+    def send_many_then(
+        self, recipients: Sequence[str], text: str, now: float, done: Done
+    ) -> None:
+        self._send_many(recipients, text, None, now, done)
 
     def send_many(
         self, recipients: Sequence[str], text: str
     ) -> Deferred[list[Message]]:
-        try:
-            return self._send_many(recipients, text, None)
-        except ChatError:
-            return fail()
+        return as_deferred(
+            self.send_many_then, recipients, text, self.realm.clock.seconds()
+        )
+
+    def send_to_group_then(self, group: str, text: str, now: float, done: Done) -> None:
+        self.realm.store.store_group_message_then(
+            self.username, group, text, now, None, self._publishing(done)
+        )
 
     def send_to_group(self, group: str, text: str) -> Deferred[list[Message]]:
-        return self._send_to_group(group, text, None)
+        return as_deferred(
+            self.send_to_group_then, group, text, self.realm.clock.seconds()
+        )
 
     def send_file(
         self, recipients: Sequence[str], file_name: str, content: bytes
     ) -> Deferred[list[Message]]:
         try:
-            d = self._send_many(
-                recipients, file_name, self._attachment(file_name, content)
-            )
+            attachment = self._attachment(file_name, content)
         except ChatError:
             return fail()
+        d = as_deferred(
+            self._send_many,
+            recipients,
+            file_name,
+            attachment,
+            self.realm.clock.seconds(),
+        )
 
         def one_unknown(f: Failure) -> Failure:
             # To one recipient, as with send: the course's plain error.
@@ -318,7 +329,16 @@ class ChatUser:
             attachment = self._attachment(file_name, content)
         except ChatError:
             return fail()
-        return self._send_to_group(group, file_name, attachment)
+        d: Deferred[list[Message]] = Deferred()
+        self.realm.store.store_group_message_then(
+            self.username,
+            group,
+            file_name,
+            self.realm.clock.seconds(),
+            attachment,
+            self._publishing(firing(d)),
+        )
+        return d
 
     # Groups.
 
@@ -390,28 +410,31 @@ class ChatUser:
     def unsubscribe(self, subscription: Subscription) -> None:
         self.realm.remove_subscription(subscription)
 
-    def acknowledge(self, up_to_id: int) -> Deferred[int]:
+    def acknowledge_then(self, up_to_id: int, now: float, done: Done) -> None:
         """
         With subscriptions here, mark exactly what they pushed up to
         C{up_to_id}: on a cluster, a message with a lower id may commit
         after a higher one was pushed, and must not be marked unseen.
         Without any, every undelivered message up to C{up_to_id}.
         """
-        now = self.realm.clock.seconds()
-        subscriptions = list(self.realm.subscriptions_of(self.username))
+
+        def marked(succeeded: bool, value: Any) -> None:
+            if succeeded:
+                self._delivered(up_to_id)
+            done(succeeded, value)
+
+        store = self.realm.store
+        subscriptions = self.realm.subscriptions_of(self.username)
         if subscriptions:
             pushed = sorted(
                 {i for s in subscriptions for i in s.pushed_up_to(up_to_id)}
             )
-            d = self.realm.store.mark_delivered_ids(self.username, pushed, now)
+            store.mark_delivered_ids_then(self.username, pushed, now, marked)
         else:
-            d = self.realm.store.mark_delivered(self.username, up_to_id, now)
+            store.mark_delivered_then(self.username, up_to_id, now, marked)
 
-        def marked(count: int) -> int:
-            self._delivered(up_to_id)
-            return count
-
-        return d.addCallback(marked)
+    def acknowledge(self, up_to_id: int) -> Deferred[int]:
+        return as_deferred(self.acknowledge_then, up_to_id, self.realm.clock.seconds())
 
     def _delivered(self, up_to_id: int) -> None:
         for subscription in self.realm.subscriptions_of(self.username):
@@ -429,17 +452,7 @@ class ChatUser:
         if federation is None:
             return fail(NoSuchRealm(realm_id))
         d = federation.send(self.username, realm_id, recipients, text)
-        return d.addErrback(self._refused_if_gone)
-
-    def _refused_if_gone(self, f: Failure) -> Failure:
-        """
-        A message from a user who no longer exists is refused like a
-        message without a session (as in L{send}).
-        """
-        error = f.value
-        if isinstance(error, NoSuchUser) and error.username == self.username:
-            raise SessionNotFound("the user no longer exists")
-        return f
+        return d.addErrback(self._sender_gone)
 
     def realm_inbox(self, realm_id: str) -> Deferred[list[Message]]:
         federation = self.realm.federation
@@ -452,4 +465,4 @@ class ChatUser:
         if federation is None:
             return fail(RealmsDisabled())
         d = federation.add_link(self.username, realm_id, host, port)
-        return d.addErrback(self._refused_if_gone)
+        return d.addErrback(self._sender_gone)

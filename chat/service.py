@@ -35,10 +35,10 @@ from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
 from chat.interfaces import IChatStore, IClusterStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
+from chat.lines import ChatFactory
 from chat.logs import make_logger
 from chat.metrics import Metrics, OutboxWatcher, metrics_site
 from chat.model import User
-from chat.protocol import ChatFactory
 from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
 from chat.registration import Registrar
 from chat.retention import MessagePurger

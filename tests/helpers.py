@@ -6,12 +6,13 @@ StringTransport, and Deferred inspection for plain pytest functions.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import argon2
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -22,8 +23,9 @@ from chat import commands
 from chat.checkers import SessionChecker, StoreChecker, verify_password
 from chat.interfaces import IPasswordHasher
 from chat.limits import Limits, RateLimiter
+from chat.lines import ChatFactory
+from chat.lines import LineConnection as ChatProtocol
 from chat.model import User
-from chat.protocol import ChatFactory, ChatProtocol
 from chat.realm import ChatRealm
 from chat.registration import Registrar
 from chat.sessions import SessionManager
@@ -101,6 +103,67 @@ class CountingHasher(InlineHasher):
         return super().verify(password_hash, password)
 
 
+class FaultyStore:
+    """
+    A store for tests: every call goes to the real store, except the
+    operations told to wait (L{hold}), fail (L{fail_with}) or be watched
+    (L{watch}). An operation is named without its C{_then}: holding
+    C{store_message} holds C{store_message_then} too.
+    """
+
+    def __init__(self, store: Any) -> None:
+        object.__setattr__(self, "real", store)
+        object.__setattr__(self, "_faults", {})
+
+    def hold(self, name: str) -> Deferred[None]:
+        """
+        Calls of C{name} from now on wait until the returned Deferred fires
+        (then they run, in order).
+        """
+        release: Deferred[None] = Deferred()
+        self._faults[name] = ("hold", release)
+        return release
+
+    def fail_with(self, name: str, error: Callable[[], Exception]) -> None:
+        """
+        Calls of C{name} from now on fail with C{error()}.
+        """
+        self._faults[name] = ("fail", error)
+
+    def watch(self, name: str, observer: Callable[[tuple[Any, ...]], None]) -> None:
+        """
+        Tell C{observer} the arguments of each call of C{name}.
+        """
+        self._faults[name] = ("watch", observer)
+
+    def clear(self, name: str) -> None:
+        self._faults.pop(name, None)
+
+    def __getattr__(self, attr: str) -> Any:
+        real = getattr(self.real, attr)
+        then = attr.endswith("_then")
+        fault = self._faults.get(attr[: -len("_then")] if then else attr)
+        if fault is None:
+            return real
+        kind, value = fault
+
+        def faulty(*args: Any) -> Any:
+            if kind == "watch":
+                value(args[:-1] if then else args)
+                return real(*args)
+            if kind == "fail":
+                if then:
+                    args[-1](False, value())
+                    return None
+                return fail(value())
+            return value.addCallback(lambda _: real(*args))
+
+        return faulty
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        setattr(self.real, attr, value)
+
+
 class Server:
     """
     A whole server in memory: MemoryStore, fake clock, inline hashing.
@@ -128,7 +191,7 @@ class Server:
             store = MemoryStore()
             for user in demo_users():
                 result_of(store.add_user(user))
-        self.store = store
+        self.store = store = FaultyStore(store)
         self.hasher = CountingHasher()
         self.sessions = SessionManager(store, self.clock, idle, max_age)
         self.realm = ChatRealm(

@@ -74,19 +74,27 @@ class FakeStore:
 
 
 class Events:
-    def __init__(self) -> None:
-        self.events: list[dict[str, object]] = []
+    """
+    A mind (IChatClient) that records what it is told.
+    """
 
-    def send_event(self, event: dict[str, object]) -> None:
-        self.events.append(event)
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def message_received(self, message: Message) -> None:
+        self.events.append(("message", message.id))
+
+    def presence_changed(self, username: str, full_name: str, online: bool) -> None:
+        self.events.append(("presence", (username, online)))
+
+    def unsubscribed(self, reason: str) -> None:
+        self.events.append(("unsubscribed", reason))
 
     def presence(self) -> list[tuple[object, object]]:
-        return [
-            (e["user"], e["online"]) for e in self.events if e["event"] == "presence"
-        ]
+        return [value for kind, value in self.events if kind == "presence"]
 
     def pushed(self) -> list[object]:
-        return [e["id"] for e in self.events if e["event"] == "message"]
+        return [value for kind, value in self.events if kind == "message"]
 
 
 # Payloads.

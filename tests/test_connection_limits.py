@@ -13,6 +13,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
+from chat.door import State
 from chat.limits import Limits, Rate
 from chat.store.memory import MemoryStore
 from tests.helpers import Connection, Server, demo_users, result_of
@@ -269,10 +270,20 @@ def test_command_rate_off() -> None:
 # Connection counts.
 
 
+TOO_MANY = {
+    "status": "ERROR",
+    "message": "too many connections",
+    "code": "too_many_connections",
+}
+
+
 def test_max_connections_total() -> None:
-    """Over the total limit, a connection gets one error and is closed."""
+    """Over the total limit, with every connection logged in, a new
+    connection gets one error and is closed."""
     server = limited(max_connections=2)
     first, second = server.connect("10.0.0.1"), server.connect("10.0.0.2")
+    first.login()
+    second.login("henderson")
     third = server.connect("10.0.0.3")
     assert third.replies() == [
         {
@@ -293,19 +304,42 @@ def test_max_connections_total() -> None:
     assert not second.closed
 
 
+def test_longest_idle_not_logged_in_makes_room() -> None:
+    """At the total limit, the connection that has been idle longest
+    without logging in is closed to make room, not the new one; logged-in
+    connections are never chosen."""
+    server = limited(max_connections=3)
+    logged_in = server.connect("10.0.0.1")
+    logged_in.login()
+    server.clock.advance(1)
+    oldest, recent = server.connect("10.0.0.2"), server.connect("10.0.0.3")
+    server.clock.advance(5)
+    assert oldest.request("ping")["message"] == "PONG"  # now the most recent
+    newcomer = server.connect("10.0.0.4")
+    assert recent.replies() == [TOO_MANY]
+    assert recent.closed
+    recent.lose()
+    assert not newcomer.closed and not oldest.closed and not logged_in.closed
+    assert newcomer.request("ping")["message"] == "PONG"
+    assert server.factory.connections.total == 3
+
+
 def test_ipv6_clients_counted_by_network() -> None:
     """IPv6 clients of one /64 share the per-address limits."""
     server = limited(max_connections_per_address=2)
-    server.connect("2001:db8::1")
-    server.connect("2001:db8::2")
+    server.connect("2001:db8::1").login()
+    server.connect("2001:db8::2").login()
     assert server.connect("2001:db8::3").closed
     assert not server.connect("2001:db8:0:1::1").closed
 
 
 def test_max_connections_per_address() -> None:
-    """Over the per-address limit only that address is refused."""
+    """Over the per-address limit only that address is refused (when none
+    of its connections can make room)."""
     server = limited(max_connections_per_address=2)
     clients = [server.connect("10.0.0.1") for _ in range(2)]
+    for client in clients:
+        client.login()
     refused = server.connect("10.0.0.1")
     assert refused.replies()[0]["message"] == "too many connections from your address"
     assert refused.closed
@@ -397,11 +431,7 @@ def test_queued_commands_wait_for_a_client_that_does_not_read() -> None:
     transport: BufferedTransport = client.transport  # type: ignore[assignment]
     token = client.login()
     transport.read_all()
-    slow: Deferred[object] = Deferred()
-    original = server.store.store_message
-    server.store.store_message = lambda *args: slow.addCallback(  # type: ignore[method-assign]
-        lambda _: original(*args)
-    )
+    slow = server.store.hold("store_message")
     word = "w" * 1000
     # A slow command, and many big replies queued behind it.
     client.send(f"send {token} henderson hi\r\n".encode())
@@ -499,12 +529,26 @@ def test_limits_apply_per_factory(line: str) -> None:
     assert second.connect().request(line)["code"] != "rate_limited"
 
 
+def test_per_address_room_is_made_from_that_address() -> None:
+    """At the per-address limit, only a connection from that address makes
+    room."""
+    server = limited(max_connections_per_address=1)
+    other = server.connect("10.0.0.2")
+    waiting = server.connect("10.0.0.1")
+    newcomer = server.connect("10.0.0.1")
+    assert waiting.replies() == [TOO_MANY]
+    assert not other.closed and not newcomer.closed
+
+
 def test_default_limits() -> None:
-    """Without limits given, the server uses the documented defaults."""
+    """Without limits given, the server uses the documented defaults: no
+    login deadline and no idle timeout (a student may think for an hour),
+    a deadline on lines in progress instead."""
     factory = Server().factory
     assert factory.limits == Limits()
-    assert factory.limits.login_timeout == 30
-    assert factory.limits.idle_timeout == 600
+    assert factory.limits.login_timeout is None
+    assert factory.limits.idle_timeout is None
+    assert factory.limits.line_timeout == 30
     assert factory.limits.max_output == 1024 * 1024
     assert factory.limits.max_mailbox == 10_000
 
@@ -513,18 +557,15 @@ def test_default_limits() -> None:
 
 
 def test_reply_after_close_is_dropped_but_message_kept() -> None:
-    """A command still running when the connection times out is finished, unanswered."""
+    """A command still running when the client goes is finished, unanswered."""
     server = limited(idle_timeout=60)
     client = server.connect()
     token = client.login()
-    slow: Deferred[object] = Deferred()
-    original = server.store.store_message
-    server.store.store_message = lambda *args: slow.addCallback(  # type: ignore[method-assign]
-        lambda _: original(*args)
-    )
+    slow = server.store.hold("store_message")
     client.send(f"send {token} henderson late\r\n".encode())
     server.clock.advance(60)
-    assert client.replies() == [IDLE_TIMEOUT]
+    assert client.replies() == []  # not idle: its command is running
+    client.lose()
     slow.callback(None)
     assert client.replies() == []
     assert [s.message.text for s in server.store.messages] == ["late"]
@@ -560,7 +601,7 @@ def test_factory_defaults_to_global_reactor() -> None:
     """Without a clock, the factory's timers run on the global reactor."""
     from twisted.internet import reactor
 
-    from chat.protocol import ChatFactory
+    from chat.lines import ChatFactory
 
     assert ChatFactory(Server().portal).clock is reactor
 
@@ -571,10 +612,10 @@ def test_realm_link_is_not_cut_by_login_or_idle_deadlines() -> None:
 
     realms = Realms()
     (wire,) = realms.network.live(origin="realm-a")
-    assert wire.server._authenticated
+    assert wire.server.state is State.ACTIVE
     realms.settle(3600)
     assert realms.network.live(origin="realm-a") == [wire]
-    assert not wire.server._closing
+    assert wire.server.state is State.ACTIVE
     codes = {reply.get("code") for reply in lines_of(wire, "server")}
     assert not codes & {"login_timeout", "idle_timeout"}
 

@@ -535,13 +535,25 @@ def test_connection_storm_with_working_control(chat: Callable[..., TwistdChat]) 
 def test_connection_limits_refuse_with_one_error(
     chat: Callable[..., TwistdChat],
 ) -> None:
-    """Over the per-address or total limit: one ERROR line, then the server closes."""
+    """Over the per-address or total limit, with every connection logged in:
+    one ERROR line, then the server closes. A connection not logged in makes
+    room instead."""
     server = chat("--max-connections", "5", "--max-connections-per-address", "3")
     port = server.start()
     server.wait_ready()
+    waiting = LineClient(port, source="127.0.0.2")
+    assert waiting.request("ping")["message"] == "PONG"
     kept = [LineClient(port, source="127.0.0.2") for _ in range(3)]
+    replies, _ = waiting.read_until_closed()
+    assert replies == [
+        {
+            "status": "ERROR",
+            "message": "too many connections",
+            "code": "too_many_connections",
+        }
+    ]
     for client in kept:
-        assert client.request("ping")["message"] == "PONG"
+        client.login()
     refused = LineClient(port, source="127.0.0.2")
     replies, _ = refused.read_until_closed()
     assert replies == [
@@ -553,7 +565,7 @@ def test_connection_limits_refuse_with_one_error(
     ]
     kept += [LineClient(port, source="127.0.0.3") for _ in range(2)]
     for client in kept[3:]:
-        assert client.request("ping")["message"] == "PONG"
+        client.login()
     replies, _ = LineClient(port, source="127.0.0.4").read_until_closed()
     assert replies[0]["message"] == "too many connections"
     kept.pop().close()

@@ -73,6 +73,13 @@ class Realms:
         self.network.pump()
 
 
+def inbound_link(connection: Any) -> Any:
+    """
+    The realm link a server-side connection became, if it authenticated.
+    """
+    return getattr(connection.handler, "link", None)
+
+
 def inbox(realms: Realms, realm: str, user: str) -> dict[str, Any]:
     client, token = realms.login(realm, user)
     reply = client.request(f"inbox {token}")
@@ -104,7 +111,7 @@ def test_handshake_with_the_right_secret_links_both_ways() -> None:
     b_link = realms["realm-b"].federation.links["realm-a"]
     assert a_link.connected and b_link.connected
     (wire,) = realms.network.live(origin="realm-a")
-    assert wire.server._realm_link.realm_id == "realm-a"
+    assert inbound_link(wire.server).realm_id == "realm-a"
     sent = wire.sent_by_client()
     assert sent[0].startswith(b"realm-hello realm-a realm-b ")
     assert sent[1].startswith(b"realm-auth ")
@@ -138,7 +145,7 @@ def test_handshake_with_a_wrong_secret_is_refused_and_backs_off() -> None:
         "message": "realm authentication failed",
         "code": "realm_auth_failed",
     }
-    assert wire.server._realm_link is None
+    assert inbound_link(wire.server) is None
     # Each failed handshake doubles the wait before the next attempt.
     delays = []
     for _ in range(4):
@@ -168,7 +175,7 @@ def test_replayed_handshake_is_refused() -> None:
         }
     ]
     assert attacker.transport.disconnecting
-    assert attacker.protocol._realm_link is None
+    assert inbound_link(attacker.protocol) is None
 
 
 class Impostor(LineReceiver):

@@ -26,9 +26,9 @@ from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
 from chat import commands, tap
+from chat.lines import LineConnection as ChatProtocol
 from chat.links import RealmLink
 from chat.metrics import INVALID, Metrics, OutboxWatcher
-from chat.protocol import ChatProtocol
 from chat.service import ChatService
 from chat.store.memory import MemoryStore
 from tests.helpers import Server, result_of

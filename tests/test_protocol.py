@@ -9,7 +9,6 @@ import json
 import re
 import uuid
 
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
@@ -219,11 +218,7 @@ def test_replies_stay_in_order_while_a_command_waits() -> None:
     server = Server()
     client = server.connect()
     token = client.login()
-    slow: Deferred[object] = Deferred()
-    original = server.store.store_message
-    server.store.store_message = lambda *args: slow.addCallback(
-        lambda _: original(*args)
-    )
+    slow = server.store.hold("store_message")
     client.send(f"send {token} henderson hi\r\nping after\r\n".encode())
     assert client.replies() == []
     slow.callback(None)
@@ -236,11 +231,7 @@ def test_pipelining_pauses_reading() -> None:
     server = Server()
     client = server.connect()
     token = client.login()
-    slow: Deferred[object] = Deferred()
-    original = server.store.store_message
-    server.store.store_message = lambda *args: slow.addCallback(
-        lambda _: original(*args)
-    )
+    slow = server.store.hold("store_message")
     client.send(f"send {token} henderson hi\r\n".encode() + b"ping\r\n" * 100)
     assert client.transport.producerState == "paused"
     slow.callback(None)
@@ -345,7 +336,7 @@ def test_unexpected_error_is_logged_not_leaked() -> None:
     server = Server()
     client = server.connect()
     token = client.login()
-    server.store.drain_inbox = lambda *args: 1 / 0
+    server.store.fail_with("drain_inbox", ZeroDivisionError)
     events = EventLoggingObserver()
     globalLogPublisher.addObserver(events)
     try:
@@ -399,14 +390,13 @@ def test_commands_wait_until_factory_opens() -> None:
 
 def test_rate_limited_reply_carries_retry_after() -> None:
     """A rate-limited command answers 'too many attempts' with retry_after_ms."""
-    from twisted.internet.defer import fail
 
     from chat.errors import RateLimited
 
     server = Server()
     client = server.connect()
     token = client.login()
-    server.store.store_message = lambda *args: fail(RateLimited(1.5))
+    server.store.fail_with("store_message", lambda: RateLimited(1.5))
     assert client.request(f"send {token} henderson hi") == {
         "status": "ERROR",
         "message": "too many attempts",

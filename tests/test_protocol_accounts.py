@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 
 from chat.limits import Limits
-from chat.protocol import ChatFactory
+from chat.lines import ChatFactory
 from chat.sessions import hash_token
 from tests.helpers import Server
 

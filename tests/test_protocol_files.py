@@ -10,7 +10,6 @@ import hashlib
 from typing import Any
 
 import pytest
-from twisted.protocols.basic import LineReceiver
 
 from chat import realm
 from tests.helpers import Connection, Server
@@ -225,20 +224,13 @@ def test_one_mebibyte_file_in_small_reads() -> None:
     line = "sendfile {} henderson big.bin {}\r\n".format(
         tokens["messi"], base64.b64encode(data)
     ).encode()
-    calls = []
-    original = LineReceiver.dataReceived
-
-    def counting(self: LineReceiver, chunk: bytes) -> Any:
-        calls.append(len(chunk))
-        return original(self, chunk)
-
-    LineReceiver.dataReceived = counting  # type: ignore[method-assign]
-    try:
-        for start in range(0, len(line), 4096):
-            client.send(line[start : start + 4096])
-    finally:
-        LineReceiver.dataReceived = original  # type: ignore[method-assign]
-    assert len(calls) == 1
+    chunks = [line[start : start + 4096] for start in range(0, len(line), 4096)]
+    for chunk in chunks[:-1]:
+        client.send(chunk)
+    # Kept as the reads came, to be joined once.
+    assert len(client.protocol._partial) == len(chunks) - 1
+    client.send(chunks[-1])
+    assert client.protocol._partial == []
     assert client.replies()[0]["file_size"] == len(data)
     (message,) = _inbox(client, tokens["henderson"])["messi"]
     assert base64.b64decode(message["file_content"]) == data

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-from twisted.internet.defer import fail
-
 from chat.errors import StorageUnavailable
 from chat.store.memory import _Stored
 from tests.helpers import Connection, Server
@@ -248,11 +245,10 @@ def test_store_failure_while_pushing_retries() -> None:
     messi = server.connect()
     token = messi.login("messi")
     messi.request(f"send {token} henderson later")
-    original = server.store.undelivered
-    server.store.undelivered = lambda *args: fail(StorageUnavailable("disk"))
+    server.store.fail_with("undelivered", lambda: StorageUnavailable("disk"))
     henderson, _ = subscribed(server, "henderson")
     assert texts(henderson.events()) == []
-    server.store.undelivered = original
+    server.store.clear("undelivered")
     server.clock.advance(1.0)
     assert texts(henderson.events()) == ["later"]
 
@@ -325,7 +321,7 @@ def test_ack_marks_what_was_pushed_not_a_late_lower_id() -> None:
     (pushed,) = [e for e in henderson.events() if e.get("event") == "message"]
     # A message with a lower id, committed late by another node: stored,
     # but not (yet) pushed here.
-    late = attrs.evolve(server.store.messages[-1].message, id=0, text="late")
+    late = server.store.messages[-1].message._replace(id=0, text="late")
     server.store.messages.insert(0, _Stored(late))
     reply = henderson.request(f"ack {token_h} {pushed['id']}")
     assert reply["count"] == 1
@@ -343,13 +339,7 @@ def test_ack_when_caught_up_reads_nothing() -> None:
     henderson, token_h = subscribed(server, "henderson")
     henderson.events()
     reads: list[int] = []
-    undelivered = server.store.undelivered
-
-    def counting(*args: Any) -> Any:
-        reads.append(args[1])
-        return undelivered(*args)
-
-    server.store.undelivered = counting  # type: ignore[method-assign]
+    server.store.watch("undelivered", lambda args: reads.append(args[1]))
     messi.request(f"send {token} henderson one")
     (one,) = [e for e in henderson.events() if e.get("event") == "message"]
     henderson.request(f"ack {token_h} {one['id']}")

@@ -34,6 +34,7 @@ from chat.errors import (
 from chat.interfaces import IChatStore
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
+from chat.store.batching import Call
 from chat.store.memory import MemoryStore
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
@@ -42,6 +43,13 @@ MESSI = User("messi", "Lionel Messi", "Argentina", "$argon2id$fake1")
 HENDERSON = User("henderson", "Jordan Henderson", "Inggris", "$argon2id$fake2")
 LINEKER = User("lineker", "Gary Lineker", "Inggris", "$argon2id$fake3")
 PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
+
+
+def page_limit(pages: int) -> Call:
+    """
+    An operation that limits the database to C{pages} pages: a full disk.
+    """
+    return Call(lambda txn: txn.execute(f"PRAGMA max_page_count={pages}").fetchall())
 
 
 STORES = ["memory", "sqlite", "postgresql"]
@@ -302,16 +310,16 @@ async def test_mailbox_counts_forget_failed_batches(tmp_path: Path) -> None:
     try:
         await _with_users(store)
         await store.store_message("messi", "henderson", "one", 1.0)
-        await store._run(lambda c: c.execute("PRAGMA max_page_count=1").fetchall())
+        await store.run(
+            Call(lambda txn: txn.execute("PRAGMA max_page_count=1").fetchall())
+        )
         # One batch: a small send that fits, then one that fills the disk.
         small = store.store_message("messi", "henderson", "two", 1.0)
         huge = store.store_message("messi", "henderson", "x" * 20000, 1.0)
         for d in (small, huge):
             with pytest.raises(StorageUnavailable):
                 await d
-        await store._run(
-            lambda c: c.execute("PRAGMA max_page_count=1000000").fetchall()
-        )
+        await store.run(page_limit(1_000_000))
         await store.store_message("messi", "henderson", "two", 1.0)
         await store.store_message("messi", "henderson", "three", 1.0)
         with pytest.raises(MailboxFull):
@@ -778,13 +786,13 @@ async def test_disk_full_is_not_acknowledged_and_recovers(tmp_path: Path) -> Non
     store.start()
     try:
         await _with_users(store)
-        await store._run(lambda c: c.execute("PRAGMA max_page_count=1").fetchall())
+        await store.run(
+            Call(lambda txn: txn.execute("PRAGMA max_page_count=1").fetchall())
+        )
         with pytest.raises(StorageUnavailable):
             await store.store_message("messi", "henderson", "x" * 20000, 1.0)
         assert await _count_messages(path) == 0
-        await store._run(
-            lambda c: c.execute("PRAGMA max_page_count=1000000").fetchall()
-        )
+        await store.run(page_limit(1_000_000))
         message = await store.store_message("messi", "henderson", "x" * 20000, 2.0)
         assert message.text == "x" * 20000
         assert await _count_messages(path) == 1
@@ -828,11 +836,11 @@ def test_sqlite_settings(tmp_path: Path) -> None:
     """The database is in WAL mode with foreign keys and full sync on use."""
     path = str(tmp_path / "chat.sqlite")
     store = SQLiteStore(reactor, path)
-    connection = store._connect()
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2
-    assert connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    connection.close()
+    txn = store._connect()
+    assert txn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert txn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert txn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    store._close_txn()
 
 
 def test_schema_created_fresh(tmp_path: Path) -> None:

@@ -318,8 +318,8 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
     """A message with a lower id committed by another node between the
     drain's read and its update stays undelivered (it used to be marked
     delivered without being returned: lost)."""
-    from chat.store.operations import _drain_inbox_txn
-    from chat.store.postgres import _Connection
+    from chat.store.messages import DrainInbox
+    from chat.store.postgres import _Translating, transaction
 
     with psycopg.connect(postgres_db, autocommit=True) as setup:
         for user in (MESSI, HENDERSON):
@@ -342,16 +342,17 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
         (early,) = fast.execute(insert, ("early",)).fetchone()
         assert late < early
 
-        class CommitsTheSlowOneAfterReading(_Connection):
-            def execute(self, sql: str, parameters: Any = ()) -> Any:
-                if sql.startswith("UPDATE"):
-                    slow.commit()
-                return super().execute(sql, parameters)
+        translating = _Translating(drainer)
 
+        def commits_the_slow_one_after_reading(sql: str, parameters: Any = ()) -> Any:
+            if sql.startswith("UPDATE"):
+                slow.commit()
+            return translating.execute(sql, parameters)
+
+        txn = transaction(drainer)
+        txn.execute = commits_the_slow_one_after_reading
         drainer.execute("BEGIN")
-        taken = _drain_inbox_txn(
-            CommitsTheSlowOneAfterReading(drainer), "henderson", 2.0, None
-        )
+        taken = DrainInbox("henderson", 2.0, None).run(txn)
         drainer.execute("COMMIT")
         assert [m.text for m in taken] == ["early"]
         undelivered = fast.execute(

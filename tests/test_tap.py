@@ -231,7 +231,7 @@ def test_make_service(tmp_path: Path) -> None:
     assert service.registrar.open
     assert service.registrar.limiter.burst == 2
     assert service.registrar.limiter.rate == 2 / 60
-    assert service.factory.registrar is service.registrar
+    assert service.factory.frontend.registrar is service.registrar
     assert service.purger is not None and service.purger.retention == 86400
     closed = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'd.sqlite'}"))
     assert isinstance(closed, ChatService)

@@ -125,11 +125,11 @@ def test_listed_origins() -> None:
 
 def test_foreign_origin_refused_before_any_frame() -> None:
     """A WebSocket from another origin gets 403 and no upgrade, and no chat
-    protocol is built for it."""
+    connection is admitted for it."""
     server = Server()
     built: list[Any] = []
-    build = server.factory.buildProtocol
-    server.factory.buildProtocol = lambda addr: built.append(addr) or build(addr)  # type: ignore[method-assign,func-returns-value]
+    admit = server.factory.admit
+    server.factory.admit = lambda door: built.append(door) or admit(door)  # type: ignore[method-assign,func-returns-value]
     site = web_site(server)
     for origin in ["http://evil.example", None, "null", "http://127.0.0.1:9999"]:
         client = WebSocketClient(site, origin=origin)

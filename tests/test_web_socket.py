@@ -1,6 +1,6 @@
 """
 The WebSocket door (chat.web.socket): a browser's frames reach the same
-ChatProtocol as TCP lines, replies and events come back one per frame, and
+dispatcher as TCP lines, replies and events come back one per frame, and
 the line protocol's limits hold, all in memory on StringTransports.
 """
 
@@ -10,21 +10,17 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
-from twisted.internet.testing import StringTransport
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
-from chat.protocol import ChatProtocol
+from chat.door import State
 from chat.web.socket import (
     CLOSE_INVALID_DATA,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     FRAME_SLACK,
-    FrameTransport,
+    ChatWebSocket,
 )
 from tests.helpers import Server
 from tests.web_helpers import WebSocketClient, web_site
@@ -35,19 +31,18 @@ def server() -> Server:
     return Server()
 
 
-def protocols(server: Server) -> list[ChatProtocol]:
+def protocols(server: Server) -> list[ChatWebSocket]:
     """
-    The chat protocols the factory built, spied on through buildProtocol.
+    The WebSockets the chat factory admitted, spied on through admit.
     """
-    built: list[ChatProtocol] = []
-    build = server.factory.buildProtocol
+    built: list[ChatWebSocket] = []
+    admit = server.factory.admit
 
-    def spy(addr: Any) -> ChatProtocol:
-        protocol = build(addr)
-        built.append(protocol)
-        return protocol
+    def spy(door: Any) -> str | None:
+        built.append(door)
+        return admit(door)
 
-    server.factory.buildProtocol = spy  # type: ignore[method-assign]
+    server.factory.admit = spy  # type: ignore[method-assign]
     return built
 
 
@@ -129,9 +124,9 @@ def test_events_after_subscribe(server: Server) -> None:
     ]
 
 
-def test_connection_lost_reaches_the_protocol(server: Server) -> None:
-    """When the connection under a WebSocket drops, the chat protocol is
-    told: its user goes offline and its subscription ends."""
+def test_connection_lost_reaches_the_dispatcher(server: Server) -> None:
+    """When the connection under a WebSocket drops, its dispatcher is told:
+    its user goes offline and its subscription ends."""
     built = protocols(server)
     site = web_site(server)
     client = WebSocketClient(site)
@@ -143,8 +138,10 @@ def test_connection_lost_reaches_the_protocol(server: Server) -> None:
         "henderson",
         "messi",
     ]
+    dispatcher: Any = built[0].handler
     client.lose()
-    assert built[0]._subscription is None
+    assert dispatcher._subscription is None
+    assert built[0].state is State.CLOSED
     assert [u["username"] for u in watcher.request(f"who {other}")["users"]] == [
         "henderson"
     ]
@@ -203,13 +200,12 @@ def test_huge_frame_is_refused_while_it_arrives() -> None:
         {"status": "ERROR", "message": "line too long", "code": "line_too_long"}
     ]
     assert client.close_code == CLOSE_TOO_BIG
-    transport = built[0].transport
-    assert isinstance(transport, FrameTransport)
-    buffered = transport._websocket._textBuffer.data  # type: ignore[attr-defined]
+    websocket: Any = built[0]._websocket
+    buffered = websocket._textBuffer.data
     assert len(buffered) < 20000 + FRAME_SLACK
     for data in rest[6:]:
         client.send_bytes(data)
-    assert transport._websocket._textBuffer.data == buffered  # type: ignore[attr-defined]
+    assert websocket._textBuffer.data == buffered
 
 
 def test_line_feed_inside_a_frame_closes(server: Server) -> None:
@@ -263,196 +259,77 @@ def test_pipelining_pauses_reading(server: Server) -> None:
 
 
 def test_factory_refusing_a_connection(server: Server) -> None:
-    """If the chat factory builds no protocol (too many connections), the
-    WebSocket closes at once with 1013, try again later."""
-    server.factory.buildProtocol = lambda addr: None  # type: ignore[method-assign,assignment,return-value]
+    """If the chat factory refuses the connection (too many connections),
+    the WebSocket closes at once with 1013, try again later."""
+    server.factory.admit = lambda door: "too many connections"  # type: ignore[method-assign]
     client = WebSocketClient(web_site(server))
     assert client.accepted
     assert client.close_code == CLOSE_TRY_AGAIN
     assert client.transport.disconnecting
 
 
-def test_peer_and_host_are_the_connection_s(server: Server) -> None:
-    """The protocol sees the browser's address as its peer (registration
+def test_peer_is_the_connection_s(server: Server) -> None:
+    """The door sees the browser's address as its peer (registration
     limits and per-address counts use it)."""
     built = protocols(server)
     WebSocketClient(web_site(server))
-    transport = built[0].transport
-    assert transport is not None
-    assert transport.getPeer().host == "127.0.0.1"  # type: ignore[attr-defined]
-    assert transport.getHost().port == 8080  # type: ignore[attr-defined]
-    assert built[0]._peer == "127.0.0.1:40000"
+    assert built[0].peer == "127.0.0.1:40000"
+    assert built[0].address == "127.0.0.1"
 
 
-# FrameTransport alone.
+def test_counted_with_the_tcp_connections() -> None:
+    """WebSockets count towards the connection limits with TCP
+    connections, and leave them when they close."""
+    server = Server()
+    site = web_site(server)
+    client = WebSocketClient(site)
+    assert server.factory.connections.total == 1
+    tcp = server.connect()
+    assert server.factory.connections.total == 2
+    client.lose()
+    tcp.lose()
+    assert server.factory.connections.total == 0
 
 
-class FakeWebSocket:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.closed: list[int] = []
-
-    def sendTextMessage(self, text: str) -> None:
-        self.sent.append(text)
-
-    def loseConnection(self, code: int = 1000) -> None:
-        self.closed.append(code)
-
-
-@implementer(IPushProducer)
-class Producer:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
-
-    def stopProducing(self) -> None:
-        self.calls.append("stop")
-
-
-class FakeChannel:
-    def __init__(self) -> None:
-        self.producer: Any = None
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-
-def frame_transport() -> tuple[
-    FrameTransport, FakeWebSocket, StringTransport, FakeChannel
-]:
-    websocket, connection, channel = FakeWebSocket(), StringTransport(), FakeChannel()
-    return (
-        FrameTransport(websocket, connection, channel),
-        websocket,
-        connection,
-        channel,
-    )  # type: ignore[arg-type]
-
-
-def test_frame_transport_interfaces() -> None:
-    """The shim is a transport, a consumer and a push producer."""
-    transport, *_ = frame_transport()
-    assert verifyObject(ITransport, transport)
-    assert verifyObject(IConsumer, transport)
-    assert verifyObject(IPushProducer, transport)
-    assert transport.disconnecting is False
-
-
-def test_frame_transport_splits_writes_into_frames() -> None:
-    """Each CR LF CR LF-terminated reply becomes one frame, however the
-    writes cut them."""
-    transport, websocket, *_ = frame_transport()
-    transport.write(b'{"a":1}\r\n\r\n{"b":')
-    assert websocket.sent == ['{"a":1}']
-    transport.writeSequence([b"2}\r\n", b"\r\n"])
-    assert websocket.sent == ['{"a":1}', '{"b":2}']
-
-
-def test_frame_transport_flow_control() -> None:
-    """Pausing and resuming reach the connection under the WebSocket; a
-    producer registered on the shim is registered with the HTTP channel,
-    which the connection pauses when its send buffer fills."""
-    transport, _, connection, channel = frame_transport()
-    transport.pauseProducing()
-    assert connection.producerState == "paused"
-    transport.resumeProducing()
-    assert connection.producerState == "producing"
-    producer = Producer()
-    transport.registerProducer(producer, True)
-    assert channel.producer is producer
-    with pytest.raises(RuntimeError):
-        transport.registerProducer(Producer(), True)
-    transport.unregisterProducer()
-    assert channel.producer is None
-
-
-def test_frame_transport_close() -> None:
-    """loseConnection closes the WebSocket once (with the close code set);
-    later writes are dropped; abortConnection drops the connection."""
-    transport, websocket, connection, _ = frame_transport()
-    transport.close_code = 4000
-    transport.loseConnection()
-    transport.loseConnection()
-    assert websocket.closed == [4000]
-    assert transport.disconnecting
-    transport.write(b'{"late":1}\r\n\r\n')
-    assert websocket.sent == []
-    transport.abortConnection()
-    assert connection.disconnecting
-
-
-def test_producer_registered_through_the_real_channel(server: Server) -> None:
-    """Registered on a real WebSocket, a producer is paused when the TCP
-    send buffer fills (the channel is the connection's producer) and
-    resumed when it drains."""
+def test_flow_control_through_the_real_channel(server: Server) -> None:
+    """The door is the producer of the connection under the WebSocket: when
+    its send buffer fills (the channel pauses its producer) the door stops
+    reading and running frames, and goes on when it drains."""
     built = protocols(server)
     client = WebSocketClient(web_site(server))
-    transport = built[0].transport
-    assert isinstance(transport, FrameTransport)
-    # The chat protocol registers itself (its output limit); swap in a
-    # recording producer to see what the real channel does.
-    assert transport.producer is built[0]
-    transport.unregisterProducer()
-    producer = Producer()
-    transport.registerProducer(producer, True)
+    door = built[0]
     channel = client.channel._channel
+    assert channel._requestProducer is door
     channel.pauseProducing()
+    assert client.transport.producerState == "paused"
+    client.send("ping while paused")
+    assert client.frames() == []
     channel.resumeProducing()
-    assert producer.calls == ["pause", "resume"]
-    client.lose()
-    assert transport.disconnected
+    assert client.transport.producerState == "producing"
+    assert client.frames() == [{"status": "OK", "message": "PONG", "echo": "while"}]
 
 
-class ClosingWebSocket(FakeWebSocket):
-    """
-    A WebSocket whose peer has begun closing: wsproto refuses to send.
-    """
+def test_writes_while_the_peer_closes_are_dropped(server: Server) -> None:
+    """While the peer closes, wsproto refuses to send: replies are dropped,
+    and closing then drops the connection itself."""
+    built = protocols(server)
+    client = WebSocketClient(web_site(server))
+    door = built[0]
+    websocket: Any = door._websocket
 
-    def sendTextMessage(self, text: str) -> None:
+    def refuse(*args: Any) -> None:
         raise LocalProtocolError("closing")
 
-    def loseConnection(self, code: int = 1000) -> None:
-        raise LocalProtocolError("closing")
+    websocket.sendTextMessage = refuse
+    websocket.loseConnection = refuse
+    client.send("quit")
+    assert client.transport.disconnecting
 
 
-def test_frame_transport_while_the_peer_closes() -> None:
-    """Writes while the peer closes are dropped, and closing then drops
-    the connection itself."""
-    connection, channel = StringTransport(), FakeChannel()
-    transport = FrameTransport(ClosingWebSocket(), connection, channel)  # type: ignore[arg-type]
-    transport.write(b'{"a":1}\r\n\r\n')
-    transport.loseConnection()
-    assert connection.disconnecting
-
-
-def test_frame_transport_after_the_connection_is_gone() -> None:
-    """Once the connection is lost, pausing does nothing, stopProducing is
-    a close, and a producer registered late is stopped at once."""
-    transport, websocket, connection, channel = frame_transport()
-    transport.connection_lost()
-    transport.pauseProducing()
-    transport.resumeProducing()
-    assert connection.producerState == "producing"
-    producer = Producer()
-    transport.registerProducer(producer, True)
-    assert producer.calls == ["stop"]
-    assert channel.producer is None
-    transport.unregisterProducer()
-    transport.unregisterProducer()
-    transport.stopProducing()
-    assert websocket.closed == []
-
-
-def test_stop_producing_closes() -> None:
-    """stopProducing, as a consumer calls it, closes the WebSocket."""
-    transport, websocket, *_ = frame_transport()
-    transport.stopProducing()
-    assert websocket.closed == [1000]
+def test_stop_producing_stops_reading(server: Server) -> None:
+    """stopProducing, as a consumer calls it, stops running frames."""
+    built = protocols(server)
+    client = WebSocketClient(web_site(server))
+    built[0].stopProducing()
+    client.send("ping")
+    assert client.frames() == []

@@ -8,8 +8,8 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorFromThreads
 
 from chat.limits import DEFAULT_MAX_MAILBOX
-from chat.store.operations import SQLStore
 from chat.store.postgres import PostgresStore, is_postgres_url
+from chat.store.sql import SQLStore
 from chat.store.sqlite import SQLiteStore
 
 STORE_HELP = (
@@ -32,12 +32,14 @@ def open_store(
     description: str,
     *,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    max_per_sender: int | None = None,
     node_id: str = "",
 ) -> SQLStore:
     """
     Open the store named by C{description}, e.g. C{sqlite:chat.sqlite} or
     C{postgresql://chat@db.example.com/chat}, holding at most
-    C{max_mailbox} undelivered messages per recipient. C{node_id} names
+    C{max_mailbox} undelivered messages per recipient (and C{max_per_sender}
+    of them from one sender; by default C{max_mailbox}). C{node_id} names
     this node in a cluster sharing a PostgreSQL database.
 
     @raise ValueError: for a description this version does not understand.
@@ -47,9 +49,15 @@ def open_store(
     """
     if is_postgres_url(description):
         return PostgresStore(
-            reactor, description, max_mailbox=max_mailbox, node_id=node_id
+            reactor,
+            description,
+            max_mailbox=max_mailbox,
+            node_id=node_id,
+            max_per_sender=max_per_sender,
         )
     kind, _, where = description.partition(":")
     if kind == "sqlite" and where:
-        return SQLiteStore(reactor, where, max_mailbox=max_mailbox)
+        return SQLiteStore(
+            reactor, where, max_mailbox=max_mailbox, max_per_sender=max_per_sender
+        )
     raise ValueError(f"unknown store {description!r}; expected {STORE_HELP}")

@@ -2,31 +2,271 @@
 Group commit: operations queued while a transaction is in flight form the
 next transaction, run on the store's one thread.
 
-Every operation's Deferred fires only after its batch's COMMIT returned.
-Under load, many operations share one commit (and its fsync), so durability
-does not cost throughput. A subclass runs a batch (L{GroupCommit._run_batch_txn},
-in the store's thread) and closes its connection (L{GroupCommit._close_txn}).
+An operation is a small object (L{Operation}) with a synchronous C{run}
+that is given the transaction (L{Transaction}); a kind of operation that
+can do better in bulk also has C{run_many}. A caller hands an operation to
+L{GroupCommit.submit} with a plain callback, C{done(succeeded, value)},
+called in the reactor thread only after the batch's COMMIT returned: no
+Deferred per operation. L{GroupCommit.run} wraps the same in a Deferred,
+for callers that want one.
+
+Under load, many operations share one commit (and its fsync), so
+durability does not cost throughput.
+
+How one batch runs (L{run_batch}), in the store's thread:
+
+ - The operations are grouped by kind, in the order each kind first
+   appears, and each group runs as a whole (C{run_many} if the kind has
+   one). This reorders the batch, which is sound: the operations of one
+   batch are concurrent (each was asked for by a different command in
+   flight, since a connection runs one command at a time, and none has been
+   answered), so any order is one that could have happened.
+ - Each group runs inside a SAVEPOINT. If anything other than a storage
+   failure escapes a group (a bug, or a value the database refuses, such as
+   an integer out of range), the group is rolled back and its operations
+   run again one by one, each in a savepoint of its own: only the culprit
+   fails, never its batch.
+ - A domain error (L{chat.errors.ChatError}) fails its operation only:
+   kinds that raise them only before their first write (C{checks_first})
+   need no savepoint of their own; the others get one.
+ - A storage failure (the database is unavailable, the disk is full: the
+   store's C{is_storage_error}) rolls the whole batch back, and every
+   operation in it fails with L{StorageUnavailable}: nothing is
+   acknowledged that was not stored.
+
+A subclass runs a batch (L{GroupCommit._run_batch_txn}, in the store's
+thread) and closes its connection (L{GroupCommit._close_txn}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from chat.errors import StorageUnavailable
+from chat.callbacks import Done, firing
+from chat.errors import ChatError, StorageUnavailable
 
-Op = Callable[..., Any]
-_Job = tuple[Op, tuple[Any, ...], "Deferred[Any]"]
-#: Each operation's (succeeded, value or exception), and the seconds the
-#: transaction took.
-BatchOutcome = tuple[list[tuple[bool, Any]], float]
+#: C{(succeeded, value or exception)}: how one operation ended.
+Outcome = tuple[bool, Any]
+#: Each operation's outcome, and the seconds the transaction took.
+BatchOutcome = tuple[list[Outcome], float]
+
+
+class Transaction:
+    """
+    What an operation is given: the open transaction's connection, and what
+    the store's thread keeps between transactions.
+
+    @ivar execute: runs one statement (C{?} parameters) and returns its
+        cursor.
+    @ivar executemany: runs one statement for each row of parameters.
+    @ivar dialect: C{"sqlite"} or C{"postgresql"}, for the few statements
+        that differ.
+    @ivar locks_rows: whether rows that several writers could race for must
+        be locked (C{SELECT ... FOR UPDATE}): several nodes share the
+        database. SQLite has one writer at a time.
+    @ivar caches: what the store's thread remembers between transactions
+        (L{chat.store.caches.StoreCaches}), or None where other processes
+        write the same rows too often to remember anything (PostgreSQL).
+    @ivar connection: the database connection itself, for the statements
+        only one dialect has (with its own parameter style).
+    @ivar max_mailbox: the most undelivered messages per recipient.
+    @ivar max_per_sender: the most undelivered messages per recipient from
+        one sender.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        dialect: str,
+        caches: Any = None,
+        execute: Callable[..., Any] | None = None,
+        executemany: Callable[..., Any] | None = None,
+        max_mailbox: int = 10_000,
+        max_per_sender: int = 10_000,
+    ) -> None:
+        self.connection = connection
+        self.dialect = dialect
+        self.locks_rows = dialect == "postgresql"
+        self.caches = caches
+        self.execute = execute or connection.execute
+        self.executemany = executemany or connection.executemany
+        self.max_mailbox = max_mailbox
+        self.max_per_sender = max_per_sender
+
+    def for_update(self) -> str:
+        """
+        C{" FOR UPDATE"} where several writers may race for the rows read.
+        """
+        return " FOR UPDATE" if self.locks_rows else ""
+
+
+class Operation:
+    """
+    One thing the store does, as part of a batch transaction.
+
+    Subclasses are small attrs classes: their fields are the arguments.
+
+    @cvar checks_first: it raises its domain errors (L{ChatError}) only
+        before its first write, or never, so it needs no savepoint of its
+        own.
+    @cvar stores_messages: its result is the new message(s) it stored (a
+        stored message, a list of them, or a L{chat.links.Delivery}), which
+        other nodes are told about.
+    @cvar ends_sessions: C{"session"} if it ends the session named by its
+        C{token_hash}, C{"user"} if it ends every session of its
+        C{username}; other nodes are told.
+    @cvar bulk: whether the kind has a C{run_many} worth calling.
+    """
+
+    checks_first: ClassVar[bool] = False
+    stores_messages: ClassVar[bool] = False
+    ends_sessions: ClassVar[str | None] = None
+    bulk: ClassVar[bool] = False
+
+    __slots__ = ()
+
+    def run(self, txn: Transaction) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def run_many(
+        cls, txn: Transaction, operations: Sequence[Operation]
+    ) -> list[Outcome]:
+        """
+        Run several operations of this kind at once; each succeeds or fails
+        as it would alone. Only called where C{bulk} is set.
+        """
+        raise NotImplementedError
+
+
+class Call(Operation):
+    """
+    An operation made of a function of the transaction: for tools and
+    tests that need one statement of their own.
+    """
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[Transaction], Any]) -> None:
+        self.function = function
+
+    def run(self, txn: Transaction) -> Any:
+        return self.function(txn)
+
+
+def run_batch(
+    txn: Transaction,
+    batch: Sequence[Operation],
+    is_storage_error: Callable[[BaseException], bool],
+    forget: Callable[[], None] = lambda: None,
+) -> list[Outcome]:
+    """
+    Run each operation of C{batch} in the open transaction (see the module
+    docstring).
+
+    @param forget: called when part of the transaction was rolled back:
+        what the store's thread remembers may describe undone changes.
+    @param is_storage_error: whether an exception means the database
+        failed (then the whole batch is rolled back), rather than one
+        operation.
+    @return: each operation's outcome, in the order of C{batch}.
+    @raise Exception: the database failed; roll the batch back.
+    """
+    if len(batch) == 1:
+        return [_run_alone(txn, batch[0], is_storage_error, forget)]
+    groups: dict[type[Operation], list[int]] = {}
+    for position, operation in enumerate(batch):
+        kind = type(operation)
+        positions = groups.get(kind)
+        if positions is None:
+            groups[kind] = [position]
+        else:
+            positions.append(position)
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    execute = txn.execute
+    for kind, positions in groups.items():
+        operations = [batch[i] for i in positions]
+        execute("SAVEPOINT grp")
+        try:
+            if kind.bulk:
+                results = kind.run_many(txn, operations)
+            else:
+                results = [_run_in_group(txn, op) for op in operations]
+        except Exception as e:
+            if is_storage_error(e):
+                raise
+            # A bug or a value the database refused, in one of them: find
+            # which, running each alone.
+            execute("ROLLBACK TO grp")
+            execute("RELEASE grp")
+            forget()
+            results = [
+                _run_alone(txn, op, is_storage_error, forget) for op in operations
+            ]
+        else:
+            execute("RELEASE grp")
+        for position, outcome in zip(positions, results, strict=True):
+            outcomes[position] = outcome
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_in_group(txn: Transaction, operation: Operation) -> Outcome:
+    """
+    Run one operation of a group: a domain error fails it alone; anything
+    else escapes, and the group is run again one by one.
+    """
+    if operation.checks_first:
+        try:
+            return (True, operation.run(txn))
+        except ChatError as e:
+            return (False, e)
+    execute = txn.execute
+    execute("SAVEPOINT op")
+    try:
+        value = operation.run(txn)
+    except ChatError as e:
+        execute("ROLLBACK TO op")
+        execute("RELEASE op")
+        return (False, e)
+    execute("RELEASE op")
+    return (True, value)
+
+
+def _run_alone(
+    txn: Transaction,
+    operation: Operation,
+    is_storage_error: Callable[[BaseException], bool],
+    forget: Callable[[], None],
+) -> Outcome:
+    """
+    Run one operation in a savepoint of its own: whatever it raises (but a
+    storage failure) fails it alone.
+    """
+    execute = txn.execute
+    execute("SAVEPOINT op")
+    try:
+        value = operation.run(txn)
+    except Exception as e:
+        if is_storage_error(e):
+            raise
+        execute("ROLLBACK TO op")
+        execute("RELEASE op")
+        forget()
+        if not isinstance(e, ChatError):
+            GroupCommit.log.failure(
+                "Operation {operation} failed", Failure(), operation=type(operation)
+            )
+        return (False, e)
+    execute("RELEASE op")
+    return (True, value)
 
 
 class GroupCommit:
@@ -48,12 +288,13 @@ class GroupCommit:
         self.commit_observers: list[Callable[[int, float], None]] = []
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=thread_name)
-        self._pending: list[_Job] = []
+        self._pending: list[Operation] = []
+        self._callbacks: list[Done] = []
         self._in_flight: Deferred[None] | None = None
         self._closed = False
         self._idle_waiters: list[Deferred[None]] = []
 
-    def _run_batch_txn(self, batch: list[tuple[Op, tuple[Any, ...]]]) -> BatchOutcome:
+    def _run_batch_txn(self, batch: list[Operation]) -> BatchOutcome:
         """
         Run C{batch} in one transaction, in the store's thread.
 
@@ -99,45 +340,55 @@ class GroupCommit:
 
     # Group commit.
 
-    def _run(self, op: Op, *args: Any) -> Deferred[Any]:
+    def submit(self, operation: Operation, done: Done) -> None:
         """
-        Queue C{op(connection, *args)} for the next transaction.
+        Queue C{operation} for the next transaction; C{done} is called with
+        its outcome after that transaction ended.
         """
         if self._closed:
-            return fail(StorageUnavailable("the store is closed"))
-        d: Deferred[Any] = Deferred()
-        self._pending.append((op, args, d))
+            done(False, StorageUnavailable("the store is closed"))
+            return
+        self._pending.append(operation)
+        self._callbacks.append(done)
         if self._in_flight is None:
             self._flush()
+
+    def run(self, operation: Operation) -> Deferred[Any]:
+        """
+        Queue C{operation} for the next transaction.
+
+        @return: fires with its result once committed, or fails with its
+            error (L{StorageUnavailable} if the batch failed).
+        """
+        d: Deferred[Any] = Deferred()
+        self.submit(operation, firing(d))
         return d
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        callbacks, self._callbacks = self._callbacks, []
         batch_done: Deferred[BatchOutcome] = deferToThreadPool(
-            self._reactor,
-            self._pool,
-            self._run_batch_txn,
-            [(op, args) for op, args, _ in batch],
+            self._reactor, self._pool, self._run_batch_txn, batch
         )
-        self._in_flight = batch_done.addBoth(self._batch_done, batch)
+        self._in_flight = batch_done.addBoth(self._batch_done, callbacks)
 
-    def _batch_done(self, outcome: object, batch: list[_Job]) -> None:
+    def _batch_done(self, outcome: object, callbacks: list[Done]) -> None:
         if isinstance(outcome, Failure):
             if not outcome.check(StorageUnavailable):
                 self.log.failure("Unexpected error in a store batch", outcome)
             error = StorageUnavailable(str(outcome.value))
-            for _, _, d in batch:
-                d.errback(error)
+            for done in callbacks:
+                _call(done, False, error)
         else:
             assert isinstance(outcome, tuple)
-            results: list[tuple[bool, Any]] = outcome[0]
+            results: list[Outcome] = outcome[0]
             for observer in self.commit_observers:
-                observer(len(batch), outcome[1])
-            for (_, _, d), (succeeded, value) in zip(batch, results, strict=True):
-                if succeeded:
-                    d.callback(value)
-                else:
-                    d.errback(value)
+                observer(len(callbacks), outcome[1])
+            for done, (succeeded, value) in zip(callbacks, results, strict=True):
+                try:
+                    done(succeeded, value)
+                except Exception:
+                    self.log.failure("Error in a store callback")
         self._in_flight = None
         if self._pending:
             self._flush()
@@ -145,3 +396,36 @@ class GroupCommit:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+
+def _call(done: Done, succeeded: bool, value: object) -> None:
+    try:
+        done(succeeded, value)
+    except Exception:
+        GroupCommit.log.failure("Error in a store callback")
+
+
+#: Most values bound in one C{IN (...)} list.
+CHUNK = 500
+
+
+def chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """
+    C{items} in slices of at most L{CHUNK}, for C{IN (...)} lists.
+    """
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def marks(count: int) -> str:
+    """
+    C{count} parameter marks, for an C{IN (...)} list.
+    """
+    return ", ".join("?" * count)
+
+
+def column(cursor: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """
+    The first value of each row.
+    """
+    return [row[0] for row in cursor]

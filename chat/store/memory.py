@@ -12,6 +12,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from chat.callbacks import Done
 from chat.errors import (
     AlreadyAMember,
     CannotKickSelf,
@@ -26,6 +27,7 @@ from chat.errors import (
     RealmExists,
     RealmQueueFull,
     StorageUnavailable,
+    TooManyUnread,
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
@@ -99,6 +101,9 @@ class MemoryStore:
     realm_inbound: dict[tuple[str, str], tuple[str, float]] = attrs.field(factory=dict)
     _outbox_ids: int = 0
     max_mailbox: int = DEFAULT_MAX_MAILBOX
+    #: The most undelivered messages per recipient from one sender (None:
+    #: as many as C{max_mailbox}).
+    max_per_sender: int | None = None
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.broken:
@@ -107,6 +112,20 @@ class MemoryStore:
             return succeed(op(*args))
         except Exception as e:
             return fail(e)
+
+    def _call(self, done: Done, op: Callable[..., Any], *args: Any) -> None:
+        """
+        Run C{op} at once and tell C{done} how it went.
+        """
+        if self.broken:
+            done(False, StorageUnavailable("database or disk is full"))
+            return
+        try:
+            value = op(*args)
+        except Exception as e:
+            done(False, e)
+        else:
+            done(True, value)
 
     def add_user(self, user: User) -> Deferred[None]:
         def add() -> None:
@@ -232,24 +251,78 @@ class MemoryStore:
         self.messages.append(_Stored(message, delivered_at))
         return message
 
-    def _mailbox_full(self, username: str) -> bool:
-        undelivered = sum(
-            1
-            for s in self.messages
-            if s.message.recipient == username and s.delivered_at is None
+    def _refusal(self, recipient: str, sender: str) -> Exception | None:
+        """
+        Why the mailbox of C{recipient} takes no more from C{sender}, or
+        None if it takes one (as in L{chat.store.messages}).
+        """
+        total = from_sender = 0
+        for s in self.messages:
+            if s.message.recipient == recipient and s.delivered_at is None:
+                total += 1
+                from_sender += s.message.sender == sender
+        if total >= self.max_mailbox:
+            return MailboxFull(recipient)
+        per_sender = (
+            self.max_mailbox if self.max_per_sender is None else self.max_per_sender
         )
-        return undelivered >= self.max_mailbox
+        if from_sender >= per_sender:
+            return TooManyUnread(recipient, per_sender)
+        return None
+
+    def _store_message(
+        self, sender: str, recipient: str, text: str, sent_at: float
+    ) -> Message:
+        from_user, to_user = self._user(sender), self._user(recipient)
+        refused = self._refusal(recipient, sender)
+        if refused is not None:
+            raise refused
+        return self._add(from_user, to_user, text, sent_at)
+
+    def store_message_then(
+        self, sender: str, recipient: str, text: str, sent_at: float, done: Done
+    ) -> None:
+        self._call(done, self._store_message, sender, recipient, text, sent_at)
 
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
-        def store() -> Message:
-            from_user, to_user = self._user(sender), self._user(recipient)
-            if self._mailbox_full(recipient):
-                raise MailboxFull(recipient)
-            return self._add(from_user, to_user, text, sent_at)
+        return self._run(self._store_message, sender, recipient, text, sent_at)
 
-        return self._run(store)
+    def _store_messages(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        from_user = self._user(sender)
+        distinct = list(dict.fromkeys(recipients))
+        missing = [r for r in distinct if r not in self.users]
+        if missing:
+            raise NoSuchUsers(missing)
+        for recipient in distinct:
+            refused = self._refusal(recipient, sender)
+            if refused is not None:
+                raise refused
+        return [
+            self._add(from_user, self.users[r], text, sent_at, None, attachment)
+            for r in distinct
+        ]
+
+    def store_messages_then(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self._call(
+            done, self._store_messages, sender, recipients, text, sent_at, attachment
+        )
 
     def store_messages(
         self,
@@ -259,21 +332,22 @@ class MemoryStore:
         sent_at: float,
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
-        def store() -> list[Message]:
-            from_user = self._user(sender)
-            distinct = list(dict.fromkeys(recipients))
-            missing = [r for r in distinct if r not in self.users]
-            if missing:
-                raise NoSuchUsers(missing)
-            for recipient in distinct:
-                if self._mailbox_full(recipient):
-                    raise MailboxFull(recipient)
-            return [
-                self._add(from_user, self.users[r], text, sent_at, None, attachment)
-                for r in distinct
-            ]
+        return self._run(
+            self._store_messages, sender, recipients, text, sent_at, attachment
+        )
 
-        return self._run(store)
+    def store_group_message_then(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self._call(
+            done, self._store_group_message, sender, group, text, sent_at, attachment
+        )
 
     def store_group_message(
         self,
@@ -283,22 +357,42 @@ class MemoryStore:
         sent_at: float,
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
-        def store() -> list[Message]:
-            members = self._group(group).members
-            if sender not in members:
-                raise NotAMember(group, sender)
-            from_user = self.users[sender]
-            stored = [
+        return self._run(
+            self._store_group_message, sender, group, text, sent_at, attachment
+        )
+
+    def _store_group_message(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        members = self._group(group).members
+        if sender not in members:
+            raise NotAMember(group, sender)
+        from_user = self.users[sender]
+        stored = [
+            self._add(from_user, from_user, text, sent_at, group, attachment, sent_at)
+        ]
+        for member in members:
+            if member == sender:
+                continue
+            if self._refusal(member, sender) is not None:
+                # Kept as delivered, for the member's group history, and
+                # not returned, so nobody pushes it (as in SQLiteStore).
                 self._add(
-                    from_user, from_user, text, sent_at, group, attachment, sent_at
+                    from_user,
+                    self.users[member],
+                    text,
+                    sent_at,
+                    group,
+                    attachment,
+                    sent_at,
                 )
-            ]
-            for member in members:
-                if member == sender:
-                    continue
-                if self._mailbox_full(member):
-                    # Kept as delivered, for the member's group history, and
-                    # not returned, so nobody pushes it (as in SQLiteStore).
+            else:
+                stored.append(
                     self._add(
                         from_user,
                         self.users[member],
@@ -306,38 +400,32 @@ class MemoryStore:
                         sent_at,
                         group,
                         attachment,
-                        sent_at,
                     )
-                else:
-                    stored.append(
-                        self._add(
-                            from_user,
-                            self.users[member],
-                            text,
-                            sent_at,
-                            group,
-                            attachment,
-                        )
-                    )
-            return stored
+                )
+        return stored
 
-        return self._run(store)
+    def _drain_inbox(
+        self, username: str, delivered_at: float, max_bytes: int | None = None
+    ) -> list[Message]:
+        waiting = [
+            stored
+            for stored in self.messages
+            if stored.message.recipient == username and stored.delivered_at is None
+        ]
+        taken, _ = _within((s.message for s in waiting), max_bytes)
+        for stored in waiting[: len(taken)]:
+            stored.delivered_at = delivered_at
+        return taken
+
+    def drain_inbox_then(
+        self, username: str, delivered_at: float, max_bytes: int | None, done: Done
+    ) -> None:
+        self._call(done, self._drain_inbox, username, delivered_at, max_bytes)
 
     def drain_inbox(
         self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
-        def drain() -> list[Message]:
-            waiting = [
-                stored
-                for stored in self.messages
-                if stored.message.recipient == username and stored.delivered_at is None
-            ]
-            taken, _ = _within((s.message for s in waiting), max_bytes)
-            for stored in waiting[: len(taken)]:
-                stored.delivered_at = delivered_at
-            return taken
-
-        return self._run(drain)
+        return self._run(self._drain_inbox, username, delivered_at, max_bytes)
 
     def undelivered(
         self, username: str, after_id: int, limit: int
@@ -354,11 +442,22 @@ class MemoryStore:
 
         return self._run(read)
 
+    def mark_delivered_ids_then(
+        self, username: str, ids: Sequence[int], delivered_at: float, done: Done
+    ) -> None:
+        wanted = set(ids)
+        self._call(done, self._mark, username, wanted.__contains__, delivered_at)
+
     def mark_delivered_ids(
         self, username: str, ids: Sequence[int], delivered_at: float
     ) -> Deferred[int]:
         wanted = set(ids)
         return self._run(self._mark, username, wanted.__contains__, delivered_at)
+
+    def mark_delivered_then(
+        self, username: str, up_to_id: int, delivered_at: float, done: Done
+    ) -> None:
+        self._call(done, self._mark, username, lambda id: id <= up_to_id, delivered_at)
 
     def mark_delivered(
         self, username: str, up_to_id: int, delivered_at: float

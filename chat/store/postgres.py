@@ -37,26 +37,20 @@ from psycopg.conninfo import conninfo_to_dict
 from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
-from chat.errors import MailboxFull, NoSuchUser, StorageUnavailable
+from chat.errors import StorageUnavailable
 from chat.interfaces import IClusterStore
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.model import Message
 from chat.store import schema
-from chat.store.batching import BatchOutcome, Op
-from chat.store.operations import (
-    _ID,
-    _MESSAGE_COLUMNS,
-    SQLStore,
-    _delete_session_txn,
-    _delete_user_txn,
-    _drain_inbox_txn,
-    _messages,
-    _set_password_hash_txn,
-    _store_message_txn,
-    _within,
-    new_messages,
-    run_operations,
+from chat.store.batching import (
+    BatchOutcome,
+    Operation,
+    Outcome,
+    Transaction,
+    run_batch,
 )
+from chat.store.messages import new_messages
+from chat.store.sql import SQLStore
 
 #: The channel of committed messages.
 MESSAGES_CHANNEL = "chat_messages"
@@ -175,162 +169,73 @@ def compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-#: Operations that end sessions, and what their first argument is.
-_ENDS_SESSIONS: dict[Op, str] = {
-    _delete_session_txn: "session",
-    _set_password_hash_txn: "user",
-    _delete_user_txn: "user",
-}
+#: Errors that say one operation's values were refused (a constraint, a
+#: value out of range), not that the database failed: they fail that
+#: operation only (after a rollback to its savepoint). Every other psycopg
+#: error fails the batch.
+_OPERATION_ERRORS = (
+    errors.DataError,
+    errors.IntegrityError,
+    errors.ProgrammingError,
+    errors.NotSupportedError,
+)
 
 
-class _Connection:
+def is_storage_error(error: BaseException) -> bool:
     """
-    A psycopg connection speaking the operations' SQL: C{?} parameters
-    become C{%s}, and SQLite's index hint goes (PostgreSQL's planner has
-    statistics). Rows the operations could race for are locked.
+    Whether C{error} means the database failed (unreachable, shut down, a
+    deadlock), rather than one operation.
+    """
+    return isinstance(error, psycopg.Error) and not isinstance(error, _OPERATION_ERRORS)
+
+
+class _Translating:
+    """
+    Runs the operations' SQL on a psycopg connection: C{?} parameters become
+    C{%s}, and SQLite's index hint goes (PostgreSQL's planner has
+    statistics).
     """
 
-    locks_rows = True
     _translated: dict[str, str] = {}
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
 
-    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+    def _query(self, sql: str) -> str:
         query = self._translated.get(sql)
         if query is None:
             query = sql.replace(" INDEXED BY messages_undelivered", "")
             query = query.replace("%", "%%").replace("?", "%s")
             self._translated[sql] = query
-        return self.connection.execute(query, parameters)
+        return query
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        return self.connection.execute(self._query(sql), parameters)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(self._query(sql), rows)
+            return cursor
 
 
-def _run_operations(
-    connection: _Connection, batch: list[tuple[Op, tuple[Any, ...]]]
-) -> list[tuple[bool, Any]]:
+def transaction(
+    connection: psycopg.Connection[Any],
+    max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    max_per_sender: int = DEFAULT_MAX_MAILBOX,
+) -> Transaction:
     """
-    Run the operations of C{batch}, as L{run_operations} does, but all its
-    private messages in a few statements, then all its inbox drains in a
-    few more: with the database a round trip away, statements per
-    operation are what cost.
-
-    The order changes (messages, drains, then the rest in order), which is
-    sound because the operations of one batch are concurrent: each was
-    asked for by a different command in flight (a connection runs one
-    command at a time), none has finished, so any order is one that could
-    have happened.
+    What the operations are given on a PostgreSQL connection.
     """
-    results: list[tuple[bool, Any] | None] = [None] * len(batch)
-    for op, bulk in (
-        (_store_message_txn, _store_messages_bulk),
-        (_drain_inbox_txn, _drain_inboxes_bulk),
-    ):
-        positions = [i for i, (o, _) in enumerate(batch) if o is op]
-        if len(positions) > 1:
-            outcomes = bulk(connection, [batch[i][1] for i in positions])
-            for i, outcome in zip(positions, outcomes, strict=True):
-                results[i] = outcome
-    for i, (op, args) in enumerate(batch):
-        if results[i] is None:
-            (results[i],) = run_operations(connection, [(op, args)], psycopg.Error)
-    return [outcome for outcome in results if outcome is not None]
-
-
-def _drain_inboxes_bulk(
-    connection: _Connection, drains: list[tuple[Any, ...]]
-) -> list[tuple[bool, Any]]:
-    """
-    Several L{_drain_inbox_txn}s at once, each taking what it would alone,
-    in order: one query locking the mailboxes' undelivered messages, one
-    update, and one query for their files.
-    """
-    usernames = sorted({args[0] for args in drains})
-    waiting: dict[str, list[tuple[Any, ...]]] = {name: [] for name in usernames}
-    for row in connection.connection.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE recipient = ANY(%s)"
-        " AND delivered_at IS NULL ORDER BY id FOR UPDATE",
-        (usernames,),
-    ):
-        waiting[row[2]].append(row)
-    taken: list[list[tuple[Any, ...]]] = []
-    marks: list[tuple[int, float]] = []
-    for username, delivered_at, max_bytes, *_ in drains:
-        rows, _ = _within(waiting[username], max_bytes)
-        waiting[username] = waiting[username][len(rows) :]
-        taken.append(rows)
-        marks.extend((row[_ID], delivered_at) for row in rows)
-    if marks:
-        ids, times = zip(*marks, strict=True)
-        connection.connection.execute(
-            "UPDATE messages SET delivered_at = u.t FROM unnest(%s::bigint[],"
-            " %s::float8[]) AS u (id, t) WHERE messages.id = u.id",
-            (list(ids), list(times)),
-        )
-    messages = iter(_messages(connection, [row for rows in taken for row in rows]))
-    return [(True, [next(messages) for _ in rows]) for rows in taken]
-
-
-def _store_messages_bulk(
-    connection: _Connection, sends: list[tuple[Any, ...]]
-) -> list[tuple[bool, Any]]:
-    """
-    Several L{_store_message_txn}s at once, each succeeding or failing as it
-    would alone, in order: one query for the users' names, one for the
-    mailboxes' counts, one insert.
-    """
-    arguments = [args[:5] for args in sends]
-    usernames = sorted({name for a in arguments for name in a[:2]})
-    names = dict(
-        connection.connection.execute(
-            "SELECT username, full_name FROM users WHERE username = ANY(%s)",
-            (usernames,),
-        ).fetchall()
+    translating = _Translating(connection)
+    return Transaction(
+        connection,
+        "postgresql",
+        None,
+        execute=translating.execute,
+        executemany=translating.executemany,
+        max_mailbox=max_mailbox,
+        max_per_sender=max_per_sender,
     )
-    recipients = sorted({a[1] for a in arguments if a[1] in names})
-    # One index scan per mailbox, stopping at the limit: a plain index scan
-    # (not the bitmap scan a GROUP BY gets) marks the index entries of
-    # delivered rows dead as it passes them, so the next count skips them
-    # instead of visiting the table for each until autovacuum comes.
-    counts: dict[str, int] = dict(
-        connection.connection.execute(
-            "SELECT r, (SELECT count(*) FROM (SELECT 1 FROM messages"
-            " WHERE recipient = r AND delivered_at IS NULL LIMIT %s) AS m)"
-            " FROM unnest(%s::text[]) AS r",
-            (max(a[4] for a in arguments), recipients),
-        ).fetchall()
-    )
-    outcomes: list[tuple[bool, Any]] = []
-    rows: list[tuple[int, tuple[Any, ...]]] = []
-    for sender, recipient, text, sent_at, max_mailbox in arguments:
-        missing = next((u for u in (sender, recipient) if u not in names), None)
-        if missing is not None:
-            outcomes.append((False, NoSuchUser(missing)))
-            continue
-        if counts.get(recipient, 0) >= max_mailbox:
-            outcomes.append((False, MailboxFull(recipient)))
-            continue
-        counts[recipient] = counts.get(recipient, 0) + 1
-        row = (sender, recipient, names[sender], names[recipient], text, sent_at)
-        rows.append((len(outcomes), row))
-        outcomes.append((True, None))
-    if rows:
-        columns = list(zip(*(row for _, row in rows), strict=True))
-        ids = sorted(
-            new_id
-            for (new_id,) in connection.connection.execute(
-                "INSERT INTO messages (sender, recipient, sender_name,"
-                " recipient_name, body, sent_at)"
-                " SELECT s, r, sn, rn, b, t FROM unnest(%s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %s::float8[])"
-                " WITH ORDINALITY AS u (s, r, sn, rn, b, t, n) ORDER BY n"
-                " RETURNING id",
-                [list(column) for column in columns],
-            ).fetchall()
-        )
-        # Identity values are drawn in the order the rows are inserted.
-        for new_id, (position, row) in zip(ids, rows, strict=True):
-            outcomes[position] = (True, Message(new_id, *row))
-    return outcomes
 
 
 @implementer(IClusterStore)
@@ -349,6 +254,7 @@ class PostgresStore(SQLStore):
         url: str,
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         node_id: str = "",
+        max_per_sender: int | None = None,
     ) -> None:
         """
         Connect to the database at C{url}, creating or upgrading its schema.
@@ -368,6 +274,7 @@ class PostgresStore(SQLStore):
         self.url = url
         self.node_id = node_id
         self.max_mailbox = max_mailbox
+        self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
         self._connection: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._retry_delay = FIRST_RETRY
@@ -395,13 +302,14 @@ class PostgresStore(SQLStore):
             self._connection.close()
             self._connection = None
 
-    def _run_batch_txn(self, batch: list[tuple[Op, tuple[Any, ...]]]) -> BatchOutcome:
+    def _run_batch_txn(self, batch: list[Operation]) -> BatchOutcome:
         started = time.perf_counter()
         for attempt in range(RETRIES + 1):
             connection = self._connect()
             try:
                 connection.execute("BEGIN")
-                results = _run_operations(_Connection(connection), batch)
+                txn = transaction(connection, self.max_mailbox, self.max_per_sender)
+                results = run_batch(txn, batch, is_storage_error)
                 self._notify(connection, batch, results)
                 connection.execute("COMMIT")
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
@@ -425,8 +333,8 @@ class PostgresStore(SQLStore):
     def _notify(
         self,
         connection: psycopg.Connection[Any],
-        batch: list[tuple[Op, tuple[Any, ...]]],
-        results: list[tuple[bool, Any]],
+        batch: list[Operation],
+        results: list[Outcome],
     ) -> None:
         """
         Tell the other nodes, in the batch's transaction, what it changed
@@ -438,13 +346,16 @@ class PostgresStore(SQLStore):
                 self.node_id, new_messages(batch, results)
             )
         ]
-        for (op, args), (succeeded, _) in zip(batch, results, strict=True):
-            if succeeded and op in _ENDS_SESSIONS:
-                key = _ENDS_SESSIONS[op]
+        for operation, (succeeded, _) in zip(batch, results, strict=True):
+            ended = operation.ends_sessions
+            if succeeded and ended is not None:
+                value = getattr(
+                    operation, "token_hash" if ended == "session" else "username"
+                )
                 notices.append(
                     (
                         SESSIONS_CHANNEL,
-                        compact_json({"node": self.node_id, key: args[0]}),
+                        compact_json({"node": self.node_id, ended: value}),
                     )
                 )
         for channel, payload in notices:

@@ -1,24 +1,22 @@
 """
 The SQLite store: one connection on one dedicated thread, group commit.
 
-Every operation is a synchronous C{_something_txn(connection, ...)}
-function. Operations are queued; when no transaction is in flight, the whole
-queue goes to the store's thread as one batch and runs in one transaction
-(each operation inside its own SAVEPOINT, so a domain error such as an
-unknown recipient undoes only that operation). Every operation's Deferred
-fires only after COMMIT returned. Operations that arrive while a batch is
-being committed form the next batch: under load, many sends share one
-fsync (group commit), so durability does not cost throughput.
+Operations (L{chat.store.sql}) are queued; when no transaction is in
+flight, the whole queue goes to the store's thread as one batch and runs in
+one transaction (L{chat.store.batching.run_batch}: a domain error such as
+an unknown recipient, or any other failure of one operation, undoes only
+that operation). Every operation's callback runs only after COMMIT
+returned. Operations that arrive while a batch is being committed form the
+next batch: under load, many sends share one fsync (group commit), so
+durability does not cost throughput.
 
 The database runs in WAL mode with C{synchronous=FULL}: a commit that
 returned survives a power cut.
 
-A message is refused with L{MailboxFull} when its recipient already has
-C{max_mailbox} undelivered messages, checked inside the inserting
-transaction. Counting a mailbox (on the partial index of undelivered
-messages, stopping at C{max_mailbox}) takes up to a millisecond when it is
-nearly full, so the store's thread keeps the counts it has made and keeps
-them up to date (L{_MailboxCounts}); a failed batch forgets them all.
+The store's thread remembers users' names and mailboxes' counts between
+transactions (L{chat.store.caches}); it forgets them whenever another
+process committed to the file meanwhile (SQLite's C{data_version}), and
+when a batch or part of one was rolled back.
 
 If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
@@ -31,19 +29,33 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads
 
 from chat.errors import StorageUnavailable
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.store import schema
-from chat.store.operations import (
-    SQLStore,
-    _MailboxCounts,
-    _Op,
-    run_operations,
+from chat.store.batching import BatchOutcome, Operation, Transaction, run_batch
+from chat.store.caches import StoreCaches
+from chat.store.sql import SQLStore
+
+#: Errors that say one operation's values were refused (a constraint, a
+#: value out of range), not that the database failed: they fail that
+#: operation only. Every other sqlite3 error fails the batch.
+_OPERATION_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
 )
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """
+    Whether C{error} means the database failed (disk full, I/O error, a
+    damaged file), rather than one operation.
+    """
+    return isinstance(error, sqlite3.Error) and not isinstance(error, _OPERATION_ERRORS)
 
 
 class SQLiteStore(SQLStore):
@@ -57,11 +69,14 @@ class SQLiteStore(SQLStore):
         path: str,
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
+        max_per_sender: int | None = None,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
 
         @param max_mailbox: the most undelivered messages per recipient.
+        @param max_per_sender: the most of them from one sender (by default
+            as many as C{max_mailbox}).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         """
@@ -69,17 +84,21 @@ class SQLiteStore(SQLStore):
         super().__init__(reactor, "chat-sqlite")
         self.path = path
         self.max_mailbox = max_mailbox
-        self._mailboxes = _MailboxCounts()
+        self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
+        self.caches = StoreCaches()
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
+        self._transaction: Transaction | None = None
+        self._data_version = -1
 
     def _close_txn(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+            self._transaction = None
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
+    def _connect(self) -> Transaction:
+        if self._transaction is None:
             connection = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
@@ -90,11 +109,17 @@ class SQLiteStore(SQLStore):
             if self._setup is not None:
                 self._setup(connection)
             self._connection = connection
-        return self._connection
+            self._transaction = Transaction(
+                connection,
+                "sqlite",
+                self.caches,
+                max_mailbox=self.max_mailbox,
+                max_per_sender=self.max_per_sender,
+            )
+            self.caches.forget()
+        return self._transaction
 
-    def _run_batch_txn(
-        self, batch: list[tuple[_Op, tuple[Any, ...]]]
-    ) -> tuple[list[tuple[bool, Any]], float]:
+    def _run_batch_txn(self, batch: list[Operation]) -> BatchOutcome:
         """
         Run a batch in one transaction, in the store's thread.
 
@@ -102,13 +127,18 @@ class SQLiteStore(SQLStore):
         """
         started = time.perf_counter()
         try:
-            connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
-            results = run_operations(connection, batch, sqlite3.Error)
-            connection.execute("COMMIT")
+            txn = self._connect()
+            txn.execute("BEGIN IMMEDIATE")
+            # Another process (chat-admin) committed since our last
+            # transaction: what this thread remembers may be out of date.
+            (version,) = txn.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:
+                self._data_version = version
+                self.caches.forget()
+            results = run_batch(txn, batch, is_storage_error, self.caches.forget)
+            txn.execute("COMMIT")
         except BaseException as e:
-            if self._mailboxes is not None:
-                self._mailboxes.clear()
+            self.caches.forget()
             self._abandon()
             if not isinstance(e, sqlite3.Error):
                 raise
@@ -129,3 +159,4 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error:
             self._connection.close()
             self._connection = None
+            self._transaction = None

@@ -4,7 +4,7 @@ The web client: the chat in a browser, served by the chat process itself.
 C{twistd chat --web ENDPOINT} serves a L{twisted.web.server.Site}
 (L{chat.web.site.make_site}): the page's static files at C{/} and a
 WebSocket at C{/ws} (L{chat.web.socket}) that speaks the v1 protocol, one
-request line per text frame, through the same L{chat.protocol.ChatFactory}
+request line per text frame, through the same L{chat.lines.ChatFactory}
 as the TCP ports.
 """
 

@@ -2,13 +2,11 @@
 The WebSocket door: one text frame in is one request line, one reply or
 event out is one text frame.
 
-Nothing about the chat lives here. Each WebSocket gets the very
-L{chat.protocol.ChatProtocol} a TCP connection gets, built by the same
-L{chat.protocol.ChatFactory}, behind a L{FrameTransport}: a small
-transport that turns the protocol's C{JSON\\r\\n\\r\\n} writes into text
-frames and maps flow control onto the TCP connection under the WebSocket.
-So every limit of the line protocol (line length, pipelining, whatever
-the protocol enforces on its transport) applies to browsers unchanged.
+Nothing about the chat lives here. Each WebSocket is a L{chat.door.Door},
+as a TCP connection is: the same dispatcher runs its lines, and every
+limit of the line protocol (line length, pipelining, connection counts,
+output, deadlines) applies to browsers unchanged. Replies and events are
+written as frames directly: no delimiter to add and split again.
 
 The flow of one WebSocket:
 
@@ -16,43 +14,40 @@ The flow of one WebSocket:
     request's C{Origin} is the page's own origin or an allowed one
     (L{chat.web.origins}); nothing of the chat runs before that.
  2. Twisted's L{WebSocketResource} upgrades the connection; the
-    L{ChatWebSocket} builds a protocol from the chat factory and connects
-    it to a L{FrameTransport}.
- 3. Each text frame is handed to the protocol as one line,
-    C{frame + b"\\n"}, through C{dataReceived}, exactly as TCP bytes are:
-    the protocol checks its length against C{MAX_LENGTH}. A frame with a
-    line feed inside would be two requests, so it closes the WebSocket
-    (1007); a binary frame closes it too (1003).
+    L{ChatWebSocket} is admitted by the chat factory (at the connection
+    limits it closes at once with 1013, try again later), and registers
+    as the producer of the connection under it, so that it hears when the
+    browser stops reading.
+ 3. Each text frame is one line. A frame with a line feed inside would be
+    two requests, so it closes the WebSocket (1007); a binary frame closes
+    it too (1003). A WebSocket never becomes a realm link.
  4. Twisted buffers a fragmented frame until it is complete, without a
     limit, so the bytes arriving for one frame are counted as they come:
-    past the line limit (plus room for the frame headers) the protocol is
-    told the line is too long, answers C{line too long} after the earlier
-    replies, and the WebSocket closes with 1009. Nothing more is read.
+    past the line limit (plus room for the frame headers) the door answers
+    C{line too long} after the earlier replies, and the WebSocket closes
+    with 1009. Nothing more is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import (
-    IAddress,
-    IConsumer,
-    IProducer,
-    IPushProducer,
-    ITransport,
-)
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.utilities import LocalProtocolError
-from zope.interface import implementer
 
-from chat.commands import DELIMITER
+from chat.dispatch import Dispatcher
+from chat.door import Door, State
+from chat.limits import address_key
+from chat.lines import UNAUTHENTICATED_LINE
 from chat.logs import make_logger
 from chat.web.origins import OriginPolicy
 from chat.web.plain import PlainResource
+
+if TYPE_CHECKING:
+    from chat.lines import ChatFactory
 
 #: WebSocket close codes (RFC 6455, section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -66,226 +61,159 @@ CLOSE_TRY_AGAIN = 1013
 FRAME_SLACK = 64 * 1024
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
-class FrameTransport:
+class ChatWebSocket(Door):
     """
-    What a L{ChatProtocol} behind a WebSocket sees as its transport.
+    One WebSocket (a L{twisted.web.websocket.WebSocketProtocol}) speaking
+    the chat's requests, a frame each.
 
-    C{write} cuts the protocol's output at each C{\\r\\n\\r\\n} and sends
-    each reply or event as one text frame, without the delimiter. Pausing
-    and resuming pause and resume reading from the connection under the
-    WebSocket; a producer registered here is told when that connection's
-    send buffer fills and drains.
-
-    @ivar disconnecting: True once the protocol (or anyone) asked to close.
-    @ivar disconnected: True once the connection is gone.
-    """
-
-    def __init__(
-        self,
-        websocket: WebSocketTransport,
-        connection: Any,
-        channel: Any,
-    ) -> None:
-        """
-        @param websocket: sends frames and closes the WebSocket.
-        @param connection: the TCP (or TLS) transport under the WebSocket.
-        @param channel: the HTTP channel that is that connection's producer;
-            producers registered here are registered with it.
-        """
-        self._websocket = websocket
-        self._connection = connection
-        self._channel = channel
-        self._pending = b""
-        self.disconnecting = False
-        self.disconnected = False
-        #: The close code sent when the protocol closes the connection.
-        self.close_code = CLOSE_NORMAL
-        self.producer: IProducer | None = None
-
-    # ITransport
-
-    def write(self, data: bytes) -> None:
-        if self.disconnecting or self.disconnected:
-            return
-        *frames, self._pending = (self._pending + data).split(DELIMITER)
-        for frame in frames:
-            try:
-                self._websocket.sendTextMessage(frame.decode("utf-8"))
-            except LocalProtocolError:
-                # The peer began closing: nothing more can be sent.
-                return
-
-    def writeSequence(self, data: Iterable[bytes]) -> None:
-        self.write(b"".join(data))
-
-    def loseConnection(self) -> None:
-        if self.disconnecting or self.disconnected:
-            return
-        self.disconnecting = True
-        try:
-            self._websocket.loseConnection(self.close_code)
-        except LocalProtocolError:
-            # A close is already under way; make sure the connection goes.
-            self._connection.loseConnection()
-
-    def abortConnection(self) -> None:
-        self.disconnecting = True
-        self._connection.abortConnection()
-
-    def getPeer(self) -> IAddress:
-        return self._connection.getPeer()
-
-    def getHost(self) -> IAddress:
-        return self._connection.getHost()
-
-    # IPushProducer: the protocol pausing its input.
-
-    def pauseProducing(self) -> None:
-        if not self.disconnected:
-            self._connection.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if not self.disconnected:
-            self._connection.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
-
-    # IConsumer: the protocol's output.
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self.producer is not None:
-            raise RuntimeError(
-                f"Cannot register producer {producer}, because producer "
-                f"{self.producer} was never unregistered."
-            )
-        self.producer = producer
-        if self.disconnected:
-            producer.stopProducing()
-            return
-        self._channel.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        if self.producer is None:
-            return
-        self.producer = None
-        if not self.disconnected:
-            self._channel.unregisterProducer()
-
-    def connection_lost(self) -> None:
-        self.disconnecting = self.disconnected = True
-        self.producer = None
-
-
-class ChatWebSocket:
-    """
-    One WebSocket (a L{twisted.web.websocket.WebSocketProtocol}) with a
-    chat protocol behind it.
+    @ivar close_code: sent when the door closes the WebSocket.
     """
 
     log = make_logger()
 
-    def __init__(self, protocol: Protocol | None, request: Request) -> None:
-        """
-        @param protocol: the chat protocol for this connection, or None if
-            the chat factory refused it (the WebSocket then closes at once
-            with 1013, try again later).
-        """
-        self.protocol = protocol
-        self.transport: FrameTransport | None = None
-        self._channel = request.channel
+    __slots__ = (
+        "_channel",
+        "_incoming",
+        "_refusing",
+        "_websocket",
+        "close_code",
+        "factory",
+    )
+
+    def __init__(self, factory: ChatFactory, request: Request) -> None:
+        super().__init__(min(factory.max_line, UNAUTHENTICATED_LINE))
+        self.factory = factory
+        self._channel: Any = request.channel
         self._websocket: WebSocketTransport | None = None
         self._incoming = 0
         self._refusing = False
+        self.close_code = CLOSE_NORMAL
+        client = request.getClientAddress()
+        host = str(getattr(client, "host", client))
+        self.address = address_key(str(getattr(client, "host", "") or ""))
+        self.peer = f"{host}:{getattr(client, 'port', '')}"
+
+    @property
+    def max_line(self) -> int:
+        """
+        The longest frame accepted now, in bytes.
+        """
+        return self._max_line - 1
+
+    # WebSocketProtocol.
 
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self._websocket = transport
-        channel = self._channel
-        self.transport = FrameTransport(transport, channel.transport, channel)
 
     def negotiationFinished(self) -> None:
-        assert self.transport is not None and self._websocket is not None
-        if self.protocol is None:
+        assert self._websocket is not None
+        factory = self.factory
+        refused = factory.admit(self)
+        if refused is not None:
+            self.log.info(
+                "Refused WebSocket from {peer}: {why}", peer=self.peer, why=refused
+            )
             self._refusing = True
+            self.state = State.CLOSED
+            self._input_closed = True
             self._websocket.loseConnection(CLOSE_TRY_AGAIN)
             return
-        self.protocol.makeConnection(self.transport)
+        self._channel.registerProducer(self, True)
+        host = self.peer.rpartition(":")[0]
+        dispatcher = Dispatcher(
+            factory.frontend, self, host, self.address, self.peer, links=False
+        )
+        self.opened(dispatcher, factory.clock.seconds())
 
     def bytes_arriving(self, count: int) -> bool:
         """
         C{count} more bytes arrived for the WebSocket: may they be read?
 
-        Stops a frame at the protocol's line limit while it arrives, rather
-        than after Twisted has buffered all of it.
+        Stops a frame at the line limit while it arrives, rather than after
+        Twisted has buffered all of it.
         """
         if self._refusing:
             return False
         self._incoming += count
-        protocol = self.protocol
-        if protocol is None or self.transport is None:
-            return True
-        if self._incoming > _max_length(protocol) + FRAME_SLACK:
-            self._too_long()
+        if self.handler is not None and self._incoming > self.max_line + FRAME_SLACK:
+            self._refusing = True
+            self.close_code = CLOSE_TOO_BIG
+            self.too_long()
             return False
         return True
 
     def textMessageReceived(self, message: str) -> None:
         self._incoming = 0
-        if self._refusing or self.protocol is None or self.transport is None:
+        if self._refusing or self.handler is None or self._input_closed:
             return
         line = message.encode("utf-8")
         if line.endswith(b"\n"):
             line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
         if b"\n" in line:
             self.log.info(
                 "WebSocket frame with a line feed from {peer}; closing",
-                peer=self.transport.getPeer(),
+                peer=self.peer,
             )
-            self._close(CLOSE_INVALID_DATA)
+            self._close_now(CLOSE_INVALID_DATA)
             return
-        if len(line) > _max_length(protocol := self.protocol):
-            self.transport.close_code = CLOSE_TOO_BIG
-        protocol.dataReceived(line + b"\n")
+        if len(line) > self.max_line:
+            self.close_code = CLOSE_TOO_BIG
+            self.too_long()
+            return
+        if not self._busy and not self._queue and not self._paused_by:
+            self.run_now(line)
+        else:
+            self.line_received(line)
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         self._incoming = 0
-        if self._refusing or self.transport is None:
+        if self._refusing or self.handler is None:
             return
-        self._close(CLOSE_UNSUPPORTED)
+        self._close_now(CLOSE_UNSUPPORTED)
 
     def pongReceived(self, payload: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure) -> None:
-        if self.transport is not None:
-            self.transport.connection_lost()
-        if self.protocol is not None and self.transport is not None:
-            self.protocol.connectionLost(reason)
+        if self.handler is not None or self.state is not State.CLOSED:
+            self.closed()
 
-    def _too_long(self) -> None:
-        """
-        Refuse the frame arriving: the protocol answers C{line too long}
-        after its earlier replies, and closes.
-        """
-        self._refusing = True
-        assert self.transport is not None and self.protocol is not None
-        self.transport.close_code = CLOSE_TOO_BIG
-        self.protocol.lineLengthExceeded(b"")  # type: ignore[attr-defined]
-
-    def _close(self, code: int) -> None:
+    def _close_now(self, code: int) -> None:
         """
         Close at once: the peer broke the framing, so nothing it sent after
         this frame runs.
         """
-        assert self.transport is not None
         self._refusing = True
-        self.transport.close_code = code
-        self.transport.loseConnection()
+        self.close_code = code
+        self._close()
 
+    # The transport.
 
-def _max_length(protocol: Protocol) -> int:
-    return int(getattr(protocol, "MAX_LENGTH", 16384))
+    def _emit(self, data: bytes) -> None:
+        assert self._websocket is not None
+        try:
+            self._websocket.sendTextMessage(data.decode("ascii"))
+        except LocalProtocolError:
+            pass  # the peer began closing: nothing more can be sent
+
+    def _pause_input(self) -> None:
+        self._channel.transport.pauseProducing()
+
+    def _resume_input(self) -> None:
+        self._channel.transport.resumeProducing()
+
+    def _lose(self, abort: bool) -> None:
+        self._channel.unregisterProducer()
+        if abort or self._websocket is None:
+            self._channel.transport.abortConnection()
+            return
+        try:
+            self._websocket.loseConnection(self.close_code)
+        except LocalProtocolError:
+            # A close is already under way; make sure the connection goes.
+            self._channel.transport.loseConnection()
 
 
 class ChatWebSocketResource(WebSocketResource, PlainResource):
@@ -308,8 +236,7 @@ class ChatWebSocketResource(WebSocketResource, PlainResource):
         """
         The L{twisted.web.websocket.WebSocketServerFactory} of this resource.
         """
-        protocol = self.chat_factory.buildProtocol(request.getClientAddress())
-        self._built = ChatWebSocket(protocol, request)
+        self._built = ChatWebSocket(self.chat_factory, request)
         return self._built
 
     def render_GET(self, request: Request) -> bytes | int:

@@ -1,0 +1,848 @@
+"""
+The dispatcher: one request line in, one JSON reply out, for any transport.
+
+A door (the TCP/TLS line connection, L{chat.lines}; a WebSocket,
+L{chat.web.socket}) hands each request line to its connection's
+L{Dispatcher}, one at a time, and writes the reply: returned at once, or
+handed to the door's C{answer} later. The dispatcher knows nothing of
+framing, buffering or flow control; the door knows nothing of commands.
+
+The flow on one connection:
+
+ 1. C{auth} logs in through the portal with the username and password and
+    opens a session; C{register} asks the L{IRegistrar} (it needs no
+    login); every other command names a session token, which logs in
+    through the portal once per connection and token, and then calls the
+    L{IChatUser} avatar it got.
+ 2. After that first time, a token the connection already used is checked
+    against the session manager's live session it got then
+    (L{chat.sessions.SessionManager.vouch}): no hashing and no Deferred,
+    and a session that ended (logout, new password, deleted user, expiry)
+    stops working at once.
+ 3. The hot commands (C{send}, C{sendgroup}, C{inbox}, C{ack}, C{ping})
+    are parsed straight from the line's words, call the avatar's callback
+    forms, and answer with prebuilt or directly built bytes: no command
+    object and no Deferred per request. The others are parsed by
+    L{chat.commands} and run through Deferreds.
+ 4. A connection may instead become a link from another realm: it says
+    C{realm-hello}, and from then on its lines go to a
+    L{chat.federation.InboundLinkHandler}, never to a user's dispatcher.
+    A connection that acted as a user cannot become a link.
+
+Domain errors become the course's error replies (L{ERRORS}); anything
+unexpected is logged and answered with C{internal error}, never with a
+traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chat import commands
+from chat.checkers import SessionToken
+from chat.commands import dumps, ok
+from chat.errors import (
+    AlreadyAMember,
+    BadRealmMessage,
+    CannotKickSelf,
+    FileTooLarge,
+    ForgedSender,
+    GroupExists,
+    InvalidFileName,
+    InvalidFullName,
+    InvalidGroupName,
+    InvalidPassword,
+    InvalidRealmId,
+    InvalidUsername,
+    MailboxFull,
+    NoSuchGroup,
+    NoSuchRealm,
+    NoSuchUser,
+    NoSuchUsers,
+    NotAdmin,
+    NotAMember,
+    NotGroupOwner,
+    RateLimited,
+    RealmExists,
+    RealmLinkOnly,
+    RealmMismatch,
+    RealmNotAuthenticated,
+    RealmQueueFull,
+    RealmsDisabled,
+    RegistrationClosed,
+    SessionNotFound,
+    StorageUnavailable,
+    TooManyRealmRecipients,
+    TooManyRecipients,
+    TooManyUnread,
+    UnknownUser,
+    UserExists,
+    WrongPassword,
+)
+from chat.interfaces import IChatUser, IDoor, ILineHandler, IRegistrar
+from chat.limits import FailureLimiter
+from chat.logs import make_logger
+from chat.model import Group, Message
+from chat.sessions import Live, SessionManager
+
+if TYPE_CHECKING:
+    from chat.federation import Federation
+    from chat.metrics import Metrics
+
+#: Domain failures and their wire replies: the message is formatted with
+#: the exception ("{}" is its text).
+ERRORS: dict[type[Exception], tuple[str, str]] = {
+    UnknownUser: ("User Tidak Ada", "unknown_user"),
+    WrongPassword: ("Password Salah", "wrong_password"),
+    SessionNotFound: ("Session Tidak Ditemukan", "no_session"),
+    NoSuchUser: ("User Tidak Ditemukan", "no_such_user"),
+    NoSuchUsers: ("User Tidak Ditemukan: {}", "no_such_user"),
+    StorageUnavailable: ("storage unavailable", "storage_unavailable"),
+    RegistrationClosed: ("registration is disabled", "registration_closed"),
+    InvalidUsername: ("invalid username: {}", "invalid_username"),
+    InvalidPassword: ("invalid password: {}", "invalid_password"),
+    InvalidFullName: ("invalid full name: {}", "invalid_full_name"),
+    UserExists: ("user already exists", "user_exists"),
+    InvalidGroupName: ("invalid group name: {}", "invalid_group_name"),
+    NoSuchGroup: ("no such group", "no_such_group"),
+    GroupExists: ("group already exists", "group_exists"),
+    NotAMember: ("not a member of the group", "not_a_member"),
+    AlreadyAMember: ("already a member of the group", "already_member"),
+    NotGroupOwner: ("only the group owner can do this", "not_owner"),
+    CannotKickSelf: ("the owner cannot kick themselves", "cannot_kick_self"),
+    TooManyRecipients: ("too many recipients", "too_many_recipients"),
+    InvalidFileName: ("invalid file name: {}", "invalid_file_name"),
+    FileTooLarge: ("file too large", "file_too_large"),
+    MailboxFull: ("mailbox full", "mailbox_full"),
+    TooManyUnread: ("too many unread messages from you", "unread_limit"),
+    # Other realms (chat.federation).
+    NoSuchRealm: ("Realm Tidak Ditemukan", "no_such_realm"),
+    RealmExists: ("Realm sudah ada", "realm_exists"),
+    InvalidRealmId: ("invalid realm id", "invalid_realm_id"),
+    RealmQueueFull: ("realm queue full", "realm_queue_full"),
+    TooManyRealmRecipients: ("too many recipients", "too_many_recipients"),
+    NotAdmin: ("not an administrator", "not_admin"),
+    RealmsDisabled: ("realms are not enabled", "realms_disabled"),
+    RealmMismatch: ("wrong realm", "wrong_realm"),
+    RealmNotAuthenticated: ("realm not authenticated", "realm_not_authenticated"),
+    RealmLinkOnly: ("not allowed on a realm link", "realm_link"),
+    ForgedSender: ("forged sender", "forged_sender"),
+    BadRealmMessage: ("malformed realm message", "bad_realm_message"),
+}
+
+#: Extra keys of some error replies.
+ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
+    NoSuchUsers: lambda e: {"users": list(e.usernames)},
+    NotAMember: lambda e: {"group": e.name, "username": e.username},
+    TooManyRecipients: lambda e: {"max_recipients": e.limit},
+    FileTooLarge: lambda e: {"max_file_size": e.limit},
+    MailboxFull: lambda e: {"username": e.username},
+    TooManyUnread: lambda e: {"username": e.username, "limit": e.limit},
+}
+
+_log = make_logger("chat.dispatch")
+
+
+def error_reply(error: BaseException, verb: str | None = None, peer: str = "") -> bytes:
+    """
+    The wire reply for a failed command: the course's message where it has
+    one; C{internal error} (and the failure logged) for anything
+    unexpected.
+    """
+    if isinstance(error, commands.BadCommand):
+        return dumps(error.reply())
+    if isinstance(error, RateLimited):
+        return dumps(
+            commands.error(
+                "too many attempts",
+                "rate_limited",
+                retry_after_ms=max(1, round(error.retry_after * 1000)),
+            )
+        )
+    for kind in type(error).__mro__:
+        found = ERRORS.get(kind)
+        if found is not None:
+            message, code = found
+            fields = ERROR_FIELDS.get(kind)
+            extra = {} if fields is None else fields(error)
+            return dumps(commands.error(message.format(error), code, **extra))
+    _log.failure(
+        "Unexpected error for {command} from {peer}",
+        Failure(error),
+        command=verb,
+        peer=peer,
+    )
+    return INTERNAL_ERROR
+
+
+def _constant(reply: dict[str, object]) -> bytes:
+    return dumps(reply)
+
+
+MESSAGE_SENT = _constant(ok(message="Message Sent"))
+PONG = _constant(ok(message="PONG"))
+SUBSCRIBED = _constant(ok(message="Subscribed"))
+LOGGED_OUT = _constant(ok(message="Logged Out"))
+BYE = _constant(ok(message="bye"))
+NO_SESSION = error_reply(SessionNotFound())
+INTERNAL_ERROR = _constant(commands.error("internal error", "internal"))
+UNKNOWN_COMMAND = commands.UnknownCommand().reply_bytes()
+BAD_ENCODING = commands.BadEncoding().reply_bytes()
+NUL_BYTE = commands.NulByte().reply_bytes()
+_ACKNOWLEDGED = b'{"status":"OK","message":"Acknowledged","count":'
+
+#: What a reply may be: bytes now, or None when the door's C{answer} is
+#: called with it later (perhaps before C{dispatch} returned).
+Reply = bytes | None
+
+#: Per connection, the tokens remembered (each with its live session and
+#: avatar); a connection presenting more than this many forgets them all.
+MAX_TOKENS = 16
+
+
+@attrs.define(eq=False)
+class Frontend:
+    """
+    What every connection's dispatcher shares: the portal, the session
+    manager, the registrar, the failure limits, the links to other realms,
+    the metrics.
+
+    Before L{open}, connections are accepted but no command runs: they wait
+    (the service holds them while it starts).
+    """
+
+    portal: Portal
+    clock: IReactorTime
+    failures: FailureLimiter
+    sessions: SessionManager | None = None
+    registrar: IRegistrar | None = None
+    #: Links to other realms (chat.federation), if enabled.
+    federation: Federation | None = None
+    #: Counts the commands run (chat.metrics), if enabled.
+    metrics: Metrics | None = None
+    _waiting: list[Deferred[None]] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._waiting is None
+
+    def hold(self) -> None:
+        """
+        Accept connections but run no command until L{open}.
+        """
+        if self._waiting is None:
+            self._waiting = []
+
+    def open(self) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for d in waiting:
+            d.callback(None)
+
+    def when_open(self) -> Deferred[None]:
+        if self._waiting is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+@implementer(ILineHandler)
+class Dispatcher:
+    """
+    One connection's commands: parses each line, calls the avatar, formats
+    the reply.
+
+    @ivar peer: the client's address and port, for logs.
+    """
+
+    log = _log
+
+    __slots__ = (
+        "_address",
+        "_auth_token",
+        "_door",
+        "_frontend",
+        "_host",
+        "_links",
+        "_logouts",
+        "_sessions",
+        "_subscription",
+        "_tokens",
+        "peer",
+    )
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        door: IDoor,
+        host: str,
+        address: str,
+        peer: str,
+        links: bool = True,
+    ) -> None:
+        """
+        @param host: the client's address, as the registrar limits it.
+        @param address: the key of the per-address limits (L{address_key}).
+        @param links: whether this door may become a realm link.
+        """
+        self._frontend = frontend
+        self._sessions = frontend.sessions
+        self._door = door
+        self._host = host
+        self._address = address
+        self.peer = peer
+        self._links = links
+        self._tokens: dict[str, tuple[Live, Any]] = {}
+        # Per user this connection has acted as: its cred logout.
+        self._logouts: dict[str, Callable[[], None]] = {}
+        self._subscription: tuple[Any, Any] | None = None
+        self._auth_token: str | None = None
+
+    @property
+    def listening(self) -> bool:
+        """
+        Whether the connection is subscribed to events: quiet by design,
+        so never idle.
+        """
+        return self._subscription is not None
+
+    def connection_lost(self) -> None:
+        """
+        The connection is gone: end its subscription and its logins.
+        """
+        self._unsubscribe()
+        self._tokens.clear()
+        logouts, self._logouts = self._logouts, {}
+        for logout in logouts.values():
+            logout()
+
+    # Lines.
+
+    def dispatch(self, line: bytes, now: float) -> Reply:
+        """
+        Run one request line (without its line ending) received at C{now}.
+
+        @return: the reply, or None if it will be given to the door's
+            C{answer} (perhaps already was).
+        """
+        frontend = self._frontend
+        if frontend._waiting is not None:
+            frontend.when_open().addCallback(self._run_later, line)
+            return None
+        if b"\0" in line:
+            self._count(None)
+            return NUL_BYTE
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._count(None)
+            return BAD_ENCODING
+        parts = text.split(None, 3)
+        if not parts:
+            self._count(None)
+            return UNKNOWN_COMMAND
+        verb = parts[0].lower()
+        hot = _HOT.get(verb)
+        if hot is None:
+            return self._slow(verb, text)
+        try:
+            reply = hot(self, parts, now)
+        except commands.BadCommand as e:
+            self._count(None)
+            return e.reply_bytes()
+        except Exception as e:
+            reply = error_reply(e, verb, self.peer)
+        self._count(verb)
+        return reply
+
+    def _run_later(self, _: object, line: bytes) -> None:
+        reply = self.dispatch(line, self._frontend.clock.seconds())
+        if reply is not None:
+            self._door.answer(reply)
+
+    def _count(self, verb: str | None) -> None:
+        metrics = self._frontend.metrics
+        if metrics is not None:
+            metrics.command(verb)
+
+    # Sessions.
+
+    def _cached(self, token: str, now: float) -> Any:
+        """
+        The avatar of a token this connection already used, if its session
+        is still good; None when only the portal can tell.
+        """
+        entry = self._tokens.get(token)
+        if entry is not None and self._sessions.vouch(entry[0], now):  # type: ignore[union-attr]
+            return entry[1]
+        return None
+
+    def _with_avatar(self, token: str) -> Deferred[Any]:
+        """
+        Log in with a token through the portal: the avatar.
+        """
+        try:
+            self._frontend.failures.check_token(self._address)
+        except RateLimited:
+            return fail()
+        d = self._frontend.portal.login(SessionToken(token), self._door, IChatUser)
+        return d.addCallbacks(self._logged_in, self._token_invalid, (token,))
+
+    def _logged_in(
+        self, result: tuple[Any, Any, Callable[[], None]], token: str
+    ) -> Any:
+        _, avatar, logout = result
+        first = not self._logouts
+        self._logouts.setdefault(avatar.username, logout)
+        sessions = self._sessions
+        if sessions is not None:
+            live = sessions.live(token)
+            if live is not None:
+                if len(self._tokens) >= MAX_TOKENS:
+                    self._tokens.clear()
+                self._tokens[token] = (live, avatar)
+        if first:
+            self._door.logged_in()
+        return avatar
+
+    def _token_invalid(self, f: Failure) -> Failure:
+        if f.check(SessionNotFound):
+            self._frontend.failures.token_failed(self._address)
+        return f
+
+    def _later(self, token: str, act: Callable[[Any], object]) -> None:
+        """
+        Log in with C{token} through the portal, then C{act} with the avatar
+        (which answers); a failure is answered.
+        """
+        self._with_avatar(token).addCallback(act).addErrback(self._answer_failure)
+
+    def _answer_failure(self, f: Failure) -> None:
+        self._door.answer(error_reply(f.value, None, self.peer))  # type: ignore[arg-type]
+
+    # The hot commands: parsed from the line's words (the command word and
+    # up to three more, the last with the rest of the line).
+
+    def _send(self, parts: list[str], now: float) -> Reply:
+        if len(parts) < 4:
+            raise commands.MissingArgument()
+        text = parts[3].strip()
+        token, recipient = parts[1], parts[2]
+        if "@" in recipient:
+            return self._slow_command(commands.Send(token, recipient, text))
+        avatar = self._cached(token, now)
+        if avatar is None:
+            self._later(token, lambda a: a.send_then(recipient, text, now, self._sent))
+        else:
+            avatar.send_then(recipient, text, now, self._sent)
+        return None
+
+    def _sent(self, succeeded: bool, value: Any) -> None:
+        self._door.answer(
+            MESSAGE_SENT if succeeded else error_reply(value, "send", self.peer)
+        )
+
+    def _sendgroup(self, parts: list[str], now: float) -> Reply:
+        if len(parts) < 4:
+            raise commands.MissingArgument()
+        text = parts[3].strip()
+        token = parts[1]
+        targets = commands.Targets.parse(parts[2])
+        group = targets.group
+        if group is not None:
+
+            def act(avatar: Any) -> None:
+                avatar.send_to_group_then(group, text, now, self._sent)
+
+        else:
+            users = targets.users
+
+            def act(avatar: Any) -> None:
+                avatar.send_many_then(users, text, now, self._sent)
+
+        avatar = self._cached(token, now)
+        if avatar is None:
+            self._later(token, act)
+        else:
+            act(avatar)
+        return None
+
+    def _inbox(self, parts: list[str], now: float) -> Reply:
+        if len(parts) < 2:
+            raise commands.MissingArgument()
+        token = parts[1]
+        avatar = self._cached(token, now)
+        if avatar is None:
+            self._later(token, lambda a: a.inbox_then(now, self._inboxed))
+        else:
+            avatar.inbox_then(now, self._inboxed)
+        return None
+
+    def _inboxed(self, succeeded: bool, value: Any) -> None:
+        self._door.answer(
+            commands.inbox_json(value)
+            if succeeded
+            else error_reply(value, "inbox", self.peer)
+        )
+
+    def _ack(self, parts: list[str], now: float) -> Reply:
+        if len(parts) < 3:
+            raise commands.MissingArgument()
+        token = parts[1]
+        up_to_id = commands.message_id(parts[2])
+        avatar = self._cached(token, now)
+        if avatar is None:
+            self._later(token, lambda a: a.acknowledge_then(up_to_id, now, self._acked))
+        else:
+            avatar.acknowledge_then(up_to_id, now, self._acked)
+        return None
+
+    def _acked(self, succeeded: bool, value: Any) -> None:
+        self._door.answer(
+            b"%s%d}" % (_ACKNOWLEDGED, value)
+            if succeeded
+            else error_reply(value, "ack", self.peer)
+        )
+
+    def _ping(self, parts: list[str], now: float) -> Reply:
+        if len(parts) < 2:
+            return PONG
+        return dumps(ok(message="PONG", echo=parts[1]))
+
+    # The other commands: parsed into command objects (chat.commands), and
+    # run through Deferreds.
+
+    def _slow(self, verb: str, text: str) -> Reply:
+        """
+        Parse a command that is not hot, and run it.
+        """
+        kind = commands.VERBS.get(verb)
+        if kind is None:
+            self._count(None)
+            return UNKNOWN_COMMAND
+        rest = text.split(None, 1)
+        try:
+            command = kind.from_arguments(rest[1] if len(rest) > 1 else "")
+        except commands.BadCommand as e:
+            self._count(None)
+            return e.reply_bytes()
+        self._count(verb)
+        try:
+            return self._slow_command(command)
+        except Exception as e:
+            return error_reply(e, verb, self.peer)
+
+    def _slow_command(self, command: commands.Command) -> Reply:
+        handler = getattr(self, f"do_{command.verb.replace('-', '_')}")
+        try:
+            result = handler(command)
+        except Exception as e:
+            return error_reply(e, command.verb, self.peer)
+        if isinstance(result, bytes):
+            return result
+        result.addCallbacks(self._answer_slow, self._answer_failure)
+        return None
+
+    def _answer_slow(self, reply: bytes | None) -> None:
+        if reply is not None:
+            self._door.answer(reply)
+
+    # One do_<verb> method per command that is not hot: each returns the
+    # reply, or a Deferred firing with it (or with None if it answered
+    # itself), or failing with a domain error that becomes the wire's error
+    # reply.
+
+    def do_send(self, command: commands.Send) -> Deferred[bytes]:
+        # Only for user@realm (the hot path takes the rest).
+        username, _, realm_id = command.recipient.partition("@")
+        federation = self._frontend.federation
+        d = self._with_avatar(command.token)
+        if federation is not None and realm_id == federation.realm_id:
+            d.addCallback(lambda avatar: avatar.send(username, command.text))
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_to_realm(realm_id, [username], command.text)
+            )
+        return d.addCallback(lambda _: MESSAGE_SENT)
+
+    def do_auth(self, command: commands.Auth) -> Deferred[bytes]:
+        return ensureDeferred(self._login(command))
+
+    async def _login(self, command: commands.Auth) -> bytes:
+        failures = self._frontend.failures
+        try:
+            # Before hashing: a refused attempt costs no KDF.
+            failures.check_login(command.username, self._address)
+        except RateLimited:
+            self.log.debug(
+                "Refused login for {user} from {peer}: too many failures",
+                user=command.username,
+                peer=self.peer,
+            )
+            raise
+        credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
+        try:
+            _, avatar, logout = await self._frontend.portal.login(
+                credentials, self._door, IChatUser
+            )
+        except UnauthorizedLogin as e:
+            failures.login_failed(command.username, self._address)
+            self.log.info(
+                "Failed login for {user} from {peer}: {why}",
+                user=command.username,
+                peer=self.peer,
+                why=type(e).__name__,
+            )
+            raise
+        self.log.info(
+            "Login by {user} from {peer}", user=command.username, peer=self.peer
+        )
+        first = not self._logouts
+        self._logouts.setdefault(command.username, logout)
+        token = await IChatUser(avatar).open_session()
+        if first:
+            self._door.logged_in()
+        self._auth_token = token
+        return dumps(ok(tokenid=token))
+
+    def do_register(self, command: commands.Register) -> Deferred[bytes]:
+        registrar = self._frontend.registrar
+        if registrar is None:
+            return fail(RegistrationClosed())
+        d = registrar.register(
+            command.username, command.password, command.full_name, self._host
+        )
+        return d.addCallback(
+            lambda user: dumps(ok(message="User Registered", username=user.username))
+        )
+
+    def do_logout(self, command: commands.Logout) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.end_session(command.token))
+        return d.addCallback(lambda _: LOGGED_OUT)
+
+    def do_sendfile(self, command: commands.SendFile) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_file(
+                [command.recipient], command.file_name, command.content
+            )
+        )
+        return d.addCallback(_file_sent)
+
+    def do_sendgroupfile(self, command: commands.SendGroupFile) -> Deferred[bytes]:
+        targets = command.targets
+        d = self._with_avatar(command.token)
+        if targets.group is not None:
+            group = targets.group
+            d.addCallback(
+                lambda avatar: avatar.send_file_to_group(
+                    group, command.file_name, command.content
+                )
+            )
+        else:
+            d.addCallback(
+                lambda avatar: avatar.send_file(
+                    targets.users, command.file_name, command.content
+                )
+            )
+        return d.addCallback(_file_sent)
+
+    def do_creategroup(self, command: commands.CreateGroup) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.create_group(command.group))
+        return d.addCallback(_group_reply("Group Created"))
+
+    def do_joingroup(self, command: commands.JoinGroup) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.join_group(command.group))
+        return d.addCallback(_group_reply("Group Joined"))
+
+    def do_leavegroup(self, command: commands.LeaveGroup) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.leave_group(command.group))
+        return d.addCallback(
+            lambda group: dumps(
+                ok(
+                    message="Group Left",
+                    group=None if group is None else commands.group_fields(group),
+                )
+            )
+        )
+
+    def do_kickgroup(self, command: commands.KickGroup) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.kick(command.group, command.username))
+        return d.addCallback(_group_reply("Member Removed"))
+
+    def do_groups(self, command: commands.Groups) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.groups())
+        return d.addCallback(
+            lambda groups: dumps(
+                ok(groups=[commands.group_fields(group) for group in groups])
+            )
+        )
+
+    def do_history(self, command: commands.History) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        if command.group is not None:
+            group = command.group
+            d.addCallback(
+                lambda avatar: avatar.group_history(
+                    group, command.limit, command.before_id
+                )
+            )
+        else:
+            peer = command.peer
+            d.addCallback(
+                lambda avatar: avatar.history(peer, command.limit, command.before_id)
+            )
+        return d.addCallback(commands.history_json)
+
+    def do_subscribe(self, command: commands.Subscribe) -> Deferred[None]:
+        def subscribe(avatar: IChatUser) -> None:
+            self._unsubscribe()
+            # The reply goes out before the first event.
+            self._door.answer(SUBSCRIBED)
+            self._subscription = (avatar, avatar.subscribe(self._door, command.token))
+
+        return self._with_avatar(command.token).addCallback(subscribe)
+
+    def do_who(self, command: commands.Who) -> Deferred[bytes]:
+        def who(avatar: IChatUser) -> bytes:
+            users = [
+                {"username": username, "full_name": full_name}
+                for username, full_name in avatar.online()
+            ]
+            return dumps(ok(users=users))
+
+        return self._with_avatar(command.token).addCallback(who)
+
+    def do_quit(self, command: commands.Quit) -> bytes:
+        self._door.close()
+        return BYE
+
+    def _unsubscribe(self) -> None:
+        if self._subscription is not None:
+            avatar, subscription = self._subscription
+            self._subscription = None
+            avatar.unsubscribe(subscription)
+
+    # Other realms: users' commands.
+
+    def do_sendprivaterealm(
+        self, command: commands.SendPrivateRealm
+    ) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, [command.recipient], command.text
+            )
+        )
+        return d.addCallback(lambda _: dumps(ok(message="Message Sent to Realm")))
+
+    def do_sendgrouprealm(self, command: commands.SendGroupRealm) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_to_realm(
+                command.realm_id, command.recipients, command.text
+            )
+        )
+        return d.addCallback(
+            lambda _: dumps(ok(message="Message Sent to Group in Realm"))
+        )
+
+    def do_getrealminbox(self, command: commands.GetRealmInbox) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.realm_inbox(command.realm_id))
+        return d.addCallback(commands.inbox_json)
+
+    def do_addrealm(self, command: commands.AddRealm) -> Deferred[bytes]:
+        # The course's form has no token: it acts as this connection's auth.
+        token = command.token if command.token is not None else self._auth_token
+        if token is None:
+            return fail(SessionNotFound("addrealm before auth"))
+        d = self._with_avatar(token)
+        d.addCallback(
+            lambda avatar: avatar.add_realm(
+                command.realm_id, command.host, command.port
+            )
+        )
+
+        def added(secret: str) -> bytes:
+            federation = self._frontend.federation
+            assert federation is not None
+            return dumps(
+                ok(
+                    message="Realm Added",
+                    realm=command.realm_id,
+                    secret=secret,
+                    this_realm=federation.realm_id,
+                )
+            )
+
+        return d.addCallback(added)
+
+    # Other realms: a connection that becomes a link.
+
+    def do_realm_hello(self, command: commands.RealmHello) -> bytes:
+        from chat.federation import InboundLinkHandler
+
+        federation = self._frontend.federation
+        if federation is None:
+            raise RealmsDisabled()
+        if self._logouts or not self._links:
+            raise RealmLinkOnly("a user's connection cannot become a realm link")
+        challenge = federation.hello(command.realm_id, command.to_realm, command.nonce)
+        self._door.take_over(
+            InboundLinkHandler(federation, self._door, challenge, self.peer)
+        )
+        return dumps(
+            ok(
+                message="realm-challenge",
+                realm=federation.realm_id,
+                nonce=challenge.server_nonce,
+            )
+        )
+
+    def do_realm_auth(self, command: commands.RealmAuth) -> bytes:
+        raise RealmNotAuthenticated("realm-auth without realm-hello")
+
+    def do_realm_msg(self, command: commands.RealmMsg) -> bytes:
+        raise RealmNotAuthenticated("realm-msg before realm-auth")
+
+
+_HOT: dict[str, Callable[[Dispatcher, list[str], float], Reply]] = {
+    "send": Dispatcher._send,
+    "sendgroup": Dispatcher._sendgroup,
+    "inbox": Dispatcher._inbox,
+    "ack": Dispatcher._ack,
+    "ping": Dispatcher._ping,
+}
+
+
+def _file_sent(messages: list[Message]) -> bytes:
+    first = messages[0]
+    return dumps(
+        ok(
+            message="File Sent",
+            file_name=first.file_name,
+            file_size=first.file_size,
+            file_sha256=first.file_sha256,
+        )
+    )
+
+
+def _group_reply(message: str) -> Callable[[Group], bytes]:
+    return lambda group: dumps(ok(message=message, group=commands.group_fields(group)))
