@@ -221,6 +221,7 @@ static int n_connecting, n_backoff, n_settled, n_dead;
 static int n_established;           /* settled when setup ended */
 static uint64_t connect_retries;
 static uint64_t t_start, t_load, t_warm_end, t_end;
+static int measure_printed; /* "MEASURE" printed when the warmup ended */
 static uint64_t reqs, reqs_send, reqs_inbox, errors, unexpected;
 static uint64_t disconnects;        /* lost after setup */
 static uint64_t setup_failures;     /* never became usable */
@@ -1039,6 +1040,14 @@ int main(int argc, char **argv)
             }
             break;
         } else {
+            if (phase == PH_LOAD && !opt.idle && !measure_printed &&
+                now >= t_warm_end) {
+                /* run.py reads the server's CPU time between this line and
+                   DONE: the measured phase only. */
+                measure_printed = 1;
+                printf("MEASURE\n");
+                fflush(stdout);
+            }
             if (phase == PH_LOAD && opt.interval > 0 && now >= iv_next) {
                 fprintf(stderr, "loadgen: t=%.1fs %.0f req/s, %" PRIu64
                         " errors, max %.1f ms\n",

@@ -477,6 +477,29 @@ def cpu_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     return figures
 
 
+def cpu_per_request(
+    before: dict[str, Any], after: dict[str, Any], rps: float
+) -> dict[str, Any]:
+    """
+    CPU microseconds the server side used per request answered over the
+    measured phase: utime+stime of every thread of the server (all nodes),
+    and of PostgreSQL's processes if any. The steadiest figure on a shared
+    machine: what other processes do changes the wall clock, not this.
+    """
+    wall = after["at"] - before["at"]
+    requests = rps * wall
+    figures: dict[str, Any] = {}
+    if requests <= 0:
+        return figures
+    if before["server"] is not None and after["server"] is not None:
+        used = after["server"] - before["server"]
+        figures["server_cpu_us"] = round(1e6 * used / requests, 1)
+    if after["db"]:
+        used = sum(t - before["db"].get(pid, 0.0) for pid, t in after["db"].items())
+        figures["db_cpu_us"] = round(1e6 * used / requests, 1)
+    return figures
+
+
 # Load runs.
 
 
@@ -558,7 +581,7 @@ def closed_run(
         # starts and "DONE" when it ends: the server's CPU time in between
         # tells whether it was CPU-bound.
         word = line.split(" ", 1)[0].strip()
-        if word in ("LOAD", "DONE"):
+        if word in ("LOAD", "MEASURE", "DONE"):
             cpu[word] = cpu_snapshot(deployment)
         if word == "DONE":
             result["server_rss_kb"] = deployment.rss_kb()
@@ -573,6 +596,8 @@ def closed_run(
         result.update(run_loadgen(args, deployment.ports, options, on_line, timeout))
         if "LOAD" in cpu and "DONE" in cpu:
             result.update(cpu_figures(cpu["LOAD"], cpu["DONE"]))
+        if "MEASURE" in cpu and "DONE" in cpu and result.get("rps"):
+            result.update(cpu_per_request(cpu["MEASURE"], cpu["DONE"], result["rps"]))
         result["server_alive_after"] = deployment.alive()
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         result["failed"] = str(e)
@@ -781,6 +806,16 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def cpu_us(r: dict[str, Any] | None) -> float | None:
+    """
+    Server-side CPU microseconds per request: the server's, and
+    PostgreSQL's when it has its own.
+    """
+    if r is None or r.get("server_cpu_us") is None:
+        return None
+    return float(r["server_cpu_us"]) + float(r.get("db_cpu_us") or 0.0)
+
+
 def fmt(value: Any, spec: str = ".1f", suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
@@ -815,7 +850,7 @@ def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
     header = (
         f"{'server':<13} {'conns':>6} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} "
         f"{'p99 ms':>8} {'max ms':>8} {'errors':>6} {'lost':>5} {'setup s':>7} "
-        f"{'srv cpu':>7} {'db cpu':>6} {'lg cpu':>6}"
+        f"{'srv cpu':>7} {'db cpu':>6} {'lg cpu':>6} {'cpu us/req':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -834,7 +869,8 @@ def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
                 f"{r['errors']:>6} {lost:>5} {r['setup_s']:>7.2f} "
                 f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7} "
                 f"{fmt(r.get('db_cpu_pct'), '.0f', '%'):>6} "
-                f"{r['lg_cpu_pct']:>5.0f}%"
+                f"{r['lg_cpu_pct']:>5.0f}% "
+                f"{fmt(cpu_us(r), '.1f'):>10}"
             )
         base = closed.get(("baseline", conns))
         for kind in args.servers:
@@ -847,7 +883,9 @@ def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
                     f"{ratio(ours['rps'], base['rps']):>9} "
                     f"{ratio(ours['p50_ms'], base['p50_ms']):>8} "
                     f"{ratio(ours['p90_ms'], base['p90_ms']):>8} "
-                    f"{ratio(ours['p99_ms'], base['p99_ms']):>8}"
+                    f"{ratio(ours['p99_ms'], base['p99_ms']):>8} "
+                    f"{'':>8} {'':>8} {'':>6} {'':>5} {'':>7} {'':>7} {'':>6} "
+                    f"{'':>6} {'cpu ' + ratio(cpu_us(base), cpu_us(ours)):>10}"
                 )
 
 

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from chat import commands
 from chat.commands import DELIMITER
+from chat.directwrite import DirectWriter
 from chat.dispatch import Dispatcher, Frontend
 from chat.door import CHECKING, LINE_PROGRESS, Door, State
 from chat.interfaces import IRegistrar
@@ -58,10 +59,11 @@ class LineConnection(Door, Protocol):
     One TCP or TLS client connection speaking the line protocol.
     """
 
-    __slots__ = ("_line_started", "_partial", "_partial_length")
+    __slots__ = ("_line_started", "_partial", "_partial_length", "_writer")
 
     def __init__(self, max_line: int, max_pipeline: int = 64) -> None:
         super().__init__(max_line, max_pipeline)
+        self._writer: DirectWriter | None = None
         self._partial: list[bytes] = []
         self._partial_length = 0
         self._line_started = 0.0
@@ -88,6 +90,7 @@ class LineConnection(Door, Protocol):
             transport.loseConnection()
             return
         _tune(transport)
+        self._writer = DirectWriter(transport)
         self.log.info("Connection from {peer}", peer=self.peer)
         transport.registerProducer(self, True)
         handler = Dispatcher(factory.frontend, self, host, self.address, self.peer)
@@ -117,7 +120,8 @@ class LineConnection(Door, Protocol):
     # The transport.
 
     def _emit(self, data: bytes) -> None:
-        self.transport.write(data + DELIMITER)  # type: ignore[union-attr]
+        assert self._writer is not None
+        self._writer.write(data + DELIMITER)
 
     def _pause_input(self) -> None:
         self.transport.pauseProducing()  # type: ignore[union-attr]

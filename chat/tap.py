@@ -88,6 +88,13 @@ def limit_rate(text: str) -> Rate:
     return Rate(value, duration(per))
 
 
+def duration_or_off(text: str) -> float | None:
+    """
+    Seconds from a duration, or None for C{off}.
+    """
+    return None if text.strip().lower() == "off" else duration(text)
+
+
 def limit_rate_or_off(text: str) -> Rate | None:
     """
     Like L{limit_rate}, or None for C{off}.
@@ -122,8 +129,10 @@ _DEFAULTS = Limits()
 #: The limits' options, converted in postOptions so that their defaults
 #: are parsed too.
 _LIMIT_OPTIONS = {
-    "login-timeout": duration,
-    "idle-timeout": duration,
+    "login-timeout": duration_or_off,
+    "idle-timeout": duration_or_off,
+    "line-timeout": duration,
+    "max-partial-total": size,
     "login-failures-per-user": limit_rate,
     "login-failures-per-address": limit_rate,
     "token-failures-per-address": limit_rate,
@@ -235,14 +244,32 @@ class Options(usage.Options):
         [
             "login-timeout",
             None,
-            "30s",
-            "A connection that has not logged in this long after connecting is closed.",
+            "off",
+            "A connection that has not logged in this long after connecting is "
+            "closed (a duration, or off: at the connection limits, the "
+            "connection idle longest without logging in makes room instead).",
         ],
         [
             "idle-timeout",
             None,
-            "10m",
-            "A logged-in connection that sends nothing this long is closed.",
+            "off",
+            "A logged-in connection that sends nothing this long is closed (a "
+            "duration, or off: TCP keepalive finds clients that went away).",
+        ],
+        [
+            "line-timeout",
+            None,
+            "30s",
+            "A request line in progress must grow by 1 KiB this often, or the "
+            "connection is closed (slow senders holding connections open).",
+        ],
+        [
+            "max-partial-total",
+            None,
+            "64M",
+            "Bytes of unfinished lines held for all the connections that have "
+            "not logged in together (each holds at most 16K); past it they "
+            "are refused with 'server busy'.",
         ],
         [
             "login-failures-per-user",
@@ -299,6 +326,15 @@ class Options(usage.Options):
             _DEFAULTS.max_mailbox,
             "Most undelivered messages stored per user; more are refused "
             "with 'mailbox full'.",
+            positive_int,
+        ],
+        [
+            "max-unread-per-sender",
+            None,
+            None,
+            "Most undelivered messages one sender may have in one user's "
+            "mailbox, so that one sender cannot fill it for everyone. "
+            "[default: a tenth of --max-mailbox]",
             positive_int,
         ],
         [
@@ -514,6 +550,7 @@ def makeService(options: Options) -> IService:
             reactor,
             options["store"],
             max_mailbox=limits.max_mailbox,
+            max_per_sender=max_unread_per_sender(options),
             node_id=options["node-id"],
         )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
@@ -560,6 +597,16 @@ def federation_settings(options: Options) -> FederationSettings:
     )
 
 
+def max_unread_per_sender(options: Options) -> int:
+    """
+    C{--max-unread-per-sender}, or its default: a tenth of the mailbox.
+    """
+    given: int | None = options["max-unread-per-sender"]
+    if given is not None:
+        return given
+    return max(1, options["max-mailbox"] // 10)
+
+
 def limits_from(options: Options) -> Limits:
     """
     The L{Limits} given by parsed options.
@@ -567,6 +614,8 @@ def limits_from(options: Options) -> Limits:
     return Limits(
         login_timeout=options["login-timeout"],
         idle_timeout=options["idle-timeout"],
+        line_timeout=options["line-timeout"],
+        max_partial_total=options["max-partial-total"],
         login_failures_per_user=options["login-failures-per-user"],
         login_failures_per_address=options["login-failures-per-address"],
         token_failures_per_address=options["token-failures-per-address"],

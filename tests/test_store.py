@@ -29,6 +29,7 @@ from chat.errors import (
     NotGroupOwner,
     SchemaTooNew,
     StorageUnavailable,
+    TooManyUnread,
     UserExists,
 )
 from chat.interfaces import IChatStore
@@ -56,12 +57,19 @@ STORES = ["memory", "sqlite", "postgresql"]
 
 
 def _open(
-    request: pytest.FixtureRequest, tmp_path: Path, max_mailbox: int | None = None
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    max_mailbox: int | None = None,
+    max_per_sender: int | None = None,
 ) -> Iterator[Any]:
     """
     The store of C{request.param}, empty, closed after the test.
     """
-    limits = {} if max_mailbox is None else {"max_mailbox": max_mailbox}
+    limits: dict[str, int] = {}
+    if max_mailbox is not None:
+        limits["max_mailbox"] = max_mailbox
+    if max_per_sender is not None:
+        limits["max_per_sender"] = max_per_sender
     if request.param == "memory":
         yield MemoryStore(**limits)
         return
@@ -87,6 +95,14 @@ def small_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]
     Each store with mailboxes of 3 messages.
     """
     yield from _open(request, tmp_path, max_mailbox=3)
+
+
+@pytest.fixture(params=STORES)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """
+    Each store with mailboxes of 4 messages, at most 2 from one sender.
+    """
+    yield from _open(request, tmp_path, max_mailbox=4, max_per_sender=2)
 
 
 @pytest.fixture
@@ -971,3 +987,89 @@ async def test_mark_delivered_ids(store: Any) -> None:
     left = await store.undelivered("henderson", 0, 10)
     assert [m.text for m in left] == ["m0", "m2"]
     assert [m.text for m in await store.undelivered("messi", 0, 10)] == ["not hers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_sender_cannot_fill_a_mailbox(shared_store: Any) -> None:
+    """A sender with its share of a mailbox undelivered is refused with
+    TooManyUnread; other senders still get through, up to the mailbox's
+    size; reading the mailbox makes room again."""
+    store = shared_store
+    await _with_three(store)
+    for text in ("one", "two"):
+        await store.store_message("messi", "henderson", text, 1.0)
+    with pytest.raises(TooManyUnread) as refused:
+        await store.store_message("messi", "henderson", "three", 1.0)
+    assert (refused.value.username, refused.value.limit) == ("henderson", 2)
+    with pytest.raises(TooManyUnread):
+        await store.store_messages("messi", ["henderson", "lineker"], "both", 1.0)
+    for text in ("a", "b"):
+        await store.store_message("lineker", "henderson", text, 1.0)
+    with pytest.raises(MailboxFull):
+        await store.store_message("lineker", "henderson", "c", 1.0)
+    drained = await store.drain_inbox("henderson", 2.0)
+    assert [m.text for m in drained] == ["one", "two", "a", "b"]
+    await store.store_message("messi", "henderson", "again", 3.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_operation_fails_alone(sqlite_store: SQLiteStore) -> None:
+    """An operation raising anything but a storage error (here a value
+    SQLite cannot hold) fails alone: the others of its batch commit."""
+    store = sqlite_store
+    await _with_users(store)
+
+    def overflow(txn: Any) -> None:
+        txn.execute("SELECT ?", (2**70,))
+
+    results = await gatherResults(
+        [
+            store.store_message("messi", "henderson", "before", 1.0),
+            store.run(Call(overflow)).addErrback(lambda f: f.trap(OverflowError)),
+            store.mark_delivered("henderson", 2**62, 2.0),
+            store.store_message("henderson", "messi", "after", 1.0),
+        ]
+    )
+    assert results[0].text == "before" and results[3].text == "after"
+    assert results[1] is OverflowError
+    assert results[2] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_sends_get_their_own_ids(sqlite_store: SQLiteStore) -> None:
+    """Many sends in one batch are inserted at once and each gets the id of
+    its own row."""
+    store = sqlite_store
+    await _with_three(store)
+    sent = await gatherResults(
+        [
+            store.store_message("messi", to, f"{to} {i}", 1.0)
+            for i in range(30)
+            for to in ("henderson", "lineker")
+        ]
+    )
+    ids = [m.id for m in sent]
+    assert len(set(ids)) == 60
+    by_id = {m.id: m.text for m in await store.messages_by_id(ids)}
+    assert by_id == {m.id: m.text for m in sent}
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_by_another_process_are_seen(tmp_path: Path) -> None:
+    """A user deleted by another process (chat-admin) is not remembered by
+    the store's thread: sends to it are refused as to no such user."""
+    path = str(tmp_path / "chat.sqlite")
+    store = SQLiteStore(reactor, path)
+    store.start()
+    try:
+        await _with_users(store)
+        await store.store_message("messi", "henderson", "hi", 1.0)
+        other = sqlite3.connect(path)
+        other.execute("PRAGMA foreign_keys=ON")
+        other.execute("DELETE FROM users WHERE username = 'henderson'")
+        other.commit()
+        other.close()
+        with pytest.raises(NoSuchUser):
+            await store.store_message("messi", "henderson", "gone", 1.0)
+    finally:
+        await store.close()

@@ -33,9 +33,12 @@ def test_defaults() -> None:
     assert options["max-file-size"] == 1024 * 1024
     assert options["max-recipients"] == 100
     assert options["retention"] is None
+    assert tap.max_unread_per_sender(options) == 1000
     assert tap.limits_from(options) == Limits(
-        login_timeout=30,
-        idle_timeout=600,
+        login_timeout=None,
+        idle_timeout=None,
+        line_timeout=30,
+        max_partial_total=64 * 1024 * 1024,
         login_failures_per_user=Rate(10, 60),
         login_failures_per_address=Rate(30, 60),
         token_failures_per_address=Rate(60, 60),
@@ -45,6 +48,19 @@ def test_defaults() -> None:
         max_output=1024 * 1024,
         max_mailbox=10_000,
     )
+
+
+def test_classroom_timeouts() -> None:
+    """The login deadline and the idle timeout are off unless given; given,
+    they are durations (or off again)."""
+    options = parse("--login-timeout", "5m", "--idle-timeout", "off")
+    limits = tap.limits_from(options)
+    assert (limits.login_timeout, limits.idle_timeout) == (300, None)
+    options = parse("--line-timeout", "10s", "--max-unread-per-sender", "50")
+    assert tap.limits_from(options).line_timeout == 10
+    assert tap.max_unread_per_sender(options) == 50
+    with pytest.raises(usage.UsageError, match="--line-timeout"):
+        parse("--line-timeout", "off")
 
 
 def test_default_max_line_carries_max_file_size() -> None:

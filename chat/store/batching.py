@@ -21,11 +21,11 @@ How one batch runs (L{run_batch}), in the store's thread:
    batch are concurrent (each was asked for by a different command in
    flight, since a connection runs one command at a time, and none has been
    answered), so any order is one that could have happened.
- - Each group runs inside a SAVEPOINT. If anything other than a storage
-   failure escapes a group (a bug, or a value the database refuses, such as
-   an integer out of range), the group is rolled back and its operations
-   run again one by one, each in a savepoint of its own: only the culprit
-   fails, never its batch.
+ - If anything other than a storage failure or a domain error escapes (a
+   bug, or a value the database refuses, such as an integer out of range),
+   the transaction is rolled back and begun again, and the operations run
+   again one by one, each in a savepoint of its own: only the culprit
+   fails, never its batch. (The fast way needs no savepoint per group.)
  - A domain error (L{chat.errors.ChatError}) fails its operation only:
    kinds that raise them only before their first write (C{checks_first})
    need no savepoint of their own; the others get one.
@@ -40,18 +40,20 @@ thread) and closes its connection (L{GroupCommit._close_txn}).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from chat.callbacks import Done, firing
 from chat.errors import ChatError, StorageUnavailable
+
+T = TypeVar("T")
 
 #: C{(succeeded, value or exception)}: how one operation ended.
 Outcome = tuple[bool, Any]
@@ -80,6 +82,7 @@ class Transaction:
     @ivar max_mailbox: the most undelivered messages per recipient.
     @ivar max_per_sender: the most undelivered messages per recipient from
         one sender.
+    @ivar begin: the statement that begins a transaction.
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class Transaction:
         executemany: Callable[..., Any] | None = None,
         max_mailbox: int = 10_000,
         max_per_sender: int = 10_000,
+        begin: str = "BEGIN",
     ) -> None:
         self.connection = connection
+        self.begin = begin
         self.dialect = dialect
         self.locks_rows = dialect == "postgresql"
         self.caches = caches
@@ -100,6 +105,13 @@ class Transaction:
         self.executemany = executemany or connection.executemany
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_per_sender
+
+    def restart(self) -> None:
+        """
+        Roll the transaction back and begin it again.
+        """
+        self.execute("ROLLBACK")
+        self.execute(self.begin)
 
     def for_update(self) -> str:
         """
@@ -172,16 +184,36 @@ def run_batch(
     Run each operation of C{batch} in the open transaction (see the module
     docstring).
 
-    @param forget: called when part of the transaction was rolled back:
-        what the store's thread remembers may describe undone changes.
     @param is_storage_error: whether an exception means the database
         failed (then the whole batch is rolled back), rather than one
         operation.
+    @param forget: called when the transaction, or part of it, was rolled
+        back: what the store's thread remembers may describe undone changes.
     @return: each operation's outcome, in the order of C{batch}.
     @raise Exception: the database failed; roll the batch back.
     """
+    try:
+        return _run_grouped(txn, batch)
+    except Exception as e:
+        if is_storage_error(e):
+            raise
+    # One of them raised something unexpected (a bug, or a value the
+    # database refused): start again, and run each alone to find which.
+    txn.restart()
+    forget()
+    return [_run_alone(txn, op, is_storage_error, forget) for op in batch]
+
+
+def _run_grouped(txn: Transaction, batch: Sequence[Operation]) -> list[Outcome]:
+    """
+    The fast way: the operations grouped by kind, each group at once (in
+    bulk where the kind can).
+    """
     if len(batch) == 1:
-        return [_run_alone(txn, batch[0], is_storage_error, forget)]
+        operation = batch[0]
+        if operation.bulk:
+            return type(operation).run_many(txn, batch)
+        return [_run_in_group(txn, operation)]
     groups: dict[type[Operation], list[int]] = {}
     for position, operation in enumerate(batch):
         kind = type(operation)
@@ -191,28 +223,12 @@ def run_batch(
         else:
             positions.append(position)
     outcomes: list[Outcome | None] = [None] * len(batch)
-    execute = txn.execute
     for kind, positions in groups.items():
         operations = [batch[i] for i in positions]
-        execute("SAVEPOINT grp")
-        try:
-            if kind.bulk:
-                results = kind.run_many(txn, operations)
-            else:
-                results = [_run_in_group(txn, op) for op in operations]
-        except Exception as e:
-            if is_storage_error(e):
-                raise
-            # A bug or a value the database refused, in one of them: find
-            # which, running each alone.
-            execute("ROLLBACK TO grp")
-            execute("RELEASE grp")
-            forget()
-            results = [
-                _run_alone(txn, op, is_storage_error, forget) for op in operations
-            ]
+        if kind.bulk:
+            results = kind.run_many(txn, operations)
         else:
-            execute("RELEASE grp")
+            results = [_run_in_group(txn, op) for op in operations]
         for position, outcome in zip(positions, results, strict=True):
             outcomes[position] = outcome
     return outcomes  # type: ignore[return-value]
@@ -287,12 +303,17 @@ class GroupCommit:
         self.commits = 0
         self.commit_observers: list[Callable[[int, float], None]] = []
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=thread_name)
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None
+        #: Batches (and the last job, closing) for the store's thread.
+        self._jobs: queue.SimpleQueue[list[Operation] | None] = queue.SimpleQueue()
         self._pending: list[Operation] = []
         self._callbacks: list[Done] = []
-        self._in_flight: Deferred[None] | None = None
+        #: The callbacks of the batch in flight, if one is.
+        self._in_flight: list[Done] | None = None
         self._closed = False
         self._idle_waiters: list[Deferred[None]] = []
+        self._stopped: Deferred[None] = Deferred()
 
     def _run_batch_txn(self, batch: list[Operation]) -> BatchOutcome:
         """
@@ -315,7 +336,30 @@ class GroupCommit:
         """
         Start the store's thread. Operations queued before this wait.
         """
-        self._pool.start()
+        self._thread = threading.Thread(
+            target=self._work, name=self._thread_name, daemon=True
+        )
+        self._thread.start()
+
+    def _work(self) -> None:
+        """
+        The store's thread: run each batch, hand its outcome to the reactor
+        thread; at the end, close the connection.
+        """
+        call = self._reactor.callFromThread
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                break
+            try:
+                outcome: object = self._run_batch_txn(batch)
+            except BaseException:
+                outcome = Failure()
+            call(self._batch_done, outcome)
+        try:
+            self._close_txn()
+        finally:
+            call(self._stopped.callback, None)
 
     def close(self) -> Deferred[None]:
         """
@@ -328,15 +372,16 @@ class GroupCommit:
             idle.callback(None)
         else:
             self._idle_waiters.append(idle)
-        closed = idle.addCallback(
-            lambda _: deferToThreadPool(self._reactor, self._pool, self._close_txn)
-        )
 
-        def stop_thread(passthrough: object) -> object:
-            self._pool.stop()
-            return passthrough
+        def stop(_: object) -> Deferred[None]:
+            if self._thread is None:
+                # Never started: nothing to close in its thread.
+                self._close_txn()
+                return succeed(None)
+            self._jobs.put(None)
+            return self._stopped
 
-        return closed.addBoth(stop_thread)
+        return idle.addCallback(stop)
 
     # Group commit.
 
@@ -366,13 +411,13 @@ class GroupCommit:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        callbacks, self._callbacks = self._callbacks, []
-        batch_done: Deferred[BatchOutcome] = deferToThreadPool(
-            self._reactor, self._pool, self._run_batch_txn, batch
-        )
-        self._in_flight = batch_done.addBoth(self._batch_done, callbacks)
+        self._in_flight, self._callbacks = self._callbacks, []
+        self._jobs.put(batch)
 
-    def _batch_done(self, outcome: object, callbacks: list[Done]) -> None:
+    def _batch_done(self, outcome: object) -> None:
+        # Still in flight while the callbacks run: what they submit waits
+        # for the next batch.
+        callbacks = self._in_flight or []
         if isinstance(outcome, Failure):
             if not outcome.check(StorageUnavailable):
                 self.log.failure("Unexpected error in a store batch", outcome)
@@ -409,12 +454,13 @@ def _call(done: Done, succeeded: bool, value: object) -> None:
 CHUNK = 500
 
 
-def chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """
-    C{items} in slices of at most L{CHUNK}, for C{IN (...)} lists.
+    C{items} in slices of at most C{size} (by default L{CHUNK}, for
+    C{IN (...)} lists).
     """
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def marks(count: int) -> str:

@@ -190,7 +190,7 @@ def insert_messages(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
     """
     if txn.dialect == "postgresql":
         columns = [list(values) for values in zip(*rows, strict=True)]
-        ids = txn.connection.execute(
+        returned = txn.connection.execute(
             "INSERT INTO messages (sender, recipient, sender_name,"
             " recipient_name, body, sent_at, delivered_at, group_name, file_name,"
             " file_size, file_sha256)"
@@ -202,15 +202,38 @@ def insert_messages(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
             columns,
         ).fetchall()
         # Identity values are drawn in the order the rows are inserted.
-        return sorted(new_id for (new_id,) in ids)
+        return sorted(new_id for (new_id,) in returned)
     if len(rows) == 1:
         (new_id,) = txn.execute(_INSERT + " RETURNING id", rows[0]).fetchone()
         return [new_id]
-    txn.executemany(_INSERT, rows)
-    # SQLite gives a new row the largest rowid so far plus one, and this
-    # transaction is the only writer: the rows got consecutive ids.
-    (last,) = txn.execute("SELECT last_insert_rowid()").fetchone()
-    return list(range(last - len(rows) + 1, last + 1))
+    # One statement per chunk of rows, not one step per row as executemany
+    # takes (each step lets go of the GIL and takes it back: the reactor
+    # thread and this one would take turns a hundred times per batch).
+    ids: list[int] = []
+    for chunk in chunks(rows, _ROWS_PER_INSERT):
+        count = len(chunk)
+        txn.execute(_multi_insert(count), [v for row in chunk for v in row])
+        # SQLite gives a new row the largest rowid so far plus one, and this
+        # transaction is the only writer: the rows got consecutive ids.
+        (last,) = txn.execute("SELECT last_insert_rowid()").fetchone()
+        ids.extend(range(last - count + 1, last + 1))
+    return ids
+
+
+#: Rows in one multi-row INSERT: 11 values each, well under SQLite's
+#: limit of 32,766 bound values.
+_ROWS_PER_INSERT = 500
+_MULTI_INSERTS: dict[int, str] = {}
+
+
+def _multi_insert(count: int) -> str:
+    sql = _MULTI_INSERTS.get(count)
+    if sql is None:
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+        sql = _MULTI_INSERTS[count] = (
+            _INSERT.partition(" VALUES ")[0] + " VALUES " + values
+        )
+    return sql
 
 
 @attrs.define(eq=False)

@@ -115,6 +115,7 @@ class SQLiteStore(SQLStore):
                 self.caches,
                 max_mailbox=self.max_mailbox,
                 max_per_sender=self.max_per_sender,
+                begin="BEGIN IMMEDIATE",
             )
             self.caches.forget()
         return self._transaction
@@ -128,7 +129,7 @@ class SQLiteStore(SQLStore):
         started = time.perf_counter()
         try:
             txn = self._connect()
-            txn.execute("BEGIN IMMEDIATE")
+            txn.execute(txn.begin)
             # Another process (chat-admin) committed since our last
             # transaction: what this thread remembers may be out of date.
             (version,) = txn.execute("PRAGMA data_version").fetchone()
