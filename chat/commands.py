@@ -120,8 +120,15 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     not an administrator      not_admin          addrealm by a user who is not one
     realm authentication failed  realm_auth_failed  then the server closes the link
     mailbox full              mailbox_full       send: the recipient's mailbox is full
-    login timeout             login_timeout      not logged in in time; then closes
-    idle timeout              idle_timeout       silent too long; then closes
+    too many unread messages from you  unread_limit  send: too many of yours
+                                                 wait in that mailbox
+    login timeout             login_timeout      not logged in in time (only with
+                                                 --login-timeout); then closes
+    idle timeout              idle_timeout       silent too long (only with
+                                                 --idle-timeout); then closes
+    line timeout              line_timeout       a line stopped arriving; then closes
+    server busy               server_busy        too many bytes held for connections
+                                                 not logged in; then closes
     too many connections      too_many_connections  instead of any reply; then closes
     internal error            internal           a bug: logged on the server
 
