@@ -375,14 +375,23 @@ class Who(TokenCommand):
 @verb("register")
 @attrs.frozen
 class Register(Command):
+    """
+    Without a full name (as several of the course family's clients send
+    it), the username is the full name.
+    """
+
     username: str
     password: str = attrs.field(repr=False)
     full_name: str
 
     @classmethod
     def from_arguments(cls, rest: str) -> Register:
-        (username, password), full_name = words_and_text(rest, 2)
-        return cls(username, password, full_name)
+        found = rest.split(None, 2)
+        if len(found) < 2:
+            raise MissingArgument()
+        username, password = found[:2]
+        full_name = found[2].strip() if len(found) > 2 else ""
+        return cls(username, password, full_name or username)
 
 
 @verb("logout")
@@ -450,6 +459,23 @@ def decode_file_content(text: str) -> bytes:
         raise InvalidBase64() from None
 
 
+def file_name_and_content(file_name: str, content: str) -> tuple[str, bytes]:
+    """
+    The file name and the decoded content of a file command. One of the
+    course family's clients sends the content before the name
+    (C{b'aGk=' notes.txt}): a name in the C{b'...'} form followed by
+    something that is not base64 is taken for that order.
+
+    @raise InvalidBase64: if the content is not base64 in either order.
+    """
+    try:
+        return file_name, decode_file_content(content)
+    except InvalidBase64:
+        if _BYTES_REPR.fullmatch(file_name) is None:
+            raise
+        return content, decode_file_content(file_name)
+
+
 @verb("sendfile")
 @attrs.frozen
 class SendFile(Command):
@@ -461,7 +487,7 @@ class SendFile(Command):
     @classmethod
     def from_arguments(cls, rest: str) -> SendFile:
         (token, recipient, file_name), content = words_and_text(rest, 3)
-        return cls(token, recipient, file_name, decode_file_content(content))
+        return cls(token, recipient, *file_name_and_content(file_name, content))
 
 
 @verb("sendgroupfile")
@@ -476,7 +502,7 @@ class SendGroupFile(Command):
     def from_arguments(cls, rest: str) -> SendGroupFile:
         (token, targets, file_name), content = words_and_text(rest, 3)
         return cls(
-            token, Targets.parse(targets), file_name, decode_file_content(content)
+            token, Targets.parse(targets), *file_name_and_content(file_name, content)
         )
 
 
@@ -495,10 +521,35 @@ class GroupCommand(Command):
         return cls(token, group_name(name))
 
 
+def usernames(words: list[str]) -> tuple[str, ...]:
+    """
+    Usernames given as words, each possibly a comma-separated list:
+    duplicates and empty items dropped, order kept.
+    """
+    return tuple(dict.fromkeys(n for word in words for n in word.split(",") if n))
+
+
 @verb("creategroup")
 @attrs.frozen
-class CreateGroup(GroupCommand):
-    pass
+class CreateGroup(Command):
+    """
+    C{creategroup <token> <group> [<member> ...]}; a single word is the
+    group, created by the session this connection logged in with (C{auth}).
+    """
+
+    token: str | None = attrs.field(repr=False)
+    group: str
+    members: tuple[str, ...] = ()
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> CreateGroup:
+        found = rest.split()
+        if not found:
+            raise MissingArgument()
+        if len(found) == 1:
+            return cls(None, group_name(found[0]))
+        token, name, *members = found
+        return cls(token, group_name(name), usernames(members))
 
 
 @verb("joingroup")
@@ -529,6 +580,59 @@ class KickGroup(Command):
 @verb("groups")
 @attrs.frozen
 class Groups(TokenCommand):
+    pass
+
+
+@verb("groupinbox")
+@attrs.frozen
+class GroupInbox(GroupCommand):
+    pass
+
+
+@verb("privateinbox")
+@attrs.frozen
+class PrivateInbox(Command):
+    token: str = attrs.field(repr=False)
+    peer: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> PrivateInbox:
+        return cls(*words(rest, 2))
+
+
+#: The shapes of the user and group lists: objects (ours), names only, or
+#: objects that also carry the group's name as "group".
+OBJECTS = "objects"
+NAMES = "names"
+OBJECTS_WITH_GROUP = "objects-with-group"
+
+
+@attrs.frozen
+class ListCommand(Command):
+    """
+    A list of the server's users or groups: C{<verb> [<token>]}, without a
+    token for the session this connection logged in with (C{auth}).
+    C{shape} is the reply's (see L{chat.compat}), set by an alias.
+    """
+
+    token: str | None = attrs.field(repr=False)
+    shape: str = OBJECTS
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Command:
+        found = rest.split(None, 1)
+        return cls(found[0] if found else None)
+
+
+@verb("users")
+@attrs.frozen
+class Users(ListCommand):
+    pass
+
+
+@verb("allgroups")
+@attrs.frozen
+class AllGroups(ListCommand):
     pass
 
 
@@ -567,6 +671,55 @@ class History(Command):
         return cls(token, target, None, limit, before_id)
 
 
+@attrs.frozen
+class Alias:
+    """
+    Another spelling of one of our commands, from the course family's
+    clients: the same arguments, rules, limits and errors. C{shape}, if
+    set, is the shape of the reply that spelling's client reads.
+    """
+
+    verb: str
+    shape: str | None = None
+
+    def parse(self, rest: str) -> Command:
+        command = VERBS[self.verb].from_arguments(rest)
+        if self.shape is None:
+            return command
+        return attrs.evolve(command, shape=self.shape)  # type: ignore[misc]
+
+
+#: The course family's spellings (issue 17) and our commands they mean.
+ALIASES: dict[str, Alias] = {
+    # Private messages and files.
+    "sendprivate": Alias("send"),
+    "sendprivatefile": Alias("sendfile"),
+    "inboxbysender": Alias("privateinbox"),
+    # Groups.
+    "addgroup": Alias("creategroup"),
+    "create_group": Alias("creategroup"),
+    "join_group": Alias("joingroup"),
+    "exitgroup": Alias("leavegroup"),
+    "leave_group": Alias("leavegroup"),
+    "send_group": Alias("sendgroup"),
+    "send_file_group": Alias("sendgroupfile"),
+    "inboxgroup": Alias("groupinbox"),
+    "inbox_group": Alias("groupinbox"),
+    # Lists of users and groups.
+    "getusers": Alias("users"),
+    "getallusers": Alias("users"),
+    "get_all_users": Alias("users"),
+    "listusers": Alias("users", NAMES),
+    "getgroups": Alias("allgroups", OBJECTS_WITH_GROUP),
+    "getallgroups": Alias("allgroups"),
+    "get_all_groups": Alias("allgroups"),
+    "getgroup": Alias("allgroups", NAMES),
+    "listgroups": Alias("allgroups", NAMES),
+    # Other realms.
+    "inboxrealm": Alias("getrealminbox"),
+}
+
+
 def parse(line: bytes) -> Command:
     """
     Parse one request line (without its line ending).
@@ -582,10 +735,15 @@ def parse(line: bytes) -> Command:
     found = text.split(None, 1)
     if not found:
         raise UnknownCommand()
-    command = VERBS.get(found[0].lower())
+    word = found[0].lower()
+    rest = found[1] if len(found) > 1 else ""
+    command = VERBS.get(word)
     if command is None:
-        raise UnknownCommand()
-    return command.from_arguments(found[1] if len(found) > 1 else "")
+        alias = ALIASES.get(word)
+        if alias is None:
+            raise UnknownCommand()
+        return alias.parse(rest)
+    return command.from_arguments(rest)
 
 
 def ok(**fields: object) -> dict[str, object]:

@@ -20,7 +20,15 @@ if TYPE_CHECKING:
         OutboundMessage,
         RealmLink,
     )
-    from chat.model import Attachment, Group, Message, Page, Session, User
+    from chat.model import (
+        Attachment,
+        Group,
+        Message,
+        Page,
+        Profile,
+        Session,
+        User,
+    )
     from chat.push import Subscription
 
 
@@ -93,9 +101,9 @@ class IChatUser(Interface):
         recipients: Sequence[str], file_name: str, content: bytes
     ) -> Deferred[list[Message]]:
         """
-        Like L{send_many}, with a file: C{file_name} must be a plain name
-        (L{chat.model.validate_file_name}) and C{content} at most the
-        server's maximum file size.
+        Like L{send_many}, with a file: C{file_name} is a plain name or a
+        path, whose last component is kept (L{chat.model.plain_file_name});
+        C{content} is at most the server's maximum file size.
 
         @return: also fails with L{chat.errors.InvalidFileName} or
             L{chat.errors.FileTooLarge}. With a single recipient, an unknown
@@ -109,12 +117,35 @@ class IChatUser(Interface):
         Like L{send_to_group}, with a file (see L{send_file}).
         """
 
-    def create_group(name: str) -> Deferred[Group]:
+    def send_to_names(names: Sequence[str], text: str) -> Deferred[list[Message]]:
         """
-        Create a group owned by this user, who becomes its first member.
+        Like L{send_many}; but a single name that is no user's and is a
+        group's means that group (L{send_to_group}): a user of that name
+        wins.
 
-        @return: fails with L{chat.errors.InvalidGroupName} or
-            L{chat.errors.GroupExists}.
+        @return: fails as L{send_many} does (L{chat.errors.NoSuchUsers} for
+            a name that is neither), or as L{send_to_group} does for the
+            group.
+        """
+
+    def send_file_to_names(
+        names: Sequence[str], file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        """
+        L{send_to_names} with a file (see L{send_file}); an unknown single
+        name fails with L{chat.errors.NoSuchUsers}, as L{send_to_names}.
+        """
+
+    def create_group(name: str, members: Sequence[str] = ()) -> Deferred[Group]:
+        """
+        Create a group owned by this user, who becomes its first member,
+        with C{members} joined as if each had joined it.
+
+        @return: fails with L{chat.errors.InvalidGroupName},
+            L{chat.errors.GroupExists}, L{chat.errors.TooManyRecipients}
+            for more members than a message may have recipients, or
+            L{chat.errors.NoSuchUsers} naming the unknown members (then
+            nothing is created).
         """
 
     def join_group(name: str) -> Deferred[Group]:
@@ -145,6 +176,34 @@ class IChatUser(Interface):
     def groups() -> Deferred[list[Group]]:
         """
         @return: fires with this user's groups, ordered by name.
+        """
+
+    def all_groups(limit: int) -> Deferred[tuple[list[Group], bool]]:
+        """
+        @return: fires with the first C{limit} groups of the server, ordered
+            by name, and whether there are more.
+        """
+
+    def all_users(limit: int) -> Deferred[tuple[list[Profile], bool]]:
+        """
+        @return: fires with the public profiles of the first C{limit} users,
+            ordered by username, and whether there are more.
+        """
+
+    def group_inbox(group: str) -> Deferred[list[Message]]:
+        """
+        Like L{inbox}, only the messages of C{group}.
+
+        @return: fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember}.
+        """
+
+    def private_inbox(peer: str) -> Deferred[list[Message]]:
+        """
+        Like L{inbox}, only the private messages from C{peer}.
+
+        @return: fails with L{chat.errors.NoSuchUser} if C{peer} does not
+            exist.
         """
 
     def history(peer: str, limit: int, before_id: int | None = None) -> Deferred[Page]:
@@ -435,12 +494,18 @@ class IChatStore(Interface):
             L{chat.errors.NotAMember} if the sender is not a member.
         """
 
-    def create_group(name: str, owner: str, created_at: float) -> Deferred[Group]:
+    def create_group(
+        name: str, owner: str, created_at: float, members: Sequence[str] = ()
+    ) -> Deferred[Group]:
         """
-        Create a group with C{owner} as its owner and only member.
+        Create a group with C{owner} as its owner and first member, and
+        C{members} (duplicates and the owner dropped) joined after it, in
+        that order, all in one transaction.
 
-        @return: fails with L{chat.errors.GroupExists} or
-            L{chat.errors.NoSuchUser} if C{owner} does not exist.
+        @return: fails with L{chat.errors.GroupExists},
+            L{chat.errors.NoSuchUser} if C{owner} does not exist, or
+            L{chat.errors.NoSuchUsers} naming every member that does not
+            (then nothing is created).
         """
 
     def join_group(name: str, username: str, joined_at: float) -> Deferred[Group]:
@@ -474,6 +539,29 @@ class IChatStore(Interface):
         """
         @return: fires with the groups C{username} is a member of, ordered
             by name.
+        """
+
+    def list_all_groups(limit: int) -> Deferred[list[Group]]:
+        """
+        @return: fires with the first C{limit} groups, ordered by name.
+        """
+
+    def drain_conversation(
+        username: str,
+        delivered_at: float,
+        max_bytes: int | None = None,
+        *,
+        group: str | None = None,
+        peer: str | None = None,
+    ) -> Deferred[list[Message]]:
+        """
+        Like L{drain_inbox}, but only the messages of one conversation: of
+        C{group}, or (with C{peer}) the private messages from C{peer}.
+
+        @return: fails with L{chat.errors.NoSuchGroup} or
+            L{chat.errors.NotAMember} for a group C{username} is not in, or
+            L{chat.errors.NoSuchUser} if C{peer} (a local name, without
+            C{@}) does not exist.
         """
 
     def conversation(

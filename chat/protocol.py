@@ -67,6 +67,7 @@ from zope.interface import implementer
 
 from chat import commands
 from chat.checkers import SessionToken
+from chat.compat import CALLS, AvatarCall, auth_reply, inbox_reply
 from chat.errors import (
     AlreadyAMember,
     BadRealmMessage,
@@ -184,16 +185,6 @@ _RATE = 2  # the command rate
 _OUTPUT = 4  # the client is not reading its replies
 
 
-def inbox_reply(messages: list[Message]) -> Reply:
-    """
-    The course's inbox shape: messages grouped by sender, in send order.
-    """
-    grouped: dict[str, list[dict[str, object]]] = {}
-    for message in messages:
-        grouped.setdefault(message.sender, []).append(message.to_wire())
-    return commands.ok(messages=grouped)
-
-
 def history_reply(page: Page) -> Reply:
     """
     One page of a history, newest first, and where the next page starts.
@@ -212,6 +203,7 @@ def file_sent_reply(messages: list[Message]) -> Reply:
         file_name=first.file_name,
         file_size=first.file_size,
         file_sha256=first.file_sha256,
+        address=first.file_name,
     )
 
 
@@ -591,6 +583,9 @@ class ChatProtocol(LineReceiver):
     def _dispatch(self, command: commands.Command) -> Deferred[Reply | None]:
         if self._link_mode and command.verb not in LINK_VERBS:
             return fail(RealmLinkOnly())
+        call = CALLS.get(command.verb)
+        if call is not None:
+            return self._call_avatar(command, call)
         handler = getattr(self, f"do_{command.verb.replace('-', '_')}")
         result: Deferred[Reply | None] = handler(command)
         return result
@@ -618,8 +613,14 @@ class ChatProtocol(LineReceiver):
         d = registrar.register(
             command.username, command.password, command.full_name, self._host
         )
-        return d.addCallback(
-            lambda user: commands.ok(message="User Registered", username=user.username)
+        # Registering logs in, as in most of the course family (issue 17).
+        login = d.addCallback(lambda _: ensureDeferred(self._login(command)))
+        return login.addCallback(
+            lambda reply: {
+                **reply,
+                "message": "User Registered",
+                "username": command.username,
+            }
         )
 
     def do_logout(self, command: commands.Logout) -> Deferred[Reply | None]:
@@ -634,7 +635,9 @@ class ChatProtocol(LineReceiver):
             group = targets.group
             d.addCallback(lambda avatar: avatar.send_to_group(group, command.text))
         else:
-            d.addCallback(lambda avatar: avatar.send_many(targets.users, command.text))
+            d.addCallback(
+                lambda avatar: avatar.send_to_names(targets.users, command.text)
+            )
         return d.addCallback(lambda _: commands.ok(message="Message Sent"))
 
     def do_sendfile(self, command: commands.SendFile) -> Deferred[Reply | None]:
@@ -660,15 +663,17 @@ class ChatProtocol(LineReceiver):
             )
         else:
             d.addCallback(
-                lambda avatar: avatar.send_file(
+                lambda avatar: avatar.send_file_to_names(
                     targets.users, command.file_name, command.content
                 )
             )
         return d.addCallback(file_sent_reply)
 
     def do_creategroup(self, command: commands.CreateGroup) -> Deferred[Reply | None]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.create_group(command.group))
+        d = self._with_session(command.token)
+        d.addCallback(
+            lambda avatar: avatar.create_group(command.group, command.members)
+        )
         return d.addCallback(group_reply("Group Created"))
 
     def do_joingroup(self, command: commands.JoinGroup) -> Deferred[Reply | None]:
@@ -754,7 +759,7 @@ class ChatProtocol(LineReceiver):
     def do_auth(self, command: commands.Auth) -> Deferred[Reply | None]:
         return ensureDeferred(self._login(command))
 
-    async def _login(self, command: commands.Auth) -> Reply | None:
+    async def _login(self, command: commands.Auth | commands.Register) -> Reply:
         failures = self.factory.failures
         try:
             # Before hashing: a refused attempt costs no KDF.
@@ -785,7 +790,23 @@ class ChatProtocol(LineReceiver):
         token = await IChatUser(avatar).open_session()
         self._authenticated_now()
         self._auth_token = token
-        return commands.ok(tokenid=token)
+        federation = self.factory.federation
+        return auth_reply(token, None if federation is None else federation.realm_id)
+
+    def _with_session(self, token: str | None) -> Deferred[Any]:
+        """
+        The avatar of C{token}, or without one, of the session this
+        connection logged in with (C{auth}).
+        """
+        token = token if token is not None else self._auth_token
+        if token is None:
+            return fail(SessionNotFound("no token and no auth on this connection"))
+        return self._with_avatar(token)
+
+    def _call_avatar(self, command: Any, call: AvatarCall) -> Deferred[Reply | None]:
+        d = self._with_session(command.token)
+        d.addCallback(call.call, command)
+        return d.addCallback(call.reply, command)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
         sessions = self.factory.sessions

@@ -51,6 +51,7 @@ from zope.interface import implementer
 from chat.errors import (
     ChatError,
     FileTooLarge,
+    NoSuchGroup,
     NoSuchRealm,
     NoSuchUser,
     NoSuchUsers,
@@ -65,8 +66,9 @@ from chat.model import (
     Group,
     Message,
     Page,
+    Profile,
     User,
-    validate_file_name,
+    plain_file_name,
     validate_group_name,
 )
 from chat.push import LocalFanout, Presence, Subscription
@@ -260,10 +262,10 @@ class ChatUser:
         return distinct
 
     def _attachment(self, file_name: str, content: bytes) -> Attachment:
-        validate_file_name(file_name)
+        name = plain_file_name(file_name)
         if len(content) > self.realm.max_file_size:
             raise FileTooLarge(self.realm.max_file_size)
-        return Attachment(file_name, content)
+        return Attachment(name, content)
 
     def _send_many(
         self, recipients: Sequence[str], text: str, attachment: Attachment | None
@@ -297,9 +299,8 @@ class ChatUser:
         self, recipients: Sequence[str], file_name: str, content: bytes
     ) -> Deferred[list[Message]]:
         try:
-            d = self._send_many(
-                recipients, file_name, self._attachment(file_name, content)
-            )
+            attachment = self._attachment(file_name, content)
+            d = self._send_many(recipients, attachment.name, attachment)
         except ChatError:
             return fail()
 
@@ -318,7 +319,58 @@ class ChatUser:
             attachment = self._attachment(file_name, content)
         except ChatError:
             return fail()
-        return self._send_to_group(group, file_name, attachment)
+        return self._send_to_group(group, attachment.name, attachment)
+
+    def send_to_names(self, names: Sequence[str], text: str) -> Deferred[list[Message]]:
+        return self._or_group(
+            names,
+            self.send_many(names, text),
+            lambda group: self.send_to_group(group, text),
+        )
+
+    def send_file_to_names(
+        self, names: Sequence[str], file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        try:
+            attachment = self._attachment(file_name, content)
+            d = self._send_many(names, attachment.name, attachment)
+        except ChatError:
+            return fail()
+        return self._or_group(
+            names,
+            d,
+            lambda group: self._send_to_group(group, attachment.name, attachment),
+        )
+
+    def _or_group(
+        self,
+        names: Sequence[str],
+        d: Deferred[list[Message]],
+        to_group: Callable[[str], Deferred[list[Message]]],
+    ) -> Deferred[list[Message]]:
+        """
+        C{d}, a send to the users C{names}; but if C{names} is a single name
+        that is no user's and a group's, the send to that group instead
+        (the course family writes C{sendgroup <token> team hi} for C{#team}).
+        """
+        distinct = list(dict.fromkeys(names))
+
+        def maybe_group(f: Failure) -> Deferred[list[Message]]:
+            error = f.value
+            if (
+                len(distinct) != 1
+                or not isinstance(error, NoSuchUsers)
+                or list(error.usernames) != distinct
+            ):
+                return fail(f)
+
+            def neither(g: Failure) -> Failure:
+                g.trap(NoSuchGroup)
+                return f
+
+            return to_group(error.usernames[0]).addErrback(neither)
+
+        return d.addErrback(maybe_group)
 
     # Groups.
 
@@ -331,13 +383,14 @@ class ChatUser:
 
         return changed
 
-    def create_group(self, name: str) -> Deferred[Group]:
+    def create_group(self, name: str, members: Sequence[str] = ()) -> Deferred[Group]:
         try:
             validate_group_name(name)
+            members = self._recipients(members)
         except ChatError:
             return fail()
         d = self.realm.store.create_group(
-            name, self.username, self.realm.clock.seconds()
+            name, self.username, self.realm.clock.seconds(), members
         )
         return self._stored(d).addCallback(self._changed("created", name))
 
@@ -355,6 +408,32 @@ class ChatUser:
 
     def groups(self) -> Deferred[list[Group]]:
         return self.realm.store.list_groups(self.username)
+
+    def all_groups(self, limit: int) -> Deferred[tuple[list[Group], bool]]:
+        d = self.realm.store.list_all_groups(limit + 1)
+        return d.addCallback(lambda groups: (groups[:limit], len(groups) > limit))
+
+    def all_users(self, limit: int) -> Deferred[tuple[list[Profile], bool]]:
+        online = {username for username, _ in self.realm.presence.online()}
+
+        def listed(users: list[User]) -> tuple[list[Profile], bool]:
+            profiles = [
+                Profile(user.username, user.full_name, user.username in online)
+                for user in users[:limit]
+            ]
+            return profiles, len(users) > limit
+
+        return self.realm.store.list_users().addCallback(listed)
+
+    def group_inbox(self, group: str) -> Deferred[list[Message]]:
+        return self.realm.store.drain_conversation(
+            self.username, self.realm.clock.seconds(), REPLY_BUDGET, group=group
+        )
+
+    def private_inbox(self, peer: str) -> Deferred[list[Message]]:
+        return self.realm.store.drain_conversation(
+            self.username, self.realm.clock.seconds(), REPLY_BUDGET, peer=peer
+        )
 
     # History.
 

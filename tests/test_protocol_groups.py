@@ -240,10 +240,12 @@ def test_kickgroup() -> None:
 
 
 def test_group_commands_need_a_session_and_arguments() -> None:
-    """Group commands refuse bad tokens and missing arguments."""
+    """Group commands refuse bad tokens, no session (creategroup without a
+    token, before auth) and missing arguments."""
     client = Server().connect()
     for line in [
         "creategroup x team",
+        "creategroup team",
         "joingroup x team",
         "leavegroup x team",
         "kickgroup x team a",
@@ -251,7 +253,7 @@ def test_group_commands_need_a_session_and_arguments() -> None:
     ]:
         assert client.request(line)["code"] == "no_session", line
     for line in [
-        "creategroup x",
+        "creategroup",
         "joingroup x",
         "leavegroup x",
         "kickgroup x team",

@@ -408,12 +408,22 @@ class MemoryStore:
             group.owner = group.members[0]
         return self._snapshot(name)
 
-    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
+    def create_group(
+        self,
+        name: str,
+        owner: str,
+        created_at: float,
+        members: Sequence[str] = (),
+    ) -> Deferred[Group]:
         def create() -> Group:
             self._user(owner)
             if name in self.groups:
                 raise GroupExists(name)
-            self.groups[name] = _Group(owner, created_at, [owner])
+            everyone = list(dict.fromkeys([owner, *members]))
+            unknown = [member for member in everyone if member not in self.users]
+            if unknown:
+                raise NoSuchUsers(unknown)
+            self.groups[name] = _Group(owner, created_at, everyone)
             return self._snapshot(name)
 
         return self._run(create)
@@ -450,6 +460,44 @@ class MemoryStore:
                 if username in self.groups[name].members
             ]
         )
+
+    def list_all_groups(self, limit: int) -> Deferred[list[Group]]:
+        return self._run(
+            lambda: [self._snapshot(name) for name in sorted(self.groups)[:limit]]
+        )
+
+    def drain_conversation(
+        self,
+        username: str,
+        delivered_at: float,
+        max_bytes: int | None = None,
+        *,
+        group: str | None = None,
+        peer: str | None = None,
+    ) -> Deferred[list[Message]]:
+        def drain() -> list[Message]:
+            if group is not None:
+                if username not in self._group(group).members:
+                    raise NotAMember(group, username)
+            elif peer is not None and "@" not in peer:
+                self._user(peer)
+            waiting = [
+                stored
+                for stored in self.messages
+                if stored.message.recipient == username
+                and stored.delivered_at is None
+                and (
+                    stored.message.group == group
+                    if group is not None
+                    else stored.message.group is None and stored.message.sender == peer
+                )
+            ]
+            taken, _ = _within((s.message for s in waiting), max_bytes)
+            for stored in waiting[: len(taken)]:
+                stored.delivered_at = delivered_at
+            return taken
+
+        return self._run(drain)
 
     # History.
 

@@ -255,8 +255,14 @@ class SQLStore(GroupCommit):
             self._mailboxes,
         )
 
-    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
-        return self._run(_create_group_txn, name, owner, created_at)
+    def create_group(
+        self,
+        name: str,
+        owner: str,
+        created_at: float,
+        members: Sequence[str] = (),
+    ) -> Deferred[Group]:
+        return self._run(_create_group_txn, name, owner, created_at, tuple(members))
 
     def join_group(self, name: str, username: str, joined_at: float) -> Deferred[Group]:
         return self._run(_join_group_txn, name, username, joined_at)
@@ -269,6 +275,28 @@ class SQLStore(GroupCommit):
 
     def list_groups(self, username: str) -> Deferred[list[Group]]:
         return self._run(_list_groups_txn, username)
+
+    def list_all_groups(self, limit: int) -> Deferred[list[Group]]:
+        return self._run(_list_all_groups_txn, limit)
+
+    def drain_conversation(
+        self,
+        username: str,
+        delivered_at: float,
+        max_bytes: int | None = None,
+        *,
+        group: str | None = None,
+        peer: str | None = None,
+    ) -> Deferred[list[Message]]:
+        return self._run(
+            _drain_conversation_txn,
+            username,
+            delivered_at,
+            max_bytes,
+            group,
+            peer,
+            self._mailboxes,
+        )
 
     def conversation(
         self,
@@ -923,7 +951,11 @@ def _require_user(connection: Connection, username: str) -> None:
 
 
 def _create_group_txn(
-    connection: Connection, name: str, owner: str, created_at: float
+    connection: Connection,
+    name: str,
+    owner: str,
+    created_at: float,
+    members: Sequence[str] = (),
 ) -> Group:
     _require_user(connection, owner)
     if (
@@ -933,15 +965,22 @@ def _create_group_txn(
         is not None
     ):
         raise GroupExists(name)
+    everyone = list(dict.fromkeys([owner, *members]))
+    known = set(_full_names(connection, everyone[1:]))
+    unknown = [member for member in everyone[1:] if member not in known]
+    if unknown:
+        raise NoSuchUsers(unknown)
     connection.execute(
         "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
         (name, owner, created_at),
     )
-    connection.execute(
-        "INSERT INTO group_members (group_name, username, joined_at) VALUES (?, ?, ?)",
-        (name, owner, created_at),
-    )
-    return Group(name, owner, (owner,), created_at)
+    for member in everyone:
+        connection.execute(
+            "INSERT INTO group_members (group_name, username, joined_at)"
+            " VALUES (?, ?, ?)",
+            (name, member, created_at),
+        )
+    return Group(name, owner, tuple(everyone), created_at)
 
 
 def _join_group_txn(
@@ -999,6 +1038,58 @@ def _list_groups_txn(connection: Connection, username: str) -> list[Group]:
         )
     )
     return [_group_txn(connection, name) for name in names]
+
+
+def _list_all_groups_txn(connection: Connection, limit: int) -> list[Group]:
+    names = _column(
+        connection.execute(
+            "SELECT name FROM chat_groups ORDER BY name LIMIT ?", (limit,)
+        )
+    )
+    return [_group_txn(connection, name) for name in names]
+
+
+def _drain_conversation_txn(
+    connection: Connection,
+    username: str,
+    delivered_at: float,
+    max_bytes: int | None,
+    group: str | None,
+    peer: str | None,
+    mailboxes: _MailboxCounts | None = None,
+) -> list[Message]:
+    """
+    L{_drain_inbox_txn} for one conversation: the messages of C{group}
+    (which must exist and have C{username} as a member), or the private
+    messages from C{peer} (a user here, or C{user@realm}).
+    """
+    if group is not None:
+        _group_txn(connection, group)
+        if not _is_member(connection, group, username):
+            raise NotAMember(group, username)
+        condition, value = "group_name = ?", group
+    else:
+        assert peer is not None
+        if "@" not in peer:
+            _require_user(connection, peer)
+        condition, value = "sender = ? AND group_name IS NULL", peer
+    if mailboxes is not None:
+        mailboxes.drop(username)
+    cursor = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
+        f" WHERE recipient = ? AND delivered_at IS NULL AND {condition}"
+        " ORDER BY id" + _locks_rows(connection),
+        (username, value),
+    )
+    rows, _ = _within(cursor, max_bytes)
+    cursor.close()
+    ids = [row[_ID] for row in rows]
+    for chunk in _chunks(ids):
+        connection.execute(
+            f"UPDATE messages SET delivered_at = ? WHERE id IN ({_marks(len(chunk))})",
+            (delivered_at, *chunk),
+        )
+    return _messages(connection, rows)
 
 
 def _page(
@@ -1451,6 +1542,7 @@ CHECKS_BEFORE_WRITING = frozenset(
     {
         _store_message_txn,
         _drain_inbox_txn,
+        _drain_conversation_txn,
         _undelivered_txn,
         _mark_delivered_txn,
         _mark_delivered_ids_txn,
