@@ -583,12 +583,6 @@ class Groups(TokenCommand):
     pass
 
 
-@verb("groupinbox")
-@attrs.frozen
-class GroupInbox(GroupCommand):
-    pass
-
-
 @verb("privateinbox")
 @attrs.frozen
 class PrivateInbox(Command):
@@ -600,23 +594,17 @@ class PrivateInbox(Command):
         return cls(*words(rest, 2))
 
 
-#: The shapes of the user and group lists: objects (ours), names only, or
-#: objects that also carry the group's name as "group".
-OBJECTS = "objects"
-NAMES = "names"
-OBJECTS_WITH_GROUP = "objects-with-group"
-
-
 @attrs.frozen
 class ListCommand(Command):
     """
     A list of the server's users or groups: C{<verb> [<token>]}, without a
     token for the session this connection logged in with (C{auth}).
-    C{shape} is the reply's (see L{chat.compat}), set by an alias.
+    C{shape} names the reply's shape (L{chat.compat.SHAPES}) when an alias
+    asks for one.
     """
 
     token: str | None = attrs.field(repr=False)
-    shape: str = OBJECTS
+    shape: str | None = None
 
     @classmethod
     def from_arguments(cls, rest: str) -> Command:
@@ -653,6 +641,7 @@ class History(Command):
     group: str | None
     limit: int = HISTORY_LIMIT
     before_id: int | None = None
+    shape: str | None = None
 
     @classmethod
     def from_arguments(cls, rest: str) -> History:
@@ -671,18 +660,34 @@ class History(Command):
         return cls(token, target, None, limit, before_id)
 
 
+def group_target(rest: str) -> str:
+    """
+    C{<token> <group> ...} as C{<token> #<group> ...}: the target of a
+    C{history} is a group.
+    """
+    found = rest.split(None, 2)
+    if len(found) > 1 and not found[1].startswith("#"):
+        found[1] = f"#{found[1]}"
+    return " ".join(found)
+
+
 @attrs.frozen
 class Alias:
     """
     Another spelling of one of our commands, from the course family's
-    clients: the same arguments, rules, limits and errors. C{shape}, if
-    set, is the shape of the reply that spelling's client reads.
+    clients: the same rules, limits and errors. C{arguments}, if set,
+    rewrites the rest of the line into our command's arguments; C{shape},
+    if set, names the shape of the reply that spelling's clients read
+    (L{chat.compat.SHAPES}).
     """
 
     verb: str
     shape: str | None = None
+    arguments: Callable[[str], str] | None = None
 
     def parse(self, rest: str) -> Command:
+        if self.arguments is not None:
+            rest = self.arguments(rest)
         command = VERBS[self.verb].from_arguments(rest)
         if self.shape is None:
             return command
@@ -703,18 +708,21 @@ ALIASES: dict[str, Alias] = {
     "leave_group": Alias("leavegroup"),
     "send_group": Alias("sendgroup"),
     "send_file_group": Alias("sendgroupfile"),
-    "inboxgroup": Alias("groupinbox"),
-    "inbox_group": Alias("groupinbox"),
+    # A group's messages, <token> <group>: its history, as those clients'
+    # servers answered (the newest 50; the inbox still has them).
+    "groupinbox": Alias("history", "timeline", group_target),
+    "inboxgroup": Alias("history", None, group_target),
+    "inbox_group": Alias("history", "by-sender", group_target),
     # Lists of users and groups.
     "getusers": Alias("users"),
     "getallusers": Alias("users"),
     "get_all_users": Alias("users"),
-    "listusers": Alias("users", NAMES),
-    "getgroups": Alias("allgroups", OBJECTS_WITH_GROUP),
+    "listusers": Alias("users", "user-names"),
+    "getgroups": Alias("allgroups", "group-objects"),
     "getallgroups": Alias("allgroups"),
     "get_all_groups": Alias("allgroups"),
-    "getgroup": Alias("allgroups", NAMES),
-    "listgroups": Alias("allgroups", NAMES),
+    "getgroup": Alias("allgroups", "group-names"),
+    "listgroups": Alias("allgroups", "group-names"),
     # Other realms.
     "inboxrealm": Alias("getrealminbox"),
 }

@@ -10,9 +10,9 @@ functions:
    answer C{token_id} and C{realm_id};
  - the commands they added that are one call on the user's avatar and one
    reply (L{CALLS}): the lists of users and groups, and the inbox of one
-   group or of one sender;
- - the reply shapes their spellings expect: a list of names or of objects
-   (L{chat.commands.ListCommand.shape}).
+   sender;
+ - the reply shapes their spellings expect (L{SHAPES}): a list of names or
+   of objects, a history oldest first or grouped by sender.
 
 The lists answer logged-in connections only (a command without a token
 uses the session the connection logged in with), with public details only:
@@ -55,27 +55,13 @@ def inbox_reply(messages: list[Message]) -> Reply:
     return commands.ok(messages=grouped)
 
 
-def users_reply(
-    listed: tuple[list[Profile], bool], command: commands.ListCommand
-) -> Reply:
+def users_reply(listed: tuple[list[Profile], bool], _: object) -> Reply:
     profiles, more = listed
-    if command.shape == commands.NAMES:
-        return commands.ok(users=[p.username for p in profiles], more=more)
     return commands.ok(users=[p.to_wire() for p in profiles], more=more)
 
 
-def _group_object(group: Group) -> dict[str, object]:
-    return {"group": group.name, **group.to_wire()}
-
-
-def groups_reply(
-    listed: tuple[list[Group], bool], command: commands.ListCommand
-) -> Reply:
+def groups_reply(listed: tuple[list[Group], bool], _: object) -> Reply:
     groups, more = listed
-    if command.shape == commands.NAMES:
-        return commands.ok(groups=[g.name for g in groups], more=more)
-    if command.shape == commands.OBJECTS_WITH_GROUP:
-        return commands.ok(groups=[_group_object(g) for g in groups], more=more)
     return commands.ok(groups=[g.to_wire() for g in groups], more=more)
 
 
@@ -97,12 +83,74 @@ CALLS: dict[str, AvatarCall] = {
     "allgroups": AvatarCall(
         lambda avatar, _: avatar.all_groups(LIST_LIMIT), groups_reply
     ),
-    "groupinbox": AvatarCall(
-        lambda avatar, command: avatar.group_inbox(command.group),
-        lambda messages, _: inbox_reply(messages),
-    ),
     "privateinbox": AvatarCall(
         lambda avatar, command: avatar.private_inbox(command.peer),
         lambda messages, _: inbox_reply(messages),
     ),
 }
+
+
+# Reply shapes: what a spelling's clients read, made from our OK reply.
+
+
+def _user_names(reply: Reply) -> Reply:
+    users: list[dict[str, Any]] = reply["users"]  # type: ignore[assignment]
+    return {**reply, "users": [user["username"] for user in users]}
+
+
+def _group_names(reply: Reply) -> Reply:
+    groups: list[dict[str, Any]] = reply["groups"]  # type: ignore[assignment]
+    return {**reply, "groups": [group["name"] for group in groups]}
+
+
+def _group_objects(reply: Reply) -> Reply:
+    groups: list[dict[str, Any]] = reply["groups"]  # type: ignore[assignment]
+    return {**reply, "groups": [{"group": g["name"], **g} for g in groups]}
+
+
+def _oldest_first(reply: Reply) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = reply["messages"]  # type: ignore[assignment]
+    return messages[::-1]
+
+
+def _timeline(reply: Reply) -> Reply:
+    """
+    A history page oldest first, each message with a C{timestamp} that
+    C{datetime.fromisoformat} reads on any Python.
+    """
+    timeline = [
+        {**message, "timestamp": message["sent_at"].replace("Z", "+00:00")}
+        for message in _oldest_first(reply)
+    ]
+    return {**reply, "messages": timeline}
+
+
+def _by_sender(reply: Reply) -> Reply:
+    """
+    A history page in the inbox's shape: grouped by sender, oldest first.
+    """
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for message in _oldest_first(reply):
+        grouped.setdefault(message["from"], []).append(message)
+    return {**reply, "messages": grouped}
+
+
+#: The reply shapes aliases ask for (L{chat.commands.Alias.shape}).
+SHAPES: dict[str, Callable[[Reply], Reply]] = {
+    "user-names": _user_names,
+    "group-names": _group_names,
+    "group-objects": _group_objects,
+    "timeline": _timeline,
+    "by-sender": _by_sender,
+}
+
+
+def reshape(reply: Reply | None, command: commands.Command) -> Reply | None:
+    """
+    C{reply} in the shape C{command}'s spelling asked for, if it did (an
+    error reply keeps ours).
+    """
+    shape: str | None = getattr(command, "shape", None)
+    if shape is None or reply is None or reply.get("status") != "OK":
+        return reply
+    return SHAPES[shape](reply)

@@ -190,14 +190,6 @@ class IChatUser(Interface):
             ordered by username, and whether there are more.
         """
 
-    def group_inbox(group: str) -> Deferred[list[Message]]:
-        """
-        Like L{inbox}, only the messages of C{group}.
-
-        @return: fails with L{chat.errors.NoSuchGroup} or
-            L{chat.errors.NotAMember}.
-        """
-
     def private_inbox(peer: str) -> Deferred[list[Message]]:
         """
         Like L{inbox}, only the private messages from C{peer}.
@@ -546,22 +538,15 @@ class IChatStore(Interface):
         @return: fires with the first C{limit} groups, ordered by name.
         """
 
-    def drain_conversation(
-        username: str,
-        delivered_at: float,
-        max_bytes: int | None = None,
-        *,
-        group: str | None = None,
-        peer: str | None = None,
+    def drain_inbox_from(
+        username: str, sender: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
         """
-        Like L{drain_inbox}, but only the messages of one conversation: of
-        C{group}, or (with C{peer}) the private messages from C{peer}.
+        Like L{drain_inbox}, but only the private messages (not a group's)
+        from C{sender}.
 
-        @return: fails with L{chat.errors.NoSuchGroup} or
-            L{chat.errors.NotAMember} for a group C{username} is not in, or
-            L{chat.errors.NoSuchUser} if C{peer} (a local name, without
-            C{@}) does not exist.
+        @return: fails with L{chat.errors.NoSuchUser} if C{sender} (a local
+            name, without C{@}) does not exist.
         """
 
     def conversation(

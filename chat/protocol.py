@@ -67,7 +67,7 @@ from zope.interface import implementer
 
 from chat import commands
 from chat.checkers import SessionToken
-from chat.compat import CALLS, AvatarCall, auth_reply, inbox_reply
+from chat.compat import CALLS, AvatarCall, auth_reply, inbox_reply, reshape
 from chat.errors import (
     AlreadyAMember,
     BadRealmMessage,
@@ -717,7 +717,7 @@ class ChatProtocol(LineReceiver):
             d.addCallback(
                 lambda avatar: avatar.history(peer, command.limit, command.before_id)
             )
-        return d.addCallback(history_reply)
+        return d.addCallback(history_reply).addCallback(reshape, command)
 
     def do_ping(self, command: commands.Ping) -> Deferred[Reply | None]:
         reply = commands.ok(message="PONG")
@@ -806,7 +806,7 @@ class ChatProtocol(LineReceiver):
     def _call_avatar(self, command: Any, call: AvatarCall) -> Deferred[Reply | None]:
         d = self._with_session(command.token)
         d.addCallback(call.call, command)
-        return d.addCallback(call.reply, command)
+        return d.addCallback(call.reply, command).addCallback(reshape, command)
 
     def _with_avatar(self, token: str) -> Deferred[Any]:
         sessions = self.factory.sessions

@@ -425,14 +425,9 @@ class ChatUser:
 
         return self.realm.store.list_users().addCallback(listed)
 
-    def group_inbox(self, group: str) -> Deferred[list[Message]]:
-        return self.realm.store.drain_conversation(
-            self.username, self.realm.clock.seconds(), REPLY_BUDGET, group=group
-        )
-
     def private_inbox(self, peer: str) -> Deferred[list[Message]]:
-        return self.realm.store.drain_conversation(
-            self.username, self.realm.clock.seconds(), REPLY_BUDGET, peer=peer
+        return self.realm.store.drain_inbox_from(
+            self.username, peer, self.realm.clock.seconds(), REPLY_BUDGET
         )
 
     # History.

@@ -224,3 +224,25 @@ def test_logout_storage_unavailable() -> None:
     token = client.login()
     server.store.broken = True
     assert client.request(f"logout {token}")["code"] == "storage_unavailable"
+
+
+@pytest.mark.parametrize("username", ["postmaster", "admin", "root", ".", "..", "-rf"])
+def test_register_refuses_names_that_impersonate(username: str) -> None:
+    """Names of the system and names that look like paths or options are refused."""
+    server = Server()
+    reply = server.connect().request(f"register {username} rahasia123 Budi")
+    assert reply["code"] == "invalid_username"
+    assert username not in server.store.users
+
+
+@pytest.mark.parametrize(
+    "full_name",
+    ["Budi\u0085Santoso", "Budi \u202eosotnaS", "Bu\u200bdi", "Budi\u2028X"],
+)
+def test_register_refuses_invisible_characters_in_full_names(full_name: str) -> None:
+    """A full name with a C1 control, bidi override, zero-width space or line
+    separator is refused."""
+    server = Server()
+    reply = server.connect().request(f"register budi rahasia123 {full_name}")
+    assert reply["code"] == "invalid_full_name"
+    assert "budi" not in server.store.users

@@ -282,3 +282,16 @@ def test_inbox_reply_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         ["f2.bin", "after"],
         [],
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["invoice\u202efdp.exe", "a\u2215b.txt", "a\uff0fb.txt", "con", "NUL.txt", "a:b"],
+)
+def test_sendfile_refuses_names_unsafe_on_some_system(name: str) -> None:
+    """Bidi overrides, slash look-alikes and Windows-reserved names are refused."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"sendfile {tokens['messi']} henderson {name} aGk=")
+    assert reply["code"] == "invalid_file_name"
+    assert server.store.messages == []

@@ -319,3 +319,13 @@ def test_sendgroup_to_a_group_alone() -> None:
     assert _inbox(client, tokens["messi"]) == {}
     history = client.request(f"history {tokens['messi']} #solo")
     assert [m["msg"] for m in history["messages"]] == ["note"]
+
+
+@pytest.mark.parametrize("name", ["admin", "postmaster", "-rf", "..", ".x"])
+def test_creategroup_refuses_names_that_impersonate(name: str) -> None:
+    """Group names follow the new-username rule: no reserved or path-like names."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"creategroup {tokens['messi']} {name}")
+    assert reply["code"] == "invalid_group_name"
+    assert server.store.groups == {}

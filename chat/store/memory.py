@@ -466,31 +466,23 @@ class MemoryStore:
             lambda: [self._snapshot(name) for name in sorted(self.groups)[:limit]]
         )
 
-    def drain_conversation(
+    def drain_inbox_from(
         self,
         username: str,
+        sender: str,
         delivered_at: float,
         max_bytes: int | None = None,
-        *,
-        group: str | None = None,
-        peer: str | None = None,
     ) -> Deferred[list[Message]]:
         def drain() -> list[Message]:
-            if group is not None:
-                if username not in self._group(group).members:
-                    raise NotAMember(group, username)
-            elif peer is not None and "@" not in peer:
-                self._user(peer)
+            if "@" not in sender:
+                self._user(sender)
             waiting = [
                 stored
                 for stored in self.messages
                 if stored.message.recipient == username
                 and stored.delivered_at is None
-                and (
-                    stored.message.group == group
-                    if group is not None
-                    else stored.message.group is None and stored.message.sender == peer
-                )
+                and stored.message.sender == sender
+                and stored.message.group is None
             ]
             taken, _ = _within((s.message for s in waiting), max_bytes)
             for stored in waiting[: len(taken)]:

@@ -279,22 +279,19 @@ class SQLStore(GroupCommit):
     def list_all_groups(self, limit: int) -> Deferred[list[Group]]:
         return self._run(_list_all_groups_txn, limit)
 
-    def drain_conversation(
+    def drain_inbox_from(
         self,
         username: str,
+        sender: str,
         delivered_at: float,
         max_bytes: int | None = None,
-        *,
-        group: str | None = None,
-        peer: str | None = None,
     ) -> Deferred[list[Message]]:
         return self._run(
-            _drain_conversation_txn,
+            _drain_inbox_from_txn,
             username,
+            sender,
             delivered_at,
             max_bytes,
-            group,
-            peer,
             self._mailboxes,
         )
 
@@ -1049,37 +1046,27 @@ def _list_all_groups_txn(connection: Connection, limit: int) -> list[Group]:
     return [_group_txn(connection, name) for name in names]
 
 
-def _drain_conversation_txn(
+def _drain_inbox_from_txn(
     connection: Connection,
     username: str,
+    sender: str,
     delivered_at: float,
     max_bytes: int | None,
-    group: str | None,
-    peer: str | None,
     mailboxes: _MailboxCounts | None = None,
 ) -> list[Message]:
     """
-    L{_drain_inbox_txn} for one conversation: the messages of C{group}
-    (which must exist and have C{username} as a member), or the private
-    messages from C{peer} (a user here, or C{user@realm}).
+    L{_drain_inbox_txn} for the private messages (not a group's) from
+    C{sender}: a user here, or C{user@realm}.
     """
-    if group is not None:
-        _group_txn(connection, group)
-        if not _is_member(connection, group, username):
-            raise NotAMember(group, username)
-        condition, value = "group_name = ?", group
-    else:
-        assert peer is not None
-        if "@" not in peer:
-            _require_user(connection, peer)
-        condition, value = "sender = ? AND group_name IS NULL", peer
+    if "@" not in sender:
+        _require_user(connection, sender)
     if mailboxes is not None:
         mailboxes.drop(username)
     cursor = connection.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM {_UNDELIVERED}"
-        f" WHERE recipient = ? AND delivered_at IS NULL AND {condition}"
-        " ORDER BY id" + _locks_rows(connection),
-        (username, value),
+        " WHERE recipient = ? AND delivered_at IS NULL AND sender = ?"
+        " AND group_name IS NULL ORDER BY id" + _locks_rows(connection),
+        (username, sender),
     )
     rows, _ = _within(cursor, max_bytes)
     cursor.close()
@@ -1542,7 +1529,7 @@ CHECKS_BEFORE_WRITING = frozenset(
     {
         _store_message_txn,
         _drain_inbox_txn,
-        _drain_conversation_txn,
+        _drain_inbox_from_txn,
         _undelivered_txn,
         _mark_delivered_txn,
         _mark_delivered_ids_txn,
