@@ -12,7 +12,8 @@ so the course client may decode it in any chunking) followed by CR LF CR LF.
 
 Grammar (requests, then the OK reply)::
 
-    auth <user> <password>        {"status":"OK","tokenid":"<uuid4>"}
+    auth <user> <password>        {"status":"OK","tokenid":"<uuid4>",
+                                   "token_id":"<uuid4>","realm_id":<realm>|null}
     send <token> <to> <text...>   {"status":"OK","message":"Message Sent"}
     inbox <token>                 {"status":"OK","messages":{"<from>":[<msg>, ...]}}
     ping [<word>]                 {"status":"OK","message":"PONG"[,"echo":"<word>"]}
@@ -22,8 +23,8 @@ Grammar (requests, then the OK reply)::
                                                            "full_name":..}, ...]}
     quit                          {"status":"OK","message":"bye"}, then closes
 
-    register <user> <password> <full name...>
-        {"status":"OK","message":"User Registered","username":"<user>"}
+    register <user> <password> [<full name...>]
+        {"status":"OK",<auth's keys>,"message":"User Registered","username":"<user>"}
     logout <token>
         {"status":"OK","message":"Logged Out"}
     sendgroup <token> <targets> <text...>
@@ -32,7 +33,7 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"File Sent",<file>}
     sendgroupfile <token> <targets> <file name> <content>
         {"status":"OK","message":"File Sent",<file>}
-    creategroup <token> <group>
+    creategroup [<token>] <group> [<member> ...]
         {"status":"OK","message":"Group Created","group":<group>}
     joingroup <token> <group>
         {"status":"OK","message":"Group Joined","group":<group>}
@@ -42,6 +43,13 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"Member Removed","group":<group>}
     groups <token>
         {"status":"OK","groups":[<group>, ...]}
+    allgroups [<token>]
+        {"status":"OK","groups":[<group>, ...],"more":<bool>}
+    users [<token>]
+        {"status":"OK","users":[{"username":..,"full_name":..,"online":..}, ...],
+         "more":<bool>}
+    privateinbox <token> <user>
+        {"status":"OK","messages":{"<user>":[<msg>, ...]}}
     history <token> <user>|#<group> [<limit> [<before id>]]
         {"status":"OK","messages":[<msg>, ...],"next_before_id":<id>|null}
 
@@ -50,11 +58,18 @@ Grammar (requests, then the OK reply)::
              [,"group":"<group>"]
              [,"file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
                "file_content":"<base64>"]}
-    <file> = "file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>"
+    <file> = "file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
+             "address":"<name>"
     <group> = {"name":"<group>","owner":"<user>","members":["<user>", ...],
                "created_at":"<ISO-8601 UTC>"}
-    <targets> = <user>[,<user>...] | #<group>
+    <targets> = <user>[,<user>...] | #<group> | <group> (no such user)
     <content> = base64 | b'base64' (the Python repr of base64 bytes)
+    <file name> = a name, or a path (its last component is kept); the
+                  content may come first, as b'base64'
+
+Without a token, creategroup, allgroups and users act for the user who
+logged in with auth (or register) on this connection. The course family's
+spellings of these commands are in L{ALIASES}.
 
 Other realms (linked chat servers; see chat.federation)::
 
@@ -126,9 +141,11 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     internal error            internal           a bug: logged on the server
 
     registration is disabled      registration_closed  no --registration open
-    invalid username: ...         invalid_username     register: bad characters/length
+    invalid username: ...         invalid_username     register: bad characters/length,
+                                                       or a reserved name
     invalid password: ...         invalid_password     register: not 8-1024 characters
     invalid full name: ...        invalid_full_name    register: empty, long, control
+                                                       or formatting characters
     user already exists           user_exists          register: the username is taken
     invalid group name: ...       invalid_group_name   creategroup: bad name
     no such group                 no_such_group        the group does not exist
@@ -138,7 +155,8 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     only the group owner can do this  not_owner        kickgroup by another member
     the owner cannot kick themselves  cannot_kick_self use leavegroup instead
     too many recipients           too_many_recipients  with "max_recipients"
-    invalid file name: ...        invalid_file_name    empty, over 255 bytes, path-like
+    invalid file name: ...        invalid_file_name    empty, over 255 bytes, hidden, '..',
+                                                       invisible or unsafe on some system
     file too large                file_too_large       with "max_file_size" (bytes)
     invalid base64 content        invalid_base64       the file content is not base64
     invalid limit: ...            invalid_argument     history: limit or before id
