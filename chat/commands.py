@@ -156,7 +156,7 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     the owner cannot kick themselves  cannot_kick_self use leavegroup instead
     too many recipients           too_many_recipients  with "max_recipients"
     invalid file name: ...        invalid_file_name    empty, over 255 bytes, hidden,
-                                                       '..', invisible, unsafe on a system
+                                                       '..', invisible, unsafe somewhere
     file too large                file_too_large       with "max_file_size" (bytes)
     invalid base64 content        invalid_base64       the file content is not base64
     invalid limit: ...            invalid_argument     history: limit or before id
