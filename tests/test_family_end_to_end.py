@@ -58,9 +58,7 @@ def test_family_spellings_against_twistd(server: TwistdChat) -> None:
     # Private messages and files.
     _ok(budi, f"sendprivate {token} messi  halo messi \r\n")
     _ok(budi, f"send {token} messi lagi \r\n")
-    sent = _ok(
-        budi, f"sendfile {token} messi /home/budi/hi.txt {_file(b'halo')}\r\n"
-    )
+    sent = _ok(budi, f"sendfile {token} messi /home/budi/hi.txt {_file(b'halo')}\r\n")
     assert sent["file_name"] == sent["address"] == "hi.txt"
     _ok(budi, f"sendprivatefile {token} messi C:\\x\\a.png {_file(b'png')} \r\n")
     _ok(budi, f"sendfile {token} messi {_file(b'isi')} /tmp/notes.txt \r\n")
