@@ -8,8 +8,10 @@ The flow on one connection:
     connection stays usable.
  2. C{auth} logs in through the portal with the username and password and
     opens a session; C{register} asks the factory's L{IRegistrar} (it
-    needs no login); every other command logs in through the portal with
-    the token it carries, and calls the L{IChatUser} avatar it gets.
+    needs no login), then logs in as C{auth} does; every other command
+    logs in through the portal with the token it carries (a few, without
+    one, with the session of this connection's C{auth}), and calls the
+    L{IChatUser} avatar it gets.
  3. Replies go out in request order: while one command waits (for the
     store's commit, or a password hash), later lines wait in a queue; if a
     client pipelines more than C{max_pipeline} lines, reading pauses.
