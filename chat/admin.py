@@ -40,6 +40,7 @@ from twisted.python import usage
 
 from chat.errors import (
     ChatError,
+    InvalidFullName,
     InvalidRealmId,
     InvalidUsername,
     NoSuchRealm,
@@ -49,7 +50,7 @@ from chat.errors import (
 )
 from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.migrate import migrate, source_path, target_url
-from chat.model import User, validate_username
+from chat.model import User, validate_full_name, validate_username
 from chat.store import STORE_HELP, open_store
 from chat.store.sql import SQLStore
 
@@ -269,6 +270,7 @@ async def run(
     if command in ("useradd", "passwd"):
         if command == "useradd":
             validate_username(sub["username"])
+            sub["name"] = validate_full_name(sub["name"])
         password_hash = argon2.PasswordHasher().hash(read_password(stdin))
     elif command == "realm":
         secret = prepare_realm(reactor, sub, stdin)
@@ -277,9 +279,7 @@ async def run(
     try:
         if command == "useradd":
             assert password_hash is not None
-            user = User(
-                sub["username"], sub["name"].strip(), sub["country"], password_hash
-            )
+            user = User(sub["username"], sub["name"], sub["country"], password_hash)
             await store.add_user(user)
             if sub["admin"]:
                 await store.set_admin(user.username, True)
@@ -387,6 +387,8 @@ def describe(error: Exception) -> str:
         return f"user already exists: {error.username}"
     if isinstance(error, InvalidUsername):
         return f"invalid username: {error}"
+    if isinstance(error, InvalidFullName):
+        return f"invalid full name: {error}"
     return str(error)
 
 

@@ -12,7 +12,8 @@ so the course client may decode it in any chunking) followed by CR LF CR LF.
 
 Grammar (requests, then the OK reply)::
 
-    auth <user> <password>        {"status":"OK","tokenid":"<uuid4>"}
+    auth <user> <password>        {"status":"OK","tokenid":"<uuid4>",
+                                   "token_id":"<uuid4>","realm_id":<realm>|null}
     send <token> <to> <text...>   {"status":"OK","message":"Message Sent"}
     inbox <token>                 {"status":"OK","messages":{"<from>":[<msg>, ...]}}
     ping [<word>]                 {"status":"OK","message":"PONG"[,"echo":"<word>"]}
@@ -22,8 +23,8 @@ Grammar (requests, then the OK reply)::
                                                            "full_name":..}, ...]}
     quit                          {"status":"OK","message":"bye"}, then closes
 
-    register <user> <password> <full name...>
-        {"status":"OK","message":"User Registered","username":"<user>"}
+    register <user> <password> [<full name...>]
+        {"status":"OK",<auth's keys>,"message":"User Registered","username":"<user>"}
     logout <token>
         {"status":"OK","message":"Logged Out"}
     sendgroup <token> <targets> <text...>
@@ -32,7 +33,7 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"File Sent",<file>}
     sendgroupfile <token> <targets> <file name> <content>
         {"status":"OK","message":"File Sent",<file>}
-    creategroup <token> <group>
+    creategroup [<token>] <group> [<member> ...]
         {"status":"OK","message":"Group Created","group":<group>}
     joingroup <token> <group>
         {"status":"OK","message":"Group Joined","group":<group>}
@@ -42,6 +43,13 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"Member Removed","group":<group>}
     groups <token>
         {"status":"OK","groups":[<group>, ...]}
+    allgroups [<token>]
+        {"status":"OK","groups":[<group>, ...],"more":<bool>}
+    users [<token>]
+        {"status":"OK","users":[{"username":..,"full_name":..,"online":..}, ...],
+         "more":<bool>}
+    privateinbox <token> <user>
+        {"status":"OK","messages":{"<user>":[<msg>, ...]}}
     history <token> <user>|#<group> [<limit> [<before id>]]
         {"status":"OK","messages":[<msg>, ...],"next_before_id":<id>|null}
 
@@ -50,11 +58,18 @@ Grammar (requests, then the OK reply)::
              [,"group":"<group>"]
              [,"file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
                "file_content":"<base64>"]}
-    <file> = "file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>"
+    <file> = "file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
+             "address":"<name>"
     <group> = {"name":"<group>","owner":"<user>","members":["<user>", ...],
                "created_at":"<ISO-8601 UTC>"}
-    <targets> = <user>[,<user>...] | #<group>
+    <targets> = <user>[,<user>...] | #<group> | <group> (no such user)
     <content> = base64 | b'base64' (the Python repr of base64 bytes)
+    <file name> = a name, or a path (its last component is kept); the
+                  content may come first, as b'base64'
+
+Without a token, creategroup, allgroups and users act for the user who
+logged in with auth (or register) on this connection. The course family's
+spellings of these commands are in L{ALIASES}.
 
 Other realms (linked chat servers; see chat.federation)::
 
@@ -133,9 +148,11 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     internal error            internal           a bug: logged on the server
 
     registration is disabled      registration_closed  no --registration open
-    invalid username: ...         invalid_username     register: bad characters/length
+    invalid username: ...         invalid_username     register: bad characters/length,
+                                                       or a reserved name
     invalid password: ...         invalid_password     register: not 8-1024 characters
     invalid full name: ...        invalid_full_name    register: empty, long, control
+                                                       or formatting characters
     user already exists           user_exists          register: the username is taken
     invalid group name: ...       invalid_group_name   creategroup: bad name
     no such group                 no_such_group        the group does not exist
@@ -145,7 +162,8 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     only the group owner can do this  not_owner        kickgroup by another member
     the owner cannot kick themselves  cannot_kick_self use leavegroup instead
     too many recipients           too_many_recipients  with "max_recipients"
-    invalid file name: ...        invalid_file_name    empty, over 255 bytes, path-like
+    invalid file name: ...        invalid_file_name    empty, over 255 bytes, hidden,
+                                                       '..', invisible, unsafe somewhere
     file too large                file_too_large       with "max_file_size" (bytes)
     invalid base64 content        invalid_base64       the file content is not base64
     invalid limit: ...            invalid_argument     history: limit or before id
@@ -166,7 +184,7 @@ from typing import ClassVar, TypeVar
 import attrs
 
 from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
-from chat.model import Group, Message, Page
+from chat.model import Group, Message, Page, Profile
 
 DELIMITER = b"\r\n\r\n"
 
@@ -404,14 +422,23 @@ class Who(TokenCommand):
 @verb("register")
 @attrs.frozen
 class Register(Command):
+    """
+    Without a full name (as several of the course family's clients send
+    it), the username is the full name.
+    """
+
     username: str
     password: str = attrs.field(repr=False)
     full_name: str
 
     @classmethod
     def from_arguments(cls, rest: str) -> Register:
-        (username, password), full_name = words_and_text(rest, 2)
-        return cls(username, password, full_name)
+        found = rest.split(None, 2)
+        if len(found) < 2:
+            raise MissingArgument()
+        username, password = found[:2]
+        full_name = found[2].strip() if len(found) > 2 else ""
+        return cls(username, password, full_name or username)
 
 
 @verb("logout")
@@ -431,16 +458,22 @@ def group_name(word: str) -> str:
 class Targets:
     """
     Where a message to several goes: C{#<group>}, or a comma-separated list
-    of users (duplicates and empty items dropped, order kept).
+    of users (duplicates and empty items dropped, order kept). A single
+    name without C{#} or comma is also in C{name}: it means that user, or
+    else the group of that name (the course family's C{sendgroup <token>
+    team hi}).
     """
 
     users: tuple[str, ...] = ()
     group: str | None = None
+    name: str | None = None
 
     @classmethod
     def parse(cls, word: str) -> Targets:
         if word.startswith("#"):
             return cls(group=word[1:])
+        if "," not in word:
+            return cls(users=(word,), name=word)
         users = tuple(dict.fromkeys(u for u in word.split(",") if u))
         if not users:
             raise MissingArgument()
@@ -479,6 +512,23 @@ def decode_file_content(text: str) -> bytes:
         raise InvalidBase64() from None
 
 
+def file_name_and_content(file_name: str, content: str) -> tuple[str, bytes]:
+    """
+    The file name and the decoded content of a file command. One of the
+    course family's clients sends the content before the name
+    (C{b'aGk=' notes.txt}): a name in the C{b'...'} form followed by
+    something that is not base64 is taken for that order.
+
+    @raise InvalidBase64: if the content is not base64 in either order.
+    """
+    try:
+        return file_name, decode_file_content(content)
+    except InvalidBase64:
+        if _BYTES_REPR.fullmatch(file_name) is None:
+            raise
+        return content, decode_file_content(file_name)
+
+
 @verb("sendfile")
 @attrs.frozen
 class SendFile(Command):
@@ -490,7 +540,7 @@ class SendFile(Command):
     @classmethod
     def from_arguments(cls, rest: str) -> SendFile:
         (token, recipient, file_name), content = words_and_text(rest, 3)
-        return cls(token, recipient, file_name, decode_file_content(content))
+        return cls(token, recipient, *file_name_and_content(file_name, content))
 
 
 @verb("sendgroupfile")
@@ -505,7 +555,7 @@ class SendGroupFile(Command):
     def from_arguments(cls, rest: str) -> SendGroupFile:
         (token, targets, file_name), content = words_and_text(rest, 3)
         return cls(
-            token, Targets.parse(targets), file_name, decode_file_content(content)
+            token, Targets.parse(targets), *file_name_and_content(file_name, content)
         )
 
 
@@ -524,10 +574,35 @@ class GroupCommand(Command):
         return cls(token, group_name(name))
 
 
+def usernames(words: list[str]) -> tuple[str, ...]:
+    """
+    Usernames given as words, each possibly a comma-separated list:
+    duplicates and empty items dropped, order kept.
+    """
+    return tuple(dict.fromkeys(n for word in words for n in word.split(",") if n))
+
+
 @verb("creategroup")
 @attrs.frozen
-class CreateGroup(GroupCommand):
-    pass
+class CreateGroup(Command):
+    """
+    C{creategroup <token> <group> [<member> ...]}; a single word is the
+    group, created by the session this connection logged in with (C{auth}).
+    """
+
+    token: str | None = attrs.field(repr=False)
+    group: str
+    members: tuple[str, ...] = ()
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> CreateGroup:
+        found = rest.split()
+        if not found:
+            raise MissingArgument()
+        if len(found) == 1:
+            return cls(None, group_name(found[0]))
+        token, name, *members = found
+        return cls(token, group_name(name), usernames(members))
 
 
 @verb("joingroup")
@@ -561,6 +636,47 @@ class Groups(TokenCommand):
     pass
 
 
+@verb("privateinbox")
+@attrs.frozen
+class PrivateInbox(Command):
+    token: str = attrs.field(repr=False)
+    peer: str
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> PrivateInbox:
+        return cls(*words(rest, 2))
+
+
+@attrs.frozen
+class ListCommand(Command):
+    """
+    A list of the server's users or groups: C{<verb> [<token>]}, without a
+    token for the session this connection logged in with (C{auth}).
+    C{shape} names the reply's shape (L{chat.compat.SHAPES}) when an alias
+    asks for one.
+    """
+
+    token: str | None = attrs.field(repr=False)
+    shape: str | None = None
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> Command:
+        found = rest.split(None, 1)
+        return cls(found[0] if found else None)
+
+
+@verb("users")
+@attrs.frozen
+class Users(ListCommand):
+    pass
+
+
+@verb("allgroups")
+@attrs.frozen
+class AllGroups(ListCommand):
+    pass
+
+
 _NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -578,6 +694,7 @@ class History(Command):
     group: str | None
     limit: int = HISTORY_LIMIT
     before_id: int | None = None
+    shape: str | None = None
 
     @classmethod
     def from_arguments(cls, rest: str) -> History:
@@ -596,6 +713,82 @@ class History(Command):
         return cls(token, target, None, limit, before_id)
 
 
+def group_target(rest: str) -> str:
+    """
+    C{<token> <group> ...} as C{<token> #<group> ...}: the target of a
+    C{history} is a group.
+    """
+    found = rest.split(None, 2)
+    if len(found) > 1 and not found[1].startswith("#"):
+        found[1] = f"#{found[1]}"
+    return " ".join(found)
+
+
+@attrs.frozen
+class Alias:
+    """
+    Another spelling of one of our commands, from the course family's
+    clients: the same rules, limits and errors. C{arguments}, if set,
+    rewrites the rest of the line into our command's arguments; C{shape},
+    if set, names the shape of the reply that spelling's clients read
+    (L{chat.compat.SHAPES}).
+    """
+
+    verb: str
+    shape: str | None = None
+    arguments: Callable[[str], str] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """
+        Whether it is only another word for our command: the same
+        arguments and the same reply.
+        """
+        return self.shape is None and self.arguments is None
+
+    def parse(self, rest: str) -> Command:
+        if self.arguments is not None:
+            rest = self.arguments(rest)
+        command = VERBS[self.verb].from_arguments(rest)
+        if self.shape is None:
+            return command
+        return attrs.evolve(command, shape=self.shape)  # type: ignore[misc]
+
+
+#: The course family's spellings (issue 17) and our commands they mean.
+ALIASES: dict[str, Alias] = {
+    # Private messages and files.
+    "sendprivate": Alias("send"),
+    "sendprivatefile": Alias("sendfile"),
+    "inboxbysender": Alias("privateinbox"),
+    # Groups.
+    "addgroup": Alias("creategroup"),
+    "create_group": Alias("creategroup"),
+    "join_group": Alias("joingroup"),
+    "exitgroup": Alias("leavegroup"),
+    "leave_group": Alias("leavegroup"),
+    "send_group": Alias("sendgroup"),
+    "send_file_group": Alias("sendgroupfile"),
+    # A group's messages, <token> <group>: its history, as those clients'
+    # servers answered (the newest 50; the inbox still has them).
+    "groupinbox": Alias("history", "timeline", group_target),
+    "inboxgroup": Alias("history", None, group_target),
+    "inbox_group": Alias("history", "by-sender", group_target),
+    # Lists of users and groups.
+    "getusers": Alias("users"),
+    "getallusers": Alias("users"),
+    "get_all_users": Alias("users"),
+    "listusers": Alias("users", "user-names"),
+    "getgroups": Alias("allgroups", "group-objects"),
+    "getallgroups": Alias("allgroups"),
+    "get_all_groups": Alias("allgroups"),
+    "getgroup": Alias("allgroups", "group-names"),
+    "listgroups": Alias("allgroups", "group-names"),
+    # Other realms.
+    "inboxrealm": Alias("getrealminbox"),
+}
+
+
 def parse(line: bytes) -> Command:
     """
     Parse one request line (without its line ending).
@@ -611,10 +804,15 @@ def parse(line: bytes) -> Command:
     found = text.split(None, 1)
     if not found:
         raise UnknownCommand()
-    command = VERBS.get(found[0].lower())
+    word = found[0].lower()
+    rest = found[1] if len(found) > 1 else ""
+    command = VERBS.get(word)
     if command is None:
-        raise UnknownCommand()
-    return command.from_arguments(found[1] if len(found) > 1 else "")
+        alias = ALIASES.get(word)
+        if alias is None:
+            raise UnknownCommand()
+        return alias.parse(rest)
+    return command.from_arguments(rest)
 
 
 def ok(**fields: object) -> dict[str, object]:
@@ -776,6 +974,17 @@ def group_fields(group: Group) -> dict[str, object]:
         "owner": group.owner,
         "members": list(group.members),
         "created_at": iso_utc(group.created_at),
+    }
+
+
+def profile_fields(profile: Profile) -> dict[str, object]:
+    """
+    A user's public profile as the user list carries it.
+    """
+    return {
+        "username": profile.username,
+        "full_name": profile.full_name,
+        "online": profile.online,
     }
 
 

@@ -11,9 +11,10 @@ The flow on one connection:
 
  1. C{auth} logs in through the portal with the username and password and
     opens a session; C{register} asks the L{IRegistrar} (it needs no
-    login); every other command names a session token, which logs in
-    through the portal once per connection and token, and then calls the
-    L{IChatUser} avatar it got.
+    login), then logs in as C{auth} does; every other command names a
+    session token (a few may leave it out, for the session of this
+    connection's C{auth}), which logs in through the portal once per
+    connection and token, and then calls the L{IChatUser} avatar it got.
  2. After that first time, a token the connection already used is checked
     against the session manager's live session it got then
     (L{chat.sessions.SessionManager.vouch}): no hashing and no Deferred,
@@ -23,7 +24,10 @@ The flow on one connection:
     are parsed straight from the line's words, call the avatar's callback
     forms, and answer with prebuilt or directly built bytes: no command
     object and no Deferred per request. The others are parsed by
-    L{chat.commands} and run through Deferreds.
+    L{chat.commands} and run through Deferreds. The course family's
+    spellings (L{chat.commands.ALIASES}) run as the command they mean: an
+    alias of a hot command by its handler, any other as a command object
+    (the reply in the alias's shape, L{chat.compat}).
  4. A connection may instead become a link from another realm: it says
     C{realm-hello}, and from then on its lines go to a
     L{chat.federation.InboundLinkHandler}, never to a user's dispatcher.
@@ -48,7 +52,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands
+from chat import commands, compat
 from chat.checkers import SessionToken
 from chat.commands import dumps, ok
 from chat.errors import (
@@ -354,7 +358,7 @@ class Dispatcher:
         verb = parts[0].lower()
         hot = _HOT.get(verb)
         if hot is None:
-            return self._slow(verb, text)
+            return self._slow(verb, text, now)
         try:
             reply = hot(self, parts, now)
         except commands.BadCommand as e:
@@ -420,6 +424,17 @@ class Dispatcher:
             self._frontend.failures.token_failed(self._address)
         return f
 
+    def _with_session(self, token: str | None) -> Deferred[Any]:
+        """
+        The avatar of C{token}, or without one, of the session this
+        connection logged in with (C{auth} or C{register}).
+        """
+        if token is None:
+            token = self._auth_token
+            if token is None:
+                return fail(SessionNotFound("no token and no auth on this connection"))
+        return self._with_avatar(token)
+
     def _later(self, token: str, act: Callable[[Any], object]) -> None:
         """
         Log in with C{token} through the portal, then C{act} with the avatar
@@ -463,6 +478,15 @@ class Dispatcher:
 
             def act(avatar: Any) -> None:
                 avatar.send_to_group_then(group, text, now, self._sent)
+
+        elif targets.name is not None:
+            # One name: a user's, or else a group's (the course family's
+            # "sendgroup <token> team hi"), told apart in the store's
+            # transaction.
+            name = targets.name
+
+            def act(avatar: Any) -> None:
+                avatar.send_to_name_then(name, text, now, self._sent)
 
         else:
             users = targets.users
@@ -522,17 +546,28 @@ class Dispatcher:
     # The other commands: parsed into command objects (chat.commands), and
     # run through Deferreds.
 
-    def _slow(self, verb: str, text: str) -> Reply:
+    def _slow(self, verb: str, text: str, now: float) -> Reply:
         """
-        Parse a command that is not hot, and run it.
+        Parse a command that is not hot (or is a course family's spelling,
+        L{commands.ALIASES}), and run it.
         """
         kind = commands.VERBS.get(verb)
-        if kind is None:
-            self._count(None)
-            return UNKNOWN_COMMAND
+        parse: Callable[[str], commands.Command]
+        if kind is not None:
+            parse = kind.from_arguments
+        else:
+            alias = commands.ALIASES.get(verb)
+            if alias is None:
+                self._count(None)
+                return UNKNOWN_COMMAND
+            verb = alias.verb
+            hot = _HOT.get(verb)
+            if hot is not None and alias.plain:
+                return self._hot_alias(hot, verb, text, now)
+            parse = alias.parse
         rest = text.split(None, 1)
         try:
-            command = kind.from_arguments(rest[1] if len(rest) > 1 else "")
+            command = parse(rest[1] if len(rest) > 1 else "")
         except commands.BadCommand as e:
             self._count(None)
             return e.reply_bytes()
@@ -541,6 +576,27 @@ class Dispatcher:
             return self._slow_command(command)
         except Exception as e:
             return error_reply(e, verb, self.peer)
+
+    def _hot_alias(
+        self,
+        hot: Callable[[Dispatcher, list[str], float], Reply],
+        verb: str,
+        text: str,
+        now: float,
+    ) -> Reply:
+        """
+        Another word for a hot command (C{sendprivate}, C{send_group}): run
+        by the hot command's own handler, as L{dispatch} runs it.
+        """
+        try:
+            reply = hot(self, text.split(None, 3), now)
+        except commands.BadCommand as e:
+            self._count(None)
+            return e.reply_bytes()
+        except Exception as e:
+            reply = error_reply(e, verb, self.peer)
+        self._count(verb)
+        return reply
 
     def _slow_command(self, command: commands.Command) -> Reply:
         handler = getattr(self, f"do_{command.verb.replace('-', '_')}")
@@ -576,9 +632,13 @@ class Dispatcher:
         return d.addCallback(lambda _: MESSAGE_SENT)
 
     def do_auth(self, command: commands.Auth) -> Deferred[bytes]:
-        return ensureDeferred(self._login(command))
+        d = ensureDeferred(self._login(command))
+        return d.addCallback(lambda token: dumps(self._auth_fields(token)))
 
-    async def _login(self, command: commands.Auth) -> bytes:
+    async def _login(self, command: commands.Auth | commands.Register) -> str:
+        """
+        Log in with a username and password, and open a session: its token.
+        """
         failures = self._frontend.failures
         try:
             # Before hashing: a refused attempt costs no KDF.
@@ -613,18 +673,35 @@ class Dispatcher:
         if first:
             self._door.logged_in()
         self._auth_token = token
-        return dumps(ok(tokenid=token))
+        return token
+
+    def _auth_fields(self, token: str) -> dict[str, object]:
+        federation = self._frontend.federation
+        return compat.auth_fields(
+            token, None if federation is None else federation.realm_id
+        )
 
     def do_register(self, command: commands.Register) -> Deferred[bytes]:
         registrar = self._frontend.registrar
         if registrar is None:
             return fail(RegistrationClosed())
-        d = registrar.register(
-            command.username, command.password, command.full_name, self._host
-        )
-        return d.addCallback(
-            lambda user: dumps(ok(message="User Registered", username=user.username))
-        )
+
+        async def register(registrar: IRegistrar) -> bytes:
+            user = await registrar.register(
+                command.username, command.password, command.full_name, self._host
+            )
+            # Registering logs in, as in most of the course family (issue
+            # 17): the reply carries auth's keys.
+            token = await self._login(command)
+            return dumps(
+                {
+                    **self._auth_fields(token),
+                    "message": "User Registered",
+                    "username": user.username,
+                }
+            )
+
+        return ensureDeferred(register(registrar))
 
     def do_logout(self, command: commands.Logout) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
@@ -650,6 +727,13 @@ class Dispatcher:
                     group, command.file_name, command.content
                 )
             )
+        elif targets.name is not None:
+            name = targets.name
+            d.addCallback(
+                lambda avatar: avatar.send_file_to_name(
+                    name, command.file_name, command.content
+                )
+            )
         else:
             d.addCallback(
                 lambda avatar: avatar.send_file(
@@ -659,8 +743,10 @@ class Dispatcher:
         return d.addCallback(_file_sent)
 
     def do_creategroup(self, command: commands.CreateGroup) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.create_group(command.group))
+        d = self._with_session(command.token)
+        d.addCallback(
+            lambda avatar: avatar.create_group(command.group, command.members)
+        )
         return d.addCallback(_group_reply("Group Created"))
 
     def do_joingroup(self, command: commands.JoinGroup) -> Deferred[bytes]:
@@ -694,6 +780,25 @@ class Dispatcher:
             )
         )
 
+    def do_users(self, command: commands.Users) -> Deferred[bytes]:
+        d = self._with_session(command.token)
+        d.addCallback(lambda avatar: avatar.all_users(compat.LIST_LIMIT))
+        return d.addCallback(
+            lambda listed: compat.users_reply(listed[0], listed[1], command.shape)
+        )
+
+    def do_allgroups(self, command: commands.AllGroups) -> Deferred[bytes]:
+        d = self._with_session(command.token)
+        d.addCallback(lambda avatar: avatar.all_groups(compat.LIST_LIMIT))
+        return d.addCallback(
+            lambda listed: compat.groups_reply(listed[0], listed[1], command.shape)
+        )
+
+    def do_privateinbox(self, command: commands.PrivateInbox) -> Deferred[bytes]:
+        d = self._with_avatar(command.token)
+        d.addCallback(lambda avatar: avatar.private_inbox(command.peer))
+        return d.addCallback(commands.inbox_json)
+
     def do_history(self, command: commands.History) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
         if command.group is not None:
@@ -708,7 +813,7 @@ class Dispatcher:
             d.addCallback(
                 lambda avatar: avatar.history(peer, command.limit, command.before_id)
             )
-        return d.addCallback(commands.history_json)
+        return d.addCallback(compat.history_reply, command.shape)
 
     def do_subscribe(self, command: commands.Subscribe) -> Deferred[None]:
         def subscribe(avatar: IChatUser) -> None:
@@ -840,6 +945,8 @@ def _file_sent(messages: list[Message]) -> bytes:
             file_name=first.file_name,
             file_size=first.file_size,
             file_sha256=first.file_sha256,
+            # Where some of the course family's clients read the name.
+            address=first.file_name,
         )
     )
 

@@ -67,7 +67,8 @@ class NoSuchUsers(ChatError):
 
 class InvalidUsername(ChatError):
     """
-    A username is outside the allowed character set or length.
+    A new username is outside the allowed character set or length, or
+    reserved.
     """
 
 
@@ -79,7 +80,8 @@ class InvalidPassword(ChatError):
 
 class InvalidFullName(ChatError):
     """
-    A new user's full name is empty, too long or has control characters.
+    A new user's full name is empty, too long or has control or
+    formatting characters.
     """
 
 
@@ -91,7 +93,8 @@ class RegistrationClosed(ChatError):
 
 class InvalidGroupName(ChatError):
     """
-    A group name is outside the allowed character set or length.
+    A new group name is outside the allowed character set or length, or
+    reserved.
     """
 
 
@@ -161,7 +164,8 @@ class TooManyRecipients(ChatError):
 
 class InvalidFileName(ChatError):
     """
-    A file name is empty, too long, or looks like a path.
+    A file name is empty, too long, hidden, has a C{..} component or an
+    invisible character, or could not be saved on some operating system.
     """
 
 
@@ -321,5 +325,6 @@ class BadRealmMessage(ChatError):
 
 class ForgedSender(ChatError):
     """
-    A realm sent a message claiming to be from a user of another realm.
+    A realm sent a message claiming to be from a user of another realm, or
+    from a name reserved for the system (L{chat.model.RESERVED_NAMES}).
     """

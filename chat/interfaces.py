@@ -22,7 +22,15 @@ if TYPE_CHECKING:
         OutboundMessage,
         RealmLink,
     )
-    from chat.model import Attachment, Group, Message, Page, Session, User
+    from chat.model import (
+        Attachment,
+        Group,
+        Message,
+        Page,
+        Profile,
+        Session,
+        User,
+    )
     from chat.push import Subscription
 
 
@@ -118,9 +126,9 @@ class IChatUser(Interface):
         recipients: Sequence[str], file_name: str, content: bytes
     ) -> Deferred[list[Message]]:
         """
-        Like L{send_many}, with a file: C{file_name} must be a plain name
-        (L{chat.model.validate_file_name}) and C{content} at most the
-        server's maximum file size.
+        Like L{send_many}, with a file: C{file_name} is a plain name or a
+        path, whose last component is kept (L{chat.model.plain_file_name});
+        C{content} is at most the server's maximum file size.
 
         @return: also fails with L{chat.errors.InvalidFileName} or
             L{chat.errors.FileTooLarge}. With a single recipient, an unknown
@@ -134,12 +142,39 @@ class IChatUser(Interface):
         Like L{send_to_group}, with a file (see L{send_file}).
         """
 
-    def create_group(name: str) -> Deferred[Group]:
+    def send_to_name(name: str, text: str) -> Deferred[list[Message]]:
         """
-        Create a group owned by this user, who becomes its first member.
+        A message to C{name}, given without the C{#} of a group: like
+        L{send_many} to the user of that name, or, if no user has it and a
+        group does, like L{send_to_group} (a user of that name wins; the
+        course family writes C{sendgroup <token> team hi} for C{#team}).
 
-        @return: fails with L{chat.errors.InvalidGroupName} or
-            L{chat.errors.GroupExists}.
+        @return: fails as those do, and with L{chat.errors.NoSuchUsers}
+            naming C{name} if it is neither a user nor a group.
+        """
+
+    def send_to_name_then(name: str, text: str, now: float, done: Done) -> None:
+        """
+        L{send_to_name}, sent at C{now}, telling C{done}.
+        """
+
+    def send_file_to_name(
+        name: str, file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        """
+        L{send_to_name} with a file (see L{send_file}).
+        """
+
+    def create_group(name: str, members: Sequence[str] = ()) -> Deferred[Group]:
+        """
+        Create a group owned by this user, who becomes its first member,
+        with C{members} joined as if each had joined it.
+
+        @return: fails with L{chat.errors.InvalidGroupName},
+            L{chat.errors.GroupExists}, L{chat.errors.TooManyRecipients}
+            for more members than a message may have recipients, or
+            L{chat.errors.NoSuchUsers} naming the unknown members (then
+            nothing is created).
         """
 
     def join_group(name: str) -> Deferred[Group]:
@@ -170,6 +205,26 @@ class IChatUser(Interface):
     def groups() -> Deferred[list[Group]]:
         """
         @return: fires with this user's groups, ordered by name.
+        """
+
+    def all_groups(limit: int) -> Deferred[tuple[list[Group], bool]]:
+        """
+        @return: fires with the first C{limit} groups of the server, ordered
+            by name, and whether there are more.
+        """
+
+    def all_users(limit: int) -> Deferred[tuple[list[Profile], bool]]:
+        """
+        @return: fires with the public profiles of the first C{limit} users,
+            ordered by username, and whether there are more.
+        """
+
+    def private_inbox(peer: str) -> Deferred[list[Message]]:
+        """
+        Like L{inbox}, only the private messages from C{peer}.
+
+        @return: fails with L{chat.errors.NoSuchUser} if C{peer} does not
+            exist.
         """
 
     def history(peer: str, limit: int, before_id: int | None = None) -> Deferred[Page]:
@@ -542,6 +597,18 @@ class IChatStore(Interface):
         L{store_group_message}, telling C{done}.
         """
 
+    def store_to_name_then(
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        """
+        L{store_to_name}, telling C{done}.
+        """
+
     def mark_delivered_then(
         username: str, up_to_id: int, delivered_at: float, done: Done
     ) -> None:
@@ -606,12 +673,35 @@ class IChatStore(Interface):
             L{chat.errors.NotAMember} if the sender is not a member.
         """
 
-    def create_group(name: str, owner: str, created_at: float) -> Deferred[Group]:
+    def store_to_name(
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
         """
-        Create a group with C{owner} as its owner and only member.
+        Store a message for C{name}, decided in the same transaction: as
+        L{store_messages} for the one user of that name if there is one,
+        or else as L{store_group_message} for the group of that name.
 
-        @return: fails with L{chat.errors.GroupExists} or
-            L{chat.errors.NoSuchUser} if C{owner} does not exist.
+        @return: fires as either does; fails as either does, and with
+            L{chat.errors.NoSuchUsers} naming C{name} if it is neither a user
+            nor a group.
+        """
+
+    def create_group(
+        name: str, owner: str, created_at: float, members: Sequence[str] = ()
+    ) -> Deferred[Group]:
+        """
+        Create a group with C{owner} as its owner and first member, and
+        C{members} (duplicates and the owner dropped) joined after it, in
+        that order, all in one transaction.
+
+        @return: fails with L{chat.errors.GroupExists},
+            L{chat.errors.NoSuchUser} if C{owner} does not exist, or
+            L{chat.errors.NoSuchUsers} naming every member that does not
+            (then nothing is created).
         """
 
     def join_group(name: str, username: str, joined_at: float) -> Deferred[Group]:
@@ -645,6 +735,22 @@ class IChatStore(Interface):
         """
         @return: fires with the groups C{username} is a member of, ordered
             by name.
+        """
+
+    def list_all_groups(limit: int) -> Deferred[list[Group]]:
+        """
+        @return: fires with the first C{limit} groups, ordered by name.
+        """
+
+    def drain_inbox_from(
+        username: str, sender: str, delivered_at: float, max_bytes: int | None = None
+    ) -> Deferred[list[Message]]:
+        """
+        Like L{drain_inbox}, but only the private messages (not a group's)
+        from C{sender}.
+
+        @return: fails with L{chat.errors.NoSuchUser} if C{sender} (a local
+            name, without C{@}) does not exist.
         """
 
     def conversation(

@@ -25,7 +25,12 @@ from chat.errors import (
     InvalidRealmId,
     InvalidSecret,
 )
-from chat.model import USERNAME_PATTERN, Message
+from chat.model import (
+    RESERVED_NAMES,
+    USERNAME_PATTERN,
+    Message,
+    has_unsafe_characters,
+)
 
 #: Realm ids: lowercase letters, digits, '.' and '-'; 1 to 63 long,
 #: starting with a letter or digit (a host name label's alphabet).
@@ -238,11 +243,14 @@ class InboundMessage:
             raise ForgedSender(sender)
         if USERNAME_PATTERN.fullmatch(sender) is None:
             raise BadRealmMessage("bad from")
+        if sender in RESERVED_NAMES:
+            # A message from postmaster@realm would pass for a bounce.
+            raise ForgedSender(sender)
         name = payload.get("from_name")
         if (
             not isinstance(name, str)
             or not 0 < len(name) <= MAX_NAME_LENGTH
-            or _CONTROL.search(name)
+            or has_unsafe_characters(name)
         ):
             raise BadRealmMessage("bad from_name")
         recipients = payload.get("to")

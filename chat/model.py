@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import NamedTuple
 
 import attrs
@@ -18,11 +19,44 @@ from chat.errors import (
     InvalidUsername,
 )
 
-#: Usernames: lowercase letters, digits, ``_``, ``-`` and ``.``; 1 to 32 long.
+#: Names of accounts and groups as they may exist (remote realms' users
+#: too): lowercase letters, digits, ``_``, ``-`` and ``.``; 1 to 32 long.
 USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{1,32}")
 
 #: Group names follow the username rule; on the wire a C{#} marks them.
 GROUP_NAME_PATTERN = USERNAME_PATTERN
+
+#: New accounts and groups also start with a letter or a digit (no C{.},
+#: C{..} or C{-rf}), and take none of L{RESERVED_NAMES}.
+NEW_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+
+#: Names that would pass for the system or its operators (issue 15): no new
+#: account or group takes them, and no linked realm may send from them
+#: (bounces come from C{postmaster}).
+RESERVED_NAMES = frozenset(
+    {
+        "abuse",
+        "admin",
+        "administrator",
+        "daemon",
+        "everyone",
+        "hostmaster",
+        "mailer-daemon",
+        "moderator",
+        "nobody",
+        "noreply",
+        "no-reply",
+        "postmaster",
+        "root",
+        "security",
+        "server",
+        "staff",
+        "support",
+        "sysadmin",
+        "system",
+        "webmaster",
+    }
+)
 
 #: The longest file name, in UTF-8 bytes (what most file systems allow).
 MAX_FILE_NAME_BYTES = 255
@@ -34,20 +68,62 @@ MAX_PASSWORD_LENGTH = 1024
 #: Full names of new accounts.
 MAX_FULL_NAME_LENGTH = 128
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories never allowed in a name: controls (C0, DEL and C1,
+#: U+0085 among them), formatting characters (bidi overrides such as
+#: U+202E, zero-width spaces), surrogates, and line and paragraph
+#: separators (U+2028, U+2029). They reorder, hide or break the text
+#: around them on a terminal or a page.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+#: The zero-width (non-)joiners are formatting characters that scripts
+#: such as Persian, Malayalam or emoji sequences need; they reorder nothing.
+_JOINERS = frozenset({"\u200c", "\u200d"})
+
+#: Characters Windows refuses in file names (besides controls and the
+#: path separators), and look-alikes of the separators and of C{:}.
+_FILE_NAME_FORBIDDEN = frozenset('<>:"|?*') | frozenset(
+    "\u2044\u2215\u2216\u2236\u2571\u2572\u29f5\u29f8\u29f9"
+    "\ufe55\ufe68\uff0f\uff1a\uff3c"
+)
+
+#: Device names Windows reserves, with or without an extension.
+_WINDOWS_DEVICES = re.compile(
+    r"(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]"
+    r"|conin\$|conout\$|clock\$)",
+    re.IGNORECASE,
+)
+
+
+def has_unsafe_characters(text: str) -> bool:
+    """
+    Whether C{text} has a character that no name may contain: a control,
+    formatting (bidi, zero-width) or line-separating character.
+    """
+    return any(
+        unicodedata.category(c) in _UNSAFE_CATEGORIES and c not in _JOINERS
+        for c in text
+    )
+
+
+def _validate_new_name(name: str, what: str, error: type[Exception]) -> str:
+    if NEW_NAME_PATTERN.fullmatch(name) is None:
+        raise error(
+            f"{what} are 1-32 characters: lowercase letters, digits, '_', '-', "
+            "'.', starting with a letter or digit"
+        )
+    if name in RESERVED_NAMES:
+        raise error(f"{name!r} is reserved")
+    return name
 
 
 def validate_username(username: str) -> str:
     """
     Return C{username} if it is a valid new username.
 
-    @raise InvalidUsername: if it is not.
+    @raise InvalidUsername: if it is not (see L{NEW_NAME_PATTERN} and
+        L{RESERVED_NAMES}).
     """
-    if USERNAME_PATTERN.fullmatch(username) is None:
-        raise InvalidUsername(
-            "usernames are 1-32 characters: lowercase letters, digits, '_', '-', '.'"
-        )
-    return username
+    return _validate_new_name(username, "usernames", InvalidUsername)
 
 
 def validate_password(password: str) -> str:
@@ -67,58 +143,80 @@ def validate_full_name(full_name: str) -> str:
     """
     Return C{full_name}, stripped, if it is acceptable for a new account.
 
-    @raise InvalidFullName: if it is empty, too long or has control
-        characters.
+    @raise InvalidFullName: if it is empty, too long or has control,
+        formatting or line-separating characters.
     """
     full_name = full_name.strip()
     if (
         not full_name
         or len(full_name) > MAX_FULL_NAME_LENGTH
-        or _CONTROL.search(full_name)
+        or has_unsafe_characters(full_name)
     ):
         raise InvalidFullName(
             f"full names are 1-{MAX_FULL_NAME_LENGTH} characters without "
-            "control characters"
+            "control or formatting characters"
         )
     return full_name
 
 
 def validate_group_name(name: str) -> str:
     """
-    Return C{name} if it is a valid group name (the username rule).
+    Return C{name} if it is a valid new group name (the username rule).
 
     @raise InvalidGroupName: if it is not.
     """
-    if GROUP_NAME_PATTERN.fullmatch(name) is None:
-        raise InvalidGroupName(
-            "group names are 1-32 characters: lowercase letters, digits, '_', '-', '.'"
-        )
-    return name
+    return _validate_new_name(name, "group names", InvalidGroupName)
 
 
 def validate_file_name(name: str) -> str:
     """
-    Return C{name} if it is a plain file name a receiver can save as is:
-    no directories, nothing hidden or relative.
+    Return C{name} if it is a plain file name a receiver can save as is,
+    on any operating system: no directories, nothing hidden or relative,
+    nothing invisible, nothing Windows refuses.
 
-    @raise InvalidFileName: for an empty name, one longer than 255 UTF-8
-        bytes, or one with C{/}, C{\\}, C{..}, a leading C{.}, NUL or
-        another control character.
+    @raise InvalidFileName: saying why, for an empty name or one longer
+        than 255 UTF-8 bytes; one with C{/}, C{\\}, C{..}, a leading
+        C{.}; a control, formatting or line-separating character; one of
+        C{<>:"|?*} or a look-alike of C{/}, C{\\} or C{:}; leading or
+        trailing blanks or a trailing C{.}; or a device name Windows
+        reserves (C{con}, C{nul.txt}, C{COM1}, ...).
     """
-    if (
-        not name
-        or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES
-        or "/" in name
-        or "\\" in name
-        or ".." in name
-        or name.startswith(".")
-        or _CONTROL.search(name)
-    ):
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        raise InvalidFileName(f"file names are 1-{MAX_FILE_NAME_BYTES} bytes")
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
         raise InvalidFileName(
-            "file names are 1-255 bytes without '/', '\\', '..', a leading '.' "
-            "or control characters"
+            "file names cannot contain '/', '\\' or '..', nor start with '.'"
         )
+    if has_unsafe_characters(name):
+        raise InvalidFileName(
+            "file names cannot contain control or formatting characters"
+        )
+    if any(c in _FILE_NAME_FORBIDDEN for c in name):
+        raise InvalidFileName(
+            "file names cannot contain <>:\"|?* nor look-alikes of '/', '\\', ':'"
+        )
+    if name != name.strip() or name.endswith("."):
+        raise InvalidFileName(
+            "file names cannot start or end with blanks, nor end with '.'"
+        )
+    device = name.split(".", 1)[0].rstrip()
+    if _WINDOWS_DEVICES.fullmatch(device):
+        raise InvalidFileName(f"{device!r} is a device name on Windows")
     return name
+
+
+def plain_file_name(path: str) -> str:
+    """
+    The file name to keep for what a client sent as one: the last component
+    of a path (C{/home/me/hi.txt}, C{C:\\Users\\me\\hi.txt}: clients send
+    the path the user typed), validated by L{validate_file_name}.
+
+    @raise InvalidFileName: also for a path with a C{..} component.
+    """
+    components = path.replace("\\", "/").split("/")
+    if ".." in components:
+        raise InvalidFileName("file names cannot contain '..'")
+    return validate_file_name(components[-1])
 
 
 @attrs.frozen
@@ -229,6 +327,18 @@ class Group:
     owner: str
     members: tuple[str, ...]
     created_at: float
+
+
+@attrs.frozen
+class Profile:
+    """
+    What any logged-in user may see of an account: its name, its full name
+    and whether it is online.
+    """
+
+    username: str
+    full_name: str
+    online: bool
 
 
 @attrs.frozen

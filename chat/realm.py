@@ -66,8 +66,9 @@ from chat.model import (
     Group,
     Message,
     Page,
+    Profile,
     User,
-    validate_file_name,
+    plain_file_name,
     validate_group_name,
 )
 from chat.push import LocalFanout, Presence, Subscription
@@ -255,10 +256,10 @@ class ChatUser:
         return distinct
 
     def _attachment(self, file_name: str, content: bytes) -> Attachment:
-        validate_file_name(file_name)
+        name = plain_file_name(file_name)
         if len(content) > self.realm.max_file_size:
             raise FileTooLarge(self.realm.max_file_size)
-        return Attachment(file_name, content)
+        return Attachment(name, content)
 
     def _send_many(
         self,
@@ -309,7 +310,7 @@ class ChatUser:
         d = as_deferred(
             self._send_many,
             recipients,
-            file_name,
+            attachment.name,
             attachment,
             self.realm.clock.seconds(),
         )
@@ -333,7 +334,35 @@ class ChatUser:
         self.realm.store.store_group_message_then(
             self.username,
             group,
-            file_name,
+            attachment.name,
+            self.realm.clock.seconds(),
+            attachment,
+            self._publishing(firing(d)),
+        )
+        return d
+
+    def send_to_name_then(self, name: str, text: str, now: float, done: Done) -> None:
+        self.realm.store.store_to_name_then(
+            self.username, name, text, now, None, self._publishing(done)
+        )
+
+    def send_to_name(self, name: str, text: str) -> Deferred[list[Message]]:
+        return as_deferred(
+            self.send_to_name_then, name, text, self.realm.clock.seconds()
+        )
+
+    def send_file_to_name(
+        self, name: str, file_name: str, content: bytes
+    ) -> Deferred[list[Message]]:
+        try:
+            attachment = self._attachment(file_name, content)
+        except ChatError:
+            return fail()
+        d: Deferred[list[Message]] = Deferred()
+        self.realm.store.store_to_name_then(
+            self.username,
+            name,
+            attachment.name,
             self.realm.clock.seconds(),
             attachment,
             self._publishing(firing(d)),
@@ -351,13 +380,14 @@ class ChatUser:
 
         return changed
 
-    def create_group(self, name: str) -> Deferred[Group]:
+    def create_group(self, name: str, members: Sequence[str] = ()) -> Deferred[Group]:
         try:
             validate_group_name(name)
+            members = self._recipients(members)
         except ChatError:
             return fail()
         d = self.realm.store.create_group(
-            name, self.username, self.realm.clock.seconds()
+            name, self.username, self.realm.clock.seconds(), members
         )
         return self._stored(d).addCallback(self._changed("created", name))
 
@@ -375,6 +405,27 @@ class ChatUser:
 
     def groups(self) -> Deferred[list[Group]]:
         return self.realm.store.list_groups(self.username)
+
+    def all_groups(self, limit: int) -> Deferred[tuple[list[Group], bool]]:
+        d = self.realm.store.list_all_groups(limit + 1)
+        return d.addCallback(lambda groups: (groups[:limit], len(groups) > limit))
+
+    def all_users(self, limit: int) -> Deferred[tuple[list[Profile], bool]]:
+        online = {username for username, _ in self.realm.presence.online()}
+
+        def listed(users: list[User]) -> tuple[list[Profile], bool]:
+            profiles = [
+                Profile(user.username, user.full_name, user.username in online)
+                for user in users[:limit]
+            ]
+            return profiles, len(users) > limit
+
+        return self.realm.store.list_users().addCallback(listed)
+
+    def private_inbox(self, peer: str) -> Deferred[list[Message]]:
+        return self.realm.store.drain_inbox_from(
+            self.username, peer, self.realm.clock.seconds(), REPLY_BUDGET
+        )
 
     # History.
 

@@ -82,6 +82,14 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
             "invalid username",
         ),
         (
+            admin(tmp_path, "useradd", "postmaster", "--name", "X", stdin="pw\n"),
+            "invalid username: 'postmaster' is reserved",
+        ),
+        (
+            admin(tmp_path, "useradd", "ani", "--name", "A\u202eni", stdin="pw\n"),
+            "invalid full name",
+        ),
+        (
             admin(tmp_path, "useradd", "ani", "--name", "Ani", stdin="\n"),
             "the password is empty",
         ),

@@ -141,6 +141,7 @@ def test_encode_is_one_ascii_frame(reply: dict[str, object]) -> None:
             b"register budi rahasia123  Budi  Santoso ",
             Register("budi", "rahasia123", "Budi  Santoso"),
         ),
+        (b"register budi rahasia123 ", Register("budi", "rahasia123", "budi")),
         (b"LOGOUT tok", Logout("tok")),
         (
             b"sendgroup tok a,b,,a, hi  there",
@@ -161,6 +162,16 @@ def test_encode_is_one_ascii_frame(reply: dict[str, object]) -> None:
         ),
         (b"creategroup tok team", CreateGroup("tok", "team")),
         (b"creategroup tok #team", CreateGroup("tok", "team")),
+        (
+            b"creategroup tok team bob ann,cid  bob",
+            CreateGroup("tok", "team", ("bob", "ann", "cid")),
+        ),
+        (b"creategroup team ", CreateGroup(None, "team")),
+        (
+            b"sendfile tok bob b'aGk=' /home/me/my notes.txt ",
+            SendFile("tok", "bob", "/home/me/my notes.txt", b"hi"),
+        ),
+        (b"sendfile tok bob b'aGk=' aGk=", SendFile("tok", "bob", "b'aGk='", b"hi")),
         (b"joingroup tok #team x", JoinGroup("tok", "team")),
         (b"leavegroup tok team", LeaveGroup("tok", "team")),
         (b"kickgroup tok #team bob", KickGroup("tok", "team", "bob")),
@@ -178,7 +189,7 @@ def test_parse_extensions(line: bytes, command: commands.Command) -> None:
 @pytest.mark.parametrize(
     ("line", "error"),
     [
-        (b"register budi rahasia123", MissingArgument),
+        (b"register budi", MissingArgument),
         (b"logout", MissingArgument),
         (b"sendgroup tok , hi", MissingArgument),
         (b"sendgroup tok a,b", MissingArgument),

@@ -164,6 +164,7 @@ async def test_plugin_register_and_file_round_trip(tmp_path: Path) -> None:
             "file_name": "photo.jpg",
             "file_size": len(data),
             "file_sha256": digest,
+            "address": "photo.jpg",
         }
         inbox = await messi.request(f"inbox {other}\r\n".encode())
         (message,) = inbox["messages"]["budi"]

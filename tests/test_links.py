@@ -115,6 +115,11 @@ def test_payload_round_trip() -> None:
         ({"id": "x" * 129}, BadRealmMessage),
         ({"from_name": ""}, BadRealmMessage),
         ({"from_name": "Evil\nName"}, BadRealmMessage),
+        ({"from_name": "Lionel \u202eisseM"}, BadRealmMessage),
+        ({"from_name": "Lionel\u2028Messi"}, BadRealmMessage),
+        ({"from_name": "Lionel\x85Messi"}, BadRealmMessage),
+        ({"from": "postmaster"}, ForgedSender),
+        ({"from": "admin"}, ForgedSender),
         ({"to": []}, BadRealmMessage),
         ({"to": "henderson"}, BadRealmMessage),
         ({"to": [1]}, BadRealmMessage),
@@ -128,7 +133,8 @@ def test_payload_round_trip() -> None:
     ],
 )
 def test_bad_payloads(change: dict[str, Any], error: type[Exception]) -> None:
-    """Malformed payloads are refused; a sender in another realm is a forgery."""
+    """Malformed payloads are refused; a sender in another realm, or one
+    with a name reserved for the system (postmaster's bounces), is a forgery."""
     with pytest.raises(error):
         links.InboundMessage.from_payload({**GOOD, **change}, 100)
 

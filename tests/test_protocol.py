@@ -20,11 +20,13 @@ UUID4 = re.compile(
 
 
 def test_auth_returns_uuid4_token() -> None:
-    """auth with the right password answers OK with a uuid4 tokenid."""
+    """auth with the right password answers OK with a uuid4 tokenid (and
+    the same as token_id, with realm_id, which some clients read)."""
     reply = Server().connect().request("auth messi surabaya")
     assert reply["status"] == "OK"
     assert UUID4.fullmatch(reply["tokenid"])
-    assert set(reply) == {"status", "tokenid"}
+    assert set(reply) == {"status", "tokenid", "token_id", "realm_id"}
+    assert reply["token_id"] == reply["tokenid"]
 
 
 def test_course_client_bytes() -> None:

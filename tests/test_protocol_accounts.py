@@ -26,6 +26,9 @@ def test_register_creates_an_account() -> None:
         "status": "OK",
         "message": "User Registered",
         "username": "budi",
+        "tokenid": reply["tokenid"],
+        "token_id": reply["tokenid"],
+        "realm_id": None,
     }
     user = server.store.users["budi"]
     assert user.full_name == "Budi  Santoso"
@@ -38,12 +41,28 @@ def test_register_creates_an_account() -> None:
     assert message["msg_from"] == "Budi  Santoso"
 
 
-def test_register_does_not_log_in() -> None:
-    """register returns no token: the client logs in with auth afterwards."""
+def test_register_logs_in() -> None:
+    """register answers a session token, as auth would, that works at once."""
     client = Server().connect()
     reply = client.request("register budi rahasia123 Budi")
-    assert "tokenid" not in reply
+    token = reply["tokenid"]
+    assert reply["token_id"] == token
+    assert client.request(f"send {token} messi halo")["message"] == "Message Sent"
     assert client.request("auth budi wrongpassword")["message"] == "Password Salah"
+
+
+def test_register_without_full_name() -> None:
+    """register <user> <password> makes the username the full name."""
+    server = Server()
+    client = server.connect()
+    client.send(b"register budi rahasia123 \r\n")
+    (reply,) = client.replies()
+    assert reply["message"] == "User Registered"
+    assert server.store.users["budi"].full_name == "budi"
+    client.request(f"send {reply['tokenid']} messi halo")
+    messi = client.login("messi")
+    (message,) = client.request(f"inbox {messi}")["messages"]["budi"]
+    assert message["msg_from"] == "budi"
 
 
 @pytest.mark.parametrize("registration", [False, None])
@@ -73,7 +92,7 @@ def test_register_invalid_username(username: str) -> None:
     assert reply["code"] == "invalid_username"
     assert reply["message"] == (
         "invalid username: usernames are 1-32 characters: lowercase letters, "
-        "digits, '_', '-', '.'"
+        "digits, '_', '-', '.', starting with a letter or digit"
     )
     assert len(server.store.users) == 3
 
@@ -117,13 +136,12 @@ def test_register_invalid_password_or_name(line: str, code: str) -> None:
 
 
 def test_register_missing_arguments() -> None:
-    """register needs a username, a password and a full name."""
+    """register needs a username and a password."""
     client = Server().connect()
     for line in [
         "register",
         "register budi",
-        "register budi rahasia123",
-        "register budi rahasia123   ",
+        "register   budi   ",
     ]:
         assert client.request(line)["code"] == "missing_argument", line
 
@@ -206,3 +224,25 @@ def test_logout_storage_unavailable() -> None:
     token = client.login()
     server.store.broken = True
     assert client.request(f"logout {token}")["code"] == "storage_unavailable"
+
+
+@pytest.mark.parametrize("username", ["postmaster", "admin", "root", ".", "..", "-rf"])
+def test_register_refuses_names_that_impersonate(username: str) -> None:
+    """Names of the system and names that look like paths or options are refused."""
+    server = Server()
+    reply = server.connect().request(f"register {username} rahasia123 Budi")
+    assert reply["code"] == "invalid_username"
+    assert username not in server.store.users
+
+
+@pytest.mark.parametrize(
+    "full_name",
+    ["Budi\u0085Santoso", "Budi \u202eosotnaS", "Bu\u200bdi", "Budi\u2028X"],
+)
+def test_register_refuses_invisible_characters_in_full_names(full_name: str) -> None:
+    """A full name with a C1 control, bidi override, zero-width space or line
+    separator is refused."""
+    server = Server()
+    reply = server.connect().request(f"register budi rahasia123 {full_name}")
+    assert reply["code"] == "invalid_full_name"
+    assert "budi" not in server.store.users

@@ -45,6 +45,7 @@ def test_sendfile_round_trip() -> None:
         "file_name": "logo.png",
         "file_size": len(PNG),
         "file_sha256": digest,
+        "address": "logo.png",
     }
     (message,) = _inbox(client, tokens["henderson"])["messi"]
     assert message["msg"] == "logo.png"
@@ -99,9 +100,8 @@ def test_sendfile_invalid_base64(content: str) -> None:
     "name",
     [
         "../x",
-        "/etc/passwd",
-        "a/b",
-        "a\\b",
+        "/home/../x",
+        "a/",
         "..",
         "a..b",
         ".hidden",
@@ -274,3 +274,16 @@ def test_inbox_reply_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
         ["f2.bin", "after"],
         [],
     ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["invoice\u202efdp.exe", "a\u2215b.txt", "a\uff0fb.txt", "con", "NUL.txt", "a:b"],
+)
+def test_sendfile_refuses_names_unsafe_on_some_system(name: str) -> None:
+    """Bidi overrides, slash look-alikes and Windows-reserved names are refused."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"sendfile {tokens['messi']} henderson {name} aGk=")
+    assert reply["code"] == "invalid_file_name"
+    assert server.store.messages == []

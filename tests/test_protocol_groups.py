@@ -240,10 +240,12 @@ def test_kickgroup() -> None:
 
 
 def test_group_commands_need_a_session_and_arguments() -> None:
-    """Group commands refuse bad tokens and missing arguments."""
+    """Group commands refuse bad tokens, no session (creategroup without a
+    token, before auth) and missing arguments."""
     client = Server().connect()
     for line in [
         "creategroup x team",
+        "creategroup team",
         "joingroup x team",
         "leavegroup x team",
         "kickgroup x team a",
@@ -251,7 +253,7 @@ def test_group_commands_need_a_session_and_arguments() -> None:
     ]:
         assert client.request(line)["code"] == "no_session", line
     for line in [
-        "creategroup x",
+        "creategroup",
         "joingroup x",
         "leavegroup x",
         "kickgroup x team",
@@ -317,3 +319,13 @@ def test_sendgroup_to_a_group_alone() -> None:
     assert _inbox(client, tokens["messi"]) == {}
     history = client.request(f"history {tokens['messi']} #solo")
     assert [m["msg"] for m in history["messages"]] == ["note"]
+
+
+@pytest.mark.parametrize("name", ["admin", "postmaster", "-rf", "..", ".x"])
+def test_creategroup_refuses_names_that_impersonate(name: str) -> None:
+    """Group names follow the new-username rule: no reserved or path-like names."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"creategroup {tokens['messi']} {name}")
+    assert reply["code"] == "invalid_group_name"
+    assert server.store.groups == {}

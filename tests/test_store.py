@@ -486,6 +486,63 @@ async def test_group_lifecycle(store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_create_group_with_members(store: Any) -> None:
+    """Members given at creation join after the owner, all or none."""
+    await _with_three(store)
+    created = await store.create_group(
+        "team", "messi", 1.0, ["lineker", "messi", "henderson", "lineker"]
+    )
+    assert created.members == ("messi", "lineker", "henderson")
+    assert [g.name for g in await store.list_groups("henderson")] == ["team"]
+    with pytest.raises(NoSuchUsers) as refused:
+        await store.create_group("other", "messi", 2.0, ["ghost", "lineker", "pele"])
+    assert refused.value.usernames == ["ghost", "pele"]
+    assert [g.name for g in await store.list_groups("lineker")] == ["team"]
+    with pytest.raises(AlreadyAMember):
+        await store.join_group("team", "lineker", 3.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_all_groups(store: Any) -> None:
+    """Every group, by name, up to a limit."""
+    await _with_three(store)
+    assert await store.list_all_groups(10) == []
+    for name, owner in [("zeta", "messi"), ("alpha", "lineker"), ("mid", "messi")]:
+        await store.create_group(name, owner, 1.0)
+    listed = await store.list_all_groups(10)
+    assert [(g.name, g.owner, g.members) for g in listed] == [
+        ("alpha", "lineker", ("lineker",)),
+        ("mid", "messi", ("messi",)),
+        ("zeta", "messi", ("messi",)),
+    ]
+    assert [g.name for g in await store.list_all_groups(2)] == ["alpha", "mid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_inbox_from_one_sender(store: Any) -> None:
+    """Only one sender's private messages are taken, once; the rest stay."""
+    await _with_three(store)
+    await store.create_group("team", "messi", 1.0, ["henderson"])
+    await store.store_message("messi", "henderson", "one", 1.0)
+    await store.store_message("lineker", "henderson", "other", 2.0)
+    await store.store_group_message("messi", "team", "group", 3.0)
+    await store.store_messages(
+        "messi", ["henderson"], "f.txt", 4.0, Attachment("f.txt", PNG)
+    )
+    taken = await store.drain_inbox_from("henderson", "messi", 5.0)
+    assert [(m.text, m.file_content) for m in taken] == [
+        ("one", None),
+        ("f.txt", PNG),
+    ]
+    assert await store.drain_inbox_from("henderson", "messi", 6.0) == []
+    assert await store.drain_inbox_from("henderson", "pele@realm-b", 6.0) == []
+    with pytest.raises(NoSuchUser):
+        await store.drain_inbox_from("henderson", "pele", 6.0)
+    rest = await store.drain_inbox("henderson", 7.0)
+    assert [m.text for m in rest] == ["other", "group"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_kick_from_group(store: Any) -> None:
     """Only the owner kicks, not themselves, and only members."""
     await _with_three(store)

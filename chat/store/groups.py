@@ -14,12 +14,13 @@ from chat.errors import (
     CannotKickSelf,
     GroupExists,
     NoSuchGroup,
+    NoSuchUsers,
     NotAMember,
     NotGroupOwner,
 )
 from chat.model import Group
 from chat.store.batching import Operation, Transaction, column
-from chat.store.users import require_user
+from chat.store.users import full_names, require_user
 
 
 def require_group(txn: Transaction, name: str) -> tuple[str, float]:
@@ -34,6 +35,13 @@ def require_group(txn: Transaction, name: str) -> tuple[str, float]:
     if row is None:
         raise NoSuchGroup(name)
     return row[0], row[1]
+
+
+def group_exists(txn: Transaction, name: str) -> bool:
+    return (
+        txn.execute("SELECT 1 FROM chat_groups WHERE name = ?", (name,)).fetchone()
+        is not None
+    )
 
 
 def load_group(txn: Transaction, name: str) -> Group:
@@ -87,7 +95,12 @@ def leave_group(txn: Transaction, name: str, username: str) -> Group | None:
 @attrs.define(eq=False)
 class CreateGroup(Operation):
     """
+    A group owned by C{owner}, its first member, with C{members} joined
+    after it in that order (duplicates and the owner dropped).
+
     @raise GroupExists: if the name is taken.
+    @raise NoSuchUsers: naming every member that does not exist (then
+        nothing is created).
     """
 
     checks_first = True
@@ -95,6 +108,7 @@ class CreateGroup(Operation):
     name: str
     owner: str
     created_at: float
+    members: tuple[str, ...] = ()
 
     def run(self, txn: Transaction) -> Group:
         name, owner = self.name, self.owner
@@ -104,16 +118,22 @@ class CreateGroup(Operation):
             is not None
         ):
             raise GroupExists(name)
+        everyone = list(dict.fromkeys([owner, *self.members]))
+        known = full_names(txn, everyone[1:])
+        unknown = [member for member in everyone[1:] if member not in known]
+        if unknown:
+            raise NoSuchUsers(unknown)
         txn.execute(
             "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
             (name, owner, self.created_at),
         )
-        txn.execute(
-            "INSERT INTO group_members (group_name, username, joined_at)"
-            " VALUES (?, ?, ?)",
-            (name, owner, self.created_at),
-        )
-        return Group(name, owner, (owner,), self.created_at)
+        for member in everyone:
+            txn.execute(
+                "INSERT INTO group_members (group_name, username, joined_at)"
+                " VALUES (?, ?, ?)",
+                (name, member, self.created_at),
+            )
+        return Group(name, owner, tuple(everyone), self.created_at)
 
 
 @attrs.define(eq=False)
@@ -195,3 +215,35 @@ class ListGroups(Operation):
             )
         )
         return [load_group(txn, name) for name in names]
+
+
+@attrs.define(eq=False)
+class ListAllGroups(Operation):
+    """
+    The first C{limit} groups of the server, by name: one statement, however
+    many groups (a round trip each would hold the store's thread).
+    """
+
+    checks_first = True
+
+    limit: int
+
+    def run(self, txn: Transaction) -> list[Group]:
+        found: dict[str, tuple[str, float, list[str]]] = {}
+        for name, owner, created_at, member in txn.execute(
+            "SELECT g.name, g.owner, g.created_at, m.username FROM"
+            " (SELECT name, owner, created_at FROM chat_groups"
+            " ORDER BY name LIMIT ?) AS g"
+            " JOIN group_members m ON m.group_name = g.name"
+            " ORDER BY g.name, m.id",
+            (self.limit,),
+        ):
+            group = found.get(name)
+            if group is None:
+                found[name] = (owner, created_at, [member])
+            else:
+                group[2].append(member)
+        return [
+            Group(name, owner, tuple(members), created_at)
+            for name, (owner, created_at, members) in found.items()
+        ]

@@ -404,6 +404,40 @@ class MemoryStore:
                 )
         return stored
 
+    def _store_to_name(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        self._user(sender)
+        if name in self.users or name not in self.groups:
+            return self._store_messages(sender, [name], text, sent_at, attachment)
+        return self._store_group_message(sender, name, text, sent_at, attachment)
+
+    def store_to_name_then(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self._call(done, self._store_to_name, sender, name, text, sent_at, attachment)
+
+    def store_to_name(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self._run(self._store_to_name, sender, name, text, sent_at, attachment)
+
     def _drain_inbox(
         self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> list[Message]:
@@ -507,12 +541,22 @@ class MemoryStore:
             group.owner = group.members[0]
         return self._snapshot(name)
 
-    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
+    def create_group(
+        self,
+        name: str,
+        owner: str,
+        created_at: float,
+        members: Sequence[str] = (),
+    ) -> Deferred[Group]:
         def create() -> Group:
             self._user(owner)
             if name in self.groups:
                 raise GroupExists(name)
-            self.groups[name] = _Group(owner, created_at, [owner])
+            everyone = list(dict.fromkeys([owner, *members]))
+            unknown = [member for member in everyone if member not in self.users]
+            if unknown:
+                raise NoSuchUsers(unknown)
+            self.groups[name] = _Group(owner, created_at, everyone)
             return self._snapshot(name)
 
         return self._run(create)
@@ -549,6 +593,36 @@ class MemoryStore:
                 if username in self.groups[name].members
             ]
         )
+
+    def list_all_groups(self, limit: int) -> Deferred[list[Group]]:
+        return self._run(
+            lambda: [self._snapshot(name) for name in sorted(self.groups)[:limit]]
+        )
+
+    def drain_inbox_from(
+        self,
+        username: str,
+        sender: str,
+        delivered_at: float,
+        max_bytes: int | None = None,
+    ) -> Deferred[list[Message]]:
+        def drain() -> list[Message]:
+            if "@" not in sender:
+                self._user(sender)
+            waiting = [
+                stored
+                for stored in self.messages
+                if stored.message.recipient == username
+                and stored.delivered_at is None
+                and stored.message.sender == sender
+                and stored.message.group is None
+            ]
+            taken, _ = _within((s.message for s in waiting), max_bytes)
+            for stored in waiting[: len(taken)]:
+                stored.delivered_at = delivered_at
+            return taken
+
+        return self._run(drain)
 
     # History.
 

@@ -492,6 +492,48 @@ class StoreGroupMessage(Operation):
         return [message for message, keep in zip(stored, kept, strict=True) if keep]
 
 
+@attrs.define(eq=False)
+class StoreToName(Operation):
+    """
+    One message (or file) to C{name}, a single name given without the
+    C{#} of a group: to the user of that name if there is one (as
+    L{StoreMessages}), or else to the group of that name (as
+    L{StoreGroupMessage}). The course family writes C{sendgroup <token>
+    team hi} for C{#team}; deciding here, in the same transaction, costs
+    no round trip more than a send.
+
+    @raise NoSuchUser: if the sender does not exist.
+    @raise NoSuchUsers: naming C{name} if it is neither a user nor a group.
+    """
+
+    checks_first = True
+    stores_messages = True
+
+    sender: str
+    name: str
+    text: str
+    sent_at: float
+    attachment: Attachment | None = None
+
+    def run(self, txn: Transaction) -> list[Message]:
+        from chat.store.groups import group_exists
+
+        name = self.name
+        names = full_names(txn, [self.sender, name])
+        if self.sender not in names:
+            raise NoSuchUser(self.sender)
+        if name in names or not group_exists(txn, name):
+            operation: Operation = StoreMessages(
+                self.sender, [name], self.text, self.sent_at, self.attachment
+            )
+        else:
+            operation = StoreGroupMessage(
+                self.sender, name, self.text, self.sent_at, self.attachment
+            )
+        result: list[Message] = operation.run(txn)
+        return result
+
+
 # Reading and delivering.
 
 
@@ -584,6 +626,38 @@ def _drain_many_postgres(
         )
     messages = iter(to_messages(txn, [row for rows in taken for row in rows]))
     return [(True, [next(messages) for _ in rows]) for rows in taken]
+
+
+@attrs.define(eq=False)
+class DrainInboxFrom(Operation):
+    """
+    L{DrainInbox} for the private messages (not a group's) from C{sender}
+    only: a user here, or C{user@realm}.
+
+    @raise NoSuchUser: if C{sender} is a local name that does not exist.
+    """
+
+    checks_first = True
+
+    username: str
+    sender: str
+    delivered_at: float
+    max_bytes: int | None = None
+
+    def run(self, txn: Transaction) -> list[Message]:
+        if "@" not in self.sender:
+            require_user(txn, self.sender)
+        _drop_mailbox(txn, self.username)
+        cursor = txn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM {UNDELIVERED}"
+            " WHERE recipient = ? AND delivered_at IS NULL AND sender = ?"
+            " AND group_name IS NULL ORDER BY id" + txn.for_update(),
+            (self.username, self.sender),
+        )
+        rows, _ = within(cursor, self.max_bytes)
+        cursor.close()
+        mark_ids_delivered(txn, [row[ID] for row in rows], self.delivered_at)
+        return to_messages(txn, rows)
 
 
 @attrs.define(eq=False)

@@ -153,6 +153,28 @@ class SQLStore(GroupCommit):
             messages.StoreGroupMessage(sender, group, text, sent_at, attachment)
         )
 
+    def store_to_name_then(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        operation = messages.StoreToName(sender, name, text, sent_at, attachment)
+        self.submit(operation, done)
+
+    def store_to_name(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self.run(messages.StoreToName(sender, name, text, sent_at, attachment))
+
     def drain_inbox_then(
         self, username: str, delivered_at: float, max_bytes: int | None, done: Done
     ) -> None:
@@ -162,6 +184,17 @@ class SQLStore(GroupCommit):
         self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
         return self.run(messages.DrainInbox(username, delivered_at, max_bytes))
+
+    def drain_inbox_from(
+        self,
+        username: str,
+        sender: str,
+        delivered_at: float,
+        max_bytes: int | None = None,
+    ) -> Deferred[list[Message]]:
+        return self.run(
+            messages.DrainInboxFrom(username, sender, delivered_at, max_bytes)
+        )
 
     def undelivered(
         self, username: str, after_id: int, limit: int
@@ -225,8 +258,14 @@ class SQLStore(GroupCommit):
 
     # Groups.
 
-    def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
-        return self.run(groups.CreateGroup(name, owner, created_at))
+    def create_group(
+        self,
+        name: str,
+        owner: str,
+        created_at: float,
+        members: Sequence[str] = (),
+    ) -> Deferred[Group]:
+        return self.run(groups.CreateGroup(name, owner, created_at, tuple(members)))
 
     def join_group(self, name: str, username: str, joined_at: float) -> Deferred[Group]:
         return self.run(groups.JoinGroup(name, username, joined_at))
@@ -239,6 +278,9 @@ class SQLStore(GroupCommit):
 
     def list_groups(self, username: str) -> Deferred[list[Group]]:
         return self.run(groups.ListGroups(username))
+
+    def list_all_groups(self, limit: int) -> Deferred[list[Group]]:
+        return self.run(groups.ListAllGroups(limit))
 
     # Realms.
 

@@ -77,14 +77,25 @@ const encoder = new TextEncoder();
 // characters, no leading dot, at most 255 bytes), keeping the extension.
 export function wireFileName(name) {
   let clean = String(name || "")
-    .replace(/[\s/\\\u0000-\u001f\u007f]+/g, "_")
+    // Invisible formatting (bidi overrides, zero-width spaces) goes; the
+    // zero-width (non-)joiners stay, as the server allows them.
+    .replace(/[\p{Cf}]/gu, (c) => (c === "\u200c" || c === "\u200d" ? c : ""))
+    // Blanks, separators and their look-alikes, controls, and what Windows
+    // refuses in a name.
+    .replace(/[\s/\\\p{Cc}\p{Zl}\p{Zp}<>:"|?*\u2044\u2215\u2216\u2236\u2571\u2572\u29f5\u29f8\u29f9\ufe55\ufe68\uff0f\uff1a\uff3c]+/gu, "_")
     .replace(/\.{2,}/g, ".")
     .replace(/^[._]+/, "");
-  if (!clean) clean = "file";
   while (encoder.encode(clean).length > 255) {
     const dot = clean.lastIndexOf(".");
     const ext = dot > 0 && clean.length - dot <= 16 ? clean.slice(dot) : "";
     clean = clean.slice(0, Math.max(1, clean.length - ext.length - 1)) + ext;
+  }
+  clean = clean.replace(/\.+$/, "");
+  if (!clean) clean = "file";
+  // Device names Windows reserves (con, nul.txt, com1, ...): the server
+  // refuses them, so the file goes as _con, _nul.txt, _com1.
+  if (/^(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]|conin\$|conout\$|clock\$)(\.|$)/i.test(clean)) {
+    clean = `_${clean}`;
   }
   return clean;
 }

@@ -194,11 +194,10 @@ async function submitLogin(event) {
   ui.submit.textContent = registering ? "Creating…" : "Logging in…";
   try {
     await connection.whenConnected();
-    if (registering) {
-      const fullName = fmt.oneLine(ui.fullName.value);
-      await connection.request(`register ${username} ${password} ${fullName}`);
-    }
-    const reply = await connection.request(`auth ${username} ${password}`);
+    // Registering logs in: its reply carries the session token, as auth's.
+    const reply = registering
+      ? await connection.request(`register ${username} ${password} ${fmt.oneLine(ui.fullName.value)}`)
+      : await connection.request(`auth ${username} ${password}`);
     ui.password.value = "";
     session = { username, token: reply.tokenid };
     sessionStorage.setItem(SESSION, JSON.stringify(session));

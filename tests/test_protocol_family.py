@@ -1,0 +1,518 @@
+"""
+The course family's clients (issue 17) on the line protocol: their
+spellings of our commands, the reply keys and shapes they read, and the
+commands they added, with an in-memory store and a fake clock.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from chat import compat
+from tests.helpers import Connection, Server
+from tests.test_federation import Realms
+
+
+def _logged_in(server: Server) -> tuple[Connection, dict[str, str]]:
+    client = server.connect()
+    return client, {n: client.login(n) for n in ("messi", "henderson", "lineker")}
+
+
+def _inbox(client: Connection, token: str) -> dict[str, list[dict[str, Any]]]:
+    reply = client.request(f"inbox {token}")
+    assert reply["status"] == "OK", reply
+    messages: dict[str, list[dict[str, Any]]] = reply["messages"]
+    return messages
+
+
+def _exact(client: Connection, data: bytes) -> dict[str, Any]:
+    """
+    The one reply to exactly C{data}, as a course-family client sends it.
+    """
+    client.send(data)
+    (reply,) = client.replies()
+    return reply
+
+
+def _team(server: Server) -> tuple[Connection, dict[str, str]]:
+    """
+    messi, henderson and lineker logged in; messi owns bteam, henderson is
+    in it.
+    """
+    client, tokens = _logged_in(server)
+    client.request(f"creategroup {tokens['messi']} bteam henderson")
+    return client, tokens
+
+
+# Logging in.
+
+
+def test_auth_reply_carries_token_id_and_realm_id() -> None:
+    """auth answers the token as tokenid and token_id, and this realm's id."""
+    realms = Realms()
+    client = realms["realm-b"].connect()
+    reply = _exact(client, b"auth messi surabaya \r\n")
+    assert reply["token_id"] == reply["tokenid"]
+    assert reply["realm_id"] == "realm-b"
+    token = reply["token_id"]
+    assert client.request(f"inbox {token}") == {"status": "OK", "messages": {}}
+
+
+def test_register_reply_logs_in_like_auth() -> None:
+    """register <user> <password> (no full name) answers a working token."""
+    server = Server()
+    client = server.connect()
+    reply = _exact(client, b"register budi rahasia123 \r\n")
+    assert reply["status"] == "OK"
+    assert reply["token_id"] == reply["tokenid"]
+    assert server.store.users["budi"].full_name == "budi"
+    token = reply["tokenid"]
+    sent = _exact(client, f"sendprivate {token} messi halo \r\n".encode())
+    assert sent == {"status": "OK", "message": "Message Sent"}
+
+
+# Aliases: the same command, the same rules and errors.
+
+
+@pytest.mark.parametrize("alias", ["send", "sendprivate"])
+def test_sendprivate_is_send(alias: str) -> None:
+    """sendprivate sends a private message, with send's errors."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    line = f"{alias} {tokens['messi']} henderson  hello son \r\n"
+    assert _exact(client, line.encode()) == {"status": "OK", "message": "Message Sent"}
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert message["msg"] == "hello son"
+    unknown = _exact(client, f"{alias} {tokens['messi']} nobody hi\r\n".encode())
+    assert unknown["message"] == "User Tidak Ditemukan"
+    missing = _exact(client, f"{alias} {tokens['messi']} henderson\r\n".encode())
+    assert missing["message"] == "--Protocol Tidak Benar"
+    bad = _exact(client, f"{alias} nosuchtoken henderson hi\r\n".encode())
+    assert bad["message"] == "Session Tidak Ditemukan"
+
+
+def test_sendprivatefile_is_sendfile() -> None:
+    """sendprivatefile <token> <to> <path> b'...' sends the file by its name."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    content = base64.b64encode(b"halo")
+    line = f"sendprivatefile {tokens['messi']} henderson /home/me/hi.txt {content} \r\n"
+    reply = _exact(client, line.encode())
+    assert reply["message"] == "File Sent"
+    assert reply["file_name"] == reply["address"] == "hi.txt"
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert base64.b64decode(message["file_content"]) == b"halo"
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical"),
+    [("create_group", "creategroup"), ("addgroup", "creategroup")],
+)
+def test_create_group_aliases(alias: str, canonical: str) -> None:
+    """addgroup and create_group create a group, with creategroup's rules."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = _exact(client, f"{alias} {tokens['messi']} kopi \r\n".encode())
+    assert reply["message"] == "Group Created"
+    assert reply["group"]["members"] == ["messi"]
+    again = _exact(client, f"{alias} {tokens['messi']} kopi \r\n".encode())
+    assert again["code"] == "group_exists"
+    bad = _exact(client, f"{alias} {tokens['messi']} Kopi! \r\n".encode())
+    assert bad["code"] == "invalid_group_name"
+
+
+@pytest.mark.parametrize(
+    ("join", "leave"),
+    [("join_group", "leave_group"), ("joingroup", "exitgroup")],
+)
+def test_join_and_leave_aliases(join: str, leave: str) -> None:
+    """join_group, leave_group and exitgroup are joingroup and leavegroup."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    client.request(f"creategroup {tokens['messi']} kopi")
+    joined = _exact(client, f"{join} {tokens['lineker']} kopi \r\n".encode())
+    assert joined["group"]["members"] == ["messi", "lineker"]
+    left = _exact(client, f"{leave} {tokens['lineker']} kopi \r\n".encode())
+    assert left["message"] == "Group Left"
+    assert left["group"]["members"] == ["messi"]
+    again = _exact(client, f"{leave} {tokens['lineker']} kopi \r\n".encode())
+    assert again["code"] == "not_a_member"
+
+
+def test_send_group_and_send_file_group() -> None:
+    """send_group and send_file_group are sendgroup and sendgroupfile."""
+    server = Server()
+    client, tokens = _team(server)
+    sent = _exact(client, f"send_group {tokens['messi']} bteam halo tim \r\n".encode())
+    assert sent == {"status": "OK", "message": "Message Sent"}
+    content = base64.b64encode(b"x")
+    line = f"send_file_group {tokens['messi']} henderson,lineker a/b.txt {content} \r\n"
+    assert _exact(client, line.encode())["file_name"] == "b.txt"
+    got = _inbox(client, tokens["henderson"])["messi"]
+    assert [(m["msg"], m.get("group")) for m in got] == [
+        ("halo tim", "bteam"),
+        ("b.txt", None),
+    ]
+    assert [m["msg"] for m in _inbox(client, tokens["lineker"])["messi"]] == ["b.txt"]
+
+
+def test_inboxrealm_is_getrealminbox() -> None:
+    """inboxrealm <token> <realm> takes that realm's messages, as getrealminbox."""
+    realms = Realms()
+    client, token = realms.login("realm-a", "messi")
+    client.request(f"send {token} henderson@realm-b dari a")
+    realms.settle()
+    henderson, other = realms.login("realm-b", "henderson")
+    reply = _exact(henderson, f"inboxrealm {other} realm-a \r\n".encode())
+    assert [m["msg"] for m in reply["messages"]["messi@realm-a"]] == ["dari a"]
+    assert henderson.request(f"inboxrealm {other} realm-a")["messages"] == {}
+    unknown = henderson.request(f"inboxrealm {other} realm-z")
+    assert unknown["message"] == "Realm Tidak Ditemukan"
+
+
+def test_alias_words_are_case_insensitive() -> None:
+    """An alias word, like any command word, may be in any case."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = _exact(client, f"SendPrivate {tokens['messi']} henderson hi\r\n".encode())
+    assert reply["message"] == "Message Sent"
+
+
+# Bare group names.
+
+
+@pytest.mark.parametrize("verb", ["sendgroup", "send_group"])
+def test_bare_group_name_means_the_group(verb: str) -> None:
+    """sendgroup <token> bteam <text> sends to the group bteam."""
+    server = Server()
+    client, tokens = _team(server)
+    line = f"{verb} {tokens['henderson']} bteam hi all \r\n"
+    assert _exact(client, line.encode())["message"] == "Message Sent"
+    (message,) = _inbox(client, tokens["messi"])["henderson"]
+    assert message["group"] == "bteam"
+    assert _inbox(client, tokens["lineker"]) == {}
+
+
+def test_bare_group_name_for_files() -> None:
+    """sendgroupfile <token> bteam <path> <content> sends to the group."""
+    server = Server()
+    client, tokens = _team(server)
+    line = f"sendgroupfile {tokens['messi']} bteam C:\\docs\\a.png aGk=\r\n"
+    reply = _exact(client, line.encode())
+    assert reply["file_name"] == "a.png"
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert (message["group"], message["file_name"]) == ("bteam", "a.png")
+
+
+def test_a_user_of_that_name_wins() -> None:
+    """If a user has the bare name, the message goes to the user, not the group."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    client.request(f"creategroup {tokens['henderson']} lineker")
+    client.request(f"sendgroup {tokens['henderson']} lineker hi")
+    (message,) = _inbox(client, tokens["lineker"])["henderson"]
+    assert "group" not in message
+
+
+def test_bare_name_neither_user_nor_group() -> None:
+    """A bare name that is neither is the unknown-users error, for both commands."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    expected = {
+        "status": "ERROR",
+        "message": "User Tidak Ditemukan: ghost",
+        "code": "no_such_user",
+        "users": ["ghost"],
+    }
+    assert client.request(f"sendgroup {tokens['messi']} ghost hi") == expected
+    assert client.request(f"sendgroupfile {tokens['messi']} ghost a.txt aGk=") == (
+        expected
+    )
+    assert client.request(f"sendfile {tokens['messi']} ghost a.txt aGk=") == {
+        "status": "ERROR",
+        "message": "User Tidak Ditemukan",
+        "code": "no_such_user",
+    }
+    assert server.store.messages == []
+
+
+def test_bare_group_name_of_a_group_not_joined() -> None:
+    """A bare group name of a group the sender is not in says so."""
+    server = Server()
+    client, tokens = _team(server)
+    reply = client.request(f"sendgroup {tokens['lineker']} bteam hi")
+    assert reply["code"] == "not_a_member"
+    assert server.store.messages == []
+
+
+def test_list_with_a_group_name_is_still_users() -> None:
+    """In a list of several names, each is a user: a group name is unknown."""
+    server = Server()
+    client, tokens = _team(server)
+    reply = client.request(f"sendgroup {tokens['messi']} henderson,bteam hi")
+    assert reply["users"] == ["bteam"]
+
+
+# File names and the swapped order.
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("/home/me/hi.txt", "hi.txt"),
+        ("C:\\Users\\me\\hi.txt", "hi.txt"),
+        ("./laporan.pdf", "laporan.pdf"),
+        ("files/2023/x.png", "x.png"),
+    ],
+)
+def test_file_name_is_the_last_path_component(sent: str, kept: str) -> None:
+    """The path a client sends as the file name becomes its last component."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"sendfile {tokens['messi']} henderson {sent} aGk=")
+    assert reply["file_name"] == kept
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert message["file_name"] == message["msg"] == kept
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["../../etc/passwd", "a/../b.txt", "/home/me/.bashrc", "/home/me/", "x/.."],
+)
+def test_paths_with_dot_dot_or_hidden_names_are_refused(sent: str) -> None:
+    """A path with a '..' component, or ending in a hidden or no name, is refused."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"sendfile {tokens['messi']} henderson {sent} aGk=")
+    assert reply["code"] == "invalid_file_name"
+    assert server.store.messages == []
+
+
+def test_content_before_the_name() -> None:
+    """sendfile <token> <to> b'...' <path>, content first, is understood."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    content = base64.b64encode(b"isi file")
+    line = f"sendfile {tokens['messi']} henderson {content} /tmp/my notes.txt \r\n"
+    reply = _exact(client, line.encode())
+    assert reply["file_name"] == "my notes.txt"
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert base64.b64decode(message["file_content"]) == b"isi file"
+
+
+# creategroup with members.
+
+
+def test_creategroup_with_members() -> None:
+    """creategroup <token> <group> <members...> adds each as if they joined."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    line = f"creategroup {tokens['messi']} tim henderson lineker,messi henderson \r\n"
+    reply = _exact(client, line.encode())
+    assert reply["group"]["members"] == ["messi", "henderson", "lineker"]
+    assert reply["group"]["owner"] == "messi"
+    client.request(f"sendgroup {tokens['lineker']} #tim hi")
+    assert [m["msg"] for m in _inbox(client, tokens["henderson"])["lineker"]] == ["hi"]
+    assert client.request(f"joingroup {tokens['henderson']} tim")["code"] == (
+        "already_member"
+    )
+
+
+def test_creategroup_with_unknown_members_creates_nothing() -> None:
+    """Unknown members are named in the error, and no group is made."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    reply = client.request(f"creategroup {tokens['messi']} tim henderson ghost, Bad!")
+    assert reply == {
+        "status": "ERROR",
+        "message": "User Tidak Ditemukan: ghost, Bad!",
+        "code": "no_such_user",
+        "users": ["ghost", "Bad!"],
+    }
+    assert server.store.groups == {}
+
+
+def test_creategroup_member_limit() -> None:
+    """More members than a message may have recipients are refused."""
+    server = Server(max_recipients=2)
+    client, tokens = _logged_in(server)
+    reply = client.request(f"creategroup {tokens['messi']} tim henderson lineker x")
+    assert reply["code"] == "too_many_recipients"
+    ok = client.request(f"creategroup {tokens['messi']} tim henderson lineker")
+    assert ok["group"]["members"] == ["messi", "henderson", "lineker"]
+
+
+def test_creategroup_without_token_uses_the_connection_login() -> None:
+    """creategroup <group> acts as the user that logged in on this connection."""
+    server = Server()
+    client = server.connect()
+    assert client.request("creategroup kopi")["code"] == "no_session"
+    client.login("lineker")
+    reply = _exact(client, b"creategroup kopi \r\n")
+    assert reply["group"]["owner"] == "lineker"
+
+
+# The lists of users and groups.
+
+
+def test_user_list_needs_a_login() -> None:
+    """Without a login on the connection (or a token) the lists are refused."""
+    client = Server().connect()
+    for line in [b"getusers \r\n", b"listusers \r\n", b"getallgroups \r\n"]:
+        assert _exact(client, line)["message"] == "Session Tidak Ditemukan"
+    assert client.request("get_all_users nosuchtoken")["code"] == "no_session"
+
+
+@pytest.mark.parametrize(
+    "line", ["users", "getusers", "getallusers", "get_all_users", "get_all_users {t}"]
+)
+def test_user_list_public_details(line: str) -> None:
+    """The user list gives names, full names and presence, nothing else."""
+    server = Server()
+    client = server.connect()
+    token = client.login("henderson")
+    reply = _exact(client, line.format(t=token).encode() + b" \r\n")
+    assert reply == {
+        "status": "OK",
+        "users": [
+            {"username": "henderson", "full_name": "Jordan Henderson", "online": True},
+            {"username": "lineker", "full_name": "Gary Lineker", "online": False},
+            {"username": "messi", "full_name": "Lionel Messi", "online": False},
+        ],
+        "more": False,
+    }
+
+
+def test_listusers_gives_names() -> None:
+    """listusers answers a list of usernames."""
+    client = Server().connect()
+    client.login("messi")
+    reply = _exact(client, b"listusers \r\n")
+    assert reply["users"] == ["henderson", "lineker", "messi"]
+
+
+def test_group_lists_in_each_shape() -> None:
+    """Every group of the server, as objects, names, or objects with "group"."""
+    server = Server()
+    client, tokens = _team(server)
+    client.request(f"creategroup {tokens['lineker']} alpha")
+    objects = _exact(client, f"getallgroups {tokens['lineker']} \r\n".encode())
+    assert [g["name"] for g in objects["groups"]] == ["alpha", "bteam"]
+    assert objects["groups"][1] == {
+        "name": "bteam",
+        "owner": "messi",
+        "members": ["messi", "henderson"],
+        "created_at": objects["groups"][1]["created_at"],
+    }
+    assert _exact(client, b"get_all_groups\r\n") == {**objects}
+    for line in [b"listgroups \r\n", f"getgroup {tokens['messi']}\r\n".encode()]:
+        assert _exact(client, line)["groups"] == ["alpha", "bteam"]
+    barpeot = _exact(client, b"getgroups \r\n")["groups"]
+    assert [(g["group"], g["members"]) for g in barpeot] == [
+        ("alpha", ["lineker"]),
+        ("bteam", ["messi", "henderson"]),
+    ]
+
+
+def test_lists_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list stops at its limit and says there is more."""
+    monkeypatch.setattr(compat, "LIST_LIMIT", 2)
+    server = Server()
+    client, tokens = _team(server)
+    client.request(f"creategroup {tokens['lineker']} alpha")
+    users = client.request(f"users {tokens['messi']}")
+    assert ([u["username"] for u in users["users"]], users["more"]) == (
+        ["henderson", "lineker"],
+        True,
+    )
+    groups = client.request(f"listgroups {tokens['messi']}")
+    assert (groups["groups"], groups["more"]) == (["alpha", "bteam"], False)
+    client.request(f"creategroup {tokens['lineker']} zeta")
+    assert client.request(f"listgroups {tokens['messi']}")["more"] is True
+
+
+# A group's messages and one sender's.
+
+
+def _group_chat(server: Server) -> tuple[Connection, dict[str, str]]:
+    client, tokens = _team(server)
+    client.request(f"sendgroup {tokens['messi']} #bteam one")
+    client.request(f"sendgroup {tokens['henderson']} #bteam two")
+    client.request(f"send {tokens['messi']} henderson private")
+    return client, tokens
+
+
+def test_groupinbox_is_the_group_history_oldest_first() -> None:
+    """groupinbox <token> <group>: the group's messages as a list, oldest
+    first, each with a timestamp; reading it marks nothing delivered."""
+    server = Server()
+    client, tokens = _group_chat(server)
+    reply = _exact(client, f"groupinbox {tokens['henderson']} bteam \r\n".encode())
+    messages = reply["messages"]
+    assert [(m["from"], m["msg"]) for m in messages] == [
+        ("messi", "one"),
+        ("henderson", "two"),
+    ]
+    for message in messages:
+        assert datetime.fromisoformat(message["timestamp"]).tzinfo is not None
+    again = client.request(f"groupinbox {tokens['henderson']} bteam")
+    assert again["messages"] == messages
+    assert sorted(_inbox(client, tokens["henderson"])) == ["messi"]
+
+
+def test_inbox_group_is_grouped_by_sender() -> None:
+    """inbox_group answers the group's messages grouped by sender, like inbox."""
+    server = Server()
+    client, tokens = _group_chat(server)
+    reply = _exact(client, f"inbox_group {tokens['messi']} bteam \r\n".encode())
+    grouped = reply["messages"]
+    assert {sender: [m["msg"] for m in got] for sender, got in grouped.items()} == {
+        "messi": ["one"],
+        "henderson": ["two"],
+    }
+
+
+def test_inboxgroup_is_history() -> None:
+    """inboxgroup answers history's page of the group, newest first."""
+    server = Server()
+    client, tokens = _group_chat(server)
+    reply = _exact(client, f"inboxgroup {tokens['messi']} bteam\r\n".encode())
+    assert [m["msg"] for m in reply["messages"]] == ["two", "one"]
+    assert reply["next_before_id"] is None
+
+
+@pytest.mark.parametrize("verb", ["groupinbox", "inboxgroup", "inbox_group"])
+def test_group_messages_need_membership(verb: str) -> None:
+    """Reading a group's messages needs membership, as history does."""
+    server = Server()
+    client, tokens = _group_chat(server)
+    assert client.request(f"{verb} {tokens['lineker']} bteam")["code"] == (
+        "not_a_member"
+    )
+    assert client.request(f"{verb} {tokens['lineker']} nope")["code"] == (
+        "no_such_group"
+    )
+    assert client.request(f"{verb} {tokens['lineker']}")["code"] == ("missing_argument")
+
+
+@pytest.mark.parametrize("verb", ["privateinbox", "inboxbysender"])
+def test_private_inbox_takes_one_senders_private_messages(verb: str) -> None:
+    """privateinbox <token> <user> takes, once, the private messages from one user."""
+    server = Server()
+    client, tokens = _group_chat(server)
+    client.request(f"send {tokens['lineker']} henderson from lineker")
+    reply = _exact(client, f"{verb} {tokens['henderson']} messi \r\n".encode())
+    assert list(reply["messages"]) == ["messi"]
+    assert [m["msg"] for m in reply["messages"]["messi"]] == ["private"]
+    assert client.request(f"{verb} {tokens['henderson']} messi")["messages"] == {}
+    rest = _inbox(client, tokens["henderson"])
+    assert {sender: [m["msg"] for m in got] for sender, got in rest.items()} == {
+        "messi": ["one"],
+        "lineker": ["from lineker"],
+    }
+    unknown = client.request(f"{verb} {tokens['henderson']} ghost")
+    assert unknown["message"] == "User Tidak Ditemukan"
