@@ -7,12 +7,14 @@ commands they added, with an in-memory store and a fake clock.
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from chat import compat
+from chat import commands, compat
+from chat.model import Message, Page
 from tests.helpers import Connection, Server
 from tests.test_federation import Realms
 
@@ -516,3 +518,128 @@ def test_private_inbox_takes_one_senders_private_messages(verb: str) -> None:
     }
     unknown = client.request(f"{verb} {tokens['henderson']} ghost")
     assert unknown["message"] == "User Tidak Ditemukan"
+
+
+# How the spellings run on the request path.
+
+
+def test_bare_name_is_one_store_call() -> None:
+    """A single bare name is told apart (user or group) inside one store
+    operation; '#group' and lists of names never ask for it."""
+    server = Server()
+    client, tokens = _team(server)
+    calls: list[str] = []
+    for name in ("store_to_name", "store_messages", "store_group_message"):
+        server.store.watch(name, lambda args, name=name: calls.append(name))
+    token = tokens["messi"]
+    assert client.request(f"sendgroup {token} bteam a")["message"] == "Message Sent"
+    assert client.request(f"sendgroup {token} henderson b")["status"] == "OK"
+    assert calls == ["store_to_name", "store_to_name"]
+    calls.clear()
+    assert client.request(f"sendgroup {token} #bteam c")["status"] == "OK"
+    assert client.request(f"sendgroup {token} henderson,lineker d")["status"] == "OK"
+    assert client.request(f"sendgroup {token} henderson, e")["status"] == "OK"
+    assert calls == ["store_group_message", "store_messages", "store_messages"]
+    calls.clear()
+    client.request(f"sendgroupfile {token} bteam a.txt aGk=")
+    assert calls == ["store_to_name"]
+
+
+def test_sendprivate_to_another_realm() -> None:
+    """sendprivate <token> <user>@<realm> goes to that realm, as send does."""
+    realms = Realms()
+    client, token = realms.login("realm-a", "messi")
+    reply = client.request(f"sendprivate {token} henderson@realm-b lintas realm")
+    assert reply == {"status": "OK", "message": "Message Sent"}
+    realms.settle()
+    henderson, other = realms.login("realm-b", "henderson")
+    messages = henderson.request(f"inbox {other}")["messages"]
+    assert [m["msg"] for m in messages["messi@realm-a"]] == ["lintas realm"]
+
+
+def test_aliases_count_as_the_command_they_mean() -> None:
+    """The metrics count an alias under our command word, never its own."""
+    from chat.metrics import Metrics
+    from tests.test_metrics import value
+
+    server = Server()
+    metrics = Metrics()
+    server.factory.metrics = metrics
+    client, tokens = _team(server)
+    token = tokens["messi"]
+    client.request(f"sendprivate {token} henderson hi")
+    client.request(f"send_group {token} bteam hi")
+    client.request(f"listgroups {token}")
+    client.request(f"groupinbox {token} bteam")
+    client.request("sendprivate")
+    assert value(metrics, "chat_commands_total", command="send") == 1.0
+    assert value(metrics, "chat_commands_total", command="sendgroup") == 1.0
+    assert value(metrics, "chat_commands_total", command="allgroups") == 1.0
+    assert value(metrics, "chat_commands_total", command="history") == 1.0
+    assert value(metrics, "chat_commands_total", command="invalid") == 1.0
+    assert value(metrics, "chat_commands_total", command="sendprivate") is None
+
+
+def test_every_alias_means_a_command_and_a_known_shape() -> None:
+    """Each alias names one of our commands, never shadows one, and asks
+    only for a shape made for that command's reply."""
+    for word, alias in commands.ALIASES.items():
+        assert word not in commands.VERBS, word
+        assert alias.verb in commands.VERBS, word
+        if alias.shape is not None:
+            assert compat.SHAPES[alias.shape] == alias.verb, word
+
+
+def test_groupinbox_pages_like_history() -> None:
+    """groupinbox answers history's newest page (oldest first in it), and
+    where the next page starts."""
+    server = Server()
+    client, tokens = _team(server)
+    for i in range(commands.HISTORY_LIMIT + 2):
+        client.request(f"sendgroup {tokens['messi']} #bteam m{i}")
+    reply = client.request(f"groupinbox {tokens['henderson']} bteam")
+    texts = [m["msg"] for m in reply["messages"]]
+    assert texts == [f"m{i}" for i in range(2, commands.HISTORY_LIMIT + 2)]
+    assert reply["next_before_id"] == reply["messages"][0]["id"]
+    grouped = client.request(f"inbox_group {tokens['henderson']} bteam")
+    assert grouped["next_before_id"] == reply["next_before_id"]
+    assert [m["msg"] for m in grouped["messages"]["messi"]] == texts
+
+
+def _page(more: bool) -> Page:
+    messages = (
+        Message(9, "ann", "bob", "Ann \u00e9", "Bob", 'a "b"', 1.25, "g"),
+        Message(4, "bob", "bob", "Bob", "Bob", "c\nd", 0.5, "g"),
+        Message(2, "ann", "bob", "Ann \u00e9", "Bob", "e", 0.0, "g"),
+    )
+    return Page(messages, more)
+
+
+@pytest.mark.parametrize("more", [True, False])
+def test_history_shapes_are_our_reply_reshaped(more: bool) -> None:
+    """Each history shape is our history reply's messages reordered (and
+    regrouped or timestamped), as ASCII JSON with the same next page."""
+    page = _page(more)
+    ours = json.loads(commands.history_json(page))
+    timeline_bytes = compat.history_reply(page, compat.TIMELINE)
+    by_sender_bytes = compat.history_reply(page, compat.BY_SENDER)
+    assert compat.history_reply(page, None) == commands.history_json(page)
+    timeline, by_sender = json.loads(timeline_bytes), json.loads(by_sender_bytes)
+    oldest_first = ours["messages"][::-1]
+    assert timeline == {
+        **ours,
+        "messages": [
+            {**m, "timestamp": m["sent_at"].replace("Z", "+00:00")}
+            for m in oldest_first
+        ],
+    }
+    assert by_sender == {
+        **ours,
+        "messages": {
+            "ann": [oldest_first[0], oldest_first[2]],
+            "bob": [oldest_first[1]],
+        },
+    }
+    assert list(by_sender["messages"]) == ["ann", "bob"]
+    for data in (timeline_bytes, by_sender_bytes):
+        assert data.isascii() and b"\n" not in data

@@ -516,6 +516,45 @@ async def test_list_all_groups(store: Any) -> None:
         ("zeta", "messi", ("messi",)),
     ]
     assert [g.name for g in await store.list_all_groups(2)] == ["alpha", "mid"]
+    await store.join_group("mid", "lineker", 2.0)
+    await store.join_group("mid", "henderson", 3.0)
+    await store.leave_group("mid", "messi")
+    await store.join_group("alpha", "messi", 4.0)
+    listed = await store.list_all_groups(2)
+    assert [(g.name, g.owner, g.members) for g in listed] == [
+        ("alpha", "lineker", ("lineker", "messi")),
+        ("mid", "lineker", ("lineker", "henderson")),
+    ]
+    assert listed[1] == (await store.list_groups("henderson"))[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_to_name(store: Any) -> None:
+    """One bare name is the user of that name if there is one, or else the
+    group of that name; neither is an unknown user, and nothing is stored."""
+    await _with_three(store)
+    await store.create_group("team", "messi", 1.0, ["henderson"])
+    await store.create_group("lineker", "messi", 1.0)
+    (to_user,) = await store.store_to_name("messi", "lineker", "to the user", 2.0)
+    assert (to_user.recipient, to_user.group) == ("lineker", None)
+    own, other = await store.store_to_name("messi", "team", "to the group", 3.0)
+    assert own.senders_copy and own.group == "team"
+    assert (other.recipient, other.group) == ("henderson", "team")
+    (filed,) = await store.store_to_name(
+        "henderson", "messi", "f.txt", 4.0, Attachment("f.txt", PNG)
+    )
+    assert (filed.file_name, filed.file_content) == ("f.txt", PNG)
+    with pytest.raises(NoSuchUsers) as neither:
+        await store.store_to_name("messi", "ghost", "hi", 5.0)
+    assert neither.value.usernames == ["ghost"]
+    with pytest.raises(NotAMember):
+        await store.store_to_name("lineker", "team", "hi", 5.0)
+    with pytest.raises(NoSuchUser):
+        await store.store_to_name("pele", "team", "hi", 5.0)
+    inbox = await store.drain_inbox("henderson", 6.0)
+    assert [m.text for m in inbox] == ["to the group"]
+    assert [m.text for m in await store.drain_inbox("lineker", 6.0)] == ["to the user"]
+    assert [m.text for m in await store.drain_inbox("messi", 6.0)] == ["f.txt"]
 
 
 @pytest_twisted.ensureDeferred

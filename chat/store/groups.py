@@ -37,13 +37,6 @@ def require_group(txn: Transaction, name: str) -> tuple[str, float]:
     return row[0], row[1]
 
 
-def group_exists(txn: Transaction, name: str) -> bool:
-    return (
-        txn.execute("SELECT 1 FROM chat_groups WHERE name = ?", (name,)).fetchone()
-        is not None
-    )
-
-
 def load_group(txn: Transaction, name: str) -> Group:
     owner, created_at = require_group(txn, name)
     members = tuple(

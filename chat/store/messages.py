@@ -24,6 +24,7 @@ import attrs
 
 from chat.errors import (
     MailboxFull,
+    NoSuchGroup,
     NoSuchUser,
     NoSuchUsers,
     NotAMember,
@@ -377,9 +378,17 @@ class StoreMessages(Operation):
     attachment: Attachment | None = None
 
     def run(self, txn: Transaction) -> list[Message]:
+        return self.store(txn, full_names(txn, [self.sender, *self.recipients]))
+
+    def store(
+        self, txn: Transaction, names: dict[str, tuple[str, float]]
+    ) -> list[Message]:
+        """
+        L{run}, given the full names of the sender and the recipients that
+        exist (L{full_names}).
+        """
         sender = self.sender
         recipients = list(dict.fromkeys(self.recipients))
-        names = full_names(txn, [sender, *recipients])
         if sender not in names:
             raise NoSuchUser(sender)
         missing = [r for r in recipients if r not in names]
@@ -499,8 +508,8 @@ class StoreToName(Operation):
     C{#} of a group: to the user of that name if there is one (as
     L{StoreMessages}), or else to the group of that name (as
     L{StoreGroupMessage}). The course family writes C{sendgroup <token>
-    team hi} for C{#team}; deciding here, in the same transaction, costs
-    no round trip more than a send.
+    team hi} for C{#team}; deciding here, in the same transaction, costs no
+    round trip, and a send to a user no statement, more than L{StoreMessages}.
 
     @raise NoSuchUser: if the sender does not exist.
     @raise NoSuchUsers: naming C{name} if it is neither a user nor a group.
@@ -516,22 +525,23 @@ class StoreToName(Operation):
     attachment: Attachment | None = None
 
     def run(self, txn: Transaction) -> list[Message]:
-        from chat.store.groups import group_exists
-
-        name = self.name
-        names = full_names(txn, [self.sender, name])
-        if self.sender not in names:
-            raise NoSuchUser(self.sender)
-        if name in names or not group_exists(txn, name):
-            operation: Operation = StoreMessages(
-                self.sender, [name], self.text, self.sent_at, self.attachment
+        sender, name = self.sender, self.name
+        names = full_names(txn, [sender, name])
+        if sender not in names:
+            raise NoSuchUser(sender)
+        if name in names:
+            to_user = StoreMessages(
+                sender, [name], self.text, self.sent_at, self.attachment
             )
-        else:
-            operation = StoreGroupMessage(
-                self.sender, name, self.text, self.sent_at, self.attachment
-            )
-        result: list[Message] = operation.run(txn)
-        return result
+            return to_user.store(txn, names)
+        to_group = StoreGroupMessage(
+            sender, name, self.text, self.sent_at, self.attachment
+        )
+        try:
+            # Nothing is written before the group is found.
+            return to_group.run(txn)
+        except NoSuchGroup:
+            raise NoSuchUsers([name]) from None
 
 
 # Reading and delivering.
