@@ -505,9 +505,10 @@ class IChatStore(Interface):
         @return: fails with L{chat.errors.NoSuchUser}.
         """
 
-    def list_users() -> Deferred[list[User]]:
+    def list_users(limit: int | None = None) -> Deferred[list[User]]:
         """
-        @return: fires with every user, ordered by username.
+        @return: fires with every user (or the first C{limit}), ordered by
+            username.
         """
 
     def create_session(session: Session) -> Deferred[None]:

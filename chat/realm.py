@@ -420,7 +420,7 @@ class ChatUser:
             ]
             return profiles, len(users) > limit
 
-        return self.realm.store.list_users().addCallback(listed)
+        return self.realm.store.list_users(limit + 1).addCallback(listed)
 
     def private_inbox(self, peer: str) -> Deferred[list[Message]]:
         return self.realm.store.drain_inbox_from(

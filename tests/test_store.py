@@ -130,12 +130,14 @@ def test_provides_interface(store: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_users(store: Any) -> None:
-    """Users can be added, read, listed, re-hashed and deleted."""
+    """Users can be added, read, listed (all, or the first few), re-hashed
+    and deleted."""
     await _with_users(store)
     assert await store.get_user("messi") == MESSI
     with pytest.raises(UserExists):
         await store.add_user(MESSI)
     assert [u.username for u in await store.list_users()] == ["henderson", "messi"]
+    assert await store.list_users(1) == [HENDERSON]
     await store.set_password_hash("messi", "$argon2id$new")
     assert (await store.get_user("messi")).password_hash == "$argon2id$new"
     await store.delete_user("messi")

@@ -171,8 +171,10 @@ class MemoryStore:
             if session.username == username:
                 del self.sessions[token_hash]
 
-    def list_users(self) -> Deferred[list[User]]:
-        return self._run(lambda: sorted(self.users.values(), key=lambda u: u.username))
+    def list_users(self, limit: int | None = None) -> Deferred[list[User]]:
+        return self._run(
+            lambda: sorted(self.users.values(), key=lambda u: u.username)[:limit]
+        )
 
     def create_session(self, session: Session) -> Deferred[None]:
         def create() -> None:

@@ -63,8 +63,8 @@ class SQLStore(GroupCommit):
     def delete_user(self, username: str) -> Deferred[None]:
         return self.run(users.DeleteUser(username))
 
-    def list_users(self) -> Deferred[list[User]]:
-        return self.run(users.ListUsers())
+    def list_users(self, limit: int | None = None) -> Deferred[list[User]]:
+        return self.run(users.ListUsers(limit))
 
     def set_admin(self, username: str, is_admin: bool) -> Deferred[None]:
         return self.run(users.SetAdmin(username, is_admin))

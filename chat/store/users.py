@@ -161,13 +161,23 @@ class DeleteUser(Operation):
 
 @attrs.define(eq=False)
 class ListUsers(Operation):
+    """
+    Every user, or the first C{limit}, by username.
+    """
+
     checks_first = True
 
+    limit: int | None = None
+
     def run(self, txn: Transaction) -> list[User]:
-        rows = txn.execute(
-            f"SELECT {_USER_COLUMNS} FROM users ORDER BY username"
-        ).fetchall()
-        return [User(*row) for row in rows]
+        if self.limit is None:
+            cursor = txn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY username")
+        else:
+            cursor = txn.execute(
+                f"SELECT {_USER_COLUMNS} FROM users ORDER BY username LIMIT ?",
+                (self.limit,),
+            )
+        return [User(*row) for row in cursor.fetchall()]
 
 
 @attrs.define(eq=False)
