@@ -1268,16 +1268,22 @@ def chat_options(args: argparse.Namespace) -> str:
 
 def limit_args(args: argparse.Namespace, largest: int) -> list[str]:
     """
-    Connection limits that fit the largest run: all the load comes from one
-    address, which the default per-address limit (1,000) would cap. Left
-    alone when --chat-arg sets them.
+    Limits that fit the load: all of it comes from one address, which the
+    default per-address limit (1,000) would cap, and from three users each
+    writing to one other, whose mailboxes the per-sender share (a tenth of
+    the mailbox) would cap. Left alone when --chat-arg sets them.
     """
     given = " ".join(args.chat_arg)
     need = largest + 64
+    wanted = {
+        "--max-connections": max(need, 10_000),
+        "--max-connections-per-address": max(need, 10_000),
+        "--max-unread-per-sender": 10_000,
+    }
     found: list[str] = []
-    for option in ("--max-connections", "--max-connections-per-address"):
+    for option, value in wanted.items():
         if f"{option}=" not in given and f"{option} " not in given + " ":
-            found.append(f"{option}={max(need, 10_000)}")
+            found.append(f"{option}={value}")
     return found
 
 
