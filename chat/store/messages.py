@@ -617,8 +617,12 @@ def _drain_many_postgres(
     # The mailboxes' entries first (locked), then their messages by id: two
     # plain index scans, whatever the planner knows of the tables' sizes.
     boxed = txn.connection.execute(
-        "SELECT message_id FROM mailbox WHERE recipient = ANY(%s)"
-        " ORDER BY message_id FOR UPDATE",
+        # One plain index scan per mailbox (not a bitmap scan of all of
+        # them): it marks the index entries of delivered (deleted) rows dead
+        # as it passes them, so the next reads skip them until vacuum.
+        "SELECT b.message_id FROM unnest(%s::text[]) AS r (name), LATERAL"
+        " (SELECT message_id FROM mailbox WHERE recipient = r.name"
+        " ORDER BY message_id FOR UPDATE) AS b",
         (usernames,),
     ).fetchall()
     waiting: dict[str, list[Sequence[Any]]] = {name: [] for name in usernames}
