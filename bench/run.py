@@ -33,6 +33,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -475,6 +476,36 @@ def cpu_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
         for name in after["cpus"]
     }
     return figures
+
+
+def commit_latency(directory: Path, count: int = 200) -> dict[str, float]:
+    """
+    How long one durable SQLite commit takes in C{directory} (the disk the
+    servers write to): WAL, synchronous=FULL, one small insert each, as the
+    chat server commits a lone send. It bounds what one connection can do.
+    """
+    path = directory / "commit-latency.sqlite"
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("CREATE TABLE t (x TEXT)")
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("INSERT INTO t VALUES (?)", ("x" * 40,))
+            connection.execute("COMMIT")
+            times.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    times.sort()
+    return {
+        "p50_ms": 1000 * times[len(times) // 2],
+        "p90_ms": 1000 * times[int(len(times) * 0.9)],
+    }
 
 
 def cpu_per_request(
@@ -1268,16 +1299,22 @@ def chat_options(args: argparse.Namespace) -> str:
 
 def limit_args(args: argparse.Namespace, largest: int) -> list[str]:
     """
-    Connection limits that fit the largest run: all the load comes from one
-    address, which the default per-address limit (1,000) would cap. Left
-    alone when --chat-arg sets them.
+    Limits that fit the load: all of it comes from one address, which the
+    default per-address limit (1,000) would cap, and from three users each
+    writing to one other, whose mailboxes the per-sender share (a tenth of
+    the mailbox) would cap. Left alone when --chat-arg sets them.
     """
     given = " ".join(args.chat_arg)
     need = largest + 64
+    wanted = {
+        "--max-connections": max(need, 10_000),
+        "--max-connections-per-address": max(need, 10_000),
+        "--max-unread-per-sender": 10_000,
+    }
     found: list[str] = []
-    for option in ("--max-connections", "--max-connections-per-address"):
+    for option, value in wanted.items():
         if f"{option}=" not in given and f"{option} " not in given + " ":
-            found.append(f"{option}={max(need, 10_000)}")
+            found.append(f"{option}={value}")
     return found
 
 
@@ -1375,6 +1412,12 @@ def main(argv: list[str]) -> int:
                 "cpus": args.pg_cpus or "any",
                 "settings": args.pg_setting,
             }
+        if "ours" in args.servers:
+            results["commit"] = commit_latency(workdir)
+            log(
+                "SQLite commit (WAL, synchronous=FULL) in the servers' folder: "
+                f"p50 {results['commit']['p50_ms']:.2f} ms"
+            )
         for kind in args.servers:
             for conns in args.conns:
                 log(f"{kind}: {conns} connections, {args.duration:g} s")
@@ -1425,6 +1468,15 @@ def main(argv: list[str]) -> int:
         settings = ", ".join(pgi["settings"]) or "defaults"
         print(f"PostgreSQL: {pgi['version']}, CPUs {pgi['cpus']}, settings {settings}")
     print_closed(results["closed"], args)
+    commit = results.get("commit")
+    if commit:
+        print(
+            f"SQLite commit latency here (WAL, synchronous=FULL, one small "
+            f"insert): p50 {commit['p50_ms']:.2f} ms, p90 {commit['p90_ms']:.2f} "
+            f"ms: one connection's ceiling is {1000 / commit['p50_ms']:,.0f} "
+            "req/s (every request waits for a commit); N connections' is about "
+            "N times that, until the CPU bounds it"
+        )
     if results["idle"]:
         print()
         print_idle(results["idle"], args)

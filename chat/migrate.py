@@ -70,7 +70,6 @@ TABLES = (
             "recipient_name",
             "body",
             "sent_at",
-            "delivered_at",
             "group_name",
             "file_name",
             "file_size",
@@ -78,6 +77,7 @@ TABLES = (
         ),
         identity=True,
     ),
+    Table("mailbox", ("recipient", "message_id", "sender")),
     Table("chat_groups", ("name", "owner", "created_at")),
     Table(
         "group_members",
@@ -113,10 +113,7 @@ CHAT_TABLES = frozenset(
 #: Further checks, the same query on both sides: (label, query).
 CHECKS = (
     ("messages: highest id", "SELECT max(id) FROM messages"),
-    (
-        "messages: undelivered",
-        "SELECT count(*) FROM messages WHERE delivered_at IS NULL",
-    ),
+    ("messages: undelivered", "SELECT count(*) FROM mailbox"),
     ("group_members: highest id", "SELECT max(id) FROM group_members"),
     ("realm_outbox: highest id", "SELECT max(id) FROM realm_outbox"),
     ("files: bytes", "SELECT coalesce(sum(length(content)), 0) FROM files"),

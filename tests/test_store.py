@@ -1007,23 +1007,62 @@ def test_schema_upgrade_backs_up_first(
     """An older database is backed up, then upgraded one step at a time."""
     path = str(tmp_path / "chat.sqlite")
     schema.prepare(path)
+    current = schema.SCHEMA_VERSION
     steps: list[str] = []
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
 
     def fake_sql(name: str) -> str:
         steps.append(name)
-        return "CREATE TABLE extra (x INTEGER); UPDATE schema_version SET version = 2;"
+        return (
+            "CREATE TABLE extra (x INTEGER);"
+            f" UPDATE schema_version SET version = {current + 1};"
+        )
 
     monkeypatch.setattr(schema, "_sql", fake_sql)
-    assert schema.prepare(path) == 1
-    assert steps == ["upgrade-to-v2.sql"]
-    assert os.path.exists(path + ".v1.bak")
+    assert schema.prepare(path) == current
+    assert steps == [f"upgrade-to-v{current + 1}.sql"]
+    assert os.path.exists(path + f".v{current}.bak")
     connection = sqlite3.connect(path)
-    assert schema.read_version(connection) == 2
+    assert schema.read_version(connection) == current + 1
     connection.close()
-    backup = sqlite3.connect(path + ".v1.bak")
-    assert schema.read_version(backup) == 1
+    backup = sqlite3.connect(path + f".v{current}.bak")
+    assert schema.read_version(backup) == current
     backup.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrade_to_v2_keeps_every_undelivered_message(tmp_path: Path) -> None:
+    """A version 1 database (delivery marks on messages) upgrades to the
+    mailbox table: the undelivered messages are exactly what inbox returns,
+    the delivered ones stay in history."""
+    path = str(tmp_path / "chat.sqlite")
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in schema._statements(schema._sql("v1.sql")):
+        old.execute(statement)
+    for user in (MESSI, HENDERSON):
+        old.execute(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES (?, ?, ?, ?, 0)",
+            (user.username, user.full_name, user.country, user.password_hash),
+        )
+    for text, delivered in [("read", 5.0), ("unread 1", None), ("unread 2", None)]:
+        old.execute(
+            "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
+            " body, sent_at, delivered_at) VALUES"
+            " ('messi', 'henderson', 'M', 'H', ?, 1.0, ?)",
+            (text, delivered),
+        )
+    old.close()
+    assert schema.prepare(path) == 1
+    store = SQLiteStore(reactor, path)
+    store.start()
+    try:
+        drained = await store.drain_inbox("henderson", 9.0)
+        assert [m.text for m in drained] == ["unread 1", "unread 2"]
+        page = await store.conversation("henderson", "messi", 10)
+        assert [m.text for m in page.messages] == ["unread 2", "unread 1", "read"]
+    finally:
+        await store.close()
 
 
 def test_open_store_descriptions(tmp_path: Path) -> None:

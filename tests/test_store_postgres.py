@@ -316,8 +316,8 @@ async def test_one_batch_of_sends_and_drains(postgres_db: str) -> None:
 
 def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
     """A message with a lower id committed by another node between the
-    drain's read and its update stays undelivered (it used to be marked
-    delivered without being returned: lost)."""
+    drain's read and its delete from the mailbox stays undelivered (it used
+    to be marked delivered without being returned: lost)."""
     from chat.store.messages import DrainInbox
     from chat.store.postgres import _Translating, transaction
 
@@ -329,9 +329,10 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
                 (user.username, user.full_name, user.password_hash),
             )
     insert = (
-        "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
-        " body, sent_at) VALUES ('messi', 'henderson', 'M', 'H', %s, 1)"
-        " RETURNING id"
+        "WITH m AS (INSERT INTO messages (sender, recipient, sender_name,"
+        " recipient_name, body, sent_at) VALUES ('messi', 'henderson', 'M', 'H',"
+        " %s, 1) RETURNING id) INSERT INTO mailbox (recipient, message_id, sender)"
+        " SELECT 'henderson', id, 'messi' FROM m RETURNING message_id"
     )
     with (
         psycopg.connect(postgres_db) as slow,
@@ -345,7 +346,7 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
         translating = _Translating(drainer)
 
         def commits_the_slow_one_after_reading(sql: str, parameters: Any = ()) -> Any:
-            if sql.startswith("UPDATE"):
+            if sql.startswith("DELETE"):
                 slow.commit()
             return translating.execute(sql, parameters)
 
@@ -356,7 +357,7 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
         drainer.execute("COMMIT")
         assert [m.text for m in taken] == ["early"]
         undelivered = fast.execute(
-            "SELECT body FROM messages WHERE delivered_at IS NULL"
+            "SELECT body FROM mailbox JOIN messages ON id = message_id"
         ).fetchall()
         assert undelivered == [("late",)]
 

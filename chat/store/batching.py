@@ -113,11 +113,12 @@ class Transaction:
         self.execute("ROLLBACK")
         self.execute(self.begin)
 
-    def for_update(self) -> str:
+    def for_update(self, of: str = "") -> str:
         """
-        C{" FOR UPDATE"} where several writers may race for the rows read.
+        C{" FOR UPDATE"} (of the tables C{of} names, e.g. C{" OF b"}) where
+        several writers may race for the rows read.
         """
-        return " FOR UPDATE" if self.locks_rows else ""
+        return f" FOR UPDATE{of}" if self.locks_rows else ""
 
 
 class Operation:

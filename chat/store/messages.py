@@ -2,12 +2,15 @@
 The store's operations on messages: sending (to one user, several, a
 group), draining a mailbox, pushing and acknowledging, history, retention.
 
-A mailbox holds at most C{max_mailbox} undelivered messages, and at most
+A message is stored once per recipient, and never changes; while it is
+undelivered it is also listed in its recipient's mailbox (the C{mailbox}
+table), and delivering it (C{inbox}, C{ack}) takes it out of there. A
+mailbox holds at most C{max_mailbox} messages, and at most
 C{max_per_sender} of them from any one sender, so that one sender cannot
 fill it for everyone; both are checked inside the inserting transaction.
 A group's message to a member whose mailbox is full (for that sender) is
-kept as delivered instead: one member who never reads must not stop the
-group.
+stored outside the mailbox instead (delivered, in the group's history):
+one member who never reads must not stop the group.
 
 The hot operations (L{StoreMessage}, L{DrainInbox}) have bulk forms for
 the many that one batch holds under load: one insert of all the batch's
@@ -47,20 +50,23 @@ MESSAGE_COLUMNS = (
     " group_name, file_name, file_size, file_sha256"
 )
 #: Positions in a row of MESSAGE_COLUMNS.
-ID, RECIPIENT, BODY, FILE_SIZE, FILE_SHA256 = 0, 2, 5, 9, 10
-#: Mailbox queries must walk the small partial index of undelivered
-#: messages, not every message the user ever received: SQLite's planner,
-#: without statistics, prefers a full (recipient, ...) index for "id > ?"
-#: ranges. (PostgreSQL's connection drops the hint.)
-UNDELIVERED = "messages INDEXED BY messages_undelivered"
+ID, SENDER, RECIPIENT, BODY, FILE_SIZE, FILE_SHA256 = 0, 1, 2, 5, 9, 10
+#: The columns of a mailbox's messages, read through the mailbox.
+MAILBOX_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))
+#: A mailbox's messages: "FROM {IN_MAILBOX} WHERE b.recipient = ?".
+IN_MAILBOX = "mailbox b JOIN messages m ON m.id = b.message_id"
 
 _NO_ID_LIMIT = 2**63 - 1
 
+#: The values of one message, in this order (those of L{Message} after
+#: its C{id} and before its file's content).
 _INSERT = (
     "INSERT INTO messages (sender, recipient, sender_name, recipient_name,"
-    " body, sent_at, delivered_at, group_name, file_name, file_size,"
-    " file_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " body, sent_at, group_name, file_name, file_size, file_sha256)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INTO_MAILBOX = "INSERT INTO mailbox (recipient, message_id, sender) VALUES "
 
 
 def within(
@@ -111,8 +117,8 @@ def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]
         wanted = sorted(set(recipients))
         if wanted:
             for recipient, count in txn.connection.execute(
-                "SELECT r, (SELECT count(*) FROM (SELECT 1 FROM messages"
-                " WHERE recipient = r AND delivered_at IS NULL LIMIT %s) AS m)"
+                "SELECT r, (SELECT count(*) FROM (SELECT 1 FROM mailbox"
+                " WHERE recipient = r LIMIT %s) AS m)"
                 " FROM unnest(%s::text[]) AS r",
                 (limit, wanted),
             ):
@@ -123,13 +129,10 @@ def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]
             continue
         mailbox = None if caches is None else caches.mailboxes.get(recipient)
         if mailbox is None:
-            # One index scan per mailbox, stopping at the limit. (On
-            # PostgreSQL a plain index scan, not the bitmap scan a GROUP BY
-            # gets, also marks the index entries of delivered rows dead as
-            # it passes them, so the next count skips them.)
+            # One range of the mailbox's key, stopping at the limit.
             (count,) = txn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {UNDELIVERED}"
-                " WHERE recipient = ? AND delivered_at IS NULL LIMIT ?) AS mailbox",
+                "SELECT count(*) FROM (SELECT 1 FROM mailbox"
+                " WHERE recipient = ? LIMIT ?) AS box",
                 (recipient, limit),
             ).fetchone()
             mailbox = Mailbox(count)
@@ -150,8 +153,8 @@ def _from_sender(
     if by_sender is None:
         by_sender = mailbox.by_sender = dict(
             txn.execute(
-                f"SELECT sender, count(*) FROM {UNDELIVERED}"
-                " WHERE recipient = ? AND delivered_at IS NULL GROUP BY sender",
+                "SELECT sender, count(*) FROM mailbox WHERE recipient = ?"
+                " GROUP BY sender",
                 (recipient,),
             ).fetchall()
         )
@@ -184,36 +187,44 @@ def _drop_mailbox(txn: Transaction, recipient: str) -> None:
 # Inserting.
 
 
-def insert_messages(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
+def insert_messages(
+    txn: Transaction,
+    rows: list[tuple[Any, ...]],
+    undelivered: Sequence[bool] | None = None,
+) -> list[int]:
     """
-    Insert rows (the values of L{_INSERT}) and return their new ids, in
-    order: one statement for all of them.
+    Insert messages (each the values of L{_INSERT}) and list them in their
+    recipients' mailboxes (all of them, or those C{undelivered} says);
+    return their new ids, in order. One statement per table for all of
+    them.
     """
     if txn.dialect == "postgresql":
-        columns = [list(values) for values in zip(*rows, strict=True)]
-        returned = txn.connection.execute(
-            "INSERT INTO messages (sender, recipient, sender_name,"
-            " recipient_name, body, sent_at, delivered_at, group_name, file_name,"
-            " file_size, file_sha256)"
-            " SELECT s, r, sn, rn, b, t, d, g, fn, fs, fh FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::float8[], %s::float8[], %s::text[], %s::text[], %s::bigint[],"
-            " %s::text[]) WITH ORDINALITY AS u (s, r, sn, rn, b, t, d, g, fn, fs,"
-            " fh, n) ORDER BY n RETURNING id",
-            columns,
-        ).fetchall()
-        # Identity values are drawn in the order the rows are inserted.
-        return sorted(new_id for (new_id,) in returned)
-    if len(rows) == 1:
+        ids = _insert_postgres(txn, rows)
+    elif len(rows) == 1:
         (new_id,) = txn.execute(_INSERT + " RETURNING id", rows[0]).fetchone()
-        return [new_id]
+        ids = [new_id]
+    else:
+        ids = _insert_sqlite(txn, rows)
+    boxed = [
+        (row[1], new_id, row[0])
+        for new_id, row, keep in zip(
+            ids, rows, undelivered or [True] * len(rows), strict=True
+        )
+        if keep
+    ]
+    if boxed:
+        _into_mailboxes(txn, boxed)
+    return ids
+
+
+def _insert_sqlite(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
     # One statement per chunk of rows, not one step per row as executemany
     # takes (each step lets go of the GIL and takes it back: the reactor
     # thread and this one would take turns a hundred times per batch).
     ids: list[int] = []
     for chunk in chunks(rows, _ROWS_PER_INSERT):
         count = len(chunk)
-        txn.execute(_multi_insert(count), [v for row in chunk for v in row])
+        txn.execute(_many(_INSERT, _ROW, count), [v for row in chunk for v in row])
         # SQLite gives a new row the largest rowid so far plus one, and this
         # transaction is the only writer: the rows got consecutive ids.
         (last,) = txn.execute("SELECT last_insert_rowid()").fetchone()
@@ -221,19 +232,56 @@ def insert_messages(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
     return ids
 
 
-#: Rows in one multi-row INSERT: 11 values each, well under SQLite's
-#: limit of 32,766 bound values.
-_ROWS_PER_INSERT = 500
-_MULTI_INSERTS: dict[int, str] = {}
+def _insert_postgres(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
+    columns = [list(values) for values in zip(*rows, strict=True)]
+    returned = txn.connection.execute(
+        "INSERT INTO messages (sender, recipient, sender_name,"
+        " recipient_name, body, sent_at, group_name, file_name, file_size,"
+        " file_sha256)"
+        " SELECT s, r, sn, rn, b, t, g, fn, fs, fh FROM unnest("
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::float8[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
+        " WITH ORDINALITY AS u (s, r, sn, rn, b, t, g, fn, fs, fh, n)"
+        " ORDER BY n RETURNING id",
+        columns,
+    ).fetchall()
+    # Identity values are drawn in the order the rows are inserted.
+    return sorted(new_id for (new_id,) in returned)
 
 
-def _multi_insert(count: int) -> str:
-    sql = _MULTI_INSERTS.get(count)
-    if sql is None:
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
-        sql = _MULTI_INSERTS[count] = (
-            _INSERT.partition(" VALUES ")[0] + " VALUES " + values
+def _into_mailboxes(txn: Transaction, boxed: list[tuple[str, int, str]]) -> None:
+    """
+    List messages in mailboxes: (recipient, message id, sender) each.
+    """
+    if txn.dialect == "postgresql":
+        recipients, ids, senders = (list(c) for c in zip(*boxed, strict=True))
+        txn.connection.execute(
+            "INSERT INTO mailbox (recipient, message_id, sender)"
+            " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])",
+            (recipients, ids, senders),
         )
+        return
+    for chunk in chunks(boxed, _ROWS_PER_INSERT):
+        txn.execute(
+            _many(_INTO_MAILBOX, "(?, ?, ?)", len(chunk)),
+            [v for row in chunk for v in row],
+        )
+
+
+#: Rows in one multi-row INSERT: at most 10 values each, well under
+#: SQLite's limit of 32,766 bound values.
+_ROWS_PER_INSERT = 500
+_MANY: dict[tuple[str, int], str] = {}
+
+
+def _many(insert: str, row: str, count: int) -> str:
+    """
+    C{insert} for C{count} rows of C{row}'s marks.
+    """
+    sql = _MANY.get((insert, count))
+    if sql is None:
+        head = insert.partition(" VALUES ")[0] + " VALUES "
+        sql = _MANY[(insert, count)] = head + ", ".join([row] * count)
     return sql
 
 
@@ -303,7 +351,6 @@ class StoreMessage(Operation):
                     None,
                     None,
                     None,
-                    None,
                 )
             )
         if rows:
@@ -321,7 +368,6 @@ def _insert_one(
     sent_at: float,
     group: str | None,
     attachment: Attachment | None,
-    delivered_at: float | None = None,
 ) -> tuple[Any, ...]:
     """
     The values of L{_INSERT} for one copy of a message.
@@ -337,22 +383,25 @@ def _insert_one(
         recipient[1],
         text,
         sent_at,
-        delivered_at,
         group,
         *file_fields,
     )
 
 
 def _stored(
-    txn: Transaction, rows: list[tuple[Any, ...]], attachment: Attachment | None
+    txn: Transaction,
+    rows: list[tuple[Any, ...]],
+    attachment: Attachment | None,
+    undelivered: Sequence[bool] | None = None,
 ) -> list[Message]:
     """
-    Insert C{rows} and return them as messages (with the file's content).
+    Insert C{rows} (in their mailboxes, or those C{undelivered} says) and
+    return them as messages (with the file's content).
     """
-    ids = insert_messages(txn, rows)
+    ids = insert_messages(txn, rows, undelivered)
     content = None if attachment is None else attachment.content
     return [
-        Message._make((new_id, *row[:6], *row[7:], content))
+        Message._make((new_id, *row, content))
         for new_id, row in zip(ids, rows, strict=True)
     ]
 
@@ -475,10 +524,10 @@ class StoreGroupMessage(Operation):
                 sent_at,
                 group,
                 self.attachment,
-                delivered_at=sent_at,
             )
         ]
-        kept = [True]
+        # The sender's own copy is delivered (for its history of the group).
+        kept = [False]
         for member in others:
             mailbox = boxes[member]
             takes = mailbox_refuses(txn, member, mailbox, sender) is None
@@ -493,12 +542,14 @@ class StoreGroupMessage(Operation):
                     sent_at,
                     group,
                     self.attachment,
-                    delivered_at=None if takes else sent_at,
                 )
             )
             kept.append(takes)
-        stored = _stored(txn, rows, self.attachment)
-        return [message for message, keep in zip(stored, kept, strict=True) if keep]
+        stored = _stored(txn, rows, self.attachment, kept)
+        # The sender's copy first, then the copies in mailboxes.
+        return [stored[0]] + [
+            message for message, keep in zip(stored, kept, strict=True) if keep
+        ]
 
 
 @attrs.define(eq=False)
@@ -547,25 +598,28 @@ class StoreToName(Operation):
 # Reading and delivering.
 
 
-def mark_ids_delivered(
-    txn: Transaction, ids: Sequence[int], delivered_at: float
-) -> None:
+def take_from_mailbox(txn: Transaction, recipient: str, ids: Sequence[int]) -> int:
     """
-    Mark exactly the messages C{ids} delivered.
+    Take exactly the messages C{ids} out of C{recipient}'s mailbox (those
+    still in it): they are delivered. Returns how many were.
     """
+    taken = 0
     for chunk in chunks(ids):
-        txn.execute(
-            f"UPDATE messages SET delivered_at = ? WHERE id IN ({marks(len(chunk))})",
-            (delivered_at, *chunk),
+        cursor = txn.execute(
+            "DELETE FROM mailbox WHERE recipient = ?"
+            f" AND message_id IN ({marks(len(chunk))})",
+            (recipient, *chunk),
         )
+        taken += cursor.rowcount
+    return taken
 
 
 @attrs.define(eq=False)
 class DrainInbox(Operation):
     """
     Take a user's undelivered messages, oldest first, up to C{max_bytes}
-    of text and files (at least one), and mark exactly those delivered.
-    The result is the messages taken.
+    of text and files (at least one), out of the mailbox: they are
+    delivered. The result is the messages taken.
     """
 
     checks_first = True
@@ -578,9 +632,8 @@ class DrainInbox(Operation):
     def run(self, txn: Transaction) -> list[Message]:
         _drop_mailbox(txn, self.username)
         cursor = txn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM {UNDELIVERED}"
-            " WHERE recipient = ? AND delivered_at IS NULL ORDER BY id"
-            + txn.for_update(),
+            f"SELECT {MAILBOX_COLUMNS} FROM {IN_MAILBOX} WHERE b.recipient = ?"
+            " ORDER BY b.message_id" + txn.for_update(" OF b"),
             (self.username,),
         )
         rows, _ = within(cursor, self.max_bytes)
@@ -589,7 +642,7 @@ class DrainInbox(Operation):
         # sees the commits made since the last, so "id <= the last id read"
         # could take a lower id that another node committed meanwhile,
         # unreturned.
-        mark_ids_delivered(txn, [row[ID] for row in rows], self.delivered_at)
+        take_from_mailbox(txn, self.username, [row[ID] for row in rows])
         return to_messages(txn, rows)
 
     @classmethod
@@ -608,33 +661,42 @@ def _drain_many_postgres(
 ) -> list[Outcome]:
     """
     Several drains at once, each taking what it would alone, in order: one
-    query locking the mailboxes' undelivered messages, one update, and one
-    query for their files. With the database a round trip away, statements
-    per operation are what cost.
+    query locking the mailboxes' messages, one delete, and one query for
+    their files. With the database a round trip away, statements per
+    operation are what cost.
     """
     usernames = sorted({drain.username for drain in drains})
-    waiting: dict[str, list[Sequence[Any]]] = {name: [] for name in usernames}
-    for row in txn.connection.execute(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE recipient = ANY(%s)"
-        " AND delivered_at IS NULL ORDER BY id FOR UPDATE",
+    # The mailboxes' entries first (locked), then their messages by id: two
+    # plain index scans, whatever the planner knows of the tables' sizes.
+    boxed = txn.connection.execute(
+        # One plain index scan per mailbox (not a bitmap scan of all of
+        # them): it marks the index entries of delivered (deleted) rows dead
+        # as it passes them, so the next reads skip them until vacuum.
+        "SELECT b.message_id FROM unnest(%s::text[]) AS r (name), LATERAL"
+        " (SELECT message_id FROM mailbox WHERE recipient = r.name"
+        " ORDER BY message_id FOR UPDATE) AS b",
         (usernames,),
-    ):
-        waiting[row[RECIPIENT]].append(row)
+    ).fetchall()
+    waiting: dict[str, list[Sequence[Any]]] = {name: [] for name in usernames}
+    if boxed:
+        for row in txn.connection.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s) ORDER BY id",
+            ([message_id for (message_id,) in boxed],),
+        ):
+            waiting[row[RECIPIENT]].append(row)
     taken: list[list[Sequence[Any]]] = []
-    marked: list[tuple[int, float]] = []
     for drain in drains:
         rows, _ = within(waiting[drain.username], drain.max_bytes)
         waiting[drain.username] = waiting[drain.username][len(rows) :]
         taken.append(rows)
-        marked.extend((row[ID], drain.delivered_at) for row in rows)
-    if marked:
-        ids, times = zip(*marked, strict=True)
+    delivered = [row for rows in taken for row in rows]
+    if delivered:
         txn.connection.execute(
-            "UPDATE messages SET delivered_at = u.t FROM unnest(%s::bigint[],"
-            " %s::float8[]) AS u (id, t) WHERE messages.id = u.id",
-            (list(ids), list(times)),
+            "DELETE FROM mailbox USING unnest(%s::text[], %s::bigint[]) AS u (r, i)"
+            " WHERE mailbox.recipient = u.r AND mailbox.message_id = u.i",
+            ([row[RECIPIENT] for row in delivered], [row[ID] for row in delivered]),
         )
-    messages = iter(to_messages(txn, [row for rows in taken for row in rows]))
+    messages = iter(to_messages(txn, delivered))
     return [(True, [next(messages) for _ in rows]) for rows in taken]
 
 
@@ -674,7 +736,7 @@ class DrainInboxFrom(Operation):
 class Undelivered(Operation):
     """
     A user's undelivered messages after C{after_id}, oldest first, at most
-    C{limit} (for pushing; nothing is marked).
+    C{limit} (for pushing; they stay in the mailbox).
     """
 
     checks_first = True
@@ -685,8 +747,8 @@ class Undelivered(Operation):
 
     def run(self, txn: Transaction) -> list[Message]:
         rows = txn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM {UNDELIVERED} WHERE recipient = ?"
-            " AND delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+            f"SELECT {MAILBOX_COLUMNS} FROM {IN_MAILBOX} WHERE b.recipient = ?"
+            " AND b.message_id > ? ORDER BY b.message_id LIMIT ?",
             (self.username, self.after_id, self.limit),
         ).fetchall()
         return to_messages(txn, rows)
@@ -695,8 +757,8 @@ class Undelivered(Operation):
 @attrs.define(eq=False)
 class MarkDelivered(Operation):
     """
-    Mark a user's undelivered messages up to C{up_to_id} delivered; the
-    result is how many.
+    Take a user's messages up to C{up_to_id} out of the mailbox: they are
+    delivered. The result is how many.
     """
 
     checks_first = True
@@ -708,9 +770,8 @@ class MarkDelivered(Operation):
     def run(self, txn: Transaction) -> int:
         _drop_mailbox(txn, self.username)
         cursor = txn.execute(
-            f"UPDATE {UNDELIVERED} SET delivered_at = ?"
-            " WHERE recipient = ? AND delivered_at IS NULL AND id <= ?",
-            (self.delivered_at, self.username, self.up_to_id),
+            "DELETE FROM mailbox WHERE recipient = ? AND message_id <= ?",
+            (self.username, self.up_to_id),
         )
         return int(cursor.rowcount)
 
@@ -718,8 +779,8 @@ class MarkDelivered(Operation):
 @attrs.define(eq=False)
 class MarkDeliveredIds(Operation):
     """
-    Mark exactly the messages C{ids} of a user delivered (those still
-    undelivered); the result is how many.
+    Take exactly the messages C{ids} of a user out of the mailbox (those
+    still in it): they are delivered. The result is how many.
     """
 
     checks_first = True
@@ -730,15 +791,7 @@ class MarkDeliveredIds(Operation):
 
     def run(self, txn: Transaction) -> int:
         _drop_mailbox(txn, self.username)
-        count = 0
-        for chunk in chunks(self.ids):
-            cursor = txn.execute(
-                f"UPDATE {UNDELIVERED} SET delivered_at = ? WHERE recipient = ?"
-                f" AND delivered_at IS NULL AND id IN ({marks(len(chunk))})",
-                (self.delivered_at, self.username, *chunk),
-            )
-            count += cursor.rowcount
-        return count
+        return take_from_mailbox(txn, self.username, self.ids)
 
 
 def _page(
@@ -833,25 +886,65 @@ class PurgeMessages(Operation):
     """
     Delete up to C{limit} of the oldest messages sent before C{sent_before}
     (and the files no message uses any more); the result is how many.
+
+    Messages are found by id, not by an index of their times (one index
+    less to write with every message): ids grow with the time messages are
+    stored, so the last id sent before the moment is found by bisection,
+    and the messages up to it that were sent before it are deleted. A
+    message whose time is out of step with its id (from another realm's
+    clock) goes when the ids around it do.
     """
 
     sent_before: float
     limit: int
 
     def run(self, txn: Transaction) -> int:
+        last = _last_id_before(txn, self.sent_before)
+        if last is None:
+            return 0
         rows = txn.execute(
-            "SELECT id, file_sha256 FROM messages WHERE sent_at < ?"
-            " ORDER BY sent_at, id LIMIT ?",
-            (self.sent_before, self.limit),
+            "SELECT id, recipient, file_sha256 FROM messages WHERE id <= ?"
+            " AND sent_at < ? ORDER BY id LIMIT ?",
+            (last, self.sent_before, self.limit),
         ).fetchall()
+        boxes: dict[str, list[int]] = {}
+        for message_id, recipient, _ in rows:
+            boxes.setdefault(recipient, []).append(message_id)
+        for recipient, ids in boxes.items():
+            take_from_mailbox(txn, recipient, ids)
         for chunk in chunks([row[0] for row in rows]):
             txn.execute(
                 f"DELETE FROM messages WHERE id IN ({marks(len(chunk))})", chunk
             )
-        forget_unused_files(txn, list({row[1] for row in rows if row[1]}))
+        forget_unused_files(txn, list({row[2] for row in rows if row[2]}))
         if rows and txn.caches is not None:
             txn.caches.forget()  # undelivered messages may have gone too
         return len(rows)
+
+
+def _last_id_before(txn: Transaction, moment: float) -> int | None:
+    """
+    The last message id (by bisection over ids, as if times grew with ids)
+    sent before C{moment}; None if the first was not.
+    """
+    low, high = txn.execute("SELECT min(id), max(id) FROM messages").fetchone()
+    if low is None:
+        return None
+    found = None
+    while low <= high:
+        middle = (low + high) // 2
+        row = txn.execute(
+            "SELECT id, sent_at FROM messages WHERE id >= ? ORDER BY id LIMIT 1",
+            (middle,),
+        ).fetchone()
+        if row is None or row[0] > high:
+            high = middle - 1
+        elif row[1] < moment:
+            found = row[0]
+            low = row[0] + 1
+        else:
+            high = middle - 1
+    return found
 
 
 @attrs.define(eq=False)

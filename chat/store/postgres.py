@@ -192,8 +192,7 @@ def is_storage_error(error: BaseException) -> bool:
 class _Translating:
     """
     Runs the operations' SQL on a psycopg connection: C{?} parameters become
-    C{%s}, and SQLite's index hint goes (PostgreSQL's planner has
-    statistics).
+    C{%s}.
     """
 
     _translated: dict[str, str] = {}
@@ -204,8 +203,7 @@ class _Translating:
     def _query(self, sql: str) -> str:
         query = self._translated.get(sql)
         if query is None:
-            query = sql.replace(" INDEXED BY messages_undelivered", "")
-            query = query.replace("%", "%%").replace("?", "%s")
+            query = sql.replace("%", "%%").replace("?", "%s")
             self._translated[sql] = query
         return query
 

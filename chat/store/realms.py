@@ -26,10 +26,10 @@ from chat.links import (
 from chat.model import Message
 from chat.store.batching import Operation, Transaction, chunks, marks
 from chat.store.messages import (
-    MESSAGE_COLUMNS,
-    UNDELIVERED,
+    IN_MAILBOX,
+    MAILBOX_COLUMNS,
     insert_messages,
-    mark_ids_delivered,
+    take_from_mailbox,
 )
 
 _OUTBOX_COLUMNS = (
@@ -102,7 +102,7 @@ def _bounce(
     sender = address(POSTMASTER, queued.realm_id)
     text = bounce_text(queued.realm_id, failed, reason, queued.text)
     values = (sender, queued.sender, POSTMASTER_NAME, row[0], text, now)
-    (new_id,) = insert_messages(txn, [(*values, None, None, None, None, None)])
+    (new_id,) = insert_messages(txn, [(*values, None, None, None, None)])
     bounce = Message(new_id, *values)
     _drop_mailboxes(txn, [bounce])
     return bounce
@@ -347,7 +347,7 @@ class ReceiveRemote(Operation):
         stored: list[Message] = []
         if values:
             ids = insert_messages(
-                txn, [(*row, None, None, None, None, None) for row in values]
+                txn, [(*row, None, None, None, None) for row in values]
             )
             stored = [Message(i, *row) for i, row in zip(ids, values, strict=True)]
         _drop_mailboxes(txn, stored)
@@ -387,12 +387,12 @@ class DrainRealmInbox(Operation):
             txn.caches.forget_mailbox(self.username)
         pattern = _from_realm_pattern(self.realm_id)
         rows = txn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM {UNDELIVERED}"
-            " WHERE recipient = ? AND delivered_at IS NULL"
-            " AND sender LIKE ? ESCAPE '\\' ORDER BY id" + txn.for_update(),
+            f"SELECT {MAILBOX_COLUMNS} FROM {IN_MAILBOX} WHERE b.recipient = ?"
+            " AND b.sender LIKE ? ESCAPE '\\' ORDER BY b.message_id"
+            + txn.for_update(" OF b"),
             (self.username, pattern),
         ).fetchall()
-        mark_ids_delivered(txn, [row[0] for row in rows], self.delivered_at)
+        take_from_mailbox(txn, self.username, [row[0] for row in rows])
         return [Message(*row) for row in rows]
 
 

@@ -6,8 +6,7 @@ queued for the next batch transaction (L{chat.store.batching}).
 
 The operations' SQL is the dialect SQLite and PostgreSQL share:
 
-    - C{?} parameters; the PostgreSQL connection turns them into C{%s}
-      (and drops SQLite's C{INDEXED BY} hint);
+    - C{?} parameters; the PostgreSQL connection turns them into C{%s};
     - new ids come from C{RETURNING id} (or, for many rows at once, from
       each dialect's own form);
     - no operation relies on catching an integrity error (which aborts the
