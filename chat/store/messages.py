@@ -721,14 +721,14 @@ class DrainInboxFrom(Operation):
             require_user(txn, self.sender)
         _drop_mailbox(txn, self.username)
         cursor = txn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM {UNDELIVERED}"
-            " WHERE recipient = ? AND delivered_at IS NULL AND sender = ?"
-            " AND group_name IS NULL ORDER BY id" + txn.for_update(),
+            f"SELECT {MAILBOX_COLUMNS} FROM {IN_MAILBOX} WHERE b.recipient = ?"
+            " AND b.sender = ? AND m.group_name IS NULL ORDER BY b.message_id"
+            + txn.for_update(" OF b"),
             (self.username, self.sender),
         )
         rows, _ = within(cursor, self.max_bytes)
         cursor.close()
-        mark_ids_delivered(txn, [row[ID] for row in rows], self.delivered_at)
+        take_from_mailbox(txn, self.username, [row[ID] for row in rows])
         return to_messages(txn, rows)
 
 
