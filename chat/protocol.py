@@ -88,6 +88,7 @@ from chat.errors import (
     NotAdmin,
     NotAMember,
     NotGroupOwner,
+    QuotaExceeded,
     RateLimited,
     RealmAuthFailed,
     RealmExists,
@@ -99,6 +100,7 @@ from chat.errors import (
     RegistrationClosed,
     SessionNotFound,
     StorageUnavailable,
+    TooManyGroups,
     TooManyRealmRecipients,
     TooManyRecipients,
     UnknownUser,
@@ -114,7 +116,7 @@ from chat.limits import (
     address_key,
     take_token,
 )
-from chat.logs import make_logger
+from chat.logs import make_logger, unverified_name
 from chat.model import Group, Message, Page
 from chat.sessions import SessionManager
 
@@ -148,6 +150,8 @@ ERRORS: list[tuple[type[Exception], str, str]] = [
     (TooManyRecipients, "too many recipients", "too_many_recipients"),
     (InvalidFileName, "invalid file name: {}", "invalid_file_name"),
     (FileTooLarge, "file too large", "file_too_large"),
+    (QuotaExceeded, "file quota exceeded", "quota_exceeded"),
+    (TooManyGroups, "too many groups", "too_many_groups"),
     # Other realms (chat.federation).
     (NoSuchRealm, "Realm Tidak Ditemukan", "no_such_realm"),
     (RealmExists, "Realm sudah ada", "realm_exists"),
@@ -174,6 +178,9 @@ ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
     TooManyRecipients: lambda e: {"max_recipients": e.limit},
     FileTooLarge: lambda e: {"max_file_size": e.limit},
     MailboxFull: lambda e: {"username": e.username},
+    BadRealmMessage: lambda e: {"reason": str(e)},
+    QuotaExceeded: lambda e: {"quota": e.quota, "limit": e.limit},
+    TooManyGroups: lambda e: {"max_groups": e.limit},
 }
 
 _TOO_LONG = object()
@@ -762,7 +769,7 @@ class ChatProtocol(LineReceiver):
         except RateLimited:
             self.log.debug(
                 "Refused login for {user} from {peer}: too many failures",
-                user=command.username,
+                user=unverified_name(command.username),
                 peer=self._peer,
             )
             raise
@@ -773,7 +780,9 @@ class ChatProtocol(LineReceiver):
             failures.login_failed(command.username, self._address)
             self.log.info(
                 "Failed login for {user} from {peer}: {why}",
-                user=command.username,
+                user=command.username
+                if isinstance(e, WrongPassword)
+                else unverified_name(command.username),
                 peer=self._peer,
                 why=type(e).__name__,
             )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorFromThreads
 
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.store.operations import SQLStore
 from chat.store.postgres import PostgresStore, is_postgres_url
 from chat.store.sqlite import SQLiteStore
@@ -32,24 +32,31 @@ def open_store(
     description: str,
     *,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
+    quotas: Quotas | None = None,
     node_id: str = "",
 ) -> SQLStore:
     """
     Open the store named by C{description}, e.g. C{sqlite:chat.sqlite} or
     C{postgresql://chat@db.example.com/chat}, holding at most
-    C{max_mailbox} undelivered messages per recipient. C{node_id} names
-    this node in a cluster sharing a PostgreSQL database.
+    C{max_mailbox} undelivered messages per recipient, and what C{quotas}
+    allows per user (the defaults if None). C{node_id} names this node in
+    a cluster sharing a PostgreSQL database.
 
     @raise ValueError: for a description this version does not understand.
     @raise chat.errors.SchemaTooNew: if a newer chat wrote the database.
     @raise chat.errors.StorageUnavailable: if the database cannot be
         reached or is not a chat database.
     """
+    store: SQLStore
+    kind, _, where = description.partition(":")
     if is_postgres_url(description):
-        return PostgresStore(
+        store = PostgresStore(
             reactor, description, max_mailbox=max_mailbox, node_id=node_id
         )
-    kind, _, where = description.partition(":")
-    if kind == "sqlite" and where:
-        return SQLiteStore(reactor, where, max_mailbox=max_mailbox)
-    raise ValueError(f"unknown store {description!r}; expected {STORE_HELP}")
+    elif kind == "sqlite" and where:
+        store = SQLiteStore(reactor, where, max_mailbox=max_mailbox)
+    else:
+        raise ValueError(f"unknown store {description!r}; expected {STORE_HELP}")
+    if quotas is not None:
+        store.quotas = quotas
+    return store

@@ -23,13 +23,15 @@ from chat.errors import (
     NoSuchUsers,
     NotAMember,
     NotGroupOwner,
+    QuotaExceeded,
     RealmExists,
     RealmQueueFull,
     StorageUnavailable,
+    TooManyGroups,
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import (
     POSTMASTER,
     POSTMASTER_NAME,
@@ -83,7 +85,8 @@ class MemoryStore:
     """
     Keeps everything in dicts. Set C{broken} to make every operation fail
     with L{StorageUnavailable}, as a full disk would. A recipient holds at
-    most C{max_mailbox} undelivered messages.
+    most C{max_mailbox} undelivered messages; each user may keep what
+    C{quotas} allows (the rules of L{chat.store.quotas}).
     """
 
     users: dict[str, User] = attrs.field(factory=dict)
@@ -99,6 +102,7 @@ class MemoryStore:
     realm_inbound: dict[tuple[str, str], tuple[str, float]] = attrs.field(factory=dict)
     _outbox_ids: int = 0
     max_mailbox: int = DEFAULT_MAX_MAILBOX
+    quotas: Quotas = attrs.field(factory=Quotas)
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.broken:
@@ -232,6 +236,35 @@ class MemoryStore:
         self.messages.append(_Stored(message, delivered_at))
         return message
 
+    def file_usage(self, username: str) -> tuple[int, int]:
+        """
+        How many distinct files the messages C{username} sent still carry,
+        and their bytes (as L{chat.store.quotas.file_usage}).
+        """
+        sizes = {
+            s.message.file_sha256: s.message.file_size or 0
+            for s in self.messages
+            if s.message.sender == username and s.message.file_sha256 is not None
+        }
+        return len(sizes), sum(sizes.values())
+
+    def _check_file_quota(self, sender: str, attachment: Attachment) -> None:
+        if any(
+            s.message.sender == sender and s.message.file_sha256 == attachment.sha256
+            for s in self.messages
+        ):
+            return
+        count, size = self.file_usage(sender)
+        if count + 1 > self.quotas.max_files:
+            raise QuotaExceeded("files", self.quotas.max_files)
+        if size + attachment.size > self.quotas.max_file_bytes:
+            raise QuotaExceeded("bytes", self.quotas.max_file_bytes)
+
+    def _check_group_quota(self, username: str) -> None:
+        count = sum(1 for g in self.groups.values() if username in g.members)
+        if count >= self.quotas.max_groups:
+            raise TooManyGroups(username, self.quotas.max_groups)
+
     def _mailbox_full(self, username: str) -> bool:
         undelivered = sum(
             1
@@ -268,6 +301,8 @@ class MemoryStore:
             for recipient in distinct:
                 if self._mailbox_full(recipient):
                     raise MailboxFull(recipient)
+            if attachment is not None:
+                self._check_file_quota(sender, attachment)
             return [
                 self._add(from_user, self.users[r], text, sent_at, None, attachment)
                 for r in distinct
@@ -287,6 +322,8 @@ class MemoryStore:
             members = self._group(group).members
             if sender not in members:
                 raise NotAMember(group, sender)
+            if attachment is not None:
+                self._check_file_quota(sender, attachment)
             from_user = self.users[sender]
             stored = [
                 self._add(
@@ -413,6 +450,7 @@ class MemoryStore:
             self._user(owner)
             if name in self.groups:
                 raise GroupExists(name)
+            self._check_group_quota(owner)
             self.groups[name] = _Group(owner, created_at, [owner])
             return self._snapshot(name)
 
@@ -424,6 +462,7 @@ class MemoryStore:
             self._user(username)
             if username in group.members:
                 raise AlreadyAMember(name, username)
+            self._check_group_quota(username)
             group.members.append(username)
             return self._snapshot(name)
 

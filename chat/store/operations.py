@@ -45,7 +45,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import (
     POSTMASTER,
     POSTMASTER_NAME,
@@ -58,6 +58,7 @@ from chat.links import (
 )
 from chat.model import Attachment, Group, Message, Page, Session, User
 from chat.store.batching import GroupCommit, Op
+from chat.store.quotas import check_file_quota, check_group_quota
 
 _Op = Op
 
@@ -159,6 +160,8 @@ class SQLStore(GroupCommit):
     """
 
     max_mailbox: int = DEFAULT_MAX_MAILBOX
+    #: What each user may keep stored (chat.store.quotas).
+    quotas: Quotas = Quotas()
     #: The store's counts of undelivered messages, or None where other
     #: processes write the same mailboxes (PostgreSQL).
     _mailboxes: _MailboxCounts | None = None
@@ -234,6 +237,7 @@ class SQLStore(GroupCommit):
             attachment,
             self.max_mailbox,
             self._mailboxes,
+            self.quotas,
         )
 
     def store_group_message(
@@ -253,13 +257,14 @@ class SQLStore(GroupCommit):
             attachment,
             self.max_mailbox,
             self._mailboxes,
+            self.quotas,
         )
 
     def create_group(self, name: str, owner: str, created_at: float) -> Deferred[Group]:
-        return self._run(_create_group_txn, name, owner, created_at)
+        return self._run(_create_group_txn, name, owner, created_at, self.quotas)
 
     def join_group(self, name: str, username: str, joined_at: float) -> Deferred[Group]:
-        return self._run(_join_group_txn, name, username, joined_at)
+        return self._run(_join_group_txn, name, username, joined_at, self.quotas)
 
     def leave_group(self, name: str, username: str) -> Deferred[Group | None]:
         return self._run(_leave_group_txn, name, username)
@@ -794,6 +799,7 @@ def _store_messages_txn(
     attachment: Attachment | None,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     mailboxes: _MailboxCounts | None = None,
+    quotas: Quotas | None = None,
 ) -> list[Message]:
     recipients = list(dict.fromkeys(recipients))
     names = _full_names(connection, [sender, *recipients])
@@ -810,6 +816,7 @@ def _store_messages_txn(
             raise MailboxFull(recipient)
         boxes[recipient] = mailbox
     if attachment is not None:
+        check_file_quota(connection, sender, attachment, quotas)
         _store_file(connection, attachment)
     stored = []
     for recipient in recipients:
@@ -869,12 +876,14 @@ def _store_group_message_txn(
     attachment: Attachment | None,
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     mailboxes: _MailboxCounts | None = None,
+    quotas: Quotas | None = None,
 ) -> list[Message]:
     _group_txn(connection, group)
     members = dict(_members(connection, group))
     if sender not in members:
         raise NotAMember(group, sender)
     if attachment is not None:
+        check_file_quota(connection, sender, attachment, quotas)
         _store_file(connection, attachment)
     from_sender = (sender, members[sender])
     stored = [
@@ -923,7 +932,11 @@ def _require_user(connection: Connection, username: str) -> None:
 
 
 def _create_group_txn(
-    connection: Connection, name: str, owner: str, created_at: float
+    connection: Connection,
+    name: str,
+    owner: str,
+    created_at: float,
+    quotas: Quotas | None = None,
 ) -> Group:
     _require_user(connection, owner)
     if (
@@ -933,6 +946,7 @@ def _create_group_txn(
         is not None
     ):
         raise GroupExists(name)
+    check_group_quota(connection, owner, quotas)
     connection.execute(
         "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
         (name, owner, created_at),
@@ -945,12 +959,17 @@ def _create_group_txn(
 
 
 def _join_group_txn(
-    connection: Connection, name: str, username: str, joined_at: float
+    connection: Connection,
+    name: str,
+    username: str,
+    joined_at: float,
+    quotas: Quotas | None = None,
 ) -> Group:
     _group_txn(connection, name)
     _require_user(connection, username)
     if _is_member(connection, name, username):
         raise AlreadyAMember(name, username)
+    check_group_quota(connection, username, quotas)
     connection.execute(
         "INSERT INTO group_members (group_name, username, joined_at) VALUES (?, ?, ?)",
         (name, username, joined_at),
