@@ -5,10 +5,22 @@ and a maximum age, surviving restarts.
 Validating a token must be cheap, since every command carries one, so the
 manager keeps a cache of live sessions. Activity is written back to the
 store at most once per C{touch_interval} per session; that write also
-re-checks that the session still exists in the store (the admin tool may
-have deleted the user or changed its password), so such a change takes
-effect within C{touch_interval} seconds. After a restart, idle time is
-counted from the last written activity, at most C{touch_interval} early.
+re-checks that the session still exists in the store. After a restart,
+idle time is counted from the last written activity, at most
+C{touch_interval} early.
+
+Sessions ended by another process (C{chat-admin passwd} or C{userdel})
+end here at once, not at the next touch: on PostgreSQL the store's
+C{NOTIFY chat_sessions} reaches L{SessionManager.user_changed_elsewhere}
+(L{chat.cluster}); on SQLite a L{ChangeWatcher} asks the store a few times
+a second whether another process wrote to it, and if so the manager checks
+which of its cached sessions still exist (L{SessionManager.revalidate}).
+Either way the sessions' subscriptions are told (C{ended_listeners}).
+
+Anything that caches what a token resolved to (a connection's avatar, say)
+compares L{SessionManager.generation} with the value it saw: it changes
+whenever any session ends or is revoked, so such a cache is one integer
+comparison away from being right.
 """
 
 from __future__ import annotations
@@ -18,13 +30,13 @@ import uuid
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from chat.errors import NoSuchUser, SessionNotFound
-from chat.interfaces import IChatStore
+from chat.errors import NoSuchUser, SessionNotFound, StorageUnavailable
+from chat.interfaces import IChatStore, IExternalChanges
 from chat.logs import make_logger, token_label
 from chat.model import Session
 
@@ -51,6 +63,8 @@ class SessionManager:
 
     @ivar idle_timeout: seconds without activity after which a session ends.
     @ivar max_age: seconds after creation after which a session ends anyway.
+    @ivar generation: changes (grows) whenever a session ends, expires or is
+        revoked; unchanged, every token that resolved before still does.
     """
 
     store: IChatStore
@@ -68,6 +82,7 @@ class SessionManager:
         factory=list, init=False
     )
     _sweeper: LoopingCall | None = attrs.field(default=None, init=False)
+    generation: int = attrs.field(default=0, init=False)
 
     log = make_logger()
 
@@ -93,6 +108,7 @@ class SessionManager:
         for token_hash, live in list(self._live.items()):
             if self._expired(live, now):
                 del self._live[token_hash]
+                self.generation += 1
         d = self.store.delete_expired_sessions(
             now - self.idle_timeout, now - self.max_age
         )
@@ -205,7 +221,8 @@ class SessionManager:
 
         def touched(exists: bool) -> str:
             if not exists:
-                self._live.pop(token_hash, None)
+                if self._live.pop(token_hash, None) is not None:
+                    self._ended(token_hash, "the session was ended elsewhere")
                 raise SessionNotFound()
             return live.username
 
@@ -242,7 +259,31 @@ class SessionManager:
                 del self._live[token_hash]
                 self._ended(token_hash, why)
 
+    def revalidate(self) -> Deferred[int]:
+        """
+        Another process changed the store: end here every cached session it
+        deleted (C{chat-admin passwd} or C{userdel} did, with the user's
+        password or account).
+
+        @return: fires with how many ended; fails with
+            L{chat.errors.StorageUnavailable}.
+        """
+        cached = dict(self._live)
+
+        def checked(existing: set[str]) -> int:
+            ended = 0
+            for token_hash, live in cached.items():
+                if token_hash in existing or self._live.get(token_hash) is not live:
+                    continue
+                del self._live[token_hash]
+                self._ended(token_hash, "password changed or user deleted")
+                ended += 1
+            return ended
+
+        return self.store.existing_sessions(list(cached)).addCallback(checked)
+
     def _ended(self, token_hash: str, why: str) -> None:
+        self.generation += 1
         for listener in list(self.ended_listeners):
             listener(token_hash, why)
         self.log.info(
@@ -261,3 +302,70 @@ class SessionManager:
             return passthrough
 
         return self.store.delete_session(token_hash).addBoth(deleted)
+
+
+@attrs.define
+class ChangeWatcher:
+    """
+    Notices that another process wrote to a store this server does not hear
+    from (SQLite, when C{chat-admin} runs), every C{interval} seconds, and
+    then has the session manager drop the sessions that process ended.
+
+    Asking costs a read of SQLite's shared memory in the store's thread;
+    the sessions are checked only after a change.
+    """
+
+    source: IExternalChanges
+    sessions: SessionManager
+    clock: IReactorTime
+    interval: float = 0.5
+    _version: int | None = attrs.field(default=None, init=False)
+    _loop: LoopingCall | None = attrs.field(default=None, init=False)
+    _checking: bool = attrs.field(default=False, init=False)
+
+    log = make_logger()
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: self.log.failure("Watching the store for changes stopped", f)
+        )
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> Deferred[None] | None:
+        """
+        Ask whether the store changed; if it did, revalidate the sessions.
+        (A check still running when the next is due is not doubled.)
+        """
+        if self._checking:
+            return None
+        self._checking = True
+
+        async def check() -> None:
+            version = await self.source.data_version()
+            if self._version is not None and version != self._version:
+                ended = await self.sessions.revalidate()
+                if ended:
+                    self.log.info(
+                        "{count} sessions ended by another process", count=ended
+                    )
+            # Only once the sessions were checked: a failure checks again.
+            self._version = version
+
+        def failed(f: Failure) -> None:
+            # The store is unavailable: the next check tries again. Anything
+            # else is a bug, logged; the checks go on.
+            if not f.check(StorageUnavailable):
+                self.log.failure("Could not check the store for changes", f)
+
+        def done(_: object) -> None:
+            self._checking = False
+
+        d = ensureDeferred(check())
+        d.addErrback(failed)
+        d.addBoth(done)
+        return d

@@ -400,6 +400,38 @@ async def test_store_messages_all_or_none(store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_existing_sessions(store: Any) -> None:
+    """A store says which of many sessions still exist, after a new password
+    ended some of them (as chat-admin passwd does in another process)."""
+    await _with_users(store)
+    for i in range(600):
+        await store.create_session(Session(f"m{i}", "messi", 1.0, 1.0))
+    await store.create_session(Session("h1", "henderson", 1.0, 1.0))
+    hashes = [f"m{i}" for i in range(600)] + ["h1", "never"]
+    assert await store.existing_sessions(hashes) == {*hashes[:601]}
+    await store.set_password_hash("messi", "$argon2id$new")
+    assert await store.existing_sessions(hashes) == {"h1"}
+    assert await store.existing_sessions([]) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_version_tells_writes_of_other_processes(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """SQLite's data version changes when another connection (chat-admin)
+    commits to the file, and not for the store's own writes."""
+    first = await sqlite_store.data_version()
+    await _with_users(sqlite_store)
+    assert await sqlite_store.data_version() == first
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    other.execute("UPDATE users SET country = 'Inggris Raya'")
+    other.close()
+    second = await sqlite_store.data_version()
+    assert second != first
+    assert await sqlite_store.data_version() == second
+
+
+@pytest_twisted.ensureDeferred
 async def test_file_messages(store: Any) -> None:
     """A file comes out of the inbox byte-identical, with its metadata."""
     await _with_three(store)

@@ -403,7 +403,7 @@ def test_producer_registered_through_the_real_channel(server: Server) -> None:
     transport.unregisterProducer()
     producer = Producer()
     transport.registerProducer(producer, True)
-    channel = client.channel._channel
+    channel = client.channel
     channel.pauseProducing()
     channel.resumeProducing()
     assert producer.calls == ["pause", "resume"]

@@ -185,6 +185,9 @@ class MemoryStore:
     def delete_session(self, token_hash: str) -> Deferred[None]:
         return self._run(lambda: self.sessions.pop(token_hash, None) and None)
 
+    def existing_sessions(self, token_hashes: Sequence[str]) -> Deferred[set[str]]:
+        return self._run(lambda: {h for h in token_hashes if h in self.sessions})
+
     def delete_expired_sessions(
         self, idle_since: float, created_since: float
     ) -> Deferred[int]:

@@ -59,6 +59,7 @@ from chat.links import (
 from chat.model import Attachment, Group, Message, Page, Session, User
 from chat.store.batching import GroupCommit, Op
 from chat.store.quotas import check_file_quota, check_group_quota
+from chat.store.revocation import existing_sessions_txn
 
 _Op = Op
 
@@ -199,6 +200,9 @@ class SQLStore(GroupCommit):
         self, idle_since: float, created_since: float
     ) -> Deferred[int]:
         return self._run(_delete_expired_sessions_txn, idle_since, created_since)
+
+    def existing_sessions(self, token_hashes: Sequence[str]) -> Deferred[set[str]]:
+        return self._run(existing_sessions_txn, list(token_hashes))
 
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float

@@ -33,9 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
+from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
+from chat.interfaces import IExternalChanges
 from chat.limits import DEFAULT_MAX_MAILBOX
 from chat.store import schema
 from chat.store.operations import (
@@ -44,11 +47,14 @@ from chat.store.operations import (
     _Op,
     run_operations,
 )
+from chat.store.revocation import data_version_txn
 
 
+@implementer(IExternalChanges)
 class SQLiteStore(SQLStore):
     """
-    L{IChatStore} and L{IRealmStore} on a SQLite file.
+    L{IChatStore} and L{IRealmStore} on a SQLite file; L{IExternalChanges}
+    tells when C{chat-admin} wrote to the file.
     """
 
     def __init__(
@@ -72,6 +78,9 @@ class SQLiteStore(SQLStore):
         self._mailboxes = _MailboxCounts()
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
+
+    def data_version(self) -> Deferred[int]:
+        return self._run(data_version_txn)
 
     def _close_txn(self) -> None:
         if self._connection is not None:
