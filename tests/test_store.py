@@ -429,6 +429,20 @@ async def test_data_version_tells_writes_of_other_processes(
     second = await sqlite_store.data_version()
     assert second != first
     assert await sqlite_store.data_version() == second
+    commits = sqlite_store.commits
+    await sqlite_store.data_version()
+    assert sqlite_store.commits == commits  # no batch, no transaction
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_version_after_close(tmp_path: Path) -> None:
+    """A closed store answers storage unavailable, and does not reopen."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
+    store.start()
+    await store.data_version()
+    await store.close()
+    with pytest.raises(StorageUnavailable):
+        await store.data_version()
 
 
 @pytest_twisted.ensureDeferred

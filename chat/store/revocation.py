@@ -6,8 +6,9 @@ C{chat-admin passwd} and C{userdel} delete a user's sessions in the
 database, in another process. With PostgreSQL the server hears of it at
 once (C{NOTIFY chat_sessions}, L{chat.cluster}); with SQLite it asks
 SQLite, a few times a second and at almost no cost, whether another
-process has written the file (L{data_version_txn}), and if one has,
-which of the sessions it has cached still exist (L{existing_sessions_txn}).
+process has written the file (L{data_version_txn}, run on the store's
+thread between batches), and if one has, which of the sessions it has
+cached still exist (L{existing_sessions_txn}, an operation like any other).
 """
 
 from __future__ import annotations
