@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 
 from chat.limits import Limits
 from chat.web import OriginPolicy, WebSettings, make_site
@@ -285,3 +286,20 @@ def test_nothing_per_connection_at_info(events: EventLoggingObserver) -> None:
     finally:
         site.stopFactory()
     assert [e for e in events if e["log_level"] >= LogLevel.info] == []
+
+
+def test_a_crash_in_a_resource_is_locked_down_too() -> None:
+    """Twisted's own 500 page, for a resource that raised, carries the
+    security headers (they are set before any resource runs)."""
+
+    class Boom(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            raise RuntimeError("a bug")
+
+    site = ChatSite(Boom(), HostPolicy.build(), Limits(), reactor=Clock())
+    response = raw(site, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert response.status == 500
+    assert_locked_down(response.headers)
+    assert b"a bug" not in response.body
