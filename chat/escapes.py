@@ -63,9 +63,3 @@ def visible(text: str, keep: str = "") -> str:
         for char in text
     )
 
-
-def needs_escaping(text: str) -> bool:
-    """
-    Whether L{visible} would change C{text}.
-    """
-    return not text.isprintable() and visible(text) != text
