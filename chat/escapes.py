@@ -62,4 +62,3 @@ def visible(text: str, keep: str = "") -> str:
         else char
         for char in text
     )
-
