@@ -19,6 +19,7 @@ from chat.errors import (
 )
 from chat.model import Group
 from chat.store.batching import Operation, Transaction, column
+from chat.store.quotas import check_group_quota
 from chat.store.users import require_user
 
 
@@ -88,6 +89,8 @@ def leave_group(txn: Transaction, name: str, username: str) -> Group | None:
 class CreateGroup(Operation):
     """
     @raise GroupExists: if the name is taken.
+    @raise TooManyGroups: if the owner belongs to as many groups as the
+        quota allows (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -104,6 +107,7 @@ class CreateGroup(Operation):
             is not None
         ):
             raise GroupExists(name)
+        check_group_quota(txn, owner)
         txn.execute(
             "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
             (name, owner, self.created_at),
@@ -120,6 +124,8 @@ class CreateGroup(Operation):
 class JoinGroup(Operation):
     """
     @raise AlreadyAMember: if the user is a member already.
+    @raise TooManyGroups: if the user belongs to as many groups as the
+        quota allows (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -133,6 +139,7 @@ class JoinGroup(Operation):
         require_user(txn, self.username)
         if is_member(txn, self.name, self.username):
             raise AlreadyAMember(self.name, self.username)
+        check_group_quota(txn, self.username)
         txn.execute(
             "INSERT INTO group_members (group_name, username, joined_at)"
             " VALUES (?, ?, ?)",

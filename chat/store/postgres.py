@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
 from chat.interfaces import IClusterStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.model import Message
 from chat.store import schema
 from chat.store.batching import (
@@ -222,6 +222,7 @@ def transaction(
     connection: psycopg.Connection[Any],
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     max_per_sender: int = DEFAULT_MAX_MAILBOX,
+    quotas: Quotas | None = None,
 ) -> Transaction:
     """
     What the operations are given on a PostgreSQL connection.
@@ -235,6 +236,7 @@ def transaction(
         executemany=translating.executemany,
         max_mailbox=max_mailbox,
         max_per_sender=max_per_sender,
+        quotas=quotas,
     )
 
 
@@ -255,9 +257,12 @@ class PostgresStore(SQLStore):
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         node_id: str = "",
         max_per_sender: int | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """
         Connect to the database at C{url}, creating or upgrading its schema.
+        C{quotas} is what each user may keep stored (by default L{Quotas}'s
+        defaults).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         @raise StorageUnavailable: if PostgreSQL cannot be reached, or the
@@ -275,6 +280,8 @@ class PostgresStore(SQLStore):
         self.node_id = node_id
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
+        if quotas is not None:
+            self.quotas = quotas
         self._connection: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._retry_delay = FIRST_RETRY
@@ -308,7 +315,9 @@ class PostgresStore(SQLStore):
             connection = self._connect()
             try:
                 connection.execute("BEGIN")
-                txn = transaction(connection, self.max_mailbox, self.max_per_sender)
+                txn = transaction(
+                    connection, self.max_mailbox, self.max_per_sender, self.quotas
+                )
                 results = run_batch(txn, batch, is_storage_error)
                 self._notify(connection, batch, results)
                 connection.execute("COMMIT")

@@ -8,6 +8,9 @@ SCHEMA_VERSION changelog:
        chat_groups and group_members.
        Realms: an admin flag on users, realm links, the outbox for other
        realms and the ids of messages accepted from them.
+    2: indexes only, no table changes (upgrade-to-v2.sql):
+       - messages_files_by_sender: file messages by sender, for the
+         per-user quota of stored files (chat.store.quotas).
 
 PostgreSQL (L{prepare_postgres}) has the same versions, from
 C{sql/postgresql/}: created or upgraded in one transaction (DDL is
@@ -34,7 +37,7 @@ from chat.errors import SchemaTooNew, StorageUnavailable
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _sql(name: str, dialect: str = "sqlite") -> str:
