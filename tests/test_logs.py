@@ -18,6 +18,19 @@ from tests.helpers import Server
 
 
 @pytest.fixture
+def level() -> Iterator[None]:
+    """
+    Let a test set the log level; the level the tests run at comes back
+    after it (tests/conftest.py: debug).
+    """
+    before = "debug" if logs.debugging() else "info"
+    try:
+        yield
+    finally:
+        logs.set_level(before)
+
+
+@pytest.fixture
 def events() -> Iterator[EventLoggingObserver]:
     observer = EventLoggingObserver()
     globalLogPublisher.addObserver(observer)
@@ -59,6 +72,25 @@ def test_escaping_keeps_the_event_when_nothing_needs_it() -> None:
     assert seen == [event] and seen[0] is event
 
 
+def test_filtered_out_events_are_not_escaped(
+    monkeypatch: pytest.MonkeyPatch, level: None
+) -> None:
+    """An event below the log level stops at the level filter: escaping
+    costs nothing for the per-command debug events of a server at info."""
+    escaped: list[str] = []
+
+    def visible(text: str, keep: str = "") -> str:
+        escaped.append(text)
+        return text
+
+    monkeypatch.setattr(logs, "visible", visible)
+    logs.set_level("info")
+    make_logger().debug("{x}", x="\x1b[2K")
+    assert escaped == []
+    make_logger().info("{x}", x="\x1b[2K")
+    assert escaped == ["\x1b[2K"]
+
+
 def test_unverified_names_are_keyed_hashes() -> None:
     """The same name gets the same short label while the server runs; the
     label shows nothing of the name."""
@@ -85,17 +117,16 @@ def test_failed_login_never_logs_an_unknown_name(
     assert "Failed login for messi from 127.0.0.1" in text
 
 
-def test_rate_limited_login_logs_no_name(events: EventLoggingObserver) -> None:
+def test_rate_limited_login_logs_no_name(
+    events: EventLoggingObserver, level: None
+) -> None:
     """A login refused before its password is checked (too many failures)
     logs a label, since the name was never checked either."""
     logs.set_level("debug")
-    try:
-        server = Server()
-        client = server.connect()
-        for _ in range(12):
-            client.request("auth not-a-user nope")
-    finally:
-        logs.set_level("info")
+    server = Server()
+    client = server.connect()
+    for _ in range(12):
+        client.request("auth not-a-user nope")
     refused = [formatEvent(e) for e in events if "too many failures" in formatEvent(e)]
     assert refused
     assert all("not-a-user" not in line for line in refused)

@@ -36,7 +36,7 @@ from chat.errors import (
     TooManyUnread,
     UserExists,
 )
-from chat.interfaces import IChatStore
+from chat.interfaces import IChatStore, IExternalChanges
 from chat.limits import Quotas
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
@@ -444,6 +444,7 @@ async def test_external_changes_count_writes_of_other_processes(
 ) -> None:
     """The SQLite store counts the times another connection (chat-admin)
     committed to the file, not its own writes."""
+    assert verifyObject(IExternalChanges, sqlite_store)
     first = await sqlite_store.external_changes()
     await _with_users(sqlite_store)
     assert await sqlite_store.external_changes() == first
