@@ -251,8 +251,8 @@ class SessionManager:
 
     def ended_elsewhere(self, token_hash: str, why: str) -> None:
         """
-        Another node ended a session (and deleted it from the store): stop
-        resolving it here at once.
+        Another node or process ended a session (and deleted it from the
+        store): stop resolving it here at once.
         """
         live = self._live.pop(token_hash, None)
         if live is not None:

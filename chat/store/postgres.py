@@ -1,7 +1,7 @@
 """
 The PostgreSQL store: any number of chat nodes on one database.
 
-The operations are SQLite's (L{chat.store.operations}), and so is the group
+The operations are SQLite's (L{chat.store.sql}), and so is the group
 commit (L{chat.store.batching}): one connection on the store's thread, each
 batch of operations one transaction, every operation acknowledged only after
 C{COMMIT} returned with C{synchronous_commit} on. In the same transaction,
