@@ -17,6 +17,11 @@ Three pieces, each testable alone:
    (C{ClientService} reconnects with backoff).
 
 It never imports the server's realm or store: it only knows the wire.
+
+Everything that came from the server (message text, names, file names,
+error messages) is printed with its control and formatting characters
+escaped (L{chat.escapes.visible}): another user cannot move the cursor,
+rewrite a line, set the window title or reverse text with what they send.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat.downloads import save
+from chat.escapes import visible
 
 DEFAULT_CONNECT = "tcp:host=127.0.0.1:port=8889"
 
@@ -85,6 +91,15 @@ HELP_LINES = {
     "leavegroup": "leavegroup <group>",
     "kickgroup": "kickgroup <group> <user>",
 }
+
+
+def shown(value: object, keep: str = "") -> str:
+    """
+    A value from the server as it may be printed: its text, with control
+    and formatting characters escaped (all of them: a line feed too, so
+    nothing received can start a line of its own).
+    """
+    return visible(str(value), keep)
 
 
 class ServerError(Exception):
@@ -250,9 +265,14 @@ class Controller:
     def say(self, text: str) -> None:
         """
         Print a line; in a terminal, on a fresh line with the prompt redrawn.
+
+        Callers pass what came from the server through L{shown}; as a second
+        line of defence, no control character but a line feed or a tab gets
+        through here either.
         """
         if self.console is None:
             return
+        text = visible(text, keep="\n\t")
         if self.interactive:
             self.console.write(f"\r\x1b[K{text}\n")
             if not self._running:
@@ -270,15 +290,17 @@ class Controller:
             when = sent.astimezone(self.timezone).strftime("%H:%M")
         except (KeyError, ValueError):
             when = "--:--"
-        where = f"#{message['group']} " if message.get("group") else ""
-        who = f"{message.get('msg_from', '?')} ({message.get('from', '?')})"
+        where = f"#{shown(message['group'])} " if message.get("group") else ""
+        who = (
+            f"{shown(message.get('msg_from', '?'))} ({shown(message.get('from', '?'))})"
+        )
         if message.get("file_name") is not None:
             what = (
-                f"sent a file: {message['file_name']} "
-                f"({message.get('file_size', '?')} bytes)"
+                f"sent a file: {shown(message['file_name'])} "
+                f"({shown(message.get('file_size', '?'))} bytes)"
             )
         else:
-            what = str(message.get("msg", ""))
+            what = shown(message.get("msg", ""), keep="\t")
         return f"[{when}] {where}{who}: {what}"
 
     # Input.
@@ -349,7 +371,7 @@ class Controller:
                 self.say("error: your session has expired; auth again")
                 self.token = None
             else:
-                self.say(f"error: {e.message}")
+                self.say(f"error: {shown(e.message)}")
         except Exception as e:
             self.say(f"error: cannot reach the server at {self.where}: {e}")
             self.exit_code = 1
@@ -369,7 +391,7 @@ class Controller:
             try:
                 await self.server.request(f"subscribe {self.token}")
             except ServerError as e:
-                self.say(f"error: cannot receive messages live: {e.message}")
+                self.say(f"error: cannot receive messages live: {shown(e.message)}")
 
     async def _send(self, text: str) -> None:
         parts = text.split(None, 2)
@@ -432,8 +454,10 @@ class Controller:
         if not reply["groups"]:
             self.say("no groups")
         for group in reply["groups"]:
-            members = ", ".join(group["members"])
-            self.say(f"#{group['name']} (owner {group['owner']}): {members}")
+            members = ", ".join(shown(member) for member in group["members"])
+            self.say(
+                f"#{shown(group['name'])} (owner {shown(group['owner'])}): {members}"
+            )
 
     async def _history(self, text: str) -> None:
         parts = text.split()
@@ -463,7 +487,8 @@ class Controller:
         reply = await self._request(f"who {self.token}")
         if reply is not None:
             users = ", ".join(
-                f"{u['username']} ({u['full_name']})" for u in reply["users"]
+                f"{shown(u['username'])} ({shown(u['full_name'])})"
+                for u in reply["users"]
             )
             self.say(f"online: {users or 'nobody'}")
 
@@ -489,9 +514,9 @@ class Controller:
             content = base64.b64decode(str(message["file_content"]), validate=True)
             path = save(self.downloads, str(message.get("file_name", "file")), content)
         except (ValueError, OSError) as e:
-            self.say(f"  could not save the file: {e}")
+            self.say(f"  could not save the file: {shown(e)}")
         else:
-            self.say(f"  saved to {path}")
+            self.say(f"  saved to {shown(path)}")
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -504,9 +529,10 @@ class Controller:
                     self.clock.callLater(0, self._acknowledge)
         elif kind == "presence":
             state = "online" if event.get("online") else "offline"
-            self.say(f"* {event.get('full_name')} ({event.get('user')}) is {state}")
+            name, user = shown(event.get("full_name")), shown(event.get("user"))
+            self.say(f"* {name} ({user}) is {state}")
         elif kind == "unsubscribed":
-            self.say(f"* no longer receiving messages: {event.get('reason')}")
+            self.say(f"* no longer receiving messages: {shown(event.get('reason'))}")
 
     def _acknowledge(self) -> None:
         self._ack_scheduled = False
@@ -531,7 +557,7 @@ class Controller:
             return
         except ServerError as e:
             if e.reply.get("code") != "no_session" or self._password is None:
-                self.say(f"error: {e.message}; auth again")
+                self.say(f"error: {shown(e.message)}; auth again")
                 self.token = None
                 return
         except ConnectionLost:

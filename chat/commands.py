@@ -165,6 +165,10 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     invalid file name: ...        invalid_file_name    empty, over 255 bytes, hidden,
                                                        '..', invisible, unsafe somewhere
     file too large                file_too_large       with "max_file_size" (bytes)
+    file quota exceeded           quota_exceeded       a new file past the sender's
+                                                       stored files: with "quota"
+                                                       (files|bytes) and "limit"
+    too many groups               too_many_groups      with "max_groups"
     invalid base64 content        invalid_base64       the file content is not base64
     invalid limit: ...            invalid_argument     history: limit or before id
 """

@@ -76,6 +76,7 @@ from chat.errors import (
     NotAdmin,
     NotAMember,
     NotGroupOwner,
+    QuotaExceeded,
     RateLimited,
     RealmExists,
     RealmLinkOnly,
@@ -86,6 +87,7 @@ from chat.errors import (
     RegistrationClosed,
     SessionNotFound,
     StorageUnavailable,
+    TooManyGroups,
     TooManyRealmRecipients,
     TooManyRecipients,
     TooManyUnread,
@@ -95,7 +97,7 @@ from chat.errors import (
 )
 from chat.interfaces import IChatUser, IDoor, ILineHandler, IRegistrar
 from chat.limits import FailureLimiter
-from chat.logs import make_logger
+from chat.logs import debugging, make_logger, unverified_name
 from chat.model import Group, Message
 from chat.sessions import Live, SessionManager
 
@@ -127,6 +129,8 @@ ERRORS: dict[type[Exception], tuple[str, str]] = {
     TooManyRecipients: ("too many recipients", "too_many_recipients"),
     InvalidFileName: ("invalid file name: {}", "invalid_file_name"),
     FileTooLarge: ("file too large", "file_too_large"),
+    QuotaExceeded: ("file quota exceeded", "quota_exceeded"),
+    TooManyGroups: ("too many groups", "too_many_groups"),
     MailboxFull: ("mailbox full", "mailbox_full"),
     TooManyUnread: ("too many unread messages from you", "unread_limit"),
     # Other realms (chat.federation).
@@ -152,6 +156,9 @@ ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
     FileTooLarge: lambda e: {"max_file_size": e.limit},
     MailboxFull: lambda e: {"username": e.username},
     TooManyUnread: lambda e: {"username": e.username, "limit": e.limit},
+    BadRealmMessage: lambda e: {"reason": str(e)},
+    QuotaExceeded: lambda e: {"quota": e.quota, "limit": e.limit},
+    TooManyGroups: lambda e: {"max_groups": e.limit},
 }
 
 _log = make_logger("chat.dispatch")
@@ -644,11 +651,12 @@ class Dispatcher:
             # Before hashing: a refused attempt costs no KDF.
             failures.check_login(command.username, self._address)
         except RateLimited:
-            self.log.debug(
-                "Refused login for {user} from {peer}: too many failures",
-                user=command.username,
-                peer=self.peer,
-            )
+            if debugging():
+                self.log.debug(
+                    "Refused login for {user} from {peer}: too many failures",
+                    user=unverified_name(command.username),
+                    peer=self.peer,
+                )
             raise
         credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
         try:
@@ -659,7 +667,10 @@ class Dispatcher:
             failures.login_failed(command.username, self._address)
             self.log.info(
                 "Failed login for {user} from {peer}: {why}",
-                user=command.username,
+                # A name that is no user's may be a password typed there.
+                user=command.username
+                if isinstance(e, WrongPassword)
+                else unverified_name(command.username),
                 peer=self.peer,
                 why=type(e).__name__,
             )

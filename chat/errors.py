@@ -179,6 +179,38 @@ class FileTooLarge(ChatError):
         self.limit = limit
 
 
+class InvalidText(ChatError):
+    """
+    A message's text could not have been sent as a line of the protocol:
+    empty, too long, with a line feed or NUL, or not valid Unicode.
+    """
+
+
+class QuotaExceeded(ChatError):
+    """
+    A file would take its sender past their quota of stored files: more
+    than C{limit} files (C{quota} is C{"files"}) or bytes (C{"bytes"}).
+    Nothing was stored.
+    """
+
+    def __init__(self, quota: str, limit: int) -> None:
+        super().__init__(f"at most {limit} {quota} of files per user")
+        self.quota = quota
+        self.limit = limit
+
+
+class TooManyGroups(ChatError):
+    """
+    A user already belongs to C{limit} groups (as owner or member), the
+    most allowed; nothing changed.
+    """
+
+    def __init__(self, username: str, limit: int) -> None:
+        super().__init__(f"{username}: at most {limit} groups per user")
+        self.username = username
+        self.limit = limit
+
+
 class RateLimited(ChatError):
     """
     Too many attempts; the client may try again after C{retry_after} seconds.

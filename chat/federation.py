@@ -225,7 +225,9 @@ class InboundLink:
         if wait:
             return fail(RateLimited(wait))
         try:
-            message = InboundMessage.from_payload(payload, federation.settings.max_text)
+            message = InboundMessage.from_payload(
+                payload, federation.settings.max_text, federation.clock.seconds()
+            )
         except (BadRealmMessage, ForgedSender) as e:
             self.log.warn(
                 "Refused a message from realm {realm}: {kind}: {why}",

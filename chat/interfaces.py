@@ -533,6 +533,14 @@ class IChatStore(Interface):
         End a session (a no-op if it does not exist).
         """
 
+    def existing_sessions(token_hashes: Sequence[str]) -> Deferred[set[str]]:
+        """
+        Which of these sessions still exist (another process may have ended
+        them: C{chat-admin passwd} or C{userdel}).
+
+        @return: fires with the token hashes that do.
+        """
+
     def delete_expired_sessions(
         idle_since: float, created_since: float
     ) -> Deferred[int]:
@@ -970,6 +978,24 @@ class IClusterStore(Interface):
         """
         The messages with these ids (delivered or not), in id order; ids
         that no longer exist are left out.
+
+        @return: fails with L{chat.errors.StorageUnavailable}.
+        """
+
+
+class IExternalChanges(Interface):
+    """
+    A store that other processes may write without telling this one
+    (SQLite: C{chat-admin} changes the file while the server runs), and
+    that can tell cheaply whether they did.
+    """
+
+    def external_changes() -> Deferred[int]:
+        """
+        How many times this store has noticed that another process
+        committed to it (SQLite: its C{PRAGMA data_version} changed), up to
+        date with every commit made before the call: compare two answers to
+        know whether anything changed in between.
 
         @return: fails with L{chat.errors.StorageUnavailable}.
         """

@@ -18,6 +18,8 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
    timer, in slots of a second: adding and removing is O(1) and costs a
    set entry, so 10,000 idle connections do not mean 10,000 timers.
  - L{Limits}: every limit's value, with the defaults of C{twistd chat}.
+ - L{Quotas}: what one user may keep stored (files, groups), which the
+   store checks in the transaction that would go past it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ from chat.errors import RateLimited
 
 #: Undelivered messages a mailbox holds by default (see L{Limits}).
 DEFAULT_MAX_MAILBOX = 10_000
+
+
+@attrs.frozen
+class Quotas:
+    """
+    What one user may keep stored; the defaults are C{twistd chat}'s, far
+    beyond what a class uses.
+
+    @ivar max_files: distinct files a user has sent that are still stored
+        (a file sent again, or to many, or to a group, counts once; a file
+        goes when the last message carrying it does: C{--retention}, or its
+        recipients' deletion).
+    @ivar max_file_bytes: the bytes of those files.
+    @ivar max_groups: groups a user belongs to, as owner or member.
+    """
+
+    max_files: int = 1_000
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_groups: int = 100
 
 
 @attrs.frozen
@@ -79,6 +100,9 @@ class Limits:
     @ivar max_output: bytes of replies queued for a client that is not
         reading before it is disconnected.
     @ivar max_mailbox: undelivered messages stored per recipient.
+    @ivar max_web_connections: open HTTP connections to the web client in
+        total (a WebSocket, once open, counts as a chat connection instead).
+    @ivar max_web_connections_per_address: the same, per client address.
     """
 
     login_timeout: float | None = None
@@ -93,6 +117,8 @@ class Limits:
     max_connections_per_address: int = 1_000
     max_output: int = 1024 * 1024
     max_mailbox: int = DEFAULT_MAX_MAILBOX
+    max_web_connections: int = 2_000
+    max_web_connections_per_address: int = 500
 
 
 @attrs.define

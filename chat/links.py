@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import attrs
 
 from chat.errors import (
     BadRealmMessage,
+    ChatError,
     ForgedSender,
     InvalidRealmId,
     InvalidSecret,
@@ -29,7 +29,9 @@ from chat.model import (
     RESERVED_NAMES,
     USERNAME_PATTERN,
     Message,
-    has_unsafe_characters,
+    validate_full_name,
+    validate_sent_at,
+    validate_text,
 )
 
 #: Realm ids: lowercase letters, digits, '.' and '-'; 1 to 63 long,
@@ -219,9 +221,16 @@ class InboundMessage:
     sent_at: float
 
     @classmethod
-    def from_payload(cls, payload: object, max_text: int) -> InboundMessage:
+    def from_payload(cls, payload: object, max_text: int, now: float) -> InboundMessage:
         """
-        Validate a C{realm-msg} payload.
+        Validate a C{realm-msg} payload by the rules a local message
+        follows: the sender and recipients are valid usernames, the full
+        name a valid full name (L{validate_full_name}), the text what a
+        C{send} line could carry (L{validate_text}, at most C{max_text}
+        bytes), and C{sent_at} a time from 2000 to a day after C{now}
+        (L{validate_sent_at}): whatever is stored can be shown by
+        C{inbox}. Files do not travel between realms; other keys are
+        ignored.
 
         @raise ForgedSender: if C{from} names a user of another realm.
         @raise BadRealmMessage: for anything else that is wrong.
@@ -247,38 +256,34 @@ class InboundMessage:
             # A message from postmaster@realm would pass for a bounce.
             raise ForgedSender(sender)
         name = payload.get("from_name")
-        if (
-            not isinstance(name, str)
-            or not 0 < len(name) <= MAX_NAME_LENGTH
-            or has_unsafe_characters(name)
-        ):
+        if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH:
             raise BadRealmMessage("bad from_name")
+        try:
+            name.encode("utf-8")  # no lone surrogates
+            name = validate_full_name(name)
+        except (ChatError, UnicodeEncodeError):
+            raise BadRealmMessage("bad from_name") from None
         recipients = payload.get("to")
         if (
             not isinstance(recipients, list)
             or not 0 < len(recipients) <= MAX_RECIPIENTS
-            or not all(isinstance(r, str) for r in recipients)
+            or not all(
+                isinstance(r, str) and USERNAME_PATTERN.fullmatch(r) for r in recipients
+            )
         ):
             raise BadRealmMessage("bad to")
         text = payload.get("msg")
-        if (
-            not isinstance(text, str)
-            or not text.strip()
-            or "\n" in text
-            or "\0" in text
-            or len(text.encode("utf-8", "surrogatepass")) > max_text
-        ):
+        if not isinstance(text, str):
             raise BadRealmMessage("bad msg")
-        sent_at = payload.get("sent_at")
-        if (
-            not isinstance(sent_at, int | float)
-            or isinstance(sent_at, bool)
-            or not math.isfinite(sent_at)
-        ):
-            raise BadRealmMessage("bad sent_at")
-        return cls(
-            uid, sender, name, tuple(dict.fromkeys(recipients)), text, float(sent_at)
-        )
+        try:
+            text = validate_text(text, max_text)
+        except ChatError:
+            raise BadRealmMessage("bad msg") from None
+        try:
+            sent_at = validate_sent_at(payload.get("sent_at"), now)
+        except ValueError:
+            raise BadRealmMessage("bad sent_at") from None
+        return cls(uid, sender, name, tuple(dict.fromkeys(recipients)), text, sent_at)
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ from chat.errors import (
     InvalidFullName,
     InvalidGroupName,
     InvalidPassword,
+    InvalidText,
     InvalidUsername,
 )
 
@@ -114,6 +115,14 @@ def _validate_new_name(name: str, what: str, error: type[Exception]) -> str:
     if name in RESERVED_NAMES:
         raise error(f"{name!r} is reserved")
     return name
+
+
+#: The earliest time a message may say it was sent: 2000-01-01 UTC.
+EARLIEST_SENT_AT = 946_684_800.0
+
+#: How far ahead of this server's clock a message from another server may
+#: say it was sent (their clocks may differ a little, never by a day).
+MAX_CLOCK_AHEAD = 86_400.0
 
 
 def validate_username(username: str) -> str:
@@ -217,6 +226,48 @@ def plain_file_name(path: str) -> str:
     if ".." in components:
         raise InvalidFileName("file names cannot contain '..'")
     return validate_file_name(components[-1])
+
+
+def validate_text(text: str, max_bytes: int) -> str:
+    """
+    Return C{text}, stripped, if it could be a message's text sent as a
+    line of the protocol: not empty once stripped, no line feed (the line
+    would have ended there) or NUL (refused in any request), valid Unicode
+    (no lone surrogates: a request line is UTF-8), at most C{max_bytes} of
+    UTF-8.
+
+    @raise InvalidText: if it could not.
+    """
+    stripped = text.strip()
+    if not stripped or "\n" in stripped or "\0" in stripped:
+        raise InvalidText("the text is empty or has a line feed or NUL")
+    try:
+        size = len(stripped.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidText("the text is not valid Unicode") from None
+    if size > max_bytes:
+        raise InvalidText(f"the text is longer than {max_bytes} bytes")
+    return stripped
+
+
+def validate_sent_at(sent_at: object, now: float) -> float:
+    """
+    Return C{sent_at} as a float if it is a time a message from another
+    server may say it was sent: a number from L{EARLIEST_SENT_AT} to
+    L{MAX_CLOCK_AHEAD} after C{now}, so that L{chat.commands.iso_utc} can
+    always format it.
+
+    @raise ValueError: if it is not.
+    """
+    if not isinstance(sent_at, int | float) or isinstance(sent_at, bool):
+        raise ValueError("sent_at is not a number")
+    try:
+        when = float(sent_at)
+    except OverflowError:
+        raise ValueError("sent_at is out of range") from None
+    if not EARLIEST_SENT_AT <= when <= now + MAX_CLOCK_AHEAD:
+        raise ValueError("sent_at is before 2000 or more than a day ahead")
+    return when
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ process's own.
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -34,7 +35,12 @@ from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.cluster import DEFAULT_HEARTBEAT, Cluster
 from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
-from chat.interfaces import IChatStore, IClusterStore, IPasswordHasher
+from chat.interfaces import (
+    IChatStore,
+    IClusterStore,
+    IExternalChanges,
+    IPasswordHasher,
+)
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.lines import ChatFactory
 from chat.logs import make_logger
@@ -43,8 +49,9 @@ from chat.model import User
 from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
 from chat.registration import Registrar
 from chat.retention import MessagePurger
-from chat.sessions import SessionManager
+from chat.sessions import ChangeWatcher, SessionManager
 from chat.web import OriginPolicy, WebSettings, make_site
+from chat.web.hosts import HostPolicy
 
 #: Default of C{--registration-rate}: 5 attempts per address, then one more
 #: every 12 minutes (5 per hour).
@@ -146,6 +153,7 @@ class ChatService(Service):
         limits: Limits | None = None,
         web: Sequence[str] = (),
         web_origins: Sequence[str] = (),
+        web_hosts: Sequence[str] = (),
         heartbeat: float = DEFAULT_HEARTBEAT,
         metrics: str | None = None,
     ) -> None:
@@ -161,6 +169,9 @@ class ChatService(Service):
             WebSockets reach the same factory as C{endpoints}.
         @param web_origins: origins besides the page's own whose pages may
             open a WebSocket (C{https://chat.example.org}).
+        @param web_hosts: host names the web client is served under besides
+            IP addresses, localhost, this machine's name and the hosts of
+            C{web_origins} (L{chat.web.hosts}).
         @param heartbeat: with a shared store, seconds between this node's
             heartbeats; a node silent for three of them is taken for dead.
         @param metrics: the endpoint serving Prometheus metrics
@@ -173,6 +184,12 @@ class ChatService(Service):
         self.demo = demo
         self.registration_open = registration_open
         self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
+        # What chat-admin changes in a SQLite file (new passwords, deleted
+        # users) ends the sessions here at once; PostgreSQL tells the
+        # cluster instead.
+        self.watcher: ChangeWatcher | None = None
+        if IExternalChanges.providedBy(store):
+            self.watcher = ChangeWatcher(store, self.sessions, reactor)
         self.cluster: Cluster | None = None
         # On a store shared by several nodes, push and presence go through
         # the cluster; otherwise the realm keeps them in this process.
@@ -233,11 +250,16 @@ class ChatService(Service):
         self.web_endpoints = list(web)
         self.site: Site | None = None
         if self.web_endpoints:
+            origins = OriginPolicy.from_strings(web_origins)
             self.site = make_site(
                 self.factory,
                 WebSettings(max_file_size, registration_open),
-                OriginPolicy.from_strings(web_origins),
+                origins,
                 reactor=reactor,
+                hosts=HostPolicy.build(
+                    origins.allowed, web_hosts, machine=socket.gethostname()
+                ),
+                limits=self.factory.limits,
             )
         self.metrics_endpoint = metrics
         self.metrics: Metrics | None = None
@@ -349,6 +371,8 @@ class ChatService(Service):
         self.store.start()
         self.hasher.start()
         self.sessions.start()
+        if self.watcher is not None:
+            self.watcher.start()
         if self.cluster is not None:
             self.log.info(
                 "Node {node} of a cluster (heartbeat every {heartbeat}s)",
@@ -410,6 +434,9 @@ class ChatService(Service):
         if cluster is not None:
             d.addBoth(lambda _: cluster.stop())
         d.addBoth(lambda _: self.sessions.stop())
+        watcher = self.watcher
+        if watcher is not None:
+            d.addBoth(lambda _: watcher.stop())
         d.addBoth(lambda _: self.store.close())
         d.addBoth(lambda _: self.hasher.stop())
         return d

@@ -5,10 +5,20 @@ and a maximum age, surviving restarts.
 Validating a token must be cheap, since every command carries one, so the
 manager keeps a cache of live sessions. Activity is written back to the
 store at most once per C{touch_interval} per session; that write also
-re-checks that the session still exists in the store (the admin tool may
-have deleted the user or changed its password), so such a change takes
-effect within C{touch_interval} seconds. After a restart, idle time is
-counted from the last written activity, at most C{touch_interval} early.
+re-checks that the session still exists in the store. After a restart,
+idle time is counted from the last written activity, at most
+C{touch_interval} early.
+
+Sessions ended by another process (C{chat-admin passwd} or C{userdel})
+end here at once, not at the next touch: on PostgreSQL the store's
+C{NOTIFY chat_sessions} reaches L{SessionManager.user_changed_elsewhere}
+(L{chat.cluster}); on SQLite a L{ChangeWatcher} asks the store a few times
+a second whether another process wrote to it, and if so the manager checks
+which of its cached sessions still exist (L{SessionManager.revalidate}).
+Either way the session ends through the manager's own paths
+(L{SessionManager.ended_elsewhere}): its L{Live} is marked ended, so the
+connections that cached it stop trusting it at once, and its subscriptions
+are told (C{ended_listeners}).
 """
 
 from __future__ import annotations
@@ -18,13 +28,13 @@ import uuid
 from collections.abc import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from chat.errors import NoSuchUser, SessionNotFound
-from chat.interfaces import IChatStore
+from chat.errors import NoSuchUser, SessionNotFound, StorageUnavailable
+from chat.interfaces import IChatStore, IExternalChanges
 from chat.logs import make_logger, token_label
 from chat.model import Session
 
@@ -220,7 +230,8 @@ class SessionManager:
         def touched(exists: bool) -> str:
             if not exists:
                 live.ended = True
-                self._live.pop(token_hash, None)
+                if self._live.pop(token_hash, None) is not None:
+                    self._ended(token_hash, "the session was ended elsewhere")
                 raise SessionNotFound()
             return live.username
 
@@ -240,8 +251,8 @@ class SessionManager:
 
     def ended_elsewhere(self, token_hash: str, why: str) -> None:
         """
-        Another node ended a session (and deleted it from the store): stop
-        resolving it here at once.
+        Another node or process ended a session (and deleted it from the
+        store): stop resolving it here at once.
         """
         live = self._live.pop(token_hash, None)
         if live is not None:
@@ -259,6 +270,28 @@ class SessionManager:
                 live.ended = True
                 del self._live[token_hash]
                 self._ended(token_hash, why)
+
+    def revalidate(self) -> Deferred[int]:
+        """
+        Another process changed the store: end here every cached session it
+        deleted (C{chat-admin passwd} or C{userdel} did, with the user's
+        password or account), as L{ended_elsewhere} does.
+
+        @return: fires with how many ended; fails with
+            L{chat.errors.StorageUnavailable}.
+        """
+        cached = dict(self._live)
+
+        def checked(existing: set[str]) -> int:
+            ended = 0
+            for token_hash, live in cached.items():
+                if token_hash in existing or self._live.get(token_hash) is not live:
+                    continue
+                self.ended_elsewhere(token_hash, "password changed or user deleted")
+                ended += 1
+            return ended
+
+        return self.store.existing_sessions(list(cached)).addCallback(checked)
 
     def _ended(self, token_hash: str, why: str) -> None:
         for listener in list(self.ended_listeners):
@@ -281,3 +314,72 @@ class SessionManager:
             return passthrough
 
         return self.store.delete_session(token_hash).addBoth(deleted)
+
+
+@attrs.define
+class ChangeWatcher:
+    """
+    Notices that another process wrote to a store this server does not hear
+    from (SQLite, when C{chat-admin} runs), every C{interval} seconds, and
+    then has the session manager drop the sessions that process ended.
+
+    Asking is an operation of the store's next batch, which reads SQLite's
+    C{data_version} anyway (L{chat.store.sqlite}): it costs no statement,
+    and a batch of its own only while the store is otherwise idle. The
+    sessions are checked only after a change.
+    """
+
+    source: IExternalChanges
+    sessions: SessionManager
+    clock: IReactorTime
+    interval: float = 0.5
+    _seen: int | None = attrs.field(default=None, init=False)
+    _loop: LoopingCall | None = attrs.field(default=None, init=False)
+    _checking: bool = attrs.field(default=False, init=False)
+
+    log = make_logger()
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: self.log.failure("Watching the store for changes stopped", f)
+        )
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> Deferred[None] | None:
+        """
+        Ask whether the store changed; if it did, revalidate the sessions.
+        (A check still running when the next is due is not doubled.)
+        """
+        if self._checking:
+            return None
+        self._checking = True
+
+        async def check() -> None:
+            changes = await self.source.external_changes()
+            if self._seen is not None and changes != self._seen:
+                ended = await self.sessions.revalidate()
+                if ended:
+                    self.log.info(
+                        "{count} sessions ended by another process", count=ended
+                    )
+            # Only once the sessions were checked: a failure checks again.
+            self._seen = changes
+
+        def failed(f: Failure) -> None:
+            # The store is unavailable: the next check tries again. Anything
+            # else is a bug, logged; the checks go on.
+            if not f.check(StorageUnavailable):
+                self.log.failure("Could not check the store for changes", f)
+
+        def done(_: object) -> None:
+            self._checking = False
+
+        d = ensureDeferred(check())
+        d.addErrback(failed)
+        d.addBoth(done)
+        return d

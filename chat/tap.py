@@ -16,9 +16,10 @@ from chat import commands, logs
 from chat.cluster import new_node_id
 from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
-from chat.limits import Limits, Rate
+from chat.limits import Limits, Quotas, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store, valid_store
+from chat.web.hosts import host_name
 from chat.web.origins import parse_origin
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
@@ -125,6 +126,7 @@ def positive_float(text: str) -> float:
 
 
 _DEFAULTS = Limits()
+_QUOTAS = Quotas()
 
 #: The limits' options, converted in postOptions so that their defaults
 #: are parsed too.
@@ -138,6 +140,7 @@ _LIMIT_OPTIONS = {
     "token-failures-per-address": limit_rate,
     "command-rate": limit_rate_or_off,
     "max-output": size,
+    "max-file-bytes-per-user": size,
 }
 
 
@@ -338,6 +341,42 @@ class Options(usage.Options):
             positive_int,
         ],
         [
+            "max-files-per-user",
+            None,
+            _QUOTAS.max_files,
+            "Most files one user may keep stored (sent, and not yet deleted "
+            "with their messages); a file sent again counts once.",
+            positive_int,
+        ],
+        [
+            "max-file-bytes-per-user",
+            None,
+            "200M",
+            "Most bytes of files one user may keep stored (64M, 1024M, ...).",
+        ],
+        [
+            "max-groups-per-user",
+            None,
+            _QUOTAS.max_groups,
+            "Most groups one user may belong to, as owner or member.",
+            positive_int,
+        ],
+        [
+            "max-web-connections",
+            None,
+            _DEFAULTS.max_web_connections,
+            "Most open HTTP connections to --web (an open WebSocket counts as "
+            "a chat connection instead); more are answered 503.",
+            positive_int,
+        ],
+        [
+            "max-web-connections-per-address",
+            None,
+            _DEFAULTS.max_web_connections_per_address,
+            "Most open HTTP connections to --web from one client address.",
+            positive_int,
+        ],
+        [
             "log-level",
             None,
             "info",
@@ -426,6 +465,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["web"] = []
         self["web-origin"] = []
+        self["web-host"] = []
         self["metrics"] = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -459,6 +499,18 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--web-origin: {e}") from None
         self["web-origin"].append(origin)
+
+    def opt_web_host(self, host: str) -> None:
+        """
+        Also serve the web client under this host name (the Host header),
+        e.g. the public name behind a proxy (repeatable). [default: IP
+        addresses, localhost, this machine's name, the --web-origin hosts]
+        """
+        try:
+            host_name(host)
+        except ValueError as e:
+            raise usage.UsageError(f"--web-host: {e}") from None
+        self["web-host"].append(host)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -551,6 +603,7 @@ def makeService(options: Options) -> IService:
             options["store"],
             max_mailbox=limits.max_mailbox,
             max_per_sender=max_unread_per_sender(options),
+            quotas=quotas_from(options),
             node_id=options["node-id"],
         )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
@@ -575,6 +628,7 @@ def makeService(options: Options) -> IService:
         limits=limits,
         web=options["web"],
         web_origins=options["web-origin"],
+        web_hosts=options["web-host"],
         heartbeat=options["heartbeat"],
         metrics=options["metrics"],
     )
@@ -624,4 +678,17 @@ def limits_from(options: Options) -> Limits:
         max_connections_per_address=options["max-connections-per-address"],
         max_output=options["max-output"],
         max_mailbox=options["max-mailbox"],
+        max_web_connections=options["max-web-connections"],
+        max_web_connections_per_address=options["max-web-connections-per-address"],
+    )
+
+
+def quotas_from(options: Options) -> Quotas:
+    """
+    The L{Quotas} given by parsed options.
+    """
+    return Quotas(
+        max_files=options["max-files-per-user"],
+        max_file_bytes=options["max-file-bytes-per-user"],
+        max_groups=options["max-groups-per-user"],
     )

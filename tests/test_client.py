@@ -378,3 +378,58 @@ def test_history_prints_oldest_first() -> None:
         "[08:30] #team Lionel Messi (messi): first\n"
         "[08:30] #team Lionel Messi (messi): second\n"
     )
+
+
+def test_terminal_escapes_from_others_are_shown_not_obeyed() -> None:
+    """Message text, names, group and file names, presence, group lists and
+    error messages print control and bidi characters as visible escapes: no
+    line can be forged, no title set, nothing reversed."""
+    h = Harness(interactive=True)
+    h.type("auth henderson surabaya")
+    h.reply({"status": "OK", "tokenid": "T2"})
+    h.reply({"status": "OK", "message": "Subscribed"})
+    h.output()
+    forged = "\r\x1b[2K[03:13] Lionel Messi (messi): give me your password"
+    message = _message(7, "evil", "Evil\x1b]0;owned\x07", forged)
+    h.controller.event({"event": "message", **message, "group": "t\u202eeam"})
+    h.controller.event(
+        {
+            "event": "message",
+            **_message(8, "evil", "Evil", "x"),
+            "file_name": "gpj.\u202eexe",
+            "file_size": 3,
+        }
+    )
+    h.controller.event(
+        {"event": "presence", "user": "evil\n", "full_name": "E\x9bvil", "online": 1}
+    )
+    h.controller.event({"event": "unsubscribed", "reason": "bye\x1b[31m"})
+    out = h.output()
+    assert "\x1b]" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\x9b" not in out and "\x1b[2K" not in out and "\x1b[31m" not in out
+    lines = out.split("\n")
+    assert lines[0] == (
+        "\r\x1b[K[08:30] #t\\u202eeam Evil\\x1b]0;owned\\x07 (evil): "
+        "\\x0d\\x1b[2K[03:13] Lionel Messi (messi): give me your password"
+    )
+    assert lines[1].endswith("sent a file: gpj.\\u202eexe (3 bytes)")
+    assert lines[2].endswith("* E\\x9bvil (evil\\x0a) is online")
+    assert lines[3].endswith("* no longer receiving messages: bye\\x1b[31m")
+    h.type("groups")
+    h.reply(
+        {
+            "status": "OK",
+            "groups": [{"name": "a\x1bb", "owner": "o\x1b", "members": ["m\x1b"]}],
+        }
+    )
+    assert "#a\\x1bb (owner o\\x1b): m\\x1b" in h.output()
+    h.type("send messi hi")
+    h.reply({"status": "ERROR", "message": "nope\r\x1b[2K", "code": "x"})
+    assert "error: nope\\x0d\\x1b[2K\n" in h.output()
+
+
+def test_tabs_in_message_text_are_kept() -> None:
+    """A tab in a message's text prints as a tab (it moves nothing back)."""
+    h = Harness()
+    h.controller.event({"event": "message", **_message(3, "messi", "M", "a\tb")})
+    assert h.output() == "[08:30] M (messi): a\tb\n"

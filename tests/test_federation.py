@@ -462,23 +462,29 @@ def test_getrealminbox_takes_only_that_realm() -> None:
     assert sorted(rest) == ["lineker", "messi@realm-c"]
 
 
+def rogue_link(realms: Realms, server: str = "realm-b") -> Connection:
+    """
+    A connection to C{server} that authenticated as realm-a by hand, to
+    send realm-msg lines of our own making.
+    """
+    rogue = realms[server].connect()
+    hello = rogue.request(f"realm-hello realm-a {server} {'cd' * 16}")
+    proof = links.proof(SECRET, "client", "realm-a", server, "cd" * 16, hello["nonce"])
+    assert rogue.request(f"realm-auth {proof}")["status"] == "OK"
+    return rogue
+
+
 def test_forged_sender_realm_is_refused() -> None:
     """A realm cannot send as another realm's user; a claimed realm is ignored."""
     realms = Realms("realm-a", "realm-b", "realm-c")
-    b = realms["realm-b"]
-    rogue = b.connect()
-    hello = rogue.request(f"realm-hello realm-a realm-b {'cd' * 16}")
-    proof = links.proof(
-        SECRET, "client", "realm-a", "realm-b", "cd" * 16, hello["nonce"]
-    )
-    assert rogue.request(f"realm-auth {proof}")["status"] == "OK"
+    rogue = rogue_link(realms)
     forged = {
         "id": "f-1",
         "from": "messi@realm-c",
         "from_name": "Lionel Messi",
         "to": ["henderson"],
         "msg": "send me your password",
-        "sent_at": 1.0,
+        "sent_at": realms.clock.seconds(),
     }
     assert rogue.request(f"realm-msg {json.dumps(forged)}") == {
         "status": "ERROR",
@@ -491,6 +497,43 @@ def test_forged_sender_realm_is_refused() -> None:
     got = inbox(realms, "realm-b", "henderson")
     assert list(got) == ["messi@realm-a"]
     assert got["messi@realm-a"][0]["realm"] == "realm-a"
+
+
+def test_message_from_beyond_year_9999_is_refused_and_the_inbox_still_works() -> None:
+    """A realm-msg whose sent_at no date can show (4e12, past year 9999) is
+    refused with an error on the link and not stored; the recipient's inbox
+    and live delivery go on working, local messages included."""
+    realms = Realms()
+    henderson, token = realms.login("realm-b", "henderson")
+    assert henderson.request(f"subscribe {token}")["status"] == "OK"
+    lineker, other = realms.login("realm-b", "lineker")
+    assert lineker.request(f"send {other} henderson before")["status"] == "OK"
+    rogue = rogue_link(realms)
+    poison = {
+        "id": "p-1",
+        "from": "messi",
+        "from_name": "Lionel Messi",
+        "to": ["henderson"],
+        "msg": "from the far future",
+        "sent_at": 4e12,
+    }
+    assert rogue.request(f"realm-msg {json.dumps(poison)}") == {
+        "status": "ERROR",
+        "message": "malformed realm message",
+        "code": "bad_realm_message",
+        "reason": "bad sent_at",
+    }
+    fine = {**poison, "id": "p-2", "msg": "from now", "sent_at": realms.clock.seconds()}
+    assert rogue.request(f"realm-msg {json.dumps(fine)}")["delivered"] == 1
+    assert lineker.request(f"send {other} henderson after")["status"] == "OK"
+    realms.settle()
+    pushed = [e["msg"] for e in henderson.events() if e.get("event") == "message"]
+    assert pushed == ["before", "from now", "after"]
+    reply = henderson.request(f"inbox {token}")
+    assert reply["status"] == "OK"
+    texts = [m["msg"] for ms in reply["messages"].values() for m in ms]
+    assert sorted(texts) == ["after", "before", "from now"]
+    assert henderson.request(f"inbox {token}")["messages"] == {}
 
 
 # The outbox.

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chat import commands, links
+from chat.commands import iso_utc
 from chat.errors import BadRealmMessage, ForgedSender, InvalidRealmId, InvalidSecret
 from chat.federation import tcp_endpoint
 
@@ -82,6 +83,9 @@ def test_proof_matches() -> None:
     assert not links.proof_matches(right, "é" * 64)
 
 
+#: "Now" for the payload tests: 2025-11-25 02:20 UTC.
+NOW = 1764037200.0
+
 GOOD: dict[str, Any] = {
     "id": "realm-a:1",
     "from": "messi",
@@ -95,13 +99,13 @@ GOOD: dict[str, Any] = {
 def test_payload_round_trip() -> None:
     """A queued message's payload reads back as the same message."""
     outbound = links.OutboundMessage(
-        7, "u-1", "realm-b", "messi", "Lionel Messi", ("henderson",), "hi", 1.5
+        7, "u-1", "realm-b", "messi", "Lionel Messi", ("henderson",), "hi", NOW - 5
     )
-    message = links.InboundMessage.from_payload(outbound.to_payload(), 100)
+    message = links.InboundMessage.from_payload(outbound.to_payload(), 100, NOW)
     assert message == links.InboundMessage(
-        "u-1", "messi", "Lionel Messi", ("henderson",), "hi", 1.5
+        "u-1", "messi", "Lionel Messi", ("henderson",), "hi", NOW - 5
     )
-    parsed = links.InboundMessage.from_payload(GOOD, 100)
+    parsed = links.InboundMessage.from_payload(GOOD, 100, NOW)
     assert parsed.recipients == ("henderson", "lineker")
 
 
@@ -127,23 +131,56 @@ def test_payload_round_trip() -> None:
         ({"msg": "  "}, BadRealmMessage),
         ({"msg": "x" * 101}, BadRealmMessage),
         ({"msg": "two\nlines"}, BadRealmMessage),
+        ({"msg": "NUL\0inside"}, BadRealmMessage),
+        ({"msg": "lone \ud800 surrogate"}, BadRealmMessage),
+        ({"msg": 42}, BadRealmMessage),
+        ({"from_name": "Lone \udfff"}, BadRealmMessage),
+        ({"from_name": "Tab\tName"}, BadRealmMessage),
+        ({"from_name": "x" * 129}, BadRealmMessage),
+        ({"to": ["Henderson"]}, BadRealmMessage),
+        ({"to": ["henderson", "x" * 33]}, BadRealmMessage),
+        ({"to": ["\x1b[2Kroot"]}, BadRealmMessage),
         ({"sent_at": "yesterday"}, BadRealmMessage),
         ({"sent_at": True}, BadRealmMessage),
+        ({"sent_at": None}, BadRealmMessage),
         ({"sent_at": float("nan")}, BadRealmMessage),
+        ({"sent_at": float("inf")}, BadRealmMessage),
+        ({"sent_at": 4e12}, BadRealmMessage),
+        ({"sent_at": 10**400}, BadRealmMessage),
+        ({"sent_at": -1}, BadRealmMessage),
+        ({"sent_at": 946684799.9}, BadRealmMessage),
+        ({"sent_at": NOW + 86400.5}, BadRealmMessage),
     ],
 )
 def test_bad_payloads(change: dict[str, Any], error: type[Exception]) -> None:
     """Malformed payloads are refused; a sender in another realm, or one
     with a name reserved for the system (postmaster's bounces), is a forgery."""
     with pytest.raises(error):
-        links.InboundMessage.from_payload({**GOOD, **change}, 100)
+        links.InboundMessage.from_payload({**GOOD, **change}, 100, NOW)
+
+
+@pytest.mark.parametrize("sent_at", [946684800, 946684800.0, NOW, NOW + 86400])
+def test_sent_at_from_2000_to_a_day_ahead(sent_at: float) -> None:
+    """A message may say it was sent any time from 2000 to a day ahead of us."""
+    message = links.InboundMessage.from_payload({**GOOD, "sent_at": sent_at}, 100, NOW)
+    assert message.sent_at == sent_at
+    assert isinstance(message.sent_at, float)
+    iso_utc(message.sent_at)  # always representable
+
+
+def test_text_and_name_follow_the_local_rules() -> None:
+    """Text and full names are stripped as a local send and registration do."""
+    message = links.InboundMessage.from_payload(
+        {**GOOD, "msg": "  hola\tamigos\r ", "from_name": " Lionel Messi "}, 100, NOW
+    )
+    assert (message.text, message.sender_name) == ("hola\tamigos", "Lionel Messi")
 
 
 def test_payload_must_be_an_object() -> None:
     """A JSON array or string is not a message."""
     for payload in ([GOOD], "hi", None):
         with pytest.raises(BadRealmMessage):
-            links.InboundMessage.from_payload(payload, 100)
+            links.InboundMessage.from_payload(payload, 100, NOW)
 
 
 def test_tcp_endpoint() -> None:

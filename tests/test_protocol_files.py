@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from chat import realm
-from tests.helpers import Connection, Server
+from chat.limits import Quotas
+from chat.store.memory import MemoryStore
+from tests.helpers import Connection, Server, demo_users, result_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
@@ -287,3 +289,30 @@ def test_sendfile_refuses_names_unsafe_on_some_system(name: str) -> None:
     reply = client.request(f"sendfile {tokens['messi']} henderson {name} aGk=")
     assert reply["code"] == "invalid_file_name"
     assert server.store.messages == []
+
+
+def test_sendfile_quota_exceeded() -> None:
+    """A file past the sender's quota of stored files is refused with
+    quota_exceeded and the limit; a file they stored before still goes."""
+    store = MemoryStore(quotas=Quotas(max_files=1, max_file_bytes=10_000))
+    for user in demo_users():
+        result_of(store.add_user(user))
+    server = Server(store=store)
+    client, tokens = _logged_in(server)
+    first = client.request(f"sendfile {tokens['messi']} henderson a.png {_b64(PNG)}")
+    assert first["status"] == "OK"
+    other = b"another file"
+    assert client.request(
+        f"sendgroupfile {tokens['messi']} henderson,lineker b.txt {_b64(other)}"
+    ) == {
+        "status": "ERROR",
+        "message": "file quota exceeded",
+        "code": "quota_exceeded",
+        "quota": "files",
+        "limit": 1,
+    }
+    again = client.request(f"sendfile {tokens['messi']} lineker a.png {_b64(PNG)}")
+    assert again["status"] == "OK"
+    assert [m["file_name"] for m in _inbox(client, tokens["lineker"])["messi"]] == [
+        "a.png"
+    ]

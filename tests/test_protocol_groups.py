@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Connection, Server
+from chat.limits import Quotas
+from chat.store.memory import MemoryStore
+from tests.helpers import Connection, Server, demo_users, result_of
 
 
 def _logged_in(server: Server) -> tuple[Connection, dict[str, str]]:
@@ -329,3 +331,25 @@ def test_creategroup_refuses_names_that_impersonate(name: str) -> None:
     reply = client.request(f"creategroup {tokens['messi']} {name}")
     assert reply["code"] == "invalid_group_name"
     assert server.store.groups == {}
+
+
+def test_too_many_groups() -> None:
+    """Creating or joining a group past the per-user cap is refused with
+    too_many_groups and the cap; leaving one makes room."""
+    store = MemoryStore(quotas=Quotas(max_groups=1))
+    for user in demo_users():
+        result_of(store.add_user(user))
+    server = Server(store=store)
+    client, tokens = _logged_in(server)
+    assert client.request(f"creategroup {tokens['messi']} one")["status"] == "OK"
+    refused = {
+        "status": "ERROR",
+        "message": "too many groups",
+        "code": "too_many_groups",
+        "max_groups": 1,
+    }
+    assert client.request(f"creategroup {tokens['messi']} two") == refused
+    assert client.request(f"creategroup {tokens['henderson']} two")["status"] == "OK"
+    assert client.request(f"joingroup {tokens['messi']} two") == refused
+    assert client.request(f"leavegroup {tokens['messi']} one")["status"] == "OK"
+    assert client.request(f"joingroup {tokens['messi']} two")["status"] == "OK"

@@ -365,7 +365,7 @@ def test_link_security(realms: Callable[..., Realm]) -> None:
         "from_name": "Gary Lineker",
         "to": ["henderson"],
         "msg": "trust me",
-        "sent_at": 1.0,
+        "sent_at": time.time(),
     }
     reply = rogue.sendstring(f"realm-msg {json.dumps(forged)}\r\n")
     assert reply["code"] == "forged_sender"

@@ -9,13 +9,18 @@ import uuid
 import pytest_twisted
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 
 from chat.checkers import Argon2Hasher, SessionChecker, SessionToken, StoreChecker
-from chat.errors import SessionNotFound, UnknownUser, WrongPassword
+from chat.errors import (
+    SessionNotFound,
+    StorageUnavailable,
+    UnknownUser,
+    WrongPassword,
+)
 from chat.interfaces import IChatUser
 from chat.realm import ChatUser
-from chat.sessions import SessionManager, hash_token
+from chat.sessions import ChangeWatcher, SessionManager, hash_token
 from tests.helpers import FAST_ARGON2, Server, failure_of, result_of
 
 
@@ -302,3 +307,155 @@ def test_user_changed_elsewhere_ends_all_its_sessions() -> None:
     assert server.sessions.live(second) is None
     live = server.sessions.live(other)
     assert live is not None and live.username == "henderson"
+
+
+def _username(server: Server, token: str) -> str | None:
+    live = server.sessions.live(token)
+    return None if live is None else live.username
+
+
+def test_revalidate_ends_what_another_process_deleted() -> None:
+    """After another process deleted sessions (chat-admin passwd), revalidate
+    ends exactly those here, marking their cached sessions ended and telling
+    their subscriptions why; the token then fails on the connection that was
+    using it."""
+    server = Server()
+    client, bystander = server.connect(), server.connect()
+    token = client.login("messi")
+    assert client.request(f"subscribe {token}")["status"] == "OK"
+    other = bystander.login("henderson")
+    client.replies()
+    live = server.sessions.live(token)
+    assert live is not None
+    del server.store.sessions[hash_token(token)]  # done by chat-admin passwd
+    assert result_of(server.sessions.revalidate()) == 1
+    assert live.ended
+    assert client.events() == [
+        {"event": "unsubscribed", "reason": "password changed or user deleted"}
+    ]
+    assert client.request(f"inbox {token}")["code"] == "no_session"
+    assert bystander.request(f"inbox {other}")["status"] == "OK"
+    assert result_of(server.sessions.revalidate()) == 0
+
+
+def test_revalidate_spares_sessions_started_meanwhile() -> None:
+    """A session started while the check was in flight is not ended by it."""
+    server = Server()
+    old = result_of(server.sessions.create("messi"))
+    del server.store.sessions[hash_token(old)]  # done by chat-admin passwd
+    release = server.store.hold("existing_sessions")
+    d = server.sessions.revalidate()
+    new = result_of(server.sessions.create("messi"))
+    release.callback(None)
+    assert result_of(d) == 1
+    assert server.sessions.live(old) is None
+    assert _username(server, new) == "messi"
+
+
+def test_touch_that_finds_the_session_gone_tells_the_subscriptions() -> None:
+    """A session found gone when its activity is written back ends like any
+    other: its subscriptions are told."""
+    server = Server()
+    client = server.connect()
+    token = client.login()
+    assert client.request(f"subscribe {token}")["status"] == "OK"
+    server.store.sessions.clear()
+    server.clock.advance(server.sessions.touch_interval + 1)
+    client.send(f"inbox {token}\r\n".encode())
+    assert client.replies() == [
+        {"event": "unsubscribed", "reason": "the session was ended elsewhere"},
+        {"status": "ERROR", "message": "Session Tidak Ditemukan", "code": "no_session"},
+    ]
+
+
+class FakeChanges:
+    """
+    A store's count of changes by other processes, changed by hand; or
+    unavailable.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.asked = 0
+        self.broken = False
+
+    def external_changes(self) -> Deferred[int]:
+        self.asked += 1
+        if self.broken:
+            return fail(StorageUnavailable("disk on fire"))
+        return succeed(self.count)
+
+
+def test_change_watcher_revalidates_after_a_change_only() -> None:
+    """The watcher asks every half second; only when another process wrote
+    does it check the sessions, which then end at once."""
+    server = Server()
+    client = server.connect()
+    token = client.login()
+    assert client.request(f"subscribe {token}")["status"] == "OK"
+    changes = FakeChanges()
+    checked: list[list[str]] = []
+    server.store.watch("existing_sessions", lambda args: checked.append(list(args[0])))
+    watcher = ChangeWatcher(changes, server.sessions, server.clock)
+    watcher.start()
+    server.clock.pump([0.5] * 10)
+    assert changes.asked == 11 and checked == []
+    del server.store.sessions[hash_token(token)]
+    changes.count = 1
+    server.clock.advance(0.5)
+    assert checked == [[hash_token(token)]]
+    assert client.events() == [
+        {"event": "unsubscribed", "reason": "password changed or user deleted"}
+    ]
+    changes.broken = True
+    server.clock.pump([0.5] * 4)
+    changes.broken = False
+    server.clock.advance(0.5)
+    assert len(checked) == 1
+    watcher.stop()
+    server.clock.pump([0.5] * 10)
+    assert changes.asked == 11 + 1 + 4 + 1
+
+
+def test_change_watcher_checks_again_after_a_failed_revalidation() -> None:
+    """If the sessions could not be checked, the change is not forgotten."""
+    server = Server()
+    changes = FakeChanges()
+    calls: list[int] = []
+
+    class Sessions:
+        def revalidate(self) -> Deferred[int]:
+            calls.append(1)
+            if len(calls) == 1:
+                return fail(StorageUnavailable("busy"))
+            return succeed(0)
+
+    watcher = ChangeWatcher(changes, Sessions(), server.clock)  # type: ignore[arg-type]
+    watcher.start()
+    changes.count = 1
+    server.clock.advance(0.5)
+    server.clock.advance(0.5)
+    server.clock.advance(0.5)
+    assert calls == [1, 1]
+    watcher.stop()
+
+
+def test_change_watcher_does_not_double_a_slow_check() -> None:
+    """A check still waiting for the store when the next is due is not
+    asked again meanwhile."""
+    server = Server()
+    pending: list[Deferred[int]] = []
+
+    class SlowChanges:
+        def external_changes(self) -> Deferred[int]:
+            pending.append(Deferred())
+            return pending[-1]
+
+    watcher = ChangeWatcher(SlowChanges(), server.sessions, server.clock)
+    watcher.start()
+    server.clock.pump([0.5] * 4)
+    assert len(pending) == 1
+    pending[0].callback(0)
+    server.clock.advance(0.5)
+    assert len(pending) == 2
+    watcher.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from zope.interface.verify import verifyObject
 
 from chat.errors import (
@@ -27,12 +29,15 @@ from chat.errors import (
     NoSuchUsers,
     NotAMember,
     NotGroupOwner,
+    QuotaExceeded,
     SchemaTooNew,
     StorageUnavailable,
+    TooManyGroups,
     TooManyUnread,
     UserExists,
 )
-from chat.interfaces import IChatStore
+from chat.interfaces import IChatStore, IExternalChanges
+from chat.limits import Quotas
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
 from chat.store.batching import Call
@@ -61,6 +66,7 @@ def _open(
     tmp_path: Path,
     max_mailbox: int | None = None,
     max_per_sender: int | None = None,
+    quotas: Quotas | None = None,
 ) -> Iterator[Any]:
     """
     The store of C{request.param}, empty, closed after the test.
@@ -71,13 +77,15 @@ def _open(
     if max_per_sender is not None:
         limits["max_per_sender"] = max_per_sender
     if request.param == "memory":
-        yield MemoryStore(**limits)
+        yield MemoryStore(**limits, quotas=quotas or Quotas())
         return
     if request.param == "sqlite":
-        opened: Any = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"), **limits)
+        opened: Any = SQLiteStore(
+            reactor, str(tmp_path / "chat.sqlite"), quotas=quotas, **limits
+        )
     else:
         opened = PostgresStore(
-            reactor, request.getfixturevalue("postgres_db"), **limits
+            reactor, request.getfixturevalue("postgres_db"), quotas=quotas, **limits
         )
     opened.start()
     yield opened
@@ -103,6 +111,15 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
     Each store with mailboxes of 4 messages, at most 2 from one sender.
     """
     yield from _open(request, tmp_path, max_mailbox=4, max_per_sender=2)
+
+
+@pytest.fixture(params=STORES)
+def quota_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """
+    Each store with quotas of 2 files and 1500 bytes per user, and 2 groups.
+    """
+    quotas = Quotas(max_files=2, max_file_bytes=1500, max_groups=2)
+    yield from _open(request, tmp_path, quotas=quotas)
 
 
 @pytest.fixture
@@ -409,6 +426,71 @@ async def test_store_messages_all_or_none(store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_existing_sessions(store: Any) -> None:
+    """A store says which of many sessions still exist, after a new password
+    ended some of them (as chat-admin passwd does in another process)."""
+    await _with_users(store)
+    for i in range(600):
+        await store.create_session(Session(f"m{i}", "messi", 1.0, 1.0))
+    await store.create_session(Session("h1", "henderson", 1.0, 1.0))
+    hashes = [f"m{i}" for i in range(600)] + ["h1", "never"]
+    assert await store.existing_sessions(hashes) == {*hashes[:601]}
+    await store.set_password_hash("messi", "$argon2id$new")
+    assert await store.existing_sessions(hashes) == {"h1"}
+    assert await store.existing_sessions([]) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_external_changes_count_writes_of_other_processes(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """The SQLite store counts the times another connection (chat-admin)
+    committed to the file, not its own writes."""
+    assert verifyObject(IExternalChanges, sqlite_store)
+    first = await sqlite_store.external_changes()
+    await _with_users(sqlite_store)
+    assert await sqlite_store.external_changes() == first
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    other.execute("UPDATE users SET country = 'Inggris Raya'")
+    other.close()
+    second = await sqlite_store.external_changes()
+    assert second == first + 1
+    assert await sqlite_store.external_changes() == second
+
+
+@pytest_twisted.ensureDeferred
+async def test_external_changes_ride_along_a_batch(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """Asked while a batch is in flight, the count comes with the next batch
+    of other operations: no transaction of its own."""
+    await _with_users(sqlite_store)
+    before = await sqlite_store.external_changes()
+    await deferLater(reactor, 0, lambda: None)  # out of the store's callback
+    commits = sqlite_store.commits
+    gate = threading.Event()
+    held = sqlite_store.run(Call(lambda txn: gate.wait(10)))
+    asked = sqlite_store.external_changes()
+    sent = sqlite_store.store_message("messi", "henderson", "hi", 1.0)
+    gate.set()
+    assert await held is True
+    assert await asked == before
+    await sent
+    assert sqlite_store.commits == commits + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_external_changes_after_close(tmp_path: Path) -> None:
+    """A closed store answers storage unavailable, and does not reopen."""
+    store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
+    store.start()
+    await store.external_changes()
+    await store.close()
+    with pytest.raises(StorageUnavailable):
+        await store.external_changes()
+
+
+@pytest_twisted.ensureDeferred
 async def test_file_messages(store: Any) -> None:
     """A file comes out of the inbox byte-identical, with its metadata."""
     await _with_three(store)
@@ -427,6 +509,90 @@ async def test_file_messages(store: Any) -> None:
     )
     (other,) = await store.drain_inbox("lineker", 4.0)
     assert other.file_content == PNG
+
+
+def _file(name: str, size: int) -> Attachment:
+    return Attachment(name, name.encode() * (size // len(name)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_quota_counts_distinct_files_still_stored(quota_store: Any) -> None:
+    """A user may keep 2 distinct files: the same file again, to others or a
+    group, costs nothing more; a third is refused with nothing stored."""
+    store = quota_store
+    await _with_three(store)
+    a, b, c = _file("a", 400), _file("b", 400), _file("c", 400)
+    await store.store_messages("messi", ["henderson"], "a", 1.0, a)
+    await store.store_messages("messi", ["henderson", "lineker"], "a", 2.0, a)
+    await store.create_group("team", "messi", 2.0)
+    await store.join_group("team", "henderson", 2.0)
+    await store.store_group_message("messi", "team", "a", 3.0, a)
+    await store.store_messages("messi", ["lineker"], "b", 4.0, b)
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.store_messages("messi", ["henderson"], "c", 5.0, c)
+    assert (refused.value.quota, refused.value.limit) == ("files", 2)
+    with pytest.raises(QuotaExceeded):
+        await store.store_group_message("messi", "team", "c", 5.0, c)
+    # Still allowed: a file messi has stored already; c from someone else.
+    await store.store_messages("messi", ["lineker"], "b", 6.0, b)
+    await store.store_messages("henderson", ["messi"], "c", 6.0, c)
+    inbox = await store.drain_inbox("henderson", 7.0)
+    assert [m.file_name for m in inbox] == ["a", "a", "a"]
+    assert [m.file_name for m in await store.drain_inbox("messi", 7.0)] == ["c"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_quota_counts_bytes(quota_store: Any) -> None:
+    """A new file that would take a user past 1500 bytes is refused."""
+    store = quota_store
+    await _with_users(store)
+    await store.store_messages("messi", ["henderson"], "a", 1.0, _file("a", 1000))
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.store_messages("messi", ["henderson"], "b", 2.0, _file("b", 600))
+    assert (refused.value.quota, refused.value.limit) == ("bytes", 1500)
+    await store.store_messages("messi", ["henderson"], "b", 3.0, _file("b", 500))
+    assert len(await store.drain_inbox("henderson", 4.0)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_quota_frees_with_the_messages(quota_store: Any) -> None:
+    """A file stops counting once no message of the user carries it: after
+    retention purged them, or their recipient was deleted."""
+    store = quota_store
+    await _with_three(store)
+    await store.store_messages("messi", ["henderson"], "a", 1.0, _file("a", 400))
+    await store.store_messages("messi", ["lineker"], "b", 5.0, _file("b", 400))
+    with pytest.raises(QuotaExceeded):
+        await store.store_messages("messi", ["lineker"], "c", 6.0, _file("c", 400))
+    await store.purge_messages(2.0, 100)
+    await store.store_messages("messi", ["lineker"], "c", 6.0, _file("c", 400))
+    with pytest.raises(QuotaExceeded):
+        await store.store_messages("messi", ["lineker"], "d", 7.0, _file("d", 400))
+    await store.delete_user("lineker")
+    await store.store_messages("messi", ["henderson"], "d", 8.0, _file("d", 400))
+    await store.store_messages("messi", ["henderson"], "e", 8.0, _file("e", 400))
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_quota(quota_store: Any) -> None:
+    """A user may belong to 2 groups, as owner or member; a third is refused
+    until they leave one."""
+    store = quota_store
+    await _with_three(store)
+    await store.create_group("one", "messi", 1.0)
+    await store.create_group("two", "henderson", 1.0)
+    await store.join_group("two", "messi", 1.0)
+    with pytest.raises(TooManyGroups) as refused:
+        await store.create_group("three", "messi", 2.0)
+    assert refused.value.limit == 2
+    await store.create_group("three", "lineker", 2.0)
+    with pytest.raises(TooManyGroups):
+        await store.join_group("three", "messi", 2.0)
+    assert [g.name for g in await store.list_groups("messi")] == ["one", "two"]
+    assert [g.members for g in await store.list_groups("lineker")] == [("lineker",)]
+    await store.leave_group("one", "messi")
+    joined = await store.join_group("three", "messi", 3.0)
+    assert joined.members == ("lineker", "messi")
 
 
 @pytest_twisted.ensureDeferred
@@ -1007,26 +1173,26 @@ def test_schema_upgrade_backs_up_first(
     """An older database is backed up, then upgraded one step at a time."""
     path = str(tmp_path / "chat.sqlite")
     schema.prepare(path)
-    current = schema.SCHEMA_VERSION
+    old, new = schema.SCHEMA_VERSION, schema.SCHEMA_VERSION + 1
     steps: list[str] = []
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", new)
 
     def fake_sql(name: str) -> str:
         steps.append(name)
         return (
             "CREATE TABLE extra (x INTEGER);"
-            f" UPDATE schema_version SET version = {current + 1};"
+            f" UPDATE schema_version SET version = {new};"
         )
 
     monkeypatch.setattr(schema, "_sql", fake_sql)
-    assert schema.prepare(path) == current
-    assert steps == [f"upgrade-to-v{current + 1}.sql"]
-    assert os.path.exists(path + f".v{current}.bak")
+    assert schema.prepare(path) == old
+    assert steps == [f"upgrade-to-v{new}.sql"]
+    assert os.path.exists(path + f".v{old}.bak")
     connection = sqlite3.connect(path)
-    assert schema.read_version(connection) == current + 1
+    assert schema.read_version(connection) == new
     connection.close()
-    backup = sqlite3.connect(path + f".v{current}.bak")
-    assert schema.read_version(backup) == current
+    backup = sqlite3.connect(path + f".v{old}.bak")
+    assert schema.read_version(backup) == old
     backup.close()
 
 
@@ -1063,6 +1229,39 @@ async def test_upgrade_to_v2_keeps_every_undelivered_message(tmp_path: Path) -> 
         assert [m.text for m in page.messages] == ["unread 2", "unread 1", "read"]
     finally:
         await store.close()
+
+
+def _schema_of(path: str) -> list[tuple[str, str, str]]:
+    connection = sqlite3.connect(path)
+    try:
+        return sorted(
+            connection.execute(
+                "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+            ).fetchall()
+        )
+    finally:
+        connection.close()
+
+
+def test_schema_upgrade_from_v1_equals_fresh(tmp_path: Path) -> None:
+    """A version 1 database, upgraded step by step, has the fresh schema and
+    keeps its rows."""
+    old = str(tmp_path / "old.sqlite")
+    connection = sqlite3.connect(old, isolation_level=None)
+    schema._run_script(connection, schema._sql("v1.sql"))
+    connection.execute(
+        "INSERT INTO users (username, full_name, password_hash, created_at)"
+        " VALUES ('messi', 'Lionel Messi', 'x', 1.0)"
+    )
+    connection.close()
+    assert schema.prepare(old) == 1
+    fresh = str(tmp_path / "fresh.sqlite")
+    schema.prepare(fresh)
+    assert _schema_of(old) == _schema_of(fresh)
+    connection = sqlite3.connect(old)
+    assert schema.read_version(connection) == schema.SCHEMA_VERSION
+    assert connection.execute("SELECT username FROM users").fetchall() == [("messi",)]
+    connection.close()
 
 
 def test_open_store_descriptions(tmp_path: Path) -> None:

@@ -94,6 +94,40 @@ def test_schema_version_recorded(postgres_url: str) -> None:
     PostgresStore(reactor, postgres_url)
 
 
+def _indexes(url: str) -> set[tuple[str, str]]:
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = current_schema()"
+        ).fetchall()
+    return {(name, definition) for name, definition in rows}
+
+
+def test_schema_upgrade_from_v1_equals_fresh(
+    postgres_url: str, postgres: ThrowawayPostgres
+) -> None:
+    """A version 1 database, upgraded, has the fresh schema's tables, columns
+    and indexes, and keeps its rows."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        with connection.transaction():
+            for statement in schema._statements(schema._sql("v1.sql", "postgresql")):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO users (username, full_name, password_hash, created_at)"
+                " VALUES ('messi', 'Lionel Messi', 'x', 1.0)"
+            )
+        assert schema.prepare_postgres(connection) == 1
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        assert row == (schema.SCHEMA_VERSION,)
+        assert connection.execute("SELECT username FROM users").fetchall() == [
+            ("messi",)
+        ]
+    fresh = postgres.create_database()
+    PostgresStore(reactor, fresh)
+    assert postgres_columns(postgres_url) == postgres_columns(fresh)
+    assert _indexes(postgres_url) == _indexes(fresh)
+
+
 def test_schema_refuses_newer(postgres_url: str) -> None:
     PostgresStore(reactor, postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as connection:

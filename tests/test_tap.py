@@ -10,8 +10,9 @@ import pytest
 from twisted.python import usage
 
 from chat import tap
-from chat.limits import Limits, Rate
+from chat.limits import Limits, Quotas, Rate
 from chat.service import ChatService
+from chat.web.site import ChatSite
 
 
 def parse(*argv: str) -> tap.Options:
@@ -254,6 +255,52 @@ def test_make_service(tmp_path: Path) -> None:
     assert not closed.registrar.open
     assert closed.purger is None
     assert (tmp_path / "c.sqlite").exists()
+
+
+def test_quota_and_web_limit_options(tmp_path: Path) -> None:
+    """The per-user quotas and the web limits are options with defaults a
+    class never reaches, wired into the store and the web site."""
+    options = parse()
+    assert tap.quotas_from(options) == Quotas(
+        max_files=1000, max_file_bytes=200 << 20, max_groups=100
+    )
+    limits = tap.limits_from(options)
+    assert (limits.max_web_connections, limits.max_web_connections_per_address) == (
+        2000,
+        500,
+    )
+    options = parse(
+        "--store",
+        f"sqlite:{tmp_path / 'q.sqlite'}",
+        "--max-files-per-user",
+        "5",
+        "--max-file-bytes-per-user",
+        "64M",
+        "--max-groups-per-user",
+        "3",
+        "--web",
+        "tcp:0:interface=127.0.0.1",
+        "--web-host",
+        "Chat.Example.org",
+        "--web-origin",
+        "https://other.example.net",
+        "--max-web-connections",
+        "40",
+        "--max-web-connections-per-address",
+        "4",
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, ChatService)
+    assert service.store.quotas == Quotas(5, 64 << 20, 3)
+    site = service.site
+    assert isinstance(site, ChatSite)
+    assert site.hosts.allows("chat.example.org")
+    assert site.hosts.allows("other.example.net")
+    assert not site.hosts.allows("evil.example")
+    assert (site.connections.max_total, site.connections.max_per_address) == (40, 4)
+    for bad in (["--web-host", "http://x/"], ["--max-file-bytes-per-user", "0"]):
+        with pytest.raises(usage.UsageError):
+            parse(*bad)
 
 
 def test_make_service_refuses_bad_store(tmp_path: Path) -> None:

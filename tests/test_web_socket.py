@@ -298,7 +298,7 @@ def test_flow_control_through_the_real_channel(server: Server) -> None:
     built = protocols(server)
     client = WebSocketClient(web_site(server))
     door = built[0]
-    channel = client.channel._channel
+    channel = client.channel
     assert channel._requestProducer is door
     channel.pauseProducing()
     assert client.transport.producerState == "paused"

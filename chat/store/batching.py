@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 
 from chat.callbacks import Done, firing
 from chat.errors import ChatError, StorageUnavailable
+from chat.limits import Quotas
 
 T = TypeVar("T")
 
@@ -82,7 +83,11 @@ class Transaction:
     @ivar max_mailbox: the most undelivered messages per recipient.
     @ivar max_per_sender: the most undelivered messages per recipient from
         one sender.
+    @ivar quotas: what each user may keep stored (L{chat.store.quotas}).
     @ivar begin: the statement that begins a transaction.
+    @ivar external_changes: how many times the store has seen, as a
+        transaction began, that another process had committed meanwhile
+        (SQLite; L{chat.interfaces.IExternalChanges}).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class Transaction:
         max_mailbox: int = 10_000,
         max_per_sender: int = 10_000,
         begin: str = "BEGIN",
+        quotas: Quotas | None = None,
     ) -> None:
         self.connection = connection
         self.begin = begin
@@ -105,6 +111,8 @@ class Transaction:
         self.executemany = executemany or connection.executemany
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_per_sender
+        self.quotas = Quotas() if quotas is None else quotas
+        self.external_changes = 0
 
     def restart(self) -> None:
         """

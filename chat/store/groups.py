@@ -20,6 +20,7 @@ from chat.errors import (
 )
 from chat.model import Group
 from chat.store.batching import Operation, Transaction, column
+from chat.store.quotas import check_group_quota
 from chat.store.users import full_names, require_user
 
 
@@ -94,6 +95,8 @@ class CreateGroup(Operation):
     @raise GroupExists: if the name is taken.
     @raise NoSuchUsers: naming every member that does not exist (then
         nothing is created).
+    @raise TooManyGroups: if the owner, or a member, belongs to as many
+        groups as the quota allows (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -116,6 +119,8 @@ class CreateGroup(Operation):
         unknown = [member for member in everyone[1:] if member not in known]
         if unknown:
             raise NoSuchUsers(unknown)
+        for user in everyone:
+            check_group_quota(txn, user)
         txn.execute(
             "INSERT INTO chat_groups (name, owner, created_at) VALUES (?, ?, ?)",
             (name, owner, self.created_at),
@@ -133,6 +138,8 @@ class CreateGroup(Operation):
 class JoinGroup(Operation):
     """
     @raise AlreadyAMember: if the user is a member already.
+    @raise TooManyGroups: if the user belongs to as many groups as the
+        quota allows (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -146,6 +153,7 @@ class JoinGroup(Operation):
         require_user(txn, self.username)
         if is_member(txn, self.name, self.username):
             raise AlreadyAMember(self.name, self.username)
+        check_group_quota(txn, self.username)
         txn.execute(
             "INSERT INTO group_members (group_name, username, joined_at)"
             " VALUES (?, ?, ?)",

@@ -24,14 +24,16 @@ from chat.errors import (
     NoSuchUsers,
     NotAMember,
     NotGroupOwner,
+    QuotaExceeded,
     RealmExists,
     RealmQueueFull,
     StorageUnavailable,
+    TooManyGroups,
     TooManyUnread,
     UserExists,
 )
 from chat.interfaces import IChatStore, IRealmStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import (
     POSTMASTER,
     POSTMASTER_NAME,
@@ -85,7 +87,8 @@ class MemoryStore:
     """
     Keeps everything in dicts. Set C{broken} to make every operation fail
     with L{StorageUnavailable}, as a full disk would. A recipient holds at
-    most C{max_mailbox} undelivered messages.
+    most C{max_mailbox} undelivered messages; each user may keep what
+    C{quotas} allows (the rules of L{chat.store.quotas}).
     """
 
     users: dict[str, User] = attrs.field(factory=dict)
@@ -104,6 +107,7 @@ class MemoryStore:
     #: The most undelivered messages per recipient from one sender (None:
     #: as many as C{max_mailbox}).
     max_per_sender: int | None = None
+    quotas: Quotas = attrs.field(factory=Quotas)
 
     def _run(self, op: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.broken:
@@ -202,6 +206,9 @@ class MemoryStore:
     def delete_session(self, token_hash: str) -> Deferred[None]:
         return self._run(lambda: self.sessions.pop(token_hash, None) and None)
 
+    def existing_sessions(self, token_hashes: Sequence[str]) -> Deferred[set[str]]:
+        return self._run(lambda: {h for h in token_hashes if h in self.sessions})
+
     def delete_expired_sessions(
         self, idle_since: float, created_since: float
     ) -> Deferred[int]:
@@ -252,6 +259,35 @@ class MemoryStore:
         )
         self.messages.append(_Stored(message, delivered_at))
         return message
+
+    def file_usage(self, username: str) -> tuple[int, int]:
+        """
+        How many distinct files the messages C{username} sent still carry,
+        and their bytes (as L{chat.store.quotas.file_usage}).
+        """
+        sizes = {
+            s.message.file_sha256: s.message.file_size or 0
+            for s in self.messages
+            if s.message.sender == username and s.message.file_sha256 is not None
+        }
+        return len(sizes), sum(sizes.values())
+
+    def _check_file_quota(self, sender: str, attachment: Attachment) -> None:
+        if any(
+            s.message.sender == sender and s.message.file_sha256 == attachment.sha256
+            for s in self.messages
+        ):
+            return
+        count, size = self.file_usage(sender)
+        if count + 1 > self.quotas.max_files:
+            raise QuotaExceeded("files", self.quotas.max_files)
+        if size + attachment.size > self.quotas.max_file_bytes:
+            raise QuotaExceeded("bytes", self.quotas.max_file_bytes)
+
+    def _check_group_quota(self, username: str) -> None:
+        count = sum(1 for g in self.groups.values() if username in g.members)
+        if count >= self.quotas.max_groups:
+            raise TooManyGroups(username, self.quotas.max_groups)
 
     def _refusal(self, recipient: str, sender: str) -> Exception | None:
         """
@@ -308,6 +344,8 @@ class MemoryStore:
             refused = self._refusal(recipient, sender)
             if refused is not None:
                 raise refused
+        if attachment is not None:
+            self._check_file_quota(sender, attachment)
         return [
             self._add(from_user, self.users[r], text, sent_at, None, attachment)
             for r in distinct
@@ -374,6 +412,8 @@ class MemoryStore:
         members = self._group(group).members
         if sender not in members:
             raise NotAMember(group, sender)
+        if attachment is not None:
+            self._check_file_quota(sender, attachment)
         from_user = self.users[sender]
         stored = [
             self._add(from_user, from_user, text, sent_at, group, attachment, sent_at)
@@ -558,6 +598,8 @@ class MemoryStore:
             unknown = [member for member in everyone if member not in self.users]
             if unknown:
                 raise NoSuchUsers(unknown)
+            for user in everyone:
+                self._check_group_quota(user)
             self.groups[name] = _Group(owner, created_at, everyone)
             return self._snapshot(name)
 
@@ -569,6 +611,7 @@ class MemoryStore:
             self._user(username)
             if username in group.members:
                 raise AlreadyAMember(name, username)
+            self._check_group_quota(username)
             group.members.append(username)
             return self._snapshot(name)
 

@@ -43,6 +43,7 @@ from chat.store.batching import (
 )
 from chat.store.caches import Mailbox
 from chat.store.files import file_contents, forget_unused_files, store_file
+from chat.store.quotas import check_file_quota
 from chat.store.users import full_names, require_user
 
 MESSAGE_COLUMNS = (
@@ -415,6 +416,8 @@ class StoreMessages(Operation):
     @raise NoSuchUsers: naming the recipients that do not exist.
     @raise MailboxFull: if any recipient's mailbox is full.
     @raise TooManyUnread: if any is full for this sender.
+    @raise QuotaExceeded: if a new file would take the sender past their
+        quota (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -450,6 +453,7 @@ class StoreMessages(Operation):
             if refused is not None:
                 raise refused
         if self.attachment is not None:
+            check_file_quota(txn, sender, self.attachment)
             store_file(txn, self.attachment)
         from_sender = (sender, names[sender][0])
         rows = []
@@ -491,6 +495,8 @@ class StoreGroupMessage(Operation):
 
     @raise NoSuchGroup: if the group does not exist.
     @raise NotAMember: if the sender is not a member.
+    @raise QuotaExceeded: if a new file would take the sender past their
+        quota (L{chat.store.quotas}).
     """
 
     checks_first = True
@@ -511,6 +517,7 @@ class StoreGroupMessage(Operation):
         if sender not in member_names:
             raise NotAMember(group, sender)
         if self.attachment is not None:
+            check_file_quota(txn, sender, self.attachment)
             store_file(txn, self.attachment)
         from_sender = (sender, member_names[sender])
         others = [member for member in member_names if member != sender]

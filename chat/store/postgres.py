@@ -1,7 +1,7 @@
 """
 The PostgreSQL store: any number of chat nodes on one database.
 
-The operations are SQLite's (L{chat.store.operations}), and so is the group
+The operations are SQLite's (L{chat.store.sql}), and so is the group
 commit (L{chat.store.batching}): one connection on the store's thread, each
 batch of operations one transaction, every operation acknowledged only after
 C{COMMIT} returned with C{synchronous_commit} on. In the same transaction,
@@ -39,7 +39,7 @@ from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
 from chat.interfaces import IClusterStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.model import Message
 from chat.store import schema
 from chat.store.batching import (
@@ -220,6 +220,7 @@ def transaction(
     connection: psycopg.Connection[Any],
     max_mailbox: int = DEFAULT_MAX_MAILBOX,
     max_per_sender: int = DEFAULT_MAX_MAILBOX,
+    quotas: Quotas | None = None,
 ) -> Transaction:
     """
     What the operations are given on a PostgreSQL connection.
@@ -233,6 +234,7 @@ def transaction(
         executemany=translating.executemany,
         max_mailbox=max_mailbox,
         max_per_sender=max_per_sender,
+        quotas=quotas,
     )
 
 
@@ -253,9 +255,12 @@ class PostgresStore(SQLStore):
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         node_id: str = "",
         max_per_sender: int | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """
         Connect to the database at C{url}, creating or upgrading its schema.
+        C{quotas} is what each user may keep stored (by default L{Quotas}'s
+        defaults).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         @raise StorageUnavailable: if PostgreSQL cannot be reached, or the
@@ -273,6 +278,8 @@ class PostgresStore(SQLStore):
         self.node_id = node_id
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
+        if quotas is not None:
+            self.quotas = quotas
         self._connection: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._retry_delay = FIRST_RETRY
@@ -306,7 +313,9 @@ class PostgresStore(SQLStore):
             connection = self._connect()
             try:
                 connection.execute("BEGIN")
-                txn = transaction(connection, self.max_mailbox, self.max_per_sender)
+                txn = transaction(
+                    connection, self.max_mailbox, self.max_per_sender, self.quotas
+                )
                 results = run_batch(txn, batch, is_storage_error)
                 self._notify(connection, batch, results)
                 connection.execute("COMMIT")

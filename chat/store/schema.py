@@ -10,7 +10,9 @@ SCHEMA_VERSION changelog:
        realms and the ids of messages accepted from them.
     2: the undelivered messages listed in a mailbox table instead of a
        delivery mark on each message (messages never change once written);
-       fewer indexes on messages (none by time: retention goes by id).
+       fewer indexes on messages (none by time: retention goes by id);
+       messages_files_by_sender: file messages by sender, for the per-user
+       quota of stored files (chat.store.quotas).
 
 PostgreSQL (L{prepare_postgres}) has the same versions, from
 C{sql/postgresql/}: created or upgraded in one transaction (DDL is

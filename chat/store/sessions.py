@@ -1,6 +1,14 @@
 """
 The store's operations on login sessions (only the sha256 of a token is
 ever stored; see L{chat.sessions}).
+
+C{chat-admin passwd} and C{userdel} delete a user's sessions in the
+database, in another process. With PostgreSQL the server hears of it at
+once (C{NOTIFY chat_sessions}, L{chat.cluster}); with SQLite it asks the
+store a few times a second whether another process has written the file
+(L{ExternalChanges}, which costs no statement: each batch reads SQLite's
+C{data_version} as it begins), and if one has, which of the sessions it has
+cached still exist (L{ExistingSessions}).
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ import attrs
 
 from chat.errors import NoSuchUser
 from chat.model import Session
-from chat.store.batching import Operation, Transaction
+from chat.store.batching import Operation, Transaction, chunks, column, marks
 
 
 @attrs.define(eq=False)
@@ -100,3 +108,42 @@ class DeleteExpiredSessions(Operation):
             (self.idle_since, self.created_since),
         )
         return int(cursor.rowcount)
+
+
+@attrs.define(eq=False)
+class ExistingSessions(Operation):
+    """
+    Which of C{token_hashes} are sessions that still exist.
+    """
+
+    checks_first = True
+
+    token_hashes: list[str]
+
+    def run(self, txn: Transaction) -> set[str]:
+        found: set[str] = set()
+        for chunk in chunks(self.token_hashes):
+            found.update(
+                column(
+                    txn.execute(
+                        "SELECT token_hash FROM sessions"
+                        f" WHERE token_hash IN ({marks(len(chunk))})",
+                        chunk,
+                    )
+                )
+            )
+        return found
+
+
+@attrs.define(eq=False)
+class ExternalChanges(Operation):
+    """
+    How many times the store has seen that another process committed to
+    the database (L{chat.interfaces.IExternalChanges}), as of the start of
+    this batch: read there, so nothing to run here.
+    """
+
+    checks_first = True
+
+    def run(self, txn: Transaction) -> int:
+        return txn.external_changes

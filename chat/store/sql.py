@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from chat.callbacks import Done
 from chat.interfaces import IChatStore, IRealmStore
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import Delivery, InboundMessage, OutboundMessage, RealmLink
 from chat.model import Attachment, Group, Message, Page, Session, User
 from chat.store import groups, messages, realms, sessions, users
@@ -43,10 +43,12 @@ class SQLStore(GroupCommit):
 
     @ivar max_mailbox: the most undelivered messages per recipient.
     @ivar max_per_sender: the most of them from one sender.
+    @ivar quotas: what each user may keep stored (L{chat.store.quotas}).
     """
 
     max_mailbox: int = DEFAULT_MAX_MAILBOX
     max_per_sender: int = DEFAULT_MAX_MAILBOX
+    quotas: Quotas = Quotas()
 
     # Users.
 
@@ -84,6 +86,9 @@ class SQLStore(GroupCommit):
 
     def delete_session(self, token_hash: str) -> Deferred[None]:
         return self.run(sessions.DeleteSession(token_hash))
+
+    def existing_sessions(self, token_hashes: Sequence[str]) -> Deferred[set[str]]:
+        return self.run(sessions.ExistingSessions(list(token_hashes)))
 
     def delete_expired_sessions(
         self, idle_since: float, created_since: float

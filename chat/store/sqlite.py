@@ -15,8 +15,11 @@ returned survives a power cut.
 
 The store's thread remembers users' names and mailboxes' counts between
 transactions (L{chat.store.caches}); it forgets them whenever another
-process committed to the file meanwhile (SQLite's C{data_version}), and
-when a batch or part of one was rolled back.
+process committed to the file meanwhile (SQLite's C{data_version}, read as
+each batch begins), and when a batch or part of one was rolled back. It
+also counts those changes (L{IExternalChanges}): the server ends at once
+the sessions that C{chat-admin passwd} or C{userdel} deleted
+(L{chat.sessions.ChangeWatcher}).
 
 If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
@@ -30,13 +33,17 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
+from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
-from chat.limits import DEFAULT_MAX_MAILBOX
+from chat.interfaces import IExternalChanges
+from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.store import schema
 from chat.store.batching import BatchOutcome, Operation, Transaction, run_batch
 from chat.store.caches import StoreCaches
+from chat.store.sessions import ExternalChanges
 from chat.store.sql import SQLStore
 
 #: Errors that say one operation's values were refused (a constraint, a
@@ -58,9 +65,11 @@ def is_storage_error(error: BaseException) -> bool:
     return isinstance(error, sqlite3.Error) and not isinstance(error, _OPERATION_ERRORS)
 
 
+@implementer(IExternalChanges)
 class SQLiteStore(SQLStore):
     """
-    L{IChatStore} and L{IRealmStore} on a SQLite file.
+    L{IChatStore} and L{IRealmStore} on a SQLite file; L{IExternalChanges}
+    tells when another process (C{chat-admin}) wrote to the file.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class SQLiteStore(SQLStore):
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         max_per_sender: int | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
@@ -77,6 +87,8 @@ class SQLiteStore(SQLStore):
         @param max_mailbox: the most undelivered messages per recipient.
         @param max_per_sender: the most of them from one sender (by default
             as many as C{max_mailbox}).
+        @param quotas: what each user may keep stored (by default
+            L{Quotas}'s defaults).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
         """
@@ -85,11 +97,23 @@ class SQLiteStore(SQLStore):
         self.path = path
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
+        if quotas is not None:
+            self.quotas = quotas
         self.caches = StoreCaches()
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
         self._transaction: Transaction | None = None
+        #: The store's thread's: the connection's last data_version (-1:
+        #: none read yet), and how many changes by other processes it saw.
         self._data_version = -1
+        self._external_changes = 0
+
+    def external_changes(self) -> Deferred[int]:
+        """
+        An operation of the next batch, which reads C{data_version} as it
+        begins anyway: no statement of its own.
+        """
+        return self.run(ExternalChanges())
 
     def _close_txn(self) -> None:
         if self._connection is not None:
@@ -115,9 +139,15 @@ class SQLiteStore(SQLStore):
                 self.caches,
                 max_mailbox=self.max_mailbox,
                 max_per_sender=self.max_per_sender,
+                quotas=self.quotas,
                 begin="BEGIN IMMEDIATE",
             )
             self.caches.forget()
+            if self._data_version != -1:
+                # A new connection's data_version cannot be compared with
+                # the old one's: whatever happened meanwhile is unknown.
+                self._data_version = -1
+                self._external_changes += 1
         return self._transaction
 
     def _run_batch_txn(self, batch: list[Operation]) -> BatchOutcome:
@@ -131,11 +161,15 @@ class SQLiteStore(SQLStore):
             txn = self._connect()
             txn.execute(txn.begin)
             # Another process (chat-admin) committed since our last
-            # transaction: what this thread remembers may be out of date.
+            # transaction: what this thread remembers may be out of date,
+            # and so may the sessions the server has cached.
             (version,) = txn.execute("PRAGMA data_version").fetchone()
             if version != self._data_version:
+                if self._data_version != -1:
+                    self._external_changes += 1
                 self._data_version = version
                 self.caches.forget()
+            txn.external_changes = self._external_changes
             results = run_batch(txn, batch, is_storage_error, self.caches.forget)
             txn.execute("COMMIT")
         except BaseException as e:

@@ -12,10 +12,24 @@ Routes::
 Every response carries a Content-Security-Policy that allows scripts,
 styles and connections from the page's own origin only (no inline script,
 no framing), C{X-Content-Type-Options: nosniff} and C{Referrer-Policy:
-no-referrer}. Static files have an ETag from a hash of their content and
+no-referrer}: the site's own answers (L{SecureRequest}), the errors
+Twisted's HTTP parser answers by itself (C{400 Bad Request}, in
+L{SecureChannel}), and the refusal of a connection over the limits
+(L{refusal}). Static files have an ETag from a hash of their content and
 C{Cache-Control: no-cache}: browsers revalidate each time and get a 304
 while the file is unchanged, so a new release is never mixed with cached
 files of the old one.
+
+Before anything else, a request must name a host the site serves
+(L{chat.web.hosts}, against DNS rebinding): otherwise C{421}.
+
+Connections (L{ChatSite}): at most C{max_web_connections} plain HTTP
+connections at once, and C{max_web_connections_per_address} from one
+address; one more is answered C{503} and closed. A WebSocket, once open,
+is a chat connection and counts against the chat's limits instead. Idle
+connections are closed after a minute. None of this logs a line per
+connection or per request at C{info}: refusals are summed up at most once
+a minute, and each request's access line is logged at C{debug}.
 """
 
 from __future__ import annotations
@@ -29,9 +43,16 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 import attrs
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToLogString
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from chat.limits import ConnectionTracker, Limits, address_key
+from chat.logs import debugging, make_logger
+from chat.web.hosts import HostPolicy, header_host
 from chat.web.origins import OriginPolicy
 from chat.web.plain import PlainResource
 from chat.web.socket import ChatWebSocketResource
@@ -75,23 +96,224 @@ def content_security_policy(host: str | None) -> str:
     )
 
 
+def security_headers(host: str | None) -> list[tuple[str, str]]:
+    """
+    The headers every response carries, for a request to C{host} (its
+    C{Host} header; None if unknown).
+    """
+    return [
+        ("content-security-policy", content_security_policy(host)),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ]
+
+
+def raw_response(status: str, body: bytes, *extra: tuple[str, str]) -> bytes:
+    """
+    A whole C{HTTP/1.1} response with the security headers, for answers
+    written straight to a connection (no request object to write them).
+    """
+    headers = [
+        *security_headers(None),
+        ("content-type", "text/plain; charset=utf-8"),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+        *extra,
+    ]
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"HTTP/1.1 {status}\r\n{head}\r\n".encode("ascii") + body
+
+
 class SecureRequest(Request):
     """
     A request whose every response carries the security headers, whatever
-    resource (or error page) answers it.
+    resource (or error page) answers it, and that is answered only for a
+    host the site serves.
     """
 
+    log = make_logger()
+
     def process(self) -> None:
-        host = self.getHeader("host")
-        self.setHeader(
-            "content-security-policy",
-            content_security_policy(None if host is None else host.strip()),
-        )
-        self.setHeader("x-content-type-options", "nosniff")
-        self.setHeader("referrer-policy", "no-referrer")
-        self.setHeader("x-frame-options", "DENY")
-        self.setHeader("cross-origin-opener-policy", "same-origin")
+        header = self.getHeader("host")
+        for name, value in security_headers(None if header is None else header.strip()):
+            self.setHeader(name, value)
+        site = getattr(self.channel, "site", None)
+        hosts: HostPolicy | None = getattr(site, "hosts", None)
+        if hosts is not None:
+            host = header_host(header)
+            if host is None:
+                self._refuse(400, b"missing or malformed Host header\n")
+                return
+            if not hosts.allows(host):
+                self.log.debug(
+                    "Refused a web request from {peer} for host {host}",
+                    peer=self.getClientAddress(),
+                    host=host,
+                )
+                self._refuse(
+                    421,
+                    b"this server does not serve that host name"
+                    b" (see twistd chat --web-host)\n",
+                )
+                return
         super().process()
+
+    def _refuse(self, code: int, body: bytes) -> None:
+        self.setResponseCode(code)
+        self.setHeader("content-type", "text/plain; charset=utf-8")
+        self.setHeader("content-length", str(len(body)))
+        self.write(body)
+        self.finish()
+
+
+class SecureChannel(HTTPChannel):
+    """
+    The HTTP channel of the web site: Twisted's, with the security headers
+    on the errors its parser answers by itself, its idle timeout logged at
+    debug only, and the site told when it closes (or becomes a WebSocket).
+    """
+
+    log = make_logger()
+    site: ChatSite
+    #: The address this connection counts against, until it is released.
+    counted_as: str | None = None
+    _abort: IDelayedCall | None = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own "400 Bad Request" (a malformed request line, headers
+        # too long or malformed, a bad body length...) has no headers at all.
+        self.transport.write(raw_response("400 Bad Request", b"bad request\n"))  # type: ignore[union-attr]
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # A request line or header longer than MAX_LENGTH: Twisted would
+        # just close the connection.
+        self._respondToBadRequestAndDisconnect()
+
+    def timeoutConnection(self) -> None:
+        self.log.debug(
+            "Closing an idle web connection from {peer}",
+            peer=self.transport.getPeer(),  # type: ignore[union-attr]
+        )
+        if self.abortTimeout is not None:
+            self._abort = self.callLater(self.abortTimeout, self._abort_now)
+        self.loseConnection()
+
+    def _abort_now(self) -> None:
+        self._abort = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def became_websocket(self) -> None:
+        """
+        The connection is a WebSocket from now on: it no longer counts as
+        a web connection (the chat counts it as one of its own).
+        """
+        self.release()
+
+    def release(self) -> None:
+        if self.counted_as is not None:
+            address, self.counted_as = self.counted_as, None
+            self.site.connections.release(address)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._abort = None
+        self.release()
+        super().connectionLost(reason)
+
+
+class Refusal(Protocol):
+    """
+    A connection over the limits: answered C{503}, with the security
+    headers, and closed, without reading anything.
+    """
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def connectionMade(self) -> None:
+        body = f"{self.why}; try again later\n".encode("ascii")
+        assert self.transport is not None
+        self.transport.write(
+            raw_response("503 Service Unavailable", body, ("retry-after", "10"))
+        )
+        self.transport.loseConnection()
+
+
+class ChatSite(Site):
+    """
+    The web client's site: L{SecureChannel}s running L{SecureRequest}s,
+    within the connection limits, answering the hosts of C{hosts}.
+
+    @ivar connections: the open plain HTTP connections, in total and per
+        address.
+    @ivar refused: connections refused since the last log line about them.
+    """
+
+    protocol = SecureChannel  # type: ignore[assignment]
+    log_events = make_logger()
+    #: At most one log line about refused connections per this many seconds.
+    refusal_log_interval = 60.0
+
+    def __init__(
+        self,
+        resource: Resource,
+        hosts: HostPolicy,
+        limits: Limits,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(resource, requestFactory=SecureRequest, reactor=reactor)
+        self.noisy = False
+        self.hosts = hosts
+        self.connections = ConnectionTracker(
+            limits.max_web_connections, limits.max_web_connections_per_address
+        )
+        self.refused = 0
+        self._refusals_logged_at: float | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        address = address_key(str(getattr(addr, "host", "") or ""))
+        why = self.connections.admit(address)
+        if why is not None:
+            self._refused(why)
+            return Refusal(why)
+        channel = super().buildProtocol(addr)
+        channel.counted_as = address
+        return channel
+
+    def _refused(self, why: str) -> None:
+        self.refused += 1
+        now = self.reactor.seconds()
+        last = self._refusals_logged_at
+        if last is not None and now - last < self.refusal_log_interval:
+            return
+        self._refusals_logged_at = now
+        self.log_events.warn(
+            "Refused {count} web connections ({why}): {total} open,"
+            " at most {max_total} (--max-web-connections) and {max_per_address}"
+            " per address (--max-web-connections-per-address)",
+            count=self.refused,
+            why=why,
+            total=self.connections.total,
+            max_total=self.connections.max_total,
+            max_per_address=self.connections.max_per_address,
+        )
+        self.refused = 0
+
+    def log(self, request: Any) -> None:
+        """
+        The access log, at debug level (Twisted's goes to the main log).
+        """
+        if debugging():
+            self.log_events.debug(
+                "{line}",
+                line=combinedLogFormatter(
+                    datetimeToLogString(self.reactor.seconds()), request
+                ),
+            )
 
 
 @attrs.frozen
@@ -220,20 +442,26 @@ def make_site(
     origins: OriginPolicy | None = None,
     files: dict[str, StaticFile] | None = None,
     reactor: Any = None,
-) -> Site:
+    hosts: HostPolicy | None = None,
+    limits: Limits | None = None,
+) -> ChatSite:
     """
     The web client's site: the page, and WebSockets into C{chat_factory}
     (the factory that serves the TCP ports).
 
     @param reactor: for the HTTP timeouts; the global one by default.
+    @param hosts: the host names it answers; by default those of
+        C{origins}, and localhost.
+    @param limits: its connection limits; L{Limits} defaults if None.
     """
+    origins = origins or OriginPolicy()
     root = WebRoot(
         StaticFiles(load_static() if files is None else files),
         {
-            b"ws": ChatWebSocketResource(chat_factory, origins or OriginPolicy()),
+            b"ws": ChatWebSocketResource(chat_factory, origins),
             b"config.json": SettingsResource(settings),
         },
     )
-    site = Site(root, requestFactory=SecureRequest, reactor=reactor)
-    site.noisy = False
-    return site
+    if hosts is None:
+        hosts = HostPolicy.build(origins.allowed)
+    return ChatSite(root, hosts, limits or Limits(), reactor=reactor)

@@ -255,6 +255,10 @@ class ChatWebSocketResource(WebSocketResource, PlainResource):
         websocket, self._built = self._built, None
         if result is NOT_DONE_YET and websocket is not None:
             _count_incoming(request.channel, websocket.bytes_arriving)
+            # A chat connection from now on, counted by the chat's limits.
+            became_websocket = getattr(request.channel, "became_websocket", None)
+            if became_websocket is not None:
+                became_websocket()
         return result
 
 

@@ -1,4 +1,7 @@
 -- chat schema, version 1 to 2 (PostgreSQL): as sql/sqlite/upgrade-to-v2.sql.
+-- One statement per change, each also in v2.sql (a fresh database has
+-- them from there); the version last.
+--
 -- messages: no delivery mark any more; the undelivered ones are listed in
 -- mailbox instead. Fewer indexes to write for each message: the one by
 -- recipient and the one by time go (the conversation index, now over every
@@ -19,4 +22,6 @@ DROP INDEX messages_by_time;
 DROP INDEX messages_conversation;
 CREATE INDEX messages_conversation ON messages (recipient, sender, id);
 ALTER TABLE messages DROP COLUMN delivered_at;
+-- The files each user sent: their quota of stored files (chat.store.quotas).
+CREATE INDEX messages_files_by_sender ON messages (sender, file_sha256) WHERE file_sha256 IS NOT NULL;
 UPDATE schema_version SET version = 2;

@@ -58,6 +58,8 @@ CREATE TABLE messages (
 CREATE INDEX messages_conversation ON messages (recipient, sender, id);
 CREATE INDEX messages_by_group ON messages (recipient, group_name, id) WHERE group_name IS NOT NULL;
 CREATE INDEX messages_by_file ON messages (file_sha256) WHERE file_sha256 IS NOT NULL;
+-- The files each user sent: their quota of stored files (chat.store.quotas).
+CREATE INDEX messages_files_by_sender ON messages (sender, file_sha256) WHERE file_sha256 IS NOT NULL;
 
 -- A user's mailbox: the messages not delivered to them yet. A message is
 -- put here in the transaction that stores it, and taken out in the one
