@@ -24,9 +24,10 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
 from chat.errors import NoSuchUser, UnknownUser, WrongPassword
-from chat.interfaces import IChatStore, IPasswordHasher
+from chat.interfaces import IPasswordHasher
 from chat.model import User
 from chat.sessions import SessionManager
+from chat.store.interfaces import IUserStore
 
 
 @implementer(IPasswordHasher)
@@ -88,7 +89,7 @@ class StoreChecker:
     the course protocol tells them apart on the wire.
     """
 
-    store: IChatStore
+    store: IUserStore
     hasher: IPasswordHasher
     credentialInterfaces = (IUsernamePassword,)
 

@@ -88,7 +88,7 @@ from chat.errors import (
     StorageUnavailable,
     TooManyRealmRecipients,
 )
-from chat.interfaces import IDoor, IFanout, ILineHandler, IRealmStore
+from chat.interfaces import IDoor, IFanout, ILineHandler
 from chat.limits import RateLimiter
 from chat.links import (
     MAX_RECIPIENTS,
@@ -105,6 +105,7 @@ from chat.links import (
 )
 from chat.logs import make_logger
 from chat.model import USERNAME_PATTERN, Message
+from chat.store.interfaces import IChatStore
 
 if TYPE_CHECKING:
     from chat.cluster import LinkLeases
@@ -809,7 +810,7 @@ class Federation:
     """
 
     settings: FederationSettings
-    store: IRealmStore
+    store: IChatStore
     clock: IReactorTime
     fanout: IFanout
     connect: Callable[[str], IStreamClientEndpoint]

@@ -36,8 +36,8 @@ from twisted.web.http import Request
 from twisted.web.server import Site
 
 from chat import commands
-from chat.interfaces import IRealmStore
 from chat.logs import make_logger
+from chat.store.interfaces import IRealmStore
 
 #: The C{command} label of a line that is not a valid command (an unknown
 #: command word, missing or malformed arguments, invalid UTF-8...).

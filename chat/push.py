@@ -33,9 +33,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.interfaces import IChatClient, IChatStore, IFanout
+from chat.interfaces import IChatClient, IFanout
 from chat.logs import make_logger
 from chat.model import Message
+from chat.store.interfaces import IMailboxStore
 
 Listener = Callable[[Message], None]
 
@@ -83,7 +84,7 @@ class Subscription:
     unacknowledged at a time.
     """
 
-    store: IChatStore
+    store: IMailboxStore
     fanout: IFanout
     clock: IReactorTime
     client: IChatClient

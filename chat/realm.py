@@ -59,7 +59,7 @@ from chat.errors import (
     SessionNotFound,
     TooManyRecipients,
 )
-from chat.interfaces import IChatClient, IChatStore, IChatUser, IFanout
+from chat.interfaces import IChatClient, IChatUser, IFanout
 from chat.logs import make_logger
 from chat.model import (
     Attachment,
@@ -73,6 +73,7 @@ from chat.model import (
 )
 from chat.push import LocalFanout, Presence, Subscription
 from chat.sessions import SessionManager, hash_token
+from chat.store.interfaces import IChatStore
 
 #: The most message bytes (text and files) one inbox or history reply
 #: carries; at least one message is always included. More waits for the

@@ -16,10 +16,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from zope.interface import implementer
 
 from chat.errors import NoSuchUser, RateLimited, RegistrationClosed, UserExists
-from chat.interfaces import IChatStore, IPasswordHasher, IRegistrar
+from chat.interfaces import IPasswordHasher, IRegistrar
 from chat.limits import RateLimiter
 from chat.logs import make_logger
 from chat.model import User, validate_full_name, validate_password, validate_username
+from chat.store.interfaces import IUserStore
 
 
 @implementer(IRegistrar)
@@ -30,7 +31,7 @@ class Registrar:
     limited per client address by C{limiter}.
     """
 
-    store: IChatStore
+    store: IUserStore
     hasher: IPasswordHasher
     limiter: RateLimiter
     open: bool = False

@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from chat.interfaces import IChatStore
 from chat.logs import make_logger
+from chat.store.interfaces import IHistoryStore
 
 
 @attrs.define
@@ -26,7 +26,7 @@ class MessagePurger:
     seconds (by default the retention, at most an hour).
     """
 
-    store: IChatStore
+    store: IHistoryStore
     clock: IReactorTime
     retention: float
     interval: float | None = None

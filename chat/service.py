@@ -35,12 +35,7 @@ from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
 from chat.cluster import DEFAULT_HEARTBEAT, Cluster
 from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
-from chat.interfaces import (
-    IChatStore,
-    IClusterStore,
-    IExternalChanges,
-    IPasswordHasher,
-)
+from chat.interfaces import IClusterStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.lines import ChatFactory
 from chat.logs import make_logger
@@ -50,6 +45,7 @@ from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
 from chat.registration import Registrar
 from chat.retention import MessagePurger
 from chat.sessions import ChangeWatcher, SessionManager
+from chat.store.interfaces import IExternalChanges, IUserStore
 from chat.web import OriginPolicy, WebSettings, make_site
 from chat.web.hosts import HostPolicy
 
@@ -91,7 +87,7 @@ DEMO_PASSWORD = "surabaya"
 SPARE_FILES = 64
 
 
-async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
+async def ensure_demo_users(store: IUserStore, hasher: IPasswordHasher) -> None:
     """
     Create the course's demo users that do not exist yet.
     """

@@ -34,9 +34,9 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from chat.errors import NoSuchUser, SessionNotFound, StorageUnavailable
-from chat.interfaces import IChatStore, IExternalChanges
 from chat.logs import make_logger, token_label
 from chat.model import Session
+from chat.store.interfaces import IExternalChanges, ISessionStore
 
 
 def hash_token(token: str) -> str:
@@ -71,7 +71,7 @@ class SessionManager:
     @ivar max_age: seconds after creation after which a session ends anyway.
     """
 
-    store: IChatStore
+    store: ISessionStore
     clock: IReactorTime
     idle_timeout: float
     max_age: float

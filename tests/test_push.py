@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from chat.errors import StorageUnavailable
-from chat.store.memory import _Stored
+from chat.store.memory import Stored
 from tests.helpers import Connection, Server
 
 
@@ -322,7 +322,7 @@ def test_ack_marks_what_was_pushed_not_a_late_lower_id() -> None:
     # A message with a lower id, committed late by another node: stored,
     # but not (yet) pushed here.
     late = server.store.messages[-1].message._replace(id=0, text="late")
-    server.store.messages.insert(0, _Stored(late))
+    server.store.messages.insert(0, Stored(late))
     reply = henderson.request(f"ack {token_h} {pushed['id']}")
     assert reply["count"] == 1
     inbox = henderson.request(f"inbox {token_h}")

@@ -16,7 +16,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from chat.errors import (
@@ -36,11 +38,11 @@ from chat.errors import (
     TooManyUnread,
     UserExists,
 )
-from chat.interfaces import IChatStore, IExternalChanges
 from chat.limits import Quotas
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
 from chat.store.batching import Call
+from chat.store.interfaces import IChatStore, IExternalChanges
 from chat.store.memory import MemoryStore
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
@@ -141,7 +143,7 @@ async def _with_three(store: Any) -> None:
 
 
 def test_provides_interface(store: Any) -> None:
-    """Both stores provide IChatStore."""
+    """Every store provides IChatStore."""
     assert verifyObject(IChatStore, store)
 
 
@@ -164,6 +166,41 @@ async def test_users(store: Any) -> None:
         await store.delete_user("messi")
     with pytest.raises(NoSuchUser):
         await store.set_password_hash("messi", "x")
+
+
+@implementer(IReactorTime)
+class _ReactorAt:
+    """
+    The real reactor, whose clock says C{now}.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_created_at_comes_from_the_reactor(tmp_path: Path) -> None:
+    """The time a user was added is the store's reactor's clock, not the
+    machine's."""
+    path = str(tmp_path / "chat.sqlite")
+    store = SQLiteStore(_ReactorAt(1234.5), path)  # type: ignore[arg-type]
+    store.start()
+    try:
+        await store.add_user(MESSI)
+    finally:
+        await store.close()
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT username, created_at FROM users").fetchall()
+    finally:
+        connection.close()
+    assert rows == [("messi", 1234.5)]
 
 
 @pytest_twisted.ensureDeferred

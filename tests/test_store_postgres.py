@@ -352,7 +352,7 @@ def test_drain_takes_only_the_rows_it_returns(postgres_db: str) -> None:
     """A message with a lower id committed by another node between the
     drain's read and its delete from the mailbox stays undelivered (it used
     to be marked delivered without being returned: lost)."""
-    from chat.store.messages import DrainInbox
+    from chat.store.mailbox import DrainInbox
     from chat.store.postgres import _Translating, transaction
 
     with psycopg.connect(postgres_db, autocommit=True) as setup:

@@ -23,8 +23,8 @@ from chat.errors import (
     RealmExists,
     RealmQueueFull,
 )
-from chat.interfaces import IRealmStore
 from chat.links import InboundMessage, RealmLink
+from chat.store.interfaces import IRealmStore
 from chat.store.sqlite import SQLiteStore
 from tests.test_store import MESSI, _with_users
 from tests.test_store import store as store
@@ -38,7 +38,7 @@ def inbound(uid: str, *recipients: str, text: str = "hi") -> InboundMessage:
 
 
 def test_provides_interface(store: Any) -> None:
-    """Both stores provide IRealmStore."""
+    """Every store provides IRealmStore."""
     assert verifyObject(IRealmStore, store)
 
 

@@ -1,6 +1,6 @@
 """
 Stores: where chat state lives. C{open_store} turns a C{--store} value into
-an L{IChatStore}.
+an L{chat.store.interfaces.IChatStore}.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class Transaction:
     @ivar begin: the statement that begins a transaction.
     @ivar external_changes: how many times the store has seen, as a
         transaction began, that another process had committed meanwhile
-        (SQLite; L{chat.interfaces.IExternalChanges}).
+        (SQLite; L{chat.store.interfaces.IExternalChanges}).
     """
 
     def __init__(

@@ -25,12 +25,8 @@ from chat.links import (
 )
 from chat.model import Message
 from chat.store.batching import Operation, Transaction, chunks, marks
-from chat.store.messages import (
-    IN_MAILBOX,
-    MAILBOX_COLUMNS,
-    insert_messages,
-    take_from_mailbox,
-)
+from chat.store.mailbox import IN_MAILBOX, MAILBOX_COLUMNS, take_from_mailbox
+from chat.store.messages import insert_messages
 
 _OUTBOX_COLUMNS = (
     "id, message_uid, realm_id, sender, sender_name, recipients, body, sent_at"

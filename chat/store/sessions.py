@@ -139,7 +139,7 @@ class ExistingSessions(Operation):
 class ExternalChanges(Operation):
     """
     How many times the store has seen that another process committed to
-    the database (L{chat.interfaces.IExternalChanges}), as of the start of
+    the database (L{chat.store.interfaces.IExternalChanges}), as of the start of
     this batch: read there, so nothing to run here.
     """
 

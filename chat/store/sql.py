@@ -1,7 +1,8 @@
 """
 L{SQLStore}: the store interfaces on a SQL database, each method one
 operation (L{chat.store.users}, L{chat.store.sessions},
-L{chat.store.messages}, L{chat.store.groups}, L{chat.store.realms})
+L{chat.store.sending}, L{chat.store.mailbox}, L{chat.store.history},
+L{chat.store.groups}, L{chat.store.realms})
 queued for the next batch transaction (L{chat.store.batching}).
 
 The operations' SQL is the dialect SQLite and PostgreSQL share:
@@ -25,35 +26,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from zope.interface import implementer
 
 from chat.callbacks import Done
-from chat.interfaces import IChatStore, IRealmStore
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import Delivery, InboundMessage, OutboundMessage, RealmLink
 from chat.model import Attachment, Group, Message, Page, Session, User
-from chat.store import groups, messages, realms, sessions, users
+from chat.store import (
+    groups,
+    history,
+    mailbox,
+    messages,
+    realms,
+    sending,
+    sessions,
+    users,
+)
 from chat.store.batching import GroupCommit
+from chat.store.interfaces import IChatStore
 
 
-@implementer(IChatStore, IRealmStore)
+@implementer(IChatStore)
 class SQLStore(GroupCommit):
     """
-    L{IChatStore} and L{IRealmStore} on a SQL database.
+    L{IChatStore} on a SQL database.
 
     @ivar max_mailbox: the most undelivered messages per recipient.
     @ivar max_per_sender: the most of them from one sender.
     @ivar quotas: what each user may keep stored (L{chat.store.quotas}).
+    @ivar clock: the clock of the times the store records by itself (when a
+        user was added): the reactor's.
     """
 
     max_mailbox: int = DEFAULT_MAX_MAILBOX
     max_per_sender: int = DEFAULT_MAX_MAILBOX
     quotas: Quotas = Quotas()
 
+    def __init__(self, reactor: IReactorFromThreads, thread_name: str) -> None:
+        super().__init__(reactor, thread_name)
+        self.clock: IReactorTime = IReactorTime(reactor)
+
     # Users.
 
     def add_user(self, user: User) -> Deferred[None]:
-        return self.run(users.AddUser(user))
+        return self.run(users.AddUser(user, self.clock.seconds()))
 
     def get_user(self, username: str) -> Deferred[User]:
         return self.run(users.GetUser(username))
@@ -100,12 +117,12 @@ class SQLStore(GroupCommit):
     def store_message_then(
         self, sender: str, recipient: str, text: str, sent_at: float, done: Done
     ) -> None:
-        self.submit(messages.StoreMessage(sender, recipient, text, sent_at), done)
+        self.submit(sending.StoreMessage(sender, recipient, text, sent_at), done)
 
     def store_message(
         self, sender: str, recipient: str, text: str, sent_at: float
     ) -> Deferred[Message]:
-        return self.run(messages.StoreMessage(sender, recipient, text, sent_at))
+        return self.run(sending.StoreMessage(sender, recipient, text, sent_at))
 
     def store_messages_then(
         self,
@@ -116,7 +133,7 @@ class SQLStore(GroupCommit):
         attachment: Attachment | None,
         done: Done,
     ) -> None:
-        operation = messages.StoreMessages(
+        operation = sending.StoreMessages(
             sender, list(recipients), text, sent_at, attachment
         )
         self.submit(operation, done)
@@ -130,7 +147,7 @@ class SQLStore(GroupCommit):
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
         return self.run(
-            messages.StoreMessages(sender, list(recipients), text, sent_at, attachment)
+            sending.StoreMessages(sender, list(recipients), text, sent_at, attachment)
         )
 
     def store_group_message_then(
@@ -142,7 +159,7 @@ class SQLStore(GroupCommit):
         attachment: Attachment | None,
         done: Done,
     ) -> None:
-        operation = messages.StoreGroupMessage(sender, group, text, sent_at, attachment)
+        operation = sending.StoreGroupMessage(sender, group, text, sent_at, attachment)
         self.submit(operation, done)
 
     def store_group_message(
@@ -154,7 +171,7 @@ class SQLStore(GroupCommit):
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
         return self.run(
-            messages.StoreGroupMessage(sender, group, text, sent_at, attachment)
+            sending.StoreGroupMessage(sender, group, text, sent_at, attachment)
         )
 
     def store_to_name_then(
@@ -166,7 +183,7 @@ class SQLStore(GroupCommit):
         attachment: Attachment | None,
         done: Done,
     ) -> None:
-        operation = messages.StoreToName(sender, name, text, sent_at, attachment)
+        operation = sending.StoreToName(sender, name, text, sent_at, attachment)
         self.submit(operation, done)
 
     def store_to_name(
@@ -177,17 +194,17 @@ class SQLStore(GroupCommit):
         sent_at: float,
         attachment: Attachment | None = None,
     ) -> Deferred[list[Message]]:
-        return self.run(messages.StoreToName(sender, name, text, sent_at, attachment))
+        return self.run(sending.StoreToName(sender, name, text, sent_at, attachment))
 
     def drain_inbox_then(
         self, username: str, delivered_at: float, max_bytes: int | None, done: Done
     ) -> None:
-        self.submit(messages.DrainInbox(username, delivered_at, max_bytes), done)
+        self.submit(mailbox.DrainInbox(username, delivered_at, max_bytes), done)
 
     def drain_inbox(
         self, username: str, delivered_at: float, max_bytes: int | None = None
     ) -> Deferred[list[Message]]:
-        return self.run(messages.DrainInbox(username, delivered_at, max_bytes))
+        return self.run(mailbox.DrainInbox(username, delivered_at, max_bytes))
 
     def drain_inbox_from(
         self,
@@ -197,34 +214,34 @@ class SQLStore(GroupCommit):
         max_bytes: int | None = None,
     ) -> Deferred[list[Message]]:
         return self.run(
-            messages.DrainInboxFrom(username, sender, delivered_at, max_bytes)
+            mailbox.DrainInboxFrom(username, sender, delivered_at, max_bytes)
         )
 
     def undelivered(
         self, username: str, after_id: int, limit: int
     ) -> Deferred[list[Message]]:
-        return self.run(messages.Undelivered(username, after_id, limit))
+        return self.run(mailbox.Undelivered(username, after_id, limit))
 
     def mark_delivered_then(
         self, username: str, up_to_id: int, delivered_at: float, done: Done
     ) -> None:
-        self.submit(messages.MarkDelivered(username, up_to_id, delivered_at), done)
+        self.submit(mailbox.MarkDelivered(username, up_to_id, delivered_at), done)
 
     def mark_delivered(
         self, username: str, up_to_id: int, delivered_at: float
     ) -> Deferred[int]:
-        return self.run(messages.MarkDelivered(username, up_to_id, delivered_at))
+        return self.run(mailbox.MarkDelivered(username, up_to_id, delivered_at))
 
     def mark_delivered_ids_then(
         self, username: str, ids: Sequence[int], delivered_at: float, done: Done
     ) -> None:
-        operation = messages.MarkDeliveredIds(username, list(ids), delivered_at)
+        operation = mailbox.MarkDeliveredIds(username, list(ids), delivered_at)
         self.submit(operation, done)
 
     def mark_delivered_ids(
         self, username: str, ids: Sequence[int], delivered_at: float
     ) -> Deferred[int]:
-        return self.run(messages.MarkDeliveredIds(username, list(ids), delivered_at))
+        return self.run(mailbox.MarkDeliveredIds(username, list(ids), delivered_at))
 
     def conversation(
         self,
@@ -235,7 +252,7 @@ class SQLStore(GroupCommit):
         max_bytes: int | None = None,
     ) -> Deferred[Page]:
         return self.run(
-            messages.Conversation(username, peer, limit, before_id, max_bytes)
+            history.Conversation(username, peer, limit, before_id, max_bytes)
         )
 
     def group_history(
@@ -247,11 +264,11 @@ class SQLStore(GroupCommit):
         max_bytes: int | None = None,
     ) -> Deferred[Page]:
         return self.run(
-            messages.GroupHistory(username, group, limit, before_id, max_bytes)
+            history.GroupHistory(username, group, limit, before_id, max_bytes)
         )
 
     def purge_messages(self, sent_before: float, limit: int) -> Deferred[int]:
-        return self.run(messages.PurgeMessages(sent_before, limit))
+        return self.run(history.PurgeMessages(sent_before, limit))
 
     def messages_by_id(self, ids: Sequence[int]) -> Deferred[list[Message]]:
         """

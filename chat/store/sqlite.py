@@ -38,11 +38,11 @@ from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
-from chat.interfaces import IExternalChanges
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.store import schema
 from chat.store.batching import BatchOutcome, Operation, Transaction, run_batch
 from chat.store.caches import StoreCaches
+from chat.store.interfaces import IExternalChanges
 from chat.store.sessions import ExternalChanges
 from chat.store.sql import SQLStore
 
@@ -68,7 +68,7 @@ def is_storage_error(error: BaseException) -> bool:
 @implementer(IExternalChanges)
 class SQLiteStore(SQLStore):
     """
-    L{IChatStore} and L{IRealmStore} on a SQLite file; L{IExternalChanges}
+    L{chat.store.interfaces.IChatStore} on a SQLite file; L{IExternalChanges}
     tells when another process (C{chat-admin}) wrote to the file.
     """
 

@@ -5,7 +5,6 @@ is an administrator.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import attrs
@@ -60,13 +59,19 @@ def require_user(txn: Transaction, username: str) -> None:
 
 @attrs.define(eq=False)
 class AddUser(Operation):
+    """
+    A new user, created at C{created_at}.
+
+    @raise UserExists: if a user of that name exists.
+    """
+
     checks_first = True
 
     user: User
+    created_at: float
 
     def run(self, txn: Transaction) -> None:
         user = self.user
-        created_at = time.time()
         cursor = txn.execute(
             "INSERT INTO users (username, full_name, country, password_hash,"
             " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO NOTHING",
@@ -75,7 +80,7 @@ class AddUser(Operation):
                 user.full_name,
                 user.country,
                 user.password_hash,
-                created_at,
+                self.created_at,
             ),
         )
         if cursor.rowcount == 0:

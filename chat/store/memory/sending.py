@@ -1,0 +1,277 @@
+"""
+The in-memory store's sending (L{chat.store.interfaces.IMessageStore}), with
+the rules of L{chat.store.sending}: mailbox limits and file quotas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred
+
+from chat.callbacks import Done
+from chat.errors import (
+    MailboxFull,
+    NoSuchUsers,
+    NotAMember,
+    QuotaExceeded,
+    TooManyUnread,
+)
+from chat.model import Attachment, Message, User
+from chat.store.memory.state import MemoryState, Stored
+
+
+class MemorySending(MemoryState):
+    """
+    Storing messages for users, groups and names.
+    """
+
+    def _add(
+        self,
+        sender: User,
+        recipient: User,
+        text: str,
+        sent_at: float,
+        group: str | None = None,
+        attachment: Attachment | None = None,
+        delivered_at: float | None = None,
+    ) -> Message:
+        message = Message(
+            self.next_message_id(),
+            sender.username,
+            recipient.username,
+            sender.full_name,
+            recipient.full_name,
+            text,
+            sent_at,
+            group,
+            *(
+                (None, None, None, None)
+                if attachment is None
+                else (
+                    attachment.name,
+                    attachment.size,
+                    attachment.sha256,
+                    attachment.content,
+                )
+            ),
+        )
+        self.messages.append(Stored(message, delivered_at))
+        return message
+
+    def file_usage(self, username: str) -> tuple[int, int]:
+        """
+        How many distinct files the messages C{username} sent still carry,
+        and their bytes (as L{chat.store.quotas.file_usage}).
+        """
+        sizes = {
+            s.message.file_sha256: s.message.file_size or 0
+            for s in self.messages
+            if s.message.sender == username and s.message.file_sha256 is not None
+        }
+        return len(sizes), sum(sizes.values())
+
+    def _check_file_quota(self, sender: str, attachment: Attachment) -> None:
+        if any(
+            s.message.sender == sender and s.message.file_sha256 == attachment.sha256
+            for s in self.messages
+        ):
+            return
+        count, size = self.file_usage(sender)
+        if count + 1 > self.quotas.max_files:
+            raise QuotaExceeded("files", self.quotas.max_files)
+        if size + attachment.size > self.quotas.max_file_bytes:
+            raise QuotaExceeded("bytes", self.quotas.max_file_bytes)
+
+    def _refusal(self, recipient: str, sender: str) -> Exception | None:
+        """
+        Why the mailbox of C{recipient} takes no more from C{sender}, or
+        None if it takes one (as in L{chat.store.messages}).
+        """
+        total = from_sender = 0
+        for s in self.messages:
+            if s.message.recipient == recipient and s.delivered_at is None:
+                total += 1
+                from_sender += s.message.sender == sender
+        if total >= self.max_mailbox:
+            return MailboxFull(recipient)
+        per_sender = (
+            self.max_mailbox if self.max_per_sender is None else self.max_per_sender
+        )
+        if from_sender >= per_sender:
+            return TooManyUnread(recipient, per_sender)
+        return None
+
+    def _store_message(
+        self, sender: str, recipient: str, text: str, sent_at: float
+    ) -> Message:
+        from_user, to_user = self.require_user(sender), self.require_user(recipient)
+        refused = self._refusal(recipient, sender)
+        if refused is not None:
+            raise refused
+        return self._add(from_user, to_user, text, sent_at)
+
+    def store_message_then(
+        self, sender: str, recipient: str, text: str, sent_at: float, done: Done
+    ) -> None:
+        self.answer_then(done, self._store_message, sender, recipient, text, sent_at)
+
+    def store_message(
+        self, sender: str, recipient: str, text: str, sent_at: float
+    ) -> Deferred[Message]:
+        return self.answer(self._store_message, sender, recipient, text, sent_at)
+
+    def _store_messages(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        from_user = self.require_user(sender)
+        distinct = list(dict.fromkeys(recipients))
+        missing = [r for r in distinct if r not in self.users]
+        if missing:
+            raise NoSuchUsers(missing)
+        for recipient in distinct:
+            refused = self._refusal(recipient, sender)
+            if refused is not None:
+                raise refused
+        if attachment is not None:
+            self._check_file_quota(sender, attachment)
+        return [
+            self._add(from_user, self.users[r], text, sent_at, None, attachment)
+            for r in distinct
+        ]
+
+    def store_messages_then(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self.answer_then(
+            done, self._store_messages, sender, recipients, text, sent_at, attachment
+        )
+
+    def store_messages(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self.answer(
+            self._store_messages, sender, recipients, text, sent_at, attachment
+        )
+
+    def store_group_message_then(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self.answer_then(
+            done, self._store_group_message, sender, group, text, sent_at, attachment
+        )
+
+    def store_group_message(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self.answer(
+            self._store_group_message, sender, group, text, sent_at, attachment
+        )
+
+    def _store_group_message(
+        self,
+        sender: str,
+        group: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        members = self.require_group(group).members
+        if sender not in members:
+            raise NotAMember(group, sender)
+        if attachment is not None:
+            self._check_file_quota(sender, attachment)
+        from_user = self.users[sender]
+        stored = [
+            self._add(from_user, from_user, text, sent_at, group, attachment, sent_at)
+        ]
+        for member in members:
+            if member == sender:
+                continue
+            if self._refusal(member, sender) is not None:
+                # Kept as delivered, for the member's group history, and
+                # not returned, so nobody pushes it (as in SQLiteStore).
+                self._add(
+                    from_user,
+                    self.users[member],
+                    text,
+                    sent_at,
+                    group,
+                    attachment,
+                    sent_at,
+                )
+            else:
+                stored.append(
+                    self._add(
+                        from_user,
+                        self.users[member],
+                        text,
+                        sent_at,
+                        group,
+                        attachment,
+                    )
+                )
+        return stored
+
+    def _store_to_name(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> list[Message]:
+        self.require_user(sender)
+        if name in self.users or name not in self.groups:
+            return self._store_messages(sender, [name], text, sent_at, attachment)
+        return self._store_group_message(sender, name, text, sent_at, attachment)
+
+    def store_to_name_then(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None,
+        done: Done,
+    ) -> None:
+        self.answer_then(
+            done, self._store_to_name, sender, name, text, sent_at, attachment
+        )
+
+    def store_to_name(
+        self,
+        sender: str,
+        name: str,
+        text: str,
+        sent_at: float,
+        attachment: Attachment | None = None,
+    ) -> Deferred[list[Message]]:
+        return self.answer(self._store_to_name, sender, name, text, sent_at, attachment)
