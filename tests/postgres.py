@@ -196,7 +196,7 @@ def postgres_db(_shared_chat_database: str) -> str:
     """
     import psycopg
 
-    from chat.migrate import CHAT_TABLES
+    from chat.store.migration import CHAT_TABLES
 
     tables = ", ".join(sorted(CHAT_TABLES - {"schema_version"}))
     with psycopg.connect(_shared_chat_database, autocommit=True) as connection:

@@ -22,10 +22,12 @@ import pytest_twisted
 from twisted.internet import reactor
 
 import chat.migrate
+import chat.store.migration
 from chat.links import InboundMessage, RealmLink
-from chat.migrate import CLUSTER_TABLES, TABLES, Progress
+from chat.migrate import Progress
 from chat.model import Attachment, Session, User
 from chat.store import open_store, schema
+from chat.store.migration import CLUSTER_TABLES, TABLES
 from chat.store.postgres import safe_url
 from chat.store.sqlite import SQLiteStore
 from tests.test_store_postgres import postgres_columns, sqlite_columns
@@ -494,13 +496,13 @@ def test_counts_that_differ_roll_back(
     If the copy came out different (here: a row of messages lost), the
     counts say which, and nothing is committed.
     """
-    original = chat.migrate._rows
+    original = chat.store.migration.source_rows
 
     def losing(connection: Any, table: Any) -> Any:
         for rows in original(connection, table):
             yield rows[1:] if table.name == "messages" else rows
 
-    monkeypatch.setattr(chat.migrate, "_rows", losing)
+    monkeypatch.setattr(chat.store.migration, "source_rows", losing)
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.raises(chat.migrate.MigrationError) as raised:
         chat.migrate.migrate(str(source), postgres_url, stdout, stderr)
@@ -627,7 +629,7 @@ def test_refuses_a_target_in_use_by_a_server(
     A target whose tables a server holds (here: a transaction that locked
     users) is refused after the lock timeout, not waited for forever.
     """
-    monkeypatch.setattr(chat.migrate, "LOCK_TIMEOUT", 1)
+    monkeypatch.setattr(chat.store.migration, "LOCK_TIMEOUT", 1)
     with psycopg.connect(postgres_url, autocommit=True) as server:
         schema.prepare_postgres(server)
         with server.transaction():

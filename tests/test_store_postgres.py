@@ -19,9 +19,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
-from chat.migrate import CLUSTER_TABLES
 from chat.model import Message
 from chat.store import open_store, schema
+from chat.store.migration import CLUSTER_TABLES
 from chat.store.postgres import (
     MAX_PAYLOAD,
     PostgresStore,
