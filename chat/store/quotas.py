@@ -1,7 +1,7 @@
 """
 Per-user quotas (L{chat.limits.Quotas}, the transaction's C{quotas}),
 checked in the transaction that would go past them, by the operations that
-store a file (L{chat.store.messages}) or add a member to a group
+store a file (L{chat.store.sending}) or add a member to a group
 (L{chat.store.groups}); nothing else pays for them.
 
 Files. What a user "has stored" is every distinct file (by sha256) that a

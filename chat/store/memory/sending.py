@@ -86,7 +86,7 @@ class MemorySending(MemoryState):
     def _refusal(self, recipient: str, sender: str) -> Exception | None:
         """
         Why the mailbox of C{recipient} takes no more from C{sender}, or
-        None if it takes one (as in L{chat.store.messages}).
+        None if it takes one (as in L{chat.store.mailbox}).
         """
         total = from_sender = 0
         for s in self.messages:
@@ -217,7 +217,8 @@ class MemorySending(MemoryState):
                 continue
             if self._refusal(member, sender) is not None:
                 # Kept as delivered, for the member's group history, and
-                # not returned, so nobody pushes it (as in SQLiteStore).
+                # not returned, so nobody pushes it (as L{chat.store.sending}
+                # does).
                 self._add(
                     from_user,
                     self.users[member],
