@@ -254,7 +254,7 @@ def validate_sent_at(sent_at: object, now: float) -> float:
     """
     Return C{sent_at} as a float if it is a time a message from another
     server may say it was sent: a number from L{EARLIEST_SENT_AT} to
-    L{MAX_CLOCK_AHEAD} after C{now}, so that L{chat.commands.iso_utc} can
+    L{MAX_CLOCK_AHEAD} after C{now}, so that L{chat.replies.iso_utc} can
     always format it.
 
     @raise ValueError: if it is not.
