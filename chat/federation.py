@@ -71,7 +71,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands
+from chat import commands, replies
 from chat.errors import (
     BadRealmMessage,
     ChatError,
@@ -254,7 +254,7 @@ class InboundLink:
                 unknown=list(delivery.unknown),
                 duplicate=delivery.duplicate,
             )
-            return commands.ok(
+            return replies.ok(
                 message="Delivered",
                 id=message.uid,
                 delivered=len(delivery.messages),
@@ -327,7 +327,7 @@ class InboundLinkHandler:
             if self.link is None:
                 raise RealmNotAuthenticated("realm-msg before realm-auth")
             self.link.deliver(command.payload).addCallbacks(
-                lambda reply: self._door.answer(commands.dumps(reply)),
+                lambda reply: self._door.answer(replies.dumps(reply)),
                 lambda f: self._door.answer(error_reply(f.value, verb, self._peer)),
             )
             return None
@@ -353,8 +353,8 @@ class InboundLinkHandler:
                 peer=self._peer,
             )
             self._door.answer(
-                commands.dumps(
-                    commands.ok(
+                replies.dumps(
+                    replies.ok(
                         message="Realm Authenticated",
                         realm=federation.realm_id,
                         proof=link.server_proof,
@@ -377,8 +377,8 @@ class InboundLinkHandler:
             )
             self._door.close()
             self._door.answer(
-                commands.dumps(
-                    commands.error("realm authentication failed", "realm_auth_failed")
+                replies.dumps(
+                    replies.error("realm authentication failed", "realm_auth_failed")
                 )
             )
 
@@ -395,7 +395,7 @@ class LinkClientProtocol(LineReceiver):
     dropped (and made again by the L{ClientService}).
     """
 
-    delimiter = commands.DELIMITER
+    delimiter = replies.DELIMITER
     MAX_LENGTH = 1024 * 1024
     log = make_logger()
 
@@ -487,7 +487,7 @@ class LinkClientProtocol(LineReceiver):
         ):
             # The other realm would drop the connection, again and again:
             # refuse the message here instead.
-            return succeed(commands.error("message too long", "too_long"))
+            return succeed(replies.error("message too long", "too_long"))
         return self.request(line)
 
     def lineReceived(self, line: bytes) -> None:

@@ -21,13 +21,9 @@ from twisted.internet.defer import gatherResults
 from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
 from chat.model import Message
 from chat.store import open_store, schema
+from chat.store.cluster import MAX_PAYLOAD, notification_payloads
 from chat.store.migration import CLUSTER_TABLES
-from chat.store.postgres import (
-    MAX_PAYLOAD,
-    PostgresStore,
-    notification_payloads,
-    safe_url,
-)
+from chat.store.postgres import PostgresStore, safe_url
 from tests.postgres import ThrowawayPostgres
 from tests.test_store import HENDERSON, LINEKER, MESSI
 

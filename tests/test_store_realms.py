@@ -15,7 +15,6 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
-from chat.commands import message_json
 from chat.errors import (
     MailboxFull,
     NoSuchRealm,
@@ -24,6 +23,7 @@ from chat.errors import (
     RealmQueueFull,
 )
 from chat.links import InboundMessage, RealmLink
+from chat.replies import message_json
 from chat.store.interfaces import IRealmStore
 from chat.store.sqlite import SQLiteStore
 from tests.test_store import MESSI, _with_users
