@@ -607,4 +607,3 @@ class INotificationListener(Interface):
 
         @return: fires when it ended, or after two seconds anyway.
         """
-
