@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -240,11 +241,49 @@ class LinkClientFactory(Factory):
         return LinkClientProtocol(self.link)
 
 
+class DeliveryState(Enum):
+    """
+    Where an L{OutboundLink} is in delivering its outbox.
+    """
+
+    #: Not delivering: the outbox was empty when last read, or the link is
+    #: down.
+    IDLE = "idle"
+    #: Reading the outbox and offering its messages, one at a time, on the
+    #: connection that was up when it started.
+    DELIVERING = "delivering"
+    #: Delivering, and messages were queued (L{OutboundLink.wake}) since
+    #: the outbox was last read: it is read again before going idle.
+    WOKEN = "woken"
+    #: Waiting before offering the next message: the other realm could not
+    #: take it just now (a temporary error), or our store was unavailable.
+    #: A timer ends the pause.
+    PAUSED = "paused"
+
+
 @attrs.define(eq=False)
 class OutboundLink:
     """
     Delivers the outbox of one linked realm over a connection kept by a
     L{ClientService}.
+
+    Its L{DeliveryState}::
+
+        IDLE --pump, while an authenticated connection is up--> DELIVERING
+        DELIVERING --wake--> WOKEN
+        WOKEN --the outbox is read again--> DELIVERING
+        DELIVERING --the outbox is empty--> IDLE
+        DELIVERING, WOKEN --the connection is lost or replaced, a reply
+            makes no sense, or an unexpected error--> IDLE
+        DELIVERING, WOKEN --a temporary error, or the store is
+            unavailable--> PAUSED
+        PAUSED --the pause is over, a connection authenticates, or
+            stop--> IDLE
+
+    It pumps again when it goes IDLE from WOKEN or with another connection
+    up, when a pause is over, and when a connection authenticates. Waking
+    it while IDLE pumps; while PAUSED does nothing (the pause ends in a
+    pump).
 
     @ivar handshake_failures: consecutive connections whose handshake
         failed; they lengthen the backoff like refused connections do (the
@@ -258,9 +297,9 @@ class OutboundLink:
     delivered: int = 0
     service: ClientService | None = None
     _protocol: LinkClientProtocol | None = None
-    _pumping: bool = False
-    _dirty: bool = False
-    _retry: IDelayedCall | None = None
+    state: DeliveryState = attrs.field(default=DeliveryState.IDLE, init=False)
+    #: The timer that ends a pause.
+    _retry: IDelayedCall | None = attrs.field(default=None, init=False)
 
     log = make_logger()
 
@@ -286,7 +325,7 @@ class OutboundLink:
         self.service.startService()
 
     def stop(self) -> Deferred[None]:
-        self._cancel_retry()
+        self._resume()
         service, self.service = self.service, None
         if service is None:
             return succeed(None)
@@ -309,7 +348,7 @@ class OutboundLink:
         self.handshake_failures = 0
         self._protocol = protocol
         self.log.info("Link to realm {realm} is up", realm=self.realm_id)
-        self._cancel_retry()
+        self._resume()
         self.pump()
 
     def handshake_failed(self, why: str) -> None:
@@ -332,46 +371,49 @@ class OutboundLink:
         """
         New messages were queued.
         """
-        if self._pumping:
-            self._dirty = True
-        else:
+        if self.state is DeliveryState.IDLE:
             self.pump()
+        elif self.state is DeliveryState.DELIVERING:
+            self.state = DeliveryState.WOKEN
 
     def pump(self) -> None:
         """
         Deliver queued messages while the link is up.
         """
         protocol = self._protocol
-        if self._pumping or protocol is None or self._retry is not None:
+        if self.state is not DeliveryState.IDLE or protocol is None:
             return
-        self._pumping = True
+        self.state = DeliveryState.DELIVERING
         d = ensureDeferred(self._deliver_queued(protocol))
         d.addErrback(
             lambda f: self.log.failure(
                 "Unexpected error delivering to realm {realm}", f, realm=self.realm_id
             )
         )
-        d.addBoth(self._pumped, protocol)
+        d.addBoth(self._delivery_ended, protocol)
 
-    def _pumped(self, _: object, protocol: LinkClientProtocol) -> None:
-        self._pumping = False
-        if self._protocol is not None and (
-            self._protocol is not protocol or self._dirty
-        ):
+    def _delivery_ended(self, _: object, protocol: LinkClientProtocol) -> None:
+        if self.state is DeliveryState.PAUSED:
+            return
+        woken = self.state is DeliveryState.WOKEN
+        self.state = DeliveryState.IDLE
+        if self._protocol is not None and (self._protocol is not protocol or woken):
             self.pump()
 
     async def _deliver_queued(self, protocol: LinkClientProtocol) -> None:
         federation = self.federation
         store = federation.store
         while self._protocol is protocol:
-            self._dirty = False
+            # WOKEN -> DELIVERING: this read sees what was queued so far;
+            # a wake from here on may be for messages it does not see.
+            self.state = DeliveryState.DELIVERING
             try:
                 batch = await store.next_outbound(self.realm_id, 1)
             except StorageUnavailable as e:
                 self._retry_later(federation.settings.retry_min, str(e))
                 return
             if not batch:
-                if self._dirty:
+                if self.state is DeliveryState.WOKEN:
                     continue
                 return
             message = batch[0]
@@ -452,14 +494,19 @@ class OutboundLink:
             delay=round(delay, 3),
             why=why,
         )
-        self._cancel_retry()
+        self.state = DeliveryState.PAUSED
         self._retry = self.federation.clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:
-        self._retry = None
+        self._resume()
         self.pump()
 
-    def _cancel_retry(self) -> None:
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+    def _resume(self) -> None:
+        """
+        End a pause, if paused.
+        """
+        if self.state is DeliveryState.PAUSED:
+            if self._retry is not None and self._retry.active():
+                self._retry.cancel()
+            self._retry = None
+            self.state = DeliveryState.IDLE
