@@ -180,17 +180,13 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from json.encoder import encode_basestring_ascii
+from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 import attrs
 
 from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
-from chat.model import Group, Message, Page, Profile
-
-DELIMITER = b"\r\n\r\n"
+from chat.replies import dumps, error
 
 #: history: the default and the largest number of messages per page.
 HISTORY_LIMIT = 50
@@ -817,179 +813,6 @@ def parse(line: bytes) -> Command:
             raise UnknownCommand()
         return alias.parse(rest)
     return command.from_arguments(rest)
-
-
-def ok(**fields: object) -> dict[str, object]:
-    return {"status": "OK", **fields}
-
-
-def error(message: str, code: str, **fields: object) -> dict[str, object]:
-    return {"status": "ERROR", "message": message, "code": code, **fields}
-
-
-def dumps(reply: dict[str, object]) -> bytes:
-    """
-    One reply or event as compact, ASCII-only JSON (without the delimiter).
-    """
-    return json.dumps(reply, separators=(",", ":")).encode("ascii")
-
-
-def encode(reply: dict[str, object]) -> bytes:
-    """
-    Serialize one reply or event for the line transport.
-    """
-    return dumps(reply) + DELIMITER
-
-
-# Replies and events that carry messages. They are built as text directly
-# (with the json module's own string escaping), not as dicts for
-# json.dumps: an inbox carries many messages, and this is the hot path.
-# The result is what json.dumps would give for the same keys (checked by
-# the tests).
-
-_ISO_SECONDS: dict[int, str] = {}
-
-
-def iso_utc(when: float) -> str:
-    """
-    Format a POSIX timestamp as ISO-8601 UTC with millisecond precision
-    (C{2026-12-02T04:17:55.123Z}), as C{datetime.isoformat} does: the
-    microseconds rounded, then cut to milliseconds.
-    """
-    fraction, whole = math.modf(when)
-    micros = round(fraction * 1_000_000)
-    if micros < 0 or whole < 0:
-        return _iso_slow(when)
-    seconds = int(whole)
-    if micros >= 1_000_000:
-        seconds += 1
-        micros -= 1_000_000
-    prefix = _ISO_SECONDS.get(seconds)
-    if prefix is None:
-        if len(_ISO_SECONDS) > 4096:
-            _ISO_SECONDS.clear()
-        prefix = _ISO_SECONDS[seconds] = datetime.fromtimestamp(
-            seconds, timezone.utc
-        ).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{prefix}.{micros // 1000:03d}Z"
-
-
-def _iso_slow(when: float) -> str:
-    moment = datetime.fromtimestamp(when, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-_quote = encode_basestring_ascii
-
-
-def message_json(message: Message) -> str:
-    """
-    A message as the course's shape plus our keys, as JSON text: C{msg_from},
-    C{msg_to}, C{msg} (the course's), C{id}, C{sent_at}, C{from}, C{to};
-    C{group} and the C{file_*} keys only when set, C{realm} only for a
-    message from another realm.
-    """
-    text = (
-        f'{{"msg_from":{_quote(message.sender_name)},'
-        f'"msg_to":{_quote(message.recipient_name)},'
-        f'"msg":{_quote(message.text)},'
-        f'"id":{message.id},'
-        f'"sent_at":"{iso_utc(message.sent_at)}",'
-        f'"from":{_quote(message.sender)},'
-        f'"to":{_quote(message.recipient)}'
-    )
-    group = message.group
-    if group is not None:
-        text += f',"group":{_quote(group)}'
-    file_name = message.file_name
-    if file_name is not None:
-        text += (
-            f',"file_name":{_quote(file_name)},'
-            f'"file_size":{json.dumps(message.file_size)},'
-            f'"file_sha256":{json.dumps(message.file_sha256)}'
-        )
-        content = message.file_content
-        if content is not None:
-            text += f',"file_content":"{base64.b64encode(content).decode("ascii")}"'
-    if "@" in message.sender:
-        text += f',"realm":{_quote(message.realm)}'  # type: ignore[arg-type]
-    return text + "}"
-
-
-def inbox_json(messages: Sequence[Message]) -> bytes:
-    """
-    The course's inbox reply: the messages grouped by sender, in send
-    order.
-    """
-    grouped: dict[str, list[str]] = {}
-    for message in messages:
-        found = grouped.get(message.sender)
-        if found is None:
-            grouped[message.sender] = [message_json(message)]
-        else:
-            found.append(message_json(message))
-    body = ",".join(
-        f"{_quote(sender)}:[{','.join(items)}]" for sender, items in grouped.items()
-    )
-    return f'{{"status":"OK","messages":{{{body}}}}}'.encode("ascii")
-
-
-def history_json(page: Page) -> bytes:
-    """
-    One page of a history, newest first, and where the next page starts.
-    """
-    messages = page.messages
-    next_before_id = messages[-1].id if page.more and messages else None
-    items = ",".join(message_json(message) for message in messages)
-    return (
-        f'{{"status":"OK","messages":[{items}],'
-        f'"next_before_id":{json.dumps(next_before_id)}}}'
-    ).encode("ascii")
-
-
-def message_event(message: Message) -> bytes:
-    """
-    The event pushed to a subscriber for one message.
-    """
-    return f'{{"event":"message",{message_json(message)[1:]}'.encode("ascii")
-
-
-def presence_event(username: str, full_name: str, online: bool) -> bytes:
-    return dumps(
-        {
-            "event": "presence",
-            "user": username,
-            "full_name": full_name,
-            "online": online,
-        }
-    )
-
-
-def unsubscribed_event(reason: str) -> bytes:
-    return dumps({"event": "unsubscribed", "reason": reason})
-
-
-def group_fields(group: Group) -> dict[str, object]:
-    """
-    A group as the replies carry it.
-    """
-    return {
-        "name": group.name,
-        "owner": group.owner,
-        "members": list(group.members),
-        "created_at": iso_utc(group.created_at),
-    }
-
-
-def profile_fields(profile: Profile) -> dict[str, object]:
-    """
-    A user's public profile as the user list carries it.
-    """
-    return {
-        "username": profile.username,
-        "full_name": profile.full_name,
-        "online": profile.online,
-    }
 
 
 # Other realms (issue 6; chat.federation does the work).

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from chat.commands import (
+from chat.model import Group, Page, Profile
+from chat.replies import (
     dumps,
     group_fields,
     history_json,
@@ -33,7 +34,6 @@ from chat.commands import (
     ok,
     profile_fields,
 )
-from chat.model import Group, Page, Profile
 
 #: The most users or groups one list gives; "more" says some were left out.
 LIST_LIMIT = 1000

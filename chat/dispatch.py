@@ -52,165 +52,44 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands, compat
+from chat import commands, compat, replies
 from chat.checkers import SessionToken
-from chat.commands import dumps, ok
 from chat.errors import (
-    AlreadyAMember,
-    BadRealmMessage,
-    CannotKickSelf,
-    FileTooLarge,
-    ForgedSender,
-    GroupExists,
-    InvalidFileName,
-    InvalidFullName,
-    InvalidGroupName,
-    InvalidPassword,
-    InvalidRealmId,
-    InvalidUsername,
-    MailboxFull,
-    NoSuchGroup,
-    NoSuchRealm,
-    NoSuchUser,
-    NoSuchUsers,
-    NotAdmin,
-    NotAMember,
-    NotGroupOwner,
-    QuotaExceeded,
     RateLimited,
-    RealmExists,
     RealmLinkOnly,
-    RealmMismatch,
     RealmNotAuthenticated,
-    RealmQueueFull,
     RealmsDisabled,
     RegistrationClosed,
     SessionNotFound,
-    StorageUnavailable,
-    TooManyGroups,
-    TooManyRealmRecipients,
-    TooManyRecipients,
-    TooManyUnread,
-    UnknownUser,
-    UserExists,
     WrongPassword,
 )
 from chat.interfaces import IChatUser, IDoor, ILineHandler, IRegistrar
 from chat.limits import FailureLimiter
 from chat.logs import debugging, make_logger, unverified_name
 from chat.model import Group, Message
+from chat.replies import (
+    ACKNOWLEDGED,
+    BYE,
+    LOGGED_OUT,
+    MESSAGE_SENT,
+    PONG,
+    SUBSCRIBED,
+    dumps,
+    error_reply,
+    ok,
+)
 from chat.sessions import Live, SessionManager
 
 if TYPE_CHECKING:
     from chat.federation import Federation
     from chat.metrics import Metrics
 
-#: Domain failures and their wire replies: the message is formatted with
-#: the exception ("{}" is its text).
-ERRORS: dict[type[Exception], tuple[str, str]] = {
-    UnknownUser: ("User Tidak Ada", "unknown_user"),
-    WrongPassword: ("Password Salah", "wrong_password"),
-    SessionNotFound: ("Session Tidak Ditemukan", "no_session"),
-    NoSuchUser: ("User Tidak Ditemukan", "no_such_user"),
-    NoSuchUsers: ("User Tidak Ditemukan: {}", "no_such_user"),
-    StorageUnavailable: ("storage unavailable", "storage_unavailable"),
-    RegistrationClosed: ("registration is disabled", "registration_closed"),
-    InvalidUsername: ("invalid username: {}", "invalid_username"),
-    InvalidPassword: ("invalid password: {}", "invalid_password"),
-    InvalidFullName: ("invalid full name: {}", "invalid_full_name"),
-    UserExists: ("user already exists", "user_exists"),
-    InvalidGroupName: ("invalid group name: {}", "invalid_group_name"),
-    NoSuchGroup: ("no such group", "no_such_group"),
-    GroupExists: ("group already exists", "group_exists"),
-    NotAMember: ("not a member of the group", "not_a_member"),
-    AlreadyAMember: ("already a member of the group", "already_member"),
-    NotGroupOwner: ("only the group owner can do this", "not_owner"),
-    CannotKickSelf: ("the owner cannot kick themselves", "cannot_kick_self"),
-    TooManyRecipients: ("too many recipients", "too_many_recipients"),
-    InvalidFileName: ("invalid file name: {}", "invalid_file_name"),
-    FileTooLarge: ("file too large", "file_too_large"),
-    QuotaExceeded: ("file quota exceeded", "quota_exceeded"),
-    TooManyGroups: ("too many groups", "too_many_groups"),
-    MailboxFull: ("mailbox full", "mailbox_full"),
-    TooManyUnread: ("too many unread messages from you", "unread_limit"),
-    # Other realms (chat.federation).
-    NoSuchRealm: ("Realm Tidak Ditemukan", "no_such_realm"),
-    RealmExists: ("Realm sudah ada", "realm_exists"),
-    InvalidRealmId: ("invalid realm id", "invalid_realm_id"),
-    RealmQueueFull: ("realm queue full", "realm_queue_full"),
-    TooManyRealmRecipients: ("too many recipients", "too_many_recipients"),
-    NotAdmin: ("not an administrator", "not_admin"),
-    RealmsDisabled: ("realms are not enabled", "realms_disabled"),
-    RealmMismatch: ("wrong realm", "wrong_realm"),
-    RealmNotAuthenticated: ("realm not authenticated", "realm_not_authenticated"),
-    RealmLinkOnly: ("not allowed on a realm link", "realm_link"),
-    ForgedSender: ("forged sender", "forged_sender"),
-    BadRealmMessage: ("malformed realm message", "bad_realm_message"),
-}
-
-#: Extra keys of some error replies.
-ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
-    NoSuchUsers: lambda e: {"users": list(e.usernames)},
-    NotAMember: lambda e: {"group": e.name, "username": e.username},
-    TooManyRecipients: lambda e: {"max_recipients": e.limit},
-    FileTooLarge: lambda e: {"max_file_size": e.limit},
-    MailboxFull: lambda e: {"username": e.username},
-    TooManyUnread: lambda e: {"username": e.username, "limit": e.limit},
-    BadRealmMessage: lambda e: {"reason": str(e)},
-    QuotaExceeded: lambda e: {"quota": e.quota, "limit": e.limit},
-    TooManyGroups: lambda e: {"max_groups": e.limit},
-}
-
 _log = make_logger("chat.dispatch")
 
-
-def error_reply(error: BaseException, verb: str | None = None, peer: str = "") -> bytes:
-    """
-    The wire reply for a failed command: the course's message where it has
-    one; C{internal error} (and the failure logged) for anything
-    unexpected.
-    """
-    if isinstance(error, commands.BadCommand):
-        return dumps(error.reply())
-    if isinstance(error, RateLimited):
-        return dumps(
-            commands.error(
-                "too many attempts",
-                "rate_limited",
-                retry_after_ms=max(1, round(error.retry_after * 1000)),
-            )
-        )
-    for kind in type(error).__mro__:
-        found = ERRORS.get(kind)
-        if found is not None:
-            message, code = found
-            fields = ERROR_FIELDS.get(kind)
-            extra = {} if fields is None else fields(error)
-            return dumps(commands.error(message.format(error), code, **extra))
-    _log.failure(
-        "Unexpected error for {command} from {peer}",
-        Failure(error),
-        command=verb,
-        peer=peer,
-    )
-    return INTERNAL_ERROR
-
-
-def _constant(reply: dict[str, object]) -> bytes:
-    return dumps(reply)
-
-
-MESSAGE_SENT = _constant(ok(message="Message Sent"))
-PONG = _constant(ok(message="PONG"))
-SUBSCRIBED = _constant(ok(message="Subscribed"))
-LOGGED_OUT = _constant(ok(message="Logged Out"))
-BYE = _constant(ok(message="bye"))
-NO_SESSION = error_reply(SessionNotFound())
-INTERNAL_ERROR = _constant(commands.error("internal error", "internal"))
+#: The replies to lines that are no command.
 UNKNOWN_COMMAND = commands.UnknownCommand().reply_bytes()
 BAD_ENCODING = commands.BadEncoding().reply_bytes()
 NUL_BYTE = commands.NulByte().reply_bytes()
-_ACKNOWLEDGED = b'{"status":"OK","message":"Acknowledged","count":'
 
 #: What a reply may be: bytes now, or None when the door's C{answer} is
 #: called with it later (perhaps before C{dispatch} returned).
@@ -521,7 +400,7 @@ class Dispatcher:
 
     def _inboxed(self, succeeded: bool, value: Any) -> None:
         self._door.answer(
-            commands.inbox_json(value)
+            replies.inbox_json(value)
             if succeeded
             else error_reply(value, "inbox", self.peer)
         )
@@ -540,7 +419,7 @@ class Dispatcher:
 
     def _acked(self, succeeded: bool, value: Any) -> None:
         self._door.answer(
-            b"%s%d}" % (_ACKNOWLEDGED, value)
+            b"%s%d}" % (ACKNOWLEDGED, value)
             if succeeded
             else error_reply(value, "ack", self.peer)
         )
@@ -772,7 +651,7 @@ class Dispatcher:
             lambda group: dumps(
                 ok(
                     message="Group Left",
-                    group=None if group is None else commands.group_fields(group),
+                    group=None if group is None else replies.group_fields(group),
                 )
             )
         )
@@ -787,7 +666,7 @@ class Dispatcher:
         d.addCallback(lambda avatar: avatar.groups())
         return d.addCallback(
             lambda groups: dumps(
-                ok(groups=[commands.group_fields(group) for group in groups])
+                ok(groups=[replies.group_fields(group) for group in groups])
             )
         )
 
@@ -808,7 +687,7 @@ class Dispatcher:
     def do_privateinbox(self, command: commands.PrivateInbox) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
         d.addCallback(lambda avatar: avatar.private_inbox(command.peer))
-        return d.addCallback(commands.inbox_json)
+        return d.addCallback(replies.inbox_json)
 
     def do_history(self, command: commands.History) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
@@ -882,7 +761,7 @@ class Dispatcher:
     def do_getrealminbox(self, command: commands.GetRealmInbox) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
         d.addCallback(lambda avatar: avatar.realm_inbox(command.realm_id))
-        return d.addCallback(commands.inbox_json)
+        return d.addCallback(replies.inbox_json)
 
     def do_addrealm(self, command: commands.AddRealm) -> Deferred[bytes]:
         # The course's form has no token: it acts as this connection's auth.
@@ -963,4 +842,4 @@ def _file_sent(messages: list[Message]) -> bytes:
 
 
 def _group_reply(message: str) -> Callable[[Group], bytes]:
-    return lambda group: dumps(ok(message=message, group=commands.group_fields(group)))
+    return lambda group: dumps(ok(message=message, group=replies.group_fields(group)))

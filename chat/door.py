@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.interfaces import IDelayedCall
 from zope.interface import implementer
 
-from chat import commands
+from chat import replies
 from chat.interfaces import IDoor, ILineHandler
 from chat.limits import take_token
 from chat.logs import make_logger
@@ -232,7 +232,7 @@ class Door:
         self.log.info(
             "Closing connection from {peer}: {why}", peer=self.peer, why=message
         )
-        self._write(commands.dumps(commands.error(message, code)))
+        self._write(replies.dumps(replies.error(message, code)))
         self._close()
 
     # Deadlines.
@@ -499,10 +499,10 @@ class Door:
     # IChatClient: events for a subscribed connection.
 
     def message_received(self, message: Message) -> None:
-        self._write(commands.message_event(message))
+        self._write(replies.message_event(message))
 
     def presence_changed(self, username: str, full_name: str, online: bool) -> None:
-        self._write(commands.presence_event(username, full_name, online))
+        self._write(replies.presence_event(username, full_name, online))
 
     def unsubscribed(self, reason: str) -> None:
-        self._write(commands.unsubscribed_event(reason))
+        self._write(replies.unsubscribed_event(reason))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
     from chat.links import (
         Delivery,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         User,
     )
     from chat.push import Subscription
+    from chat.store.cluster import SyncResult
 
 
 class IChatUser(Interface):
@@ -969,6 +971,12 @@ class IClusterStore(Interface):
     C{pg_notify('chat_messages', payload)}, where the payload is the JSON
     object C{{"node": <node_id>, "at": <commit time, seconds>, "messages":
     [[id, recipient], ...]}} (several notifications if it would be long).
+    The channels and their payloads are listed in L{chat.store.cluster}.
+
+    The cluster's own reads and writes (heartbeats, presence, link leases,
+    notifications) go through two connections the store makes for it, each
+    on a thread of its own: L{cluster_connection} and
+    L{notification_listener}.
     """
 
     node_id = Attribute("This node's id, a str unique among the nodes.")
@@ -980,6 +988,120 @@ class IClusterStore(Interface):
         that no longer exist are left out.
 
         @return: fails with L{chat.errors.StorageUnavailable}.
+        """
+
+    def cluster_connection(reactor: IReactorFromThreads) -> IClusterConnection:
+        """
+        A new connection for this node's writes to the cluster's tables,
+        not started yet; its results come back through C{reactor}.
+        """
+
+    def notification_listener(
+        reactor: IReactorFromThreads, clock: IReactorTime
+    ) -> INotificationListener:
+        """
+        A new listener to the cluster's notifications, handing them over
+        through C{reactor}; C{clock} bounds how long stopping it waits.
+        """
+
+
+class IClusterConnection(Interface):
+    """
+    A node's connection for its writes to the cluster's tables, on a thread
+    of its own, in the order asked for. Made on first use, and made again
+    by the first write after it broke: each time is a new session, and the
+    link leases of the last one are gone.
+
+    Each method's Deferred fails with L{chat.errors.StorageUnavailable} if
+    PostgreSQL failed.
+    """
+
+    lost_observers = Attribute(
+        "Callables called (with no argument, in the reactor thread) when the"
+        " connection broke: the link leases it held are gone."
+    )
+
+    def start() -> None:
+        """
+        Start the connection's thread; writes asked for before wait.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Close the connection (releasing its link leases) after the writes
+        already asked for, and end its thread.
+        """
+
+    def sync_node(
+        node_id: str,
+        desired: dict[str, str],
+        written: dict[str, str] | None,
+        expire_after: float | None,
+    ) -> Deferred[SyncResult]:
+        """
+        In one transaction: heartbeat node C{node_id} (making its row if
+        missing), make its users (username -> full name) C{desired},
+        knowing that they are C{written} (or rewriting them all if None),
+        and tell the other nodes; then, if C{expire_after} is given, remove
+        the nodes whose heartbeat is older than that many seconds (by the
+        database's clock), with their users, and tell the others.
+
+        @return: fires with whether the node's row had to be made again,
+            and the nodes removed.
+        """
+
+    def leave_cluster(node_id: str) -> Deferred[None]:
+        """
+        Remove node C{node_id} and its users, and tell the other nodes.
+        """
+
+    def take_leases(
+        wanted: Sequence[str], released: Sequence[str]
+    ) -> Deferred[tuple[int, list[str]]]:
+        """
+        Give up the leases of the realm links C{released}, and try to take
+        those of C{wanted}; with neither, check that the session (and the
+        leases it holds) is alive.
+
+        @return: fires with the number of the session they were taken in
+            (a new number: the leases of the earlier session are gone) and
+            the realms of C{wanted} whose lease the session holds.
+        """
+
+    def wake_link(node_id: str, realm_id: str) -> Deferred[None]:
+        """
+        Tell the node holding the lease of C{realm_id}'s link that node
+        C{node_id} queued a message for it.
+        """
+
+
+class INotificationListener(Interface):
+    """
+    A node's LISTEN connection to the cluster's notification channels, one
+    session at a time.
+    """
+
+    def listen(
+        ready: Callable[[dict[str, dict[str, str]]], None],
+        notified: Callable[[str, str], None],
+    ) -> Deferred[None]:
+        """
+        Start a session.
+
+        @param ready: called with the presence snapshot (node -> username
+            -> full name) once LISTEN is in effect.
+        @param notified: called with (channel, payload) of each
+            notification, in order, after C{ready}.
+        @return: fires when the session ends: with None after L{stop},
+            with L{chat.errors.StorageUnavailable} if the connection
+            failed.
+        """
+
+    def stop() -> Deferred[None]:
+        """
+        End the session.
+
+        @return: fires when it ended, or after two seconds anyway.
         """
 
 

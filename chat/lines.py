@@ -27,8 +27,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands
-from chat.commands import DELIMITER
+from chat import commands, replies
 from chat.directwrite import DirectWriter
 from chat.dispatch import Dispatcher, Frontend
 from chat.door import CHECKING, LINE_PROGRESS, Door, State
@@ -41,6 +40,7 @@ from chat.limits import (
     address_key,
 )
 from chat.logs import make_logger
+from chat.replies import DELIMITER
 from chat.sessions import SessionManager
 
 #: The most bytes of a line kept before a connection has logged in: room
@@ -83,7 +83,7 @@ class LineConnection(Door, Protocol):
                 "Refused connection from {peer}: {why}", peer=self.peer, why=refused
             )
             transport.write(
-                commands.encode(commands.error(refused, "too_many_connections"))
+                replies.encode(replies.error(refused, "too_many_connections"))
             )
             self.state = State.CLOSED
             self._input_closed = True

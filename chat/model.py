@@ -20,16 +20,23 @@ from chat.errors import (
     InvalidUsername,
 )
 
+# The web page checks names with these very rules: chat.web.rules serves
+# the patterns, sets and limits below to it. Keep the patterns in what
+# JavaScript reads the same way (tests/test_web_js.py checks that it does).
+
+#: The longest username or group name.
+MAX_NAME_LENGTH = 32
+
 #: Names of accounts and groups as they may exist (remote realms' users
 #: too): lowercase letters, digits, ``_``, ``-`` and ``.``; 1 to 32 long.
-USERNAME_PATTERN = re.compile(r"[a-z0-9_.-]{1,32}")
+USERNAME_PATTERN = re.compile(rf"[a-z0-9_.-]{{1,{MAX_NAME_LENGTH}}}")
 
 #: Group names follow the username rule; on the wire a C{#} marks them.
 GROUP_NAME_PATTERN = USERNAME_PATTERN
 
 #: New accounts and groups also start with a letter or a digit (no C{.},
 #: C{..} or C{-rf}), and take none of L{RESERVED_NAMES}.
-NEW_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+NEW_NAME_PATTERN = re.compile(rf"[a-z0-9][a-z0-9_.-]{{0,{MAX_NAME_LENGTH - 1}}}")
 
 #: Names that would pass for the system or its operators (issue 15): no new
 #: account or group takes them, and no linked realm may send from them
@@ -74,21 +81,21 @@ MAX_FULL_NAME_LENGTH = 128
 #: U+202E, zero-width spaces), surrogates, and line and paragraph
 #: separators (U+2028, U+2029). They reorder, hide or break the text
 #: around them on a terminal or a page.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 #: The zero-width (non-)joiners are formatting characters that scripts
 #: such as Persian, Malayalam or emoji sequences need; they reorder nothing.
-_JOINERS = frozenset({"\u200c", "\u200d"})
+JOINERS = frozenset({"\u200c", "\u200d"})
 
 #: Characters Windows refuses in file names (besides controls and the
 #: path separators), and look-alikes of the separators and of C{:}.
-_FILE_NAME_FORBIDDEN = frozenset('<>:"|?*') | frozenset(
+FILE_NAME_FORBIDDEN = frozenset('<>:"|?*') | frozenset(
     "\u2044\u2215\u2216\u2236\u2571\u2572\u29f5\u29f8\u29f9"
     "\ufe55\ufe68\uff0f\uff1a\uff3c"
 )
 
 #: Device names Windows reserves, with or without an extension.
-_WINDOWS_DEVICES = re.compile(
+WINDOWS_DEVICES = re.compile(
     r"(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]"
     r"|conin\$|conout\$|clock\$)",
     re.IGNORECASE,
@@ -101,8 +108,7 @@ def has_unsafe_characters(text: str) -> bool:
     formatting (bidi, zero-width) or line-separating character.
     """
     return any(
-        unicodedata.category(c) in _UNSAFE_CATEGORIES and c not in _JOINERS
-        for c in text
+        unicodedata.category(c) in UNSAFE_CATEGORIES and c not in JOINERS for c in text
     )
 
 
@@ -200,7 +206,7 @@ def validate_file_name(name: str) -> str:
         raise InvalidFileName(
             "file names cannot contain control or formatting characters"
         )
-    if any(c in _FILE_NAME_FORBIDDEN for c in name):
+    if any(c in FILE_NAME_FORBIDDEN for c in name):
         raise InvalidFileName(
             "file names cannot contain <>:\"|?* nor look-alikes of '/', '\\', ':'"
         )
@@ -209,7 +215,7 @@ def validate_file_name(name: str) -> str:
             "file names cannot start or end with blanks, nor end with '.'"
         )
     device = name.split(".", 1)[0].rstrip()
-    if _WINDOWS_DEVICES.fullmatch(device):
+    if WINDOWS_DEVICES.fullmatch(device):
         raise InvalidFileName(f"{device!r} is a device name on Windows")
     return name
 
@@ -254,7 +260,7 @@ def validate_sent_at(sent_at: object, now: float) -> float:
     """
     Return C{sent_at} as a float if it is a time a message from another
     server may say it was sent: a number from L{EARLIEST_SENT_AT} to
-    L{MAX_CLOCK_AHEAD} after C{now}, so that L{chat.commands.iso_utc} can
+    L{MAX_CLOCK_AHEAD} after C{now}, so that L{chat.replies.iso_utc} can
     always format it.
 
     @raise ValueError: if it is not.

@@ -16,29 +16,27 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from chat.cluster import (
-    MESSAGES,
-    NOTIFY_LIMIT,
-    OUTBOX,
-    PRESENCE,
-    SESSIONS,
     Cluster,
     ClusterPresence,
     LinkLeases,
     Membership,
     PostgresFanout,
-    SyncResult,
-    expired_payloads,
-    lease_txn,
-    leave_txn,
     new_node_id,
-    notify_outbox_txn,
-    presence_payloads,
-    sync_txn,
 )
 from chat.errors import StorageUnavailable
-from chat.interfaces import IClusterStore
+from chat.interfaces import IClusterConnection, IClusterStore, INotificationListener
 from chat.model import Message
 from chat.push import LocalFanout, Subscription
+from chat.store.cluster import (
+    MAX_PAYLOAD,
+    MESSAGES_CHANNEL,
+    OUTBOX_CHANNEL,
+    PRESENCE_CHANNEL,
+    SESSIONS_CHANNEL,
+    SyncResult,
+    expired_payloads,
+    presence_payloads,
+)
 from chat.store.memory import MemoryStore
 from tests.helpers import demo_users, no_result, result_of
 
@@ -58,7 +56,7 @@ def message(id: int, recipient: str = "henderson", **kw: Any) -> Message:
 @implementer(IClusterStore)
 class FakeStore:
     """
-    messages_by_id answered by the test.
+    messages_by_id answered by the test; the cluster's connections fake.
     """
 
     node_id = "a"
@@ -66,11 +64,19 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.reads: list[tuple[list[int], Deferred[list[Message]]]] = []
+        self.connection = FakeConnection()
+        self.listener = FakeNotifications()
 
     def messages_by_id(self, ids: Any) -> Deferred[list[Message]]:
         d: Deferred[list[Message]] = Deferred()
         self.reads.append((list(ids), d))
         return d
+
+    def cluster_connection(self, reactor: Any) -> FakeConnection:
+        return self.connection
+
+    def notification_listener(self, reactor: Any, clock: Any) -> FakeNotifications:
+        return self.listener
 
 
 class Events:
@@ -111,7 +117,7 @@ def test_presence_payloads_fit_and_reset_only_first() -> None:
     payloads = presence_payloads("a", came, ["gone1", "gone2"], True)
     decoded = [json.loads(p) for p in payloads]
     assert len(payloads) > 2
-    assert all(len(p.encode()) <= NOTIFY_LIMIT for p in payloads)
+    assert all(len(p.encode()) <= MAX_PAYLOAD for p in payloads)
     assert [d["reset"] for d in decoded] == [True] + [False] * (len(decoded) - 1)
     assert {u for d in decoded for u, _ in d["online"]} == set(came)
     assert [u for d in decoded for u in d["offline"]] == ["gone1", "gone2"]
@@ -368,44 +374,65 @@ def test_own_node_is_ignored_and_snapshot_replaces() -> None:
 # Heartbeats and presence writes.
 
 
-class FakeRunner:
+@implementer(IClusterConnection)
+class FakeConnection:
     """
-    Records the jobs; the test fires their Deferreds.
+    Records the writes asked for (by method name); the test fires their
+    Deferreds.
     """
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.jobs: list[tuple[str, tuple[Any, ...], Deferred[Any]]] = []
         self.session = 1
+        self.lost_observers: list[Callable[[], None]] = []
+        self.state = "new"
 
-    def run_in_session(self, job: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def start(self) -> None:
+        self.state = "started"
+
+    def close(self) -> Deferred[None]:
+        self.state = "closed"
+        return succeed(None)
+
+    def _job(self, name: str, *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
-        self.jobs.append((job, args, d))
-        return d.addCallback(lambda result: (self.session, result))
+        self.jobs.append((name, args, d))
+        return d
 
-    def run(self, job: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self.run_in_session(job, *args).addCallback(lambda pair: pair[1])
+    def sync_node(self, *args: Any) -> Deferred[Any]:
+        return self._job("sync_node", *args)
 
-    def pop(self) -> tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]:
+    def leave_cluster(self, *args: Any) -> Deferred[Any]:
+        return self._job("leave_cluster", *args)
+
+    def take_leases(self, *args: Any) -> Deferred[Any]:
+        d = self._job("take_leases", *args)
+        return d.addCallback(lambda taken: (self.session, taken))
+
+    def wake_link(self, *args: Any) -> Deferred[Any]:
+        return self._job("wake_link", *args)
+
+    def pop(self) -> tuple[str, tuple[Any, ...], Deferred[Any]]:
         return self.jobs.pop(0)
 
 
-def membership() -> tuple[Membership, FakeRunner, Clock, ClusterPresence]:
-    runner, clock = FakeRunner(), Clock()
+def membership() -> tuple[Membership, FakeConnection, Clock, ClusterPresence]:
+    connection, clock = FakeConnection(), Clock()
     p = ClusterPresence(node_id="a")
-    m = Membership(runner, clock, "a", p, heartbeat=2.0)
+    m = Membership(connection, clock, "a", p, heartbeat=2.0)
     p.changed = m.request
-    return m, runner, clock, p
+    return m, connection, clock, p
 
 
 def test_heartbeat_writes_everything_first_then_changes() -> None:
-    m, runner, clock, p = membership()
+    m, connection, clock, p = membership()
     m.start()
-    job, args, d = runner.pop()
-    assert job is sync_txn and args == ("a", {}, None, None)
+    job, args, d = connection.pop()
+    assert job == "sync_node" and args == ("a", {}, None, None)
     p.attach("messi", "Lionel Messi", "conn")
-    assert runner.jobs == []  # one write at a time
+    assert connection.jobs == []  # one write at a time
     d.callback(SyncResult(True, []))
-    job, args, d = runner.pop()
+    job, args, d = connection.pop()
     assert args == ("a", {"messi": "Lionel Messi"}, {}, None)
     d.callback(SyncResult(False, []))
     written = {"messi": "Lionel Messi"}
@@ -413,45 +440,45 @@ def test_heartbeat_writes_everything_first_then_changes() -> None:
     # three of them.
     for reaping in (None, None, 6.0):
         clock.advance(2.0)
-        job, args, d = runner.pop()
+        job, args, d = connection.pop()
         assert args == ("a", written, written, reaping)
         d.callback(SyncResult(False, []))
 
 
 def test_expired_nodes_users_go_offline() -> None:
-    m, runner, clock, p = membership()
+    m, connection, clock, p = membership()
     watcher = Events()
     p.watch(watcher)
     p.node_changed("dead", {"lineker": "L"}, [], False)
     m.start()
-    runner.pop()[2].callback(SyncResult(True, []))
+    connection.pop()[2].callback(SyncResult(True, []))
     for _ in range(3):
         clock.advance(2.0)
-        runner.pop()[2].callback(SyncResult(False, []))
+        connection.pop()[2].callback(SyncResult(False, []))
     clock.advance(2.0)
-    _, args, d = runner.pop()
+    _, args, d = connection.pop()
     assert args[3] == 6.0
     d.callback(SyncResult(False, ["dead"]))
     assert watcher.presence() == [("lineker", True), ("lineker", False)]
 
 
 def test_failed_write_is_retried_whole_at_the_next_heartbeat() -> None:
-    m, runner, clock, p = membership()
+    m, connection, clock, p = membership()
     m.start()
-    runner.pop()[2].callback(SyncResult(True, []))
+    connection.pop()[2].callback(SyncResult(True, []))
     p.attach("messi", "M", "conn")
-    runner.pop()[2].errback(StorageUnavailable("down"))
+    connection.pop()[2].errback(StorageUnavailable("down"))
     p.attach("lineker", "L", "conn")
-    _, args, d = runner.pop()
+    _, args, d = connection.pop()
     assert args == ("a", {"messi": "M", "lineker": "L"}, None, None)
     d.errback(StorageUnavailable("still down"))
     clock.advance(2.0)
-    _, args, d = runner.pop()
+    _, args, d = connection.pop()
     # Not healthy for long enough to judge the others.
     assert args == ("a", {"messi": "M", "lineker": "L"}, None, None)
     d.callback(SyncResult(False, []))
     p.detach("lineker", "conn")
-    assert runner.pop()[1] == (
+    assert connection.pop()[1] == (
         "a",
         {"messi": "M"},
         {"messi": "M", "lineker": "L"},
@@ -460,103 +487,104 @@ def test_failed_write_is_retried_whole_at_the_next_heartbeat() -> None:
 
 
 def test_rejoin_rewrites_everything() -> None:
-    m, runner, _clock, _p = membership()
+    m, connection, _clock, _p = membership()
     m.start()
-    runner.pop()[2].callback(SyncResult(True, []))
+    connection.pop()[2].callback(SyncResult(True, []))
     m.rejoin()
-    assert runner.pop()[1] == ("a", {}, None, None)
+    assert connection.pop()[1] == ("a", {}, None, None)
 
 
 def test_stop_waits_for_the_write_then_leaves() -> None:
-    m, runner, clock, p = membership()
+    m, connection, clock, p = membership()
     m.start()
-    job, args, d = runner.pop()
+    job, args, d = connection.pop()
     stopped = m.stop()
     p.attach("messi", "M", "conn")
-    assert runner.jobs == []
+    assert connection.jobs == []
     d.callback(SyncResult(True, []))
-    job, args, leave = runner.pop()
-    assert job is leave_txn and args == ("a",)
+    job, args, leave = connection.pop()
+    assert job == "leave_cluster" and args == ("a",)
     no_result(stopped)
     leave.callback(None)
     assert result_of(stopped) is None
     clock.advance(10)
-    assert runner.jobs == []
+    assert connection.jobs == []
 
 
 def test_stop_when_the_database_is_down_is_logged() -> None:
-    m, runner, _clock, _p = membership()
+    m, connection, _clock, _p = membership()
     m.start()
-    runner.pop()[2].callback(SyncResult(True, []))
+    connection.pop()[2].callback(SyncResult(True, []))
     stopped = m.stop()
-    runner.pop()[2].errback(StorageUnavailable("down"))
+    connection.pop()[2].errback(StorageUnavailable("down"))
     assert result_of(stopped) is None
 
 
 # Leases.
 
 
-def leases() -> tuple[LinkLeases, FakeRunner, Clock, list[str]]:
-    runner, clock = FakeRunner(), Clock()
+def leases() -> tuple[LinkLeases, FakeConnection, Clock, list[str]]:
+    connection, clock = FakeConnection(), Clock()
     events: list[str] = []
-    lease = LinkLeases(runner, clock, "a", 3.0)
+    lease = LinkLeases(connection, clock, "a", 3.0)
     lease.gained = lambda r: events.append(f"+{r}")
     lease.lost = lambda r: events.append(f"-{r}")
     lease.held = lambda r: events.append(f"={r}")
-    return lease, runner, clock, events
+    return lease, connection, clock, events
 
 
 def test_leases_taken_released_and_lost() -> None:
-    lease, runner, clock, events = leases()
+    lease, connection, clock, events = leases()
     lease.start()
-    job, args, d = runner.pop()
-    assert job is lease_txn and args == ([], [])
+    job, args, d = connection.pop()
+    assert job == "take_leases" and args == ([], [])
     lease.want({"x", "y"})
     d.callback([])
-    job, args, d = runner.pop()
+    job, args, d = connection.pop()
     assert args == (["x", "y"], [])
     d.callback(["x"])  # y is held by another node
     assert events == ["+x", "=x"] and lease.holds("x")
     events.clear()
     lease.want({"y"})
-    job, args, d = runner.pop()
+    job, args, d = connection.pop()
     assert args == (["y"], ["x"])
     d.callback(["y"])
     assert events == ["-x", "+y", "=y"]
     events.clear()
-    runner.session = 2  # the connection was made again: locks are gone
+    connection.session = 2  # the connection was made again: locks are gone
     clock.advance(3.0)
-    job, args, d = runner.pop()
+    job, args, d = connection.pop()
     assert args == ([], [])
     d.callback([])
     assert events == ["-y"] and not lease.holds("y")
 
 
 def test_leases_lost_when_the_connection_fails() -> None:
-    lease, runner, clock, events = leases()
+    lease, connection, clock, events = leases()
     lease.start()
     lease.want({"x"})
-    runner.pop()[2].callback([])
-    runner.pop()[2].callback(["x"])
+    connection.pop()[2].callback([])
+    connection.pop()[2].callback(["x"])
     events.clear()
     clock.advance(3.0)
-    runner.pop()[2].errback(StorageUnavailable("gone"))
+    connection.pop()[2].errback(StorageUnavailable("gone"))
     assert events == ["-x"]
     lease.connection_lost()
     assert events == ["-x"]
 
 
 def test_queued_wakes_the_holder() -> None:
-    lease, runner, _clock, _events = leases()
+    lease, connection, _clock, _events = leases()
     lease.queued("x")
-    job, args, d = runner.pop()
-    assert job is notify_outbox_txn and args == ("a", "x")
+    job, args, d = connection.pop()
+    assert job == "wake_link" and args == ("a", "x")
     d.errback(StorageUnavailable("down"))  # logged, not raised
 
 
 # The LISTEN connection, reconnected.
 
 
+@implementer(INotificationListener)
 class FakeNotifications:
     def __init__(self) -> None:
         self.sessions: list[
@@ -576,22 +604,14 @@ class FakeNotifications:
         return succeed(None)
 
 
-def cluster() -> tuple[Cluster, FakeNotifications, FakeRunner, Clock]:
-    notifications, runner, clock = FakeNotifications(), FakeRunner(), Clock()
-    c = Cluster(
-        FakeStore(),
-        clock,
-        heartbeat=1.0,
-        retry_min=0.5,
-        retry_max=2.0,
-        notifications=notifications,
-        runner=runner,
-    )
-    return c, notifications, runner, clock
+def cluster() -> tuple[Cluster, FakeNotifications, FakeConnection, Clock]:
+    store, clock = FakeStore(), Clock()
+    c = Cluster(store, clock, heartbeat=1.0, retry_min=0.5, retry_max=2.0)
+    return c, store.listener, store.connection, clock
 
 
 def test_listen_reconnects_with_backoff_and_resyncs() -> None:
-    c, notifications, _runner, clock = cluster()
+    c, notifications, _connection, clock = cluster()
     resyncs: list[int] = []
     c.fanout.listen("messi", lambda m: None, lambda: resyncs.append(1))
     c.start()
@@ -616,9 +636,9 @@ def test_listen_reconnects_with_backoff_and_resyncs() -> None:
 
 
 def test_notifications_are_dispatched() -> None:
-    c, notifications, _runner, _clock = cluster()
+    c, notifications, _connection, _clock = cluster()
     woken: list[str] = []
-    c.federation = type(
+    c.router.federation = type(
         "F", (), {"wake": lambda self, r: woken.append(r), "links": {}}
     )()  # type: ignore[assignment]
     c.start()
@@ -626,18 +646,20 @@ def test_notifications_are_dispatched() -> None:
     ready({})
     watcher = Events()
     c.presence.watch(watcher)
-    notified(PRESENCE, json.dumps({"node": "b", "online": [["messi", "M"]]}))
-    notified(PRESENCE, json.dumps({"node": "a", "online": [["ghost", "G"]]}))
-    notified(PRESENCE, "not json")
-    notified(PRESENCE, "[]")
-    notified(PRESENCE, json.dumps({"node": "c", "expired": ["b"]}))
+    notified(PRESENCE_CHANNEL, json.dumps({"node": "b", "online": [["messi", "M"]]}))
+    notified(PRESENCE_CHANNEL, json.dumps({"node": "a", "online": [["ghost", "G"]]}))
+    notified(PRESENCE_CHANNEL, "not json")
+    notified(PRESENCE_CHANNEL, "[]")
+    notified(PRESENCE_CHANNEL, json.dumps({"node": "c", "expired": ["b"]}))
     assert watcher.presence() == [("messi", True), ("messi", False)]
-    notified(OUTBOX, json.dumps({"node": "b", "realm": "other"}))
-    notified(OUTBOX, json.dumps({"node": "a", "realm": "mine"}))
+    notified(OUTBOX_CHANNEL, json.dumps({"node": "b", "realm": "other"}))
+    notified(OUTBOX_CHANNEL, json.dumps({"node": "a", "realm": "mine"}))
     assert woken == ["other"]
     heard: list[Message] = []
     c.fanout.listen("henderson", heard.append)
-    notified(MESSAGES, json.dumps({"node": "b", "messages": [[4, "henderson"]]}))
+    notified(
+        MESSAGES_CHANNEL, json.dumps({"node": "b", "messages": [[4, "henderson"]]})
+    )
     store = c.store
     assert isinstance(store, FakeStore)
     store.reads[0][1].callback([message(4)])
@@ -645,7 +667,7 @@ def test_notifications_are_dispatched() -> None:
 
 
 def test_sessions_ended_elsewhere_end_here() -> None:
-    c, notifications, _runner, _clock = cluster()
+    c, notifications, _connection, _clock = cluster()
     ended: list[tuple[str, str]] = []
 
     class Sessions:
@@ -658,9 +680,9 @@ def test_sessions_ended_elsewhere_end_here() -> None:
     c.serve_sessions(Sessions())  # type: ignore[arg-type]
     c.start()
     notified = notifications.sessions[-1][1]
-    notified(SESSIONS, json.dumps({"node": "b", "session": "abc"}))
-    notified(SESSIONS, json.dumps({"node": "", "user": "messi"}))  # chat-admin
-    notified(SESSIONS, json.dumps({"node": "a", "session": "mine"}))
+    notified(SESSIONS_CHANNEL, json.dumps({"node": "b", "session": "abc"}))
+    notified(SESSIONS_CHANNEL, json.dumps({"node": "", "user": "messi"}))  # chat-admin
+    notified(SESSIONS_CHANNEL, json.dumps({"node": "a", "session": "mine"}))
     assert ended == [
         ("abc", "logged out on another node"),
         ("messi", "password changed or user deleted"),
@@ -669,30 +691,53 @@ def test_sessions_ended_elsewhere_end_here() -> None:
 
 def test_found_dead_rejoins() -> None:
     """A node another node removed as dead writes itself again."""
-    c, notifications, runner, _clock = cluster()
+    c, notifications, connection, _clock = cluster()
     c.start()
-    runner.pop()[2].callback(SyncResult(True, []))  # first heartbeat
-    runner.pop()  # first lease tick
+    connection.pop()[2].callback(SyncResult(True, []))  # first heartbeat
+    connection.pop()  # first lease tick
     notifications.sessions[-1][0]({})
-    notifications.sessions[-1][1](PRESENCE, json.dumps({"node": "b", "expired": ["a"]}))
-    job, args, _d = runner.pop()
-    assert job is sync_txn and args[2] is None
+    notifications.sessions[-1][1](
+        PRESENCE_CHANNEL, json.dumps({"node": "b", "expired": ["a"]})
+    )
+    job, args, _d = connection.pop()
+    assert job == "sync_node" and args[2] is None
 
 
 def test_stop_cancels_the_retry_and_leaves() -> None:
-    c, notifications, runner, clock = cluster()
+    """Stopping cancels the LISTEN retry, removes this node, then closes
+    the cluster connection."""
+    c, notifications, connection, clock = cluster()
     c.start()
-    runner.pop()[2].callback(SyncResult(True, []))
-    runner.pop()[2].callback([])
+    assert connection.state == "started"
+    connection.pop()[2].callback(SyncResult(True, []))
+    connection.pop()[2].callback([])
     notifications.sessions[-1][2].errback(StorageUnavailable("gone"))
     stopped = c.stop()
     assert notifications.stopped
-    job, _args, d = runner.pop()
-    assert job is leave_txn
+    job, _args, d = connection.pop()
+    assert job == "leave_cluster"
+    assert connection.state == "started"
     d.callback(None)
+    assert connection.state == "closed"
     assert result_of(stopped) is None
     clock.advance(60)
     assert len(notifications.sessions) == 1
+
+
+def test_lost_cluster_connection_loses_the_leases() -> None:
+    """When the cluster connection breaks, the leases it held are lost."""
+    c, _notifications, connection, _clock = cluster()
+    events: list[str] = []
+    c.leases.lost = lambda r: events.append(f"-{r}")
+    c.start()
+    connection.pop()[2].callback(SyncResult(True, []))
+    c.leases.want({"x"})
+    connection.pop()[2].callback([])  # the first tick
+    connection.pop()[2].callback(["x"])
+    assert c.leases.holds("x")
+    for observer in connection.lost_observers:
+        observer()
+    assert events == ["-x"] and not c.leases.holds("x")
 
 
 # Federation with leases.

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat import commands
+from chat import commands, replies
 from chat.commands import (
     Auth,
     BadCommand,
@@ -127,7 +127,7 @@ def test_send_text_round_trip(text: str) -> None:
 )
 def test_encode_is_one_ascii_frame(reply: dict[str, object]) -> None:
     """An encoded reply is ASCII JSON with no CR/LF inside, ending the frame."""
-    data = commands.encode(reply)
+    data = replies.encode(reply)
     assert data.endswith(b"\r\n\r\n")
     body = data[:-4]
     assert b"\r" not in body and b"\n" not in body

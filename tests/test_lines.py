@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from chat import commands
+from chat import replies
 from chat.door import State
 from chat.limits import Limits
 from chat.lines import UNAUTHENTICATED_LINE, _tune
@@ -229,7 +229,7 @@ def reference(message: Message) -> str:
         "msg_to": message.recipient_name,
         "msg": message.text,
         "id": message.id,
-        "sent_at": commands._iso_slow(message.sent_at),
+        "sent_at": replies._iso_slow(message.sent_at),
         "from": message.sender,
         "to": message.recipient,
     }
@@ -272,7 +272,7 @@ moments = st.floats(min_value=0, max_value=253402300799, allow_nan=False).filter
 def test_message_json_is_json_dumps(message: Message) -> None:
     """The directly built JSON of a message is exactly json.dumps's, for
     any text (quotes, controls, non-BMP characters) and any time."""
-    assert commands.message_json(message) == reference(message)
+    assert replies.message_json(message) == reference(message)
 
 
 def test_connection_from_ipv6_host_counts_by_network() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from chat import commands, links
-from chat.commands import iso_utc
 from chat.errors import BadRealmMessage, ForgedSender, InvalidRealmId, InvalidSecret
 from chat.federation import tcp_endpoint
+from chat.replies import iso_utc
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from chat.commands import message_json
 from chat.errors import (
     InvalidFileName,
     InvalidFullName,
@@ -26,6 +25,7 @@ from chat.model import (
     validate_group_name,
     validate_username,
 )
+from chat.replies import message_json
 
 PLAIN = Message(1, "messi", "henderson", "Lionel Messi", "Jordan Henderson", "hi", 0.5)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chat import commands, compat
+from chat import commands, compat, replies
 from chat.model import Message, Page
 from tests.helpers import Connection, Server
 from tests.test_federation import Realms
@@ -620,10 +620,10 @@ def test_history_shapes_are_our_reply_reshaped(more: bool) -> None:
     """Each history shape is our history reply's messages reordered (and
     regrouped or timestamped), as ASCII JSON with the same next page."""
     page = _page(more)
-    ours = json.loads(commands.history_json(page))
+    ours = json.loads(replies.history_json(page))
     timeline_bytes = compat.history_reply(page, compat.TIMELINE)
     by_sender_bytes = compat.history_reply(page, compat.BY_SENDER)
-    assert compat.history_reply(page, None) == commands.history_json(page)
+    assert compat.history_reply(page, None) == replies.history_json(page)
     timeline, by_sender = json.loads(timeline_bytes), json.loads(by_sender_bytes)
     oldest_first = ours["messages"][::-1]
     assert timeline == {

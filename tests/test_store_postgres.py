@@ -22,12 +22,8 @@ from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailabl
 from chat.migrate import CLUSTER_TABLES
 from chat.model import Message
 from chat.store import open_store, schema
-from chat.store.postgres import (
-    MAX_PAYLOAD,
-    PostgresStore,
-    notification_payloads,
-    safe_url,
-)
+from chat.store.cluster import MAX_PAYLOAD, notification_payloads
+from chat.store.postgres import PostgresStore, safe_url
 from tests.postgres import ThrowawayPostgres
 from tests.test_store import HENDERSON, LINEKER, MESSI
 

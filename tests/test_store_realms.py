@@ -15,7 +15,6 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
-from chat.commands import message_json
 from chat.errors import (
     MailboxFull,
     NoSuchRealm,
@@ -25,6 +24,7 @@ from chat.errors import (
 )
 from chat.interfaces import IRealmStore
 from chat.links import InboundMessage, RealmLink
+from chat.replies import message_json
 from chat.store.sqlite import SQLiteStore
 from tests.test_store import MESSI, _with_users
 from tests.test_store import store as store

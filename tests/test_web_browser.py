@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from chat.model import MAX_NAME_LENGTH, MIN_PASSWORD_LENGTH
 from tests.browser import (
     Page,
     WebChat,
@@ -294,6 +295,39 @@ def test_register_reload_logout(server: WebChat, alice: Page) -> None:
     course.close()
 
 
+def test_login_form_checks(alice: Page) -> None:
+    """The login form checks the username and a new password by the
+    server's rules before sending anything, and explains the server's
+    refusals by their code."""
+    alice.open_fresh()
+    error = alice.driver.find_element("id", "login-error")
+
+    def submit(username: str, password: str) -> str:
+        for testid, text in [
+            ("login-username", username),
+            ("login-password", password),
+        ]:
+            alice.find(testid).clear()
+            alice.find(testid).send_keys(text)
+        before = error.text
+        alice.find("login-submit").click()
+        return str(
+            wait_until(lambda: error.text != before and error.text, what="an error")
+        )
+
+    assert submit("two words", "surabaya") == (
+        f"Usernames are 1-{MAX_NAME_LENGTH} lowercase letters, digits, '_', '-' or '.'."
+    )
+    assert submit("messi", "wrong") == "Wrong password."
+    assert submit("nobody", "surabaya") == "There is no account with that username."
+    alice.driver.find_element("id", "register-toggle").click()
+    alice.driver.find_element("id", "register-fullname").send_keys("Budi Santoso")
+    assert submit("budi", "short") == (
+        f"Passwords need at least {MIN_PASSWORD_LENGTH} characters."
+    )
+    assert submit("messi", "surabaya") == "That username is taken."
+
+
 def test_restart_reconnects_and_delivers_once(server: WebChat, bob: Page) -> None:
     """The server restarts under an open page: the page reconnects by
     itself, subscribes again, and shows a message sent meanwhile exactly
@@ -329,16 +363,22 @@ def test_restart_reconnects_and_delivers_once(server: WebChat, bob: Page) -> Non
 
 
 def test_page_helpers(alice: Page) -> None:
-    """The page's own rules, run in the browser: recipients, one-line text,
-    file names for the wire and for saving, and de-duplication by id (a
-    message pushed again, or also in a history page, is kept once; the
-    server's copy of the user's own message replaces the local one)."""
+    """The page's helpers, run in the browser with the rules the server put
+    in the page: recipients, one-line text, file names for the wire and for
+    saving, and de-duplication by id (a message pushed again, or also in a
+    history page, is kept once; the server's copy of the user's own message
+    replaces the local one)."""
     alice.open_fresh()
     result = alice.driver.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
-        Promise.all([import("/js/format.js"), import("/js/state.js")]).then(
-          ([f, s]) => {
+        const modules = ["format", "rules", "state"].map(
+          (name) => import(`/js/${name}.js`));
+        Promise.all(modules).then(
+          ([f, r, s]) => {
+            const settings = JSON.parse(
+              document.querySelector('meta[name="chat-settings"]').content);
+            const rules = new r.Rules(settings.rules);
             const state = new s.ChatState("messi");
             const pushed = {id: 7, from: "henderson", to: "messi", msg: "hi",
                             msg_from: "Jordan Henderson",
@@ -353,12 +393,14 @@ def test_page_helpers(alice: Page) -> None:
                        sent_at: "2026-01-01T09:00:00Z"});
             done({
               keys: ["Messi ", "#Team", "budi@realm-b", "two words", "a/b", ""]
-                .map(f.conversationKey),
+                .map((text) => rules.conversationKey(text)),
               oneLine: f.oneLine("  line one\\r\\n\\n line two \\u0000 "),
-              wire: [f.wireFileName("my report.pdf"), f.wireFileName("../../.bashrc"),
-                     f.wireFileName("a\\tb\\u0007.txt"), f.wireFileName("CON.txt"),
-                     f.wireFileName("a:b\\uff0fc?.txt"),
-                     f.wireFileName("invoice\\u202efdp.exe"), f.wireFileName("notes.")],
+              wire: ["my report.pdf", "../../.bashrc", "a\\tb\\u0007.txt", "CON.txt",
+                     "a:b\\uff0fc?.txt", "invoice\\u202efdp.exe", "notes."]
+                .map((name) => rules.wireFileName(name)),
+              limits: [settings.max_file_size, settings.registration,
+                       rules.maxNameLength,
+                       document.getElementById("login-username").maxLength],
               save: [f.saveName("../etc/passwd"), f.saveName(".hidden"),
                      f.saveName("ok name.png"), f.saveName("")],
               dedupe: [first, again],
@@ -384,6 +426,7 @@ def test_page_helpers(alice: Page) -> None:
             "invoicefdp.exe",
             "notes",
         ],
+        "limits": [512 * 1024, True, MAX_NAME_LENGTH, MAX_NAME_LENGTH],
         "save": ["_etc_passwd", "hidden", "ok name.png", "download"],
         "dedupe": [True, False],
         "ids": [7, 9],

@@ -1,7 +1,8 @@
 """
-The web client's HTTP side (chat.web.site, chat.web.origins): the origin
-check, the security headers on every response, the static files with their
-content types and ETags, the options, and the service listening.
+The web client's HTTP side (chat.web.site, chat.web.origins,
+chat.web.rules): the origin check, the security headers on every response,
+the static files with their content types and ETags, the settings and rules
+the page gets, the options, and the service listening.
 """
 
 from __future__ import annotations
@@ -24,8 +25,24 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from chat import tap
+from chat.errors import InvalidFileName
+from chat.model import (
+    MAX_FILE_NAME_BYTES,
+    MAX_NAME_LENGTH,
+    USERNAME_PATTERN,
+    validate_file_name,
+)
 from chat.web.origins import OriginPolicy, format_origin, parse_origin
-from chat.web.site import content_security_policy, etag_matches, load_static
+from chat.web.rules import page_rules
+from chat.web.site import (
+    SETTINGS_ELEMENT,
+    WebSettings,
+    content_security_policy,
+    etag_matches,
+    load_static,
+    static_file,
+    with_settings,
+)
 from tests.helpers import Server
 from tests.web_helpers import ORIGIN, WebSocketClient, http, web_site
 
@@ -221,11 +238,17 @@ def shipped() -> dict[str, bytes]:
 )
 def test_static_content_types(path: str, content_type: str) -> None:
     """Files are served with their types (JS modules as text/javascript)
-    and exactly their bytes."""
+    and exactly their bytes (the page with its settings filled in)."""
     response = http(web_site(Server()), path)
     assert response.status == 200
     assert response.headers["content-type"] == content_type
-    assert response.body == shipped()["/index.html" if path == "/" else path]
+    body = response.body
+    if path in ("/", "/index.html"):
+        path = "/index.html"
+        body = re.sub(
+            rb'<meta name="chat-settings" content="[^"]*">', SETTINGS_ELEMENT, body
+        )
+    assert body == shipped()[path]
 
 
 def test_every_shipped_file_is_served() -> None:
@@ -273,15 +296,94 @@ def test_head_has_no_body() -> None:
 
 
 def test_settings() -> None:
-    """/config.json tells the page the file size limit and whether it may
-    offer registration; it is never cached."""
+    """/config.json tells the file size limit, whether the page may offer
+    registration, and the server's rules for names; it is never cached."""
     response = http(web_site(Server(), registration=False), "/config.json")
     assert json.loads(response.body) == {
         "max_file_size": 1024 * 1024,
         "registration": False,
+        "rules": page_rules(),
     }
     assert response.headers["content-type"] == "application/json"
     assert response.headers["cache-control"] == "no-store"
+
+
+class SettingsElement(HTMLParser):
+    """
+    The contents of the page's settings element(s), unescaped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = dict(attrs)
+        if tag == "meta" and names.get("name") == "chat-settings":
+            self.found.append(names.get("content"))
+
+
+def page_settings(body: bytes) -> Any:
+    parser = SettingsElement()
+    parser.feed(body.decode("utf-8"))
+    (content,) = parser.found
+    assert content is not None
+    return json.loads(content)
+
+
+def test_page_carries_its_settings() -> None:
+    """The page holds the settings of /config.json in its chat-settings
+    element (data, not script), escaped for HTML, so it knows them as it
+    loads; its ETag changes with them."""
+    closed = http(web_site(Server(), registration=False), "/")
+    assert page_settings(closed.body) == {
+        "max_file_size": 1024 * 1024,
+        "registration": False,
+        "rules": page_rules(),
+    }
+    assert b":&lt;&gt;?" in closed.body and b":<>?" not in closed.body
+    opened = http(web_site(Server(), registration=True), "/index.html")
+    assert page_settings(opened.body)["registration"] is True
+    assert opened.headers["etag"] != closed.headers["etag"]
+    digest = hashlib.sha256(opened.body).hexdigest()[:32]
+    assert opened.headers["etag"] == f'"{digest}"'
+
+
+def test_page_without_settings_element_refused() -> None:
+    """A page without the settings element (or with two) is refused when
+    the site is built, not served unable to check a name."""
+    settings = WebSettings(1024, False)
+    for body in [b"<html></html>", SETTINGS_ELEMENT * 2]:
+        files = {"/index.html": static_file(body, "text/html; charset=utf-8")}
+        with pytest.raises(ValueError, match="chat-settings"):
+            with_settings(files, settings)
+    assert with_settings({}, settings) == {}
+
+
+def test_page_rules_are_the_servers() -> None:
+    """The rules the page gets are the server's: its username pattern and
+    limits; every character it is told to keep out of file names, every
+    device name and every unsafe character is refused by the server; the
+    joiners it is told to keep are accepted."""
+    rules = page_rules()
+    assert rules["username"] == USERNAME_PATTERN.pattern
+    assert rules["max_name_length"] == MAX_NAME_LENGTH
+    files: Any = rules["file_name"]
+    assert files["max_bytes"] == MAX_FILE_NAME_BYTES
+    assert "/" in files["forbidden"] and "\\" in files["forbidden"]
+    for character in files["forbidden"]:
+        with pytest.raises(InvalidFileName):
+            validate_file_name(f"a{character}b.txt")
+    for character in ["\x00", "\x1f", "\x85", "\u200b", "\u202e", "\u2028", "\u2029"]:
+        with pytest.raises(InvalidFileName):
+            validate_file_name(f"a{character}b.txt")
+    for name in ["con", "NUL.txt", "com\u00b9.log", "conin$"]:
+        assert re.fullmatch(files["devices"], name.split(".")[0], re.IGNORECASE)
+        with pytest.raises(InvalidFileName):
+            validate_file_name(name)
+    for character in files["allowed_formatting"]:
+        assert validate_file_name(f"a{character}b.txt")
+    assert sorted(files["unsafe_categories"]) == ["Cc", "Cf", "Cs", "Zl", "Zp"]
 
 
 class MarkupCheck(HTMLParser):

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands
+from chat import commands, replies
 from chat.errors import (
     BadRealmMessage,
     ForgedSender,
@@ -105,7 +105,7 @@ class InboundLink:
                 unknown=list(delivery.unknown),
                 duplicate=delivery.duplicate,
             )
-            return commands.ok(
+            return replies.ok(
                 message="Delivered",
                 id=message.uid,
                 delivered=len(delivery.messages),
@@ -178,7 +178,7 @@ class InboundLinkHandler:
             if self.link is None:
                 raise RealmNotAuthenticated("realm-msg before realm-auth")
             self.link.deliver(command.payload).addCallbacks(
-                lambda reply: self._door.answer(commands.dumps(reply)),
+                lambda reply: self._door.answer(replies.dumps(reply)),
                 lambda f: self._door.answer(error_reply(f.value, verb, self._peer)),
             )
             return None
@@ -204,8 +204,8 @@ class InboundLinkHandler:
                 peer=self._peer,
             )
             self._door.answer(
-                commands.dumps(
-                    commands.ok(
+                replies.dumps(
+                    replies.ok(
                         message="Realm Authenticated",
                         realm=federation.realm_id,
                         proof=link.server_proof,
@@ -228,8 +228,8 @@ class InboundLinkHandler:
             )
             self._door.close()
             self._door.answer(
-                commands.dumps(
-                    commands.error("realm authentication failed", "realm_auth_failed")
+                replies.dumps(
+                    replies.error("realm authentication failed", "realm_auth_failed")
                 )
             )
 

@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from chat import commands
+from chat import replies
 from chat.errors import StorageUnavailable
 from chat.links import (
     NONCE_PATTERN,
@@ -71,7 +71,7 @@ class LinkClientProtocol(LineReceiver):
     dropped (and made again by the L{ClientService}).
     """
 
-    delimiter = commands.DELIMITER
+    delimiter = replies.DELIMITER
     MAX_LENGTH = 1024 * 1024
     log = make_logger()
 
@@ -163,7 +163,7 @@ class LinkClientProtocol(LineReceiver):
         ):
             # The other realm would drop the connection, again and again:
             # refuse the message here instead.
-            return succeed(commands.error("message too long", "too_long"))
+            return succeed(replies.error("message too long", "too_long"))
         return self.request(line)
 
     def lineReceived(self, line: bytes) -> None:

@@ -6,8 +6,10 @@ commit (L{chat.store.batching}): one connection on the store's thread, each
 batch of operations one transaction, every operation acknowledged only after
 C{COMMIT} returned with C{synchronous_commit} on. In the same transaction,
 a batch that stored messages sends one C{NOTIFY chat_messages} carrying
-their ids and recipients (L{notification_payloads}), so other nodes hear of
-them exactly when they are committed (L{chat.cluster} listens).
+their ids and recipients (L{chat.store.cluster.notification_payloads}), so
+other nodes hear of them exactly when they are committed (L{chat.cluster}
+listens, on the connections L{cluster_connection} and
+L{notification_listener} make).
 
 Several nodes write the same rows, so the operations lock what they could
 race for (a mailbox being drained: C{SELECT ... FOR UPDATE}), and a batch
@@ -25,22 +27,20 @@ when the database returns.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from zope.interface import implementer
 
 from chat.errors import StorageUnavailable
 from chat.interfaces import IClusterStore
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
-from chat.model import Message
 from chat.store import schema
 from chat.store.batching import (
     BatchOutcome,
@@ -49,16 +49,17 @@ from chat.store.batching import (
     Transaction,
     run_batch,
 )
+from chat.store.cluster import (
+    MESSAGES_CHANNEL,
+    SESSIONS_CHANNEL,
+    compact_json,
+    notification_payloads,
+    notify,
+)
+from chat.store.cluster_connections import ClusterConnection, NotificationThread
 from chat.store.messages import new_messages
 from chat.store.sql import SQLStore
 
-#: The channel of committed messages.
-MESSAGES_CHANNEL = "chat_messages"
-#: The channel of sessions ended (logout), and of users whose sessions all
-#: ended (password changed, user deleted).
-SESSIONS_CHANNEL = "chat_sessions"
-#: PostgreSQL refuses payloads of 8000 bytes or more.
-MAX_PAYLOAD = 7000
 #: Seconds to wait before connecting again after a failure: first, most.
 FIRST_RETRY, MAX_RETRY = 0.1, 5.0
 #: A batch aborted for a deadlock or serialization failure is run again at
@@ -130,43 +131,6 @@ def connect(url: str, application_name: str = "chat") -> psycopg.Connection[Any]
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-
-
-def notification_payloads(node_id: str, messages: Sequence[Message]) -> list[str]:
-    """
-    The C{chat_messages} payloads announcing C{messages}: JSON objects
-    C{{"node": ..., "at": <commit time>, "messages": [[id, recipient],
-    ...]}}, each under PostgreSQL's size limit.
-    """
-    head = {"node": node_id, "at": time.time()}
-    overhead = len(compact_json({**head, "messages": []}))
-    entries = ([message.id, message.recipient] for message in messages)
-    return [
-        compact_json({**head, "messages": chunk})
-        for chunk in notify_chunks(entries, overhead)
-    ]
-
-
-def notify_chunks(items: Iterable[Any], overhead: int) -> Iterator[list[Any]]:
-    """
-    C{items} in lists whose JSON, with C{overhead} bytes more, fits in
-    L{MAX_PAYLOAD} bytes (at least one item per list).
-    """
-    chunk: list[Any] = []
-    size = overhead
-    for item in items:
-        item_size = len(compact_json(item).encode()) + 1
-        if chunk and size + item_size > MAX_PAYLOAD:
-            yield chunk
-            chunk, size = [], overhead
-        chunk.append(item)
-        size += item_size
-    if chunk:
-        yield chunk
-
-
-def compact_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 #: Errors that say one operation's values were refused (a constraint, a
@@ -284,6 +248,17 @@ class PostgresStore(SQLStore):
         self._retry_at = 0.0
         self._retry_delay = FIRST_RETRY
 
+    def cluster_connection(self, reactor: IReactorFromThreads) -> ClusterConnection:
+        return ClusterConnection(
+            reactor, connection_arguments(self.url, f"chat {self.node_id} cluster")
+        )
+
+    def notification_listener(
+        self, reactor: IReactorFromThreads, clock: IReactorTime
+    ) -> NotificationThread:
+        arguments = connection_arguments(self.url, f"chat {self.node_id} listen")
+        return NotificationThread(reactor, clock, arguments)
+
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is not None and not self._connection.closed:
             return self._connection
@@ -366,7 +341,7 @@ class PostgresStore(SQLStore):
                     )
                 )
         for channel, payload in notices:
-            connection.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            notify(connection, channel, payload)
 
     def _rollback(self) -> None:
         try:

@@ -4,10 +4,16 @@ headers that lock the page down.
 
 Routes::
 
-    GET /              index.html
+    GET /              index.html, with the settings in it
     GET /<file>        the files of chat/web/static (css, js modules, icons)
-    GET /config.json   what the page needs to know about this server
+    GET /config.json   the settings: what the page needs to know about
+                       this server (its limits, and its rules for names
+                       from chat.web.rules)
     GET /ws            the WebSocket (chat.web.socket), same origin only
+
+The page carries its settings in a C{<meta name="chat-settings">} element
+(L{with_settings}): data, not script, so the policy below stays strict, and
+the page knows them as it loads.
 
 Every response carries a Content-Security-Policy that allows scripts,
 styles and connections from the page's own origin only (no inline script,
@@ -35,6 +41,7 @@ a minute, and each request's access line is logged at C{debug}.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -55,6 +62,7 @@ from chat.logs import debugging, make_logger
 from chat.web.hosts import HostPolicy, header_host
 from chat.web.origins import OriginPolicy
 from chat.web.plain import PlainResource
+from chat.web.rules import page_rules
 from chat.web.socket import ChatWebSocketResource
 
 CONTENT_TYPES = {
@@ -332,6 +340,14 @@ def _walk(directory: Traversable, prefix: str = "") -> Iterator[tuple[str, bytes
             yield name, entry.read_bytes()
 
 
+def static_file(body: bytes, content_type: str) -> StaticFile:
+    """
+    A file to serve, its ETag a hash of its content.
+    """
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    return StaticFile(body, content_type, f'"{digest}"')
+
+
 def load_static(
     package: str = "chat.web", folder: str = "static"
 ) -> dict[str, StaticFile]:
@@ -343,8 +359,7 @@ def load_static(
     for path, body in _walk(resources.files(package) / folder):
         suffix = path[path.rfind(".") :] if "." in path else ""
         content_type = CONTENT_TYPES.get(suffix, "application/octet-stream")
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        files[path] = StaticFile(body, content_type, f'"{digest}"')
+        files[path] = static_file(body, content_type)
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
@@ -398,16 +413,49 @@ class StaticFiles(PlainResource):
 @attrs.frozen
 class WebSettings:
     """
-    What the page is told about the server (C{/config.json}).
+    What the page is told about the server: in the page itself
+    (L{with_settings}), and at C{/config.json}.
     """
 
     max_file_size: int
     registration: bool
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "max_file_size": self.max_file_size,
+            "registration": self.registration,
+            "rules": page_rules(),
+        }
+
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"max_file_size": self.max_file_size, "registration": self.registration}
-        ).encode("ascii")
+        return json.dumps(self.as_dict()).encode("ascii")
+
+
+#: The element of index.html that L{with_settings} fills in.
+SETTINGS_ELEMENT = b'<meta name="chat-settings" content="{}">'
+
+
+def with_settings(
+    files: dict[str, StaticFile], settings: WebSettings
+) -> dict[str, StaticFile]:
+    """
+    C{files} with C{settings} in the page: index.html's
+    L{SETTINGS_ELEMENT} holds them as JSON (HTML-escaped, in an attribute).
+
+    @raise ValueError: if index.html has no such element (a page without
+        its settings cannot check a single name).
+    """
+    page = files.get("/index.html")
+    if page is None:
+        return files
+    if page.body.count(SETTINGS_ELEMENT) != 1:
+        raise ValueError(f"index.html must hold {SETTINGS_ELEMENT.decode()} once")
+    content = html.escape(settings.to_json().decode("ascii"), quote=True)
+    element = f'<meta name="chat-settings" content="{content}">'.encode("ascii")
+    rendered = static_file(
+        page.body.replace(SETTINGS_ELEMENT, element), page.content_type
+    )
+    return {**files, "/index.html": rendered, "/": rendered}
 
 
 class SettingsResource(PlainResource):
@@ -456,7 +504,7 @@ def make_site(
     """
     origins = origins or OriginPolicy()
     root = WebRoot(
-        StaticFiles(load_static() if files is None else files),
+        StaticFiles(with_settings(load_static() if files is None else files, settings)),
         {
             b"ws": ChatWebSocketResource(chat_factory, origins),
             b"config.json": SettingsResource(settings),

@@ -10,10 +10,13 @@ export class ServerError extends Error {
   }
 }
 
+// The connection closed before the reply came. Its code says why, as a
+// ServerError's does: "connection_lost", or "line_too_long" when the
+// server closed it because a request was too large.
 export class ConnectionLost extends Error {
-  constructor(message = "the connection to the server was lost") {
+  constructor(message = "the connection to the server was lost", code = "connection_lost") {
     super(message);
-    this.code = "connection_lost";
+    this.code = code;
   }
 }
 
@@ -154,7 +157,7 @@ export class Connection extends EventTarget {
     this.pending = [];
     const error =
       why === "too_big"
-        ? new ConnectionLost("the server refused a request that was too large")
+        ? new ConnectionLost("the server refused a request that was too large", "line_too_long")
         : new ConnectionLost();
     for (const waiter of pending) waiter.reject(error);
     this.dispatchEvent(new CustomEvent("close", { detail: why }));

@@ -1,20 +1,5 @@
-// Small pure helpers: names, sizes, dates, files.
-
-export const USERNAME = /^[a-z0-9_.-]{1,32}$/;
-export const ADDRESS = /^[a-z0-9_.-]{1,32}(@[a-z0-9.-]{1,63})?$/;
-export const GROUP = /^#[a-z0-9_.-]{1,32}$/;
-
-// A conversation key from what someone typed: "messi", "#team",
-// "budi@realm-b"; null if it is not one.
-export function conversationKey(text) {
-  const key = String(text || "").trim().toLowerCase();
-  if (GROUP.test(key) || ADDRESS.test(key)) return key;
-  return null;
-}
-
-export function isGroupKey(key) {
-  return key.startsWith("#");
-}
+// Small pure helpers: text, sizes, dates, files, error messages. The
+// rules for names are the server's, in rules.js.
 
 // Message text as one protocol line: line breaks become spaces.
 export function oneLine(text) {
@@ -69,35 +54,6 @@ export function shortWhen(date, now = new Date()) {
   const options = { day: "numeric", month: "short" };
   if (date.getFullYear() !== now.getFullYear()) options.year = "numeric";
   return date.toLocaleDateString(undefined, options);
-}
-
-const encoder = new TextEncoder();
-
-// A name the server accepts for a file (one word, no path, no control
-// characters, no leading dot, at most 255 bytes), keeping the extension.
-export function wireFileName(name) {
-  let clean = String(name || "")
-    // Invisible formatting (bidi overrides, zero-width spaces) goes; the
-    // zero-width (non-)joiners stay, as the server allows them.
-    .replace(/[\p{Cf}]/gu, (c) => (c === "\u200c" || c === "\u200d" ? c : ""))
-    // Blanks, separators and their look-alikes, controls, and what Windows
-    // refuses in a name.
-    .replace(/[\s/\\\p{Cc}\p{Zl}\p{Zp}<>:"|?*\u2044\u2215\u2216\u2236\u2571\u2572\u29f5\u29f8\u29f9\ufe55\ufe68\uff0f\uff1a\uff3c]+/gu, "_")
-    .replace(/\.{2,}/g, ".")
-    .replace(/^[._]+/, "");
-  while (encoder.encode(clean).length > 255) {
-    const dot = clean.lastIndexOf(".");
-    const ext = dot > 0 && clean.length - dot <= 16 ? clean.slice(dot) : "";
-    clean = clean.slice(0, Math.max(1, clean.length - ext.length - 1)) + ext;
-  }
-  clean = clean.replace(/\.+$/, "");
-  if (!clean) clean = "file";
-  // Device names Windows reserves (con, nul.txt, com1, ...): the server
-  // refuses them, so the file goes as _con, _nul.txt, _com1.
-  if (/^(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]|conin\$|conout\$|clock\$)(\.|$)/i.test(clean)) {
-    clean = `_${clean}`;
-  }
-  return clean;
 }
 
 // The name a received file is saved under: whatever the sender wrote,
@@ -174,6 +130,7 @@ const FRIENDLY = {
   group_exists: "That group already exists.",
   already_member: "You are already in that group.",
   no_such_realm: "That server is not linked to this one.",
+  line_too_long: "That is too large for this server.",
   connection_lost: "The connection to the server was lost.",
 };
 

@@ -4,10 +4,16 @@
 // they were rendered, so a reconnect shows nothing twice and loses nothing.
 // The session token lives in sessionStorage: a reload stays logged in,
 // closing the tab forgets it. It never goes into a URL or a cookie.
+//
+// What the page knows lives in `session` (a Session of state.js, while
+// logged in) and in `page` (how the page is shown); the server's settings
+// and rules for names come in the page itself. Errors are told apart by
+// their code, never by their message.
 
-import { Connection, ConnectionLost } from "./connection.js";
+import { Connection } from "./connection.js";
 import * as fmt from "./format.js";
-import { ChatState } from "./state.js";
+import { Rules } from "./rules.js";
+import { Session } from "./state.js";
 import { avatar, renderList, renderMessages, toast } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -62,56 +68,55 @@ const ui = {
   toasts: $("toasts"),
 };
 
+// What the server tells the page (chat/web/site.py puts it in the page):
+// max_file_size, registration, and its rules for names.
+const settings = JSON.parse(document.querySelector('meta[name="chat-settings"]').content);
+const rules = new Rules(settings.rules);
+
 const scheme = location.protocol === "https:" ? "wss:" : "ws:";
 const connection = new Connection(`${scheme}//${location.host}/ws`);
 
-let config = { max_file_size: 1024 * 1024, registration: false };
-let session = null; // {username, token}
-let state = null;
-let active = null; // the open conversation's key
-let registering = false;
-let outbox = []; // {key, local} waiting to be sent, in order
-let flushing = false;
-let localIds = 0;
-let ackWanted = 0;
-let ackSent = 0;
-let renderScheduled = false;
-let stickToBottom = true;
-let pinned = true; // the view is at the bottom (follow new messages)
-let retryTicker = null;
-let loggingOut = false;
-const reconcileTimers = new Map();
+// The login, while there is one.
+let session = null;
+
+// How the page is shown, logged in or not.
+const page = {
+  registering: false, // the login form creates an account
+  renderScheduled: false,
+  stickToBottom: true, // the next render scrolls to the newest message
+  pinned: true, // the view is at the bottom (follow new messages)
+  retryTicker: null, // counts down to the next connection attempt
+  toTimer: null, // reads To once typing pauses
+  reconcileTimers: new Map(), // by conversation: read own messages back
+};
 
 // Session storage.
-
-function loadSession() {
-  try {
-    const saved = JSON.parse(sessionStorage.getItem(SESSION) || "null");
-    if (saved && fmt.USERNAME.test(saved.username) && typeof saved.token === "string") return saved;
-  } catch (error) {
-    // a damaged entry is the same as none
-  }
-  return null;
-}
 
 function rememberedKeys() {
   try {
     const keys = JSON.parse(sessionStorage.getItem(KEYS) || "[]");
-    return Array.isArray(keys) ? keys.filter((key) => fmt.conversationKey(key) === key) : [];
+    return Array.isArray(keys) ? keys.filter((key) => rules.isConversationKey(key)) : [];
   } catch (error) {
     return [];
   }
 }
 
+function forgetStorage() {
+  sessionStorage.removeItem(SESSION);
+  sessionStorage.removeItem(KEYS);
+  sessionStorage.removeItem(OPEN);
+  sessionStorage.removeItem(UNREAD);
+}
+
 function forget(key) {
-  const conversation = state.conversation(key);
+  const conversation = session.chat.conversation(key);
   conversation.listed = false;
   const keys = rememberedKeys().filter((known) => known !== key);
   sessionStorage.setItem(KEYS, JSON.stringify(keys));
 }
 
 function remember(key) {
-  const conversation = state.conversation(key);
+  const conversation = session.chat.conversation(key);
   conversation.listed = true;
   const keys = rememberedKeys();
   if (!keys.includes(key)) {
@@ -143,14 +148,15 @@ function showLogin(notice = "") {
   ui.loginNotice.textContent = notice;
   ui.loginNotice.hidden = !notice;
   ui.loginError.textContent = "";
-  ui.registerSwitch.hidden = !config.registration;
+  ui.registerSwitch.hidden = !settings.registration;
   setRegistering(false);
   document.title = "Chat";
   ui.username.focus();
 }
 
 function setRegistering(on) {
-  registering = on && config.registration;
+  const registering = on && settings.registration;
+  page.registering = registering;
   ui.registerFields.hidden = !registering;
   ui.fullName.required = registering;
   ui.password.autocomplete = registering ? "new-password" : "current-password";
@@ -162,11 +168,12 @@ function setRegistering(on) {
 }
 
 function loginProblem() {
+  const registering = page.registering;
   const username = ui.username.value.trim().toLowerCase();
   const password = ui.password.value;
-  if (!fmt.USERNAME.test(username)) {
+  if (!rules.isUsername(username)) {
     ui.username.focus();
-    return "Usernames are 1-32 lowercase letters, digits, '_', '-' or '.'.";
+    return `Usernames are 1-${rules.maxNameLength} lowercase letters, digits, '_', '-' or '.'.`;
   }
   if (registering && !ui.fullName.value.trim()) {
     ui.fullName.focus();
@@ -177,7 +184,9 @@ function loginProblem() {
     return "Please type your password.";
   }
   if (/\s/.test(password)) return "Passwords cannot contain spaces.";
-  if (registering && password.length < 8) return "Passwords need at least 8 characters.";
+  if (registering && password.length < rules.minPasswordLength) {
+    return `Passwords need at least ${rules.minPasswordLength} characters.`;
+  }
   return null;
 }
 
@@ -187,6 +196,7 @@ async function submitLogin(event) {
   const problem = loginProblem();
   ui.loginError.textContent = problem || "";
   if (problem) return;
+  const registering = page.registering;
   const username = ui.username.value.trim().toLowerCase();
   const password = ui.password.value;
   const label = ui.submit.textContent;
@@ -199,15 +209,13 @@ async function submitLogin(event) {
       ? await connection.request(`register ${username} ${password} ${fmt.oneLine(ui.fullName.value)}`)
       : await connection.request(`auth ${username} ${password}`);
     ui.password.value = "";
-    session = { username, token: reply.tokenid };
-    sessionStorage.setItem(SESSION, JSON.stringify(session));
-    sessionStorage.removeItem(KEYS);
-    sessionStorage.removeItem(OPEN);
-    sessionStorage.removeItem(UNREAD);
+    forgetStorage();
+    session = new Session(username, reply.tokenid);
+    sessionStorage.setItem(SESSION, session.saved());
     enterChat();
   } catch (error) {
     ui.loginError.textContent =
-      error instanceof ConnectionLost ? "Cannot reach the chat server. Please try again." : fmt.friendlyError(error);
+      error.code === "connection_lost" ? "Cannot reach the chat server. Please try again." : fmt.friendlyError(error);
   } finally {
     ui.submit.disabled = false;
     ui.submit.textContent = label;
@@ -215,26 +223,18 @@ async function submitLogin(event) {
 }
 
 function enterChat() {
-  state = new ChatState(session.username);
-  for (const key of rememberedKeys()) state.conversation(key).listed = true;
+  for (const key of rememberedKeys()) session.chat.conversation(key).listed = true;
   try {
-    const unread = JSON.parse(sessionStorage.getItem(UNREAD) || "{}");
-    for (const [key, ids] of Object.entries(unread)) {
-      if (fmt.conversationKey(key) === key && Array.isArray(ids)) {
-        state.conversation(key).unreadIds = new Set(ids.filter(Number.isInteger));
-      }
-    }
+    session.chat.restoreUnread(JSON.parse(sessionStorage.getItem(UNREAD) || "{}"), rules);
   } catch (error) {
     // no counts to restore
   }
-  outbox = [];
-  ackWanted = ackSent = 0;
   ui.login.hidden = true;
   ui.chat.hidden = false;
   ui.chat.dataset.view = "list";
   renderMe();
   const open = sessionStorage.getItem(OPEN);
-  if (open && fmt.conversationKey(open) === open) openConversation(open, { focus: false });
+  if (rules.isConversationKey(open)) openConversation(open, { focus: false });
   else closeConversation();
   connection.persistent = true;
   if (connection.connected) resume();
@@ -245,20 +245,13 @@ function enterChat() {
 
 function sessionEnded(notice = "Your session has ended. Please log in again.") {
   if (session === null) return;
+  const ended = session;
   session = null;
-  sessionStorage.removeItem(SESSION);
-  sessionStorage.removeItem(KEYS);
-  sessionStorage.removeItem(OPEN);
-  sessionStorage.removeItem(UNREAD);
+  forgetStorage();
   connection.stop();
-  if (state !== null) {
-    for (const conversation of state.conversations.values()) {
-      for (const message of conversation.messages()) if (message.fileUrl) URL.revokeObjectURL(message.fileUrl);
-    }
+  for (const conversation of ended.chat.conversations.values()) {
+    for (const message of conversation.messages()) if (message.fileUrl) URL.revokeObjectURL(message.fileUrl);
   }
-  state = null;
-  active = null;
-  outbox = [];
   ui.messageList.replaceChildren();
   ui.conversations.replaceChildren();
   ui.composeTo.value = "";
@@ -268,16 +261,16 @@ function sessionEnded(notice = "Your session has ended. Please log in again.") {
 
 async function logout() {
   if (session === null) return;
-  const token = session.token;
+  const leaving = session;
   ui.logout.disabled = true;
-  loggingOut = true;
+  leaving.loggingOut = true;
   try {
-    if (connection.connected) await withTimeout(connection.request(`logout ${token}`), 3000);
+    if (connection.connected) await withTimeout(connection.request(`logout ${leaving.token}`), 3000);
   } catch (error) {
     // logged out locally anyway; the session expires on the server
   } finally {
     ui.logout.disabled = false;
-    loggingOut = false;
+    leaving.loggingOut = false;
   }
   sessionEnded("You have logged out.");
 }
@@ -286,48 +279,43 @@ async function logout() {
 
 async function resume() {
   if (session === null) return;
-  const token = session.token;
+  const current = session;
+  const token = current.token;
   try {
     await request(`subscribe ${token}`);
   } catch (error) {
     return; // an ended session was handled; a lost connection retries
   }
-  ackWanted = ackSent = 0;
-  for (const conversation of state.conversations.values()) conversation.loaded = false;
+  current.acks.reset();
+  for (const conversation of current.chat.conversations.values()) conversation.loaded = false;
   try {
-    state.setOnline((await request(`who ${token}`)).users);
-    state.setGroups((await request(`groups ${token}`)).groups);
+    current.chat.setOnline((await request(`who ${token}`)).users);
+    current.chat.setGroups((await request(`groups ${token}`)).groups);
   } catch (error) {
     return;
   }
+  if (session !== current) return;
   renderMe();
   scheduleRender();
-  const uncertain = [...state.conversations.values()].filter((c) =>
-    c.pending.some((local) => local.status === "unknown"),
-  );
-  for (const conversation of uncertain) await loadNewest(conversation.key);
-  for (const conversation of uncertain) {
-    for (const local of conversation.pending) {
-      if (local.status === "unknown") {
-        local.status = "failed";
-        local.error = "the connection was lost while sending";
-      }
-    }
-  }
-  if (active !== null) await loadNewest(active);
+  const unsure = [...current.chat.conversations.values()].filter((c) => c.isUnsure());
+  for (const conversation of unsure) await loadNewest(conversation.key);
+  for (const conversation of unsure) conversation.failUnsure("the connection was lost while sending");
+  if (session !== current) return;
+  if (current.active !== null) await loadNewest(current.active);
   flushOutbox();
   await loadPreviews();
 }
 
 async function loadPreviews() {
-  const token = session && session.token;
-  const wanted = state.listed().filter((c) => c.isEmpty() && !c.previewed && (!c.isGroup || c.member));
+  if (session === null) return;
+  const current = session;
+  const wanted = current.chat.listed().filter((c) => c.isEmpty() && !c.previewed && (!c.isGroup || c.member));
   for (const conversation of wanted.slice(0, 30)) {
-    if (session === null || session.token !== token || !connection.connected) return;
+    if (session !== current || !connection.connected) return;
     conversation.previewed = true;
     try {
-      const reply = await request(`history ${token} ${conversation.key} 1`);
-      for (const message of reply.messages) state.add(message);
+      const reply = await request(`history ${current.token} ${conversation.key} 1`);
+      for (const message of reply.messages) current.chat.add(message);
       if (reply.messages.length && conversation.byId.size === reply.messages.length) conversation.hasMore = true;
     } catch (error) {
       // no preview for this one
@@ -339,43 +327,44 @@ async function loadPreviews() {
 // Live events.
 
 function onEvent(event) {
-  if (state === null) return;
+  if (session === null) return;
   const frame = event.detail;
   if (frame.event === "message") {
-    const { conversation, added } = state.add(frame);
-    if (added && (conversation.key !== active || document.hidden)) conversation.unreadIds.add(frame.id);
-    if (frame.id > ackWanted) ackWanted = frame.id;
+    const { conversation, added } = session.chat.add(frame);
+    if (added && (conversation.key !== session.active || document.hidden)) conversation.unreadIds.add(frame.id);
+    session.acks.saw(frame.id);
     scheduleRender();
   } else if (frame.event === "presence") {
-    state.presence(frame);
+    session.chat.presence(frame);
     scheduleRender();
-  } else if (frame.event === "unsubscribed" && !loggingOut) {
+  } else if (frame.event === "unsubscribed" && !session.loggingOut) {
     sessionEnded("Your session has ended. Please log in again.");
   }
 }
 
 // Acknowledge what was rendered: called right after rendering.
 function acknowledge() {
-  if (session === null || !connection.connected || ackWanted <= ackSent) return;
-  const upTo = ackWanted;
-  ackSent = upTo;
-  request(`ack ${session.token} ${upTo}`).catch(() => {
-    if (ackSent === upTo) ackSent = 0;
-  });
+  if (session === null || !connection.connected) return;
+  const acks = session.acks;
+  const upTo = acks.next();
+  if (upTo === null) return;
+  request(`ack ${session.token} ${upTo}`).catch(() => acks.failed(upTo));
 }
 
 // History.
 
 async function loadNewest(key) {
-  const conversation = state.conversation(key);
-  if (conversation.loading || !connection.connected || session === null) return;
+  if (session === null) return;
+  const current = session;
+  const conversation = current.chat.conversation(key);
+  if (conversation.loading || !connection.connected) return;
   conversation.loading = true;
   conversation.error = null;
   scheduleRender();
   try {
     const oldestBefore = conversation.oldestId();
-    const reply = await request(`history ${session.token} ${key} ${PAGE}`);
-    for (const message of reply.messages) state.add(message);
+    const reply = await request(`history ${current.token} ${key} ${PAGE}`);
+    for (const message of reply.messages) current.chat.add(message);
     const oldestRead = reply.messages.length ? reply.messages[reply.messages.length - 1].id : null;
     if (oldestBefore === null || (oldestRead !== null && oldestRead <= oldestBefore)) {
       conversation.hasMore = reply.next_before_id !== null;
@@ -385,7 +374,7 @@ async function loadNewest(key) {
   } catch (error) {
     conversation.error = error.code || "connection_lost";
     if (error.code === "not_a_member") conversation.member = false;
-    if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
+    if ((error.code === "no_such_user" || error.code === "no_such_group") && session === current) forget(key);
   } finally {
     conversation.loading = false;
     scheduleRender();
@@ -394,19 +383,21 @@ async function loadNewest(key) {
 }
 
 async function loadOlder(key) {
-  const conversation = state.conversation(key);
+  if (session === null) return;
+  const current = session;
+  const conversation = current.chat.conversation(key);
   if (!conversation.loaded || conversation.loading || !conversation.hasMore || !connection.connected) return;
   const before = conversation.oldestId();
   if (before === null) return;
   conversation.loading = true;
   scheduleRender();
   try {
-    const reply = await request(`history ${session.token} ${key} ${PAGE} ${before}`);
+    const reply = await request(`history ${current.token} ${key} ${PAGE} ${before}`);
     const fromBottom = ui.messages.scrollHeight - ui.messages.scrollTop;
-    for (const message of reply.messages) state.add(message);
+    for (const message of reply.messages) current.chat.add(message);
     conversation.hasMore = reply.next_before_id !== null;
     conversation.loading = false;
-    if (key === active) {
+    if (key === current.active) {
       render();
       ui.messages.scrollTop = ui.messages.scrollHeight - fromBottom;
     }
@@ -421,21 +412,23 @@ async function loadOlder(key) {
 
 // Load older pages until the view can scroll (or there is nothing more).
 function fillView() {
-  if (active === null || state === null) return;
-  if (ui.messages.scrollHeight <= ui.messages.clientHeight + 40) loadOlder(active);
+  if (session === null || session.active === null) return;
+  if (ui.messages.scrollHeight <= ui.messages.clientHeight + 40) loadOlder(session.active);
 }
 
 // Reading the user's own messages back gives them their ids.
 function reconcileSoon(key) {
-  clearTimeout(reconcileTimers.get(key));
-  reconcileTimers.set(
+  const timers = page.reconcileTimers;
+  clearTimeout(timers.get(key));
+  timers.set(
     key,
     setTimeout(async () => {
-      reconcileTimers.delete(key);
-      if (state === null || !connection.connected) return;
+      timers.delete(key);
+      if (session === null || !connection.connected) return;
+      const current = session;
       try {
-        const reply = await request(`history ${session.token} ${key} 20`);
-        for (const message of reply.messages) state.add(message);
+        const reply = await request(`history ${current.token} ${key} 20`);
+        for (const message of reply.messages) current.chat.add(message);
         scheduleRender();
       } catch (error) {
         // the next history read does it
@@ -447,13 +440,13 @@ function reconcileSoon(key) {
 // Conversations.
 
 function openConversation(key, { focus = true, fromInput = false } = {}) {
-  active = key;
+  session.active = key;
   sessionStorage.setItem(OPEN, key);
-  const conversation = state.conversation(key);
+  const conversation = session.chat.conversation(key);
   conversation.unreadIds.clear();
   if (!fromInput) ui.composeTo.value = key;
   ui.chat.dataset.view = "conversation";
-  stickToBottom = true;
+  page.stickToBottom = true;
   if (!conversation.loaded) loadNewest(key);
   render();
   ui.messages.scrollTop = ui.messages.scrollHeight;
@@ -461,7 +454,7 @@ function openConversation(key, { focus = true, fromInput = false } = {}) {
 }
 
 function closeConversation() {
-  active = null;
+  session.active = null;
   sessionStorage.removeItem(OPEN);
   render();
 }
@@ -473,38 +466,41 @@ function newMessage() {
   ui.composeTo.focus();
 }
 
-let toTimer = null;
-
 function onToInput() {
-  clearTimeout(toTimer);
-  toTimer = setTimeout(() => {
-    const key = fmt.conversationKey(ui.composeTo.value);
+  clearTimeout(page.toTimer);
+  page.toTimer = setTimeout(() => {
+    if (session === null) return;
+    const key = rules.conversationKey(ui.composeTo.value);
     if (key === null) {
       if (!ui.composeTo.value.trim()) closeConversation();
       else renderConversationInfo();
       return;
     }
-    if (key !== active) openConversation(key, { focus: false, fromInput: true });
+    if (key !== session.active) openConversation(key, { focus: false, fromInput: true });
   }, 250);
 }
 
 function onToCommit() {
-  clearTimeout(toTimer);
-  const key = fmt.conversationKey(ui.composeTo.value);
+  clearTimeout(page.toTimer);
+  if (session === null) return;
+  const key = rules.conversationKey(ui.composeTo.value);
   if (key === null) {
     if (ui.composeTo.value.trim()) toast(ui.toasts, "Type a username, or #group for a group.", "error");
     return;
   }
   ui.composeTo.value = key;
-  if (key !== active) openConversation(key, { focus: true });
+  if (key !== session.active) openConversation(key, { focus: true });
   else ui.composeText.focus();
 }
 
 async function groupAction(verb, name) {
+  if (session === null) return;
+  const current = session;
   try {
-    await request(`${verb} ${session.token} ${name}`);
-    state.setGroups((await request(`groups ${session.token}`)).groups);
-    const conversation = state.conversation(`#${name}`);
+    await request(`${verb} ${current.token} ${name}`);
+    current.chat.setGroups((await request(`groups ${current.token}`)).groups);
+    if (session !== current) return;
+    const conversation = current.chat.conversation(`#${name}`);
     conversation.error = null;
     if (verb !== "leavegroup") {
       remember(`#${name}`);
@@ -522,7 +518,7 @@ async function groupAction(verb, name) {
 // Sending.
 
 function currentRecipient() {
-  const key = fmt.conversationKey(ui.composeTo.value);
+  const key = rules.conversationKey(ui.composeTo.value);
   if (key === null) {
     toast(ui.toasts, "Type a username, or #group for a group, in To.", "error");
     ui.composeTo.focus();
@@ -531,28 +527,16 @@ function currentRecipient() {
 }
 
 function queueLocal(key, fields) {
-  if (key !== active) openConversation(key, { focus: false });
+  if (key !== session.active) openConversation(key, { focus: false });
   remember(key);
-  const conversation = state.conversation(key);
-  const local = {
-    localId: ++localIds,
-    from: session.username,
-    to: key.startsWith("#") ? session.username : key,
-    group: key.startsWith("#") ? key.slice(1) : undefined,
-    msg_from: state.fullNames.get(session.username) || session.username,
-    sent_at: new Date().toISOString(),
-    status: "queued",
-    ...fields,
-  };
-  conversation.pending.push(local);
-  outbox.push({ key, local });
-  stickToBottom = true;
+  session.queue(key, fields);
+  page.stickToBottom = true;
   scheduleRender();
   flushOutbox();
 }
 
 function sendText() {
-  if (state === null) return;
+  if (session === null) return;
   const key = currentRecipient();
   if (key === null) return;
   const text = fmt.oneLine(ui.composeText.value);
@@ -563,7 +547,7 @@ function sendText() {
 }
 
 function attachFiles(files) {
-  if (state === null || !files.length) return;
+  if (session === null || !files.length) return;
   const key = currentRecipient();
   if (key === null) return;
   for (const file of files) {
@@ -571,11 +555,11 @@ function attachFiles(files) {
       toast(ui.toasts, `${file.name} is empty.`, "error");
       continue;
     }
-    if (file.size > config.max_file_size) {
-      toast(ui.toasts, `${file.name} is larger than ${fmt.humanSize(config.max_file_size)}, this server's limit.`, "error");
+    if (file.size > settings.max_file_size) {
+      toast(ui.toasts, `${file.name} is larger than ${fmt.humanSize(settings.max_file_size)}, this server's limit.`, "error");
       continue;
     }
-    const name = fmt.wireFileName(file.name);
+    const name = rules.wireFileName(file.name);
     queueLocal(key, {
       msg: name,
       file_name: name,
@@ -588,43 +572,42 @@ function attachFiles(files) {
 }
 
 async function flushOutbox() {
-  if (flushing) return;
-  flushing = true;
+  if (session === null || session.flushing) return;
+  const current = session;
+  const outbox = current.outbox;
+  current.flushing = true;
   try {
-    while (outbox.length && connection.connected && session !== null) {
+    while (outbox.length && connection.connected && session === current) {
       const { key, local } = outbox[0];
       local.status = "sending";
       scheduleRender();
       try {
-        await deliver(key, local);
+        await deliver(current.token, key, local);
         local.status = "sent";
         delete local.progress;
         delete local.file;
         reconcileSoon(key);
       } catch (error) {
-        if (error instanceof ConnectionLost && error.message.includes("too large")) {
-          local.status = "failed";
-          local.error = "too large for this server";
-        } else if (error instanceof ConnectionLost) {
+        if (error.code === "connection_lost") {
+          // It may or may not have arrived: the next history read tells.
           local.status = "unknown";
           outbox.shift();
           break;
-        } else {
-          local.status = "failed";
-          local.error = fmt.friendlyError(error).replace(/\.$/, "");
-          if (error.code === "no_such_user" || error.code === "no_such_group") forget(key);
         }
+        local.status = "failed";
+        local.error =
+          error.code === "line_too_long" ? "too large for this server" : fmt.friendlyError(error).replace(/\.$/, "");
+        if ((error.code === "no_such_user" || error.code === "no_such_group") && session === current) forget(key);
       }
       outbox.shift();
       scheduleRender();
     }
   } finally {
-    flushing = false;
+    current.flushing = false;
   }
 }
 
-async function deliver(key, local) {
-  const token = session.token;
+async function deliver(token, key, local) {
   const group = key.startsWith("#");
   if (!local.file_name) {
     await request(`${group ? "sendgroup" : "send"} ${token} ${key} ${local.msg}`);
@@ -647,43 +630,30 @@ async function deliver(key, local) {
 }
 
 function retry(local) {
-  const key = state.keyFor(local);
-  local.status = "queued";
-  local.error = undefined;
-  if (local.file_name) local.progress = 0;
-  if (!local.file_name || local.file) {
-    const conversation = state.conversation(key);
-    if (!conversation.pending.includes(local)) conversation.pending.push(local);
-    outbox.push({ key, local });
-    flushOutbox();
-  } else {
-    local.status = "failed";
-    local.error = "pick the file again";
-  }
+  if (session === null) return;
+  if (session.retry(local)) flushOutbox();
   scheduleRender();
 }
 
 // Rendering.
 
 function scheduleRender() {
-  if (renderScheduled) return;
-  renderScheduled = true;
+  if (page.renderScheduled) return;
+  page.renderScheduled = true;
   setTimeout(() => {
-    renderScheduled = false;
+    page.renderScheduled = false;
     render();
     acknowledge();
   }, 0);
 }
 
 function render() {
-  if (state === null) return;
+  if (session === null) return;
+  const state = session.chat;
+  const active = session.active;
   const total = state.unreadTotal();
   document.title = total ? `(${total}) Chat` : "Chat";
-  const unread = {};
-  for (const conversation of state.conversations.values()) {
-    if (conversation.unread) unread[conversation.key] = [...conversation.unreadIds].slice(-500);
-  }
-  sessionStorage.setItem(UNREAD, JSON.stringify(unread));
+  sessionStorage.setItem(UNREAD, JSON.stringify(state.unreadSnapshot()));
   renderList(ui.conversations, ui.conversationsEmpty, state, active);
   renderPeople();
   renderMe();
@@ -710,17 +680,17 @@ function render() {
     : conversation.loaded && !conversation.hasMore && !conversation.isEmpty()
       ? "This is the beginning of the conversation."
       : "";
-  if (stickToBottom || atBottom) {
+  if (page.stickToBottom || atBottom) {
     ui.messages.scrollTop = ui.messages.scrollHeight;
-    stickToBottom = false;
-    pinned = true;
+    page.stickToBottom = false;
+    page.pinned = true;
   }
 }
 
 function renderMe() {
-  if (state === null) return;
-  const me = state.me;
-  const fullName = state.fullNames.get(me) || me;
+  if (session === null) return;
+  const me = session.username;
+  const fullName = session.chat.fullNames.get(me) || me;
   ui.meName.textContent = fullName;
   ui.meUsername.textContent = `@${me}`;
   const picture = avatar(me, fullName);
@@ -729,6 +699,7 @@ function renderMe() {
 }
 
 function renderPeople() {
+  const state = session.chat;
   const names = new Set([...state.fullNames.keys(), ...state.online.keys()]);
   names.delete(state.me);
   const options = [...names].sort().map((name) => {
@@ -756,9 +727,11 @@ function actionButton(text, onClick) {
 
 function renderConversationInfo() {
   ui.convActions.replaceChildren();
+  const state = session.chat;
+  const active = session.active;
   if (active === null) {
     const typed = ui.composeTo.value.trim();
-    ui.convStatus.textContent = typed && fmt.conversationKey(typed) === null ? "Not a valid username or #group" : "";
+    ui.convStatus.textContent = typed && rules.conversationKey(typed) === null ? "Not a valid username or #group" : "";
     return;
   }
   const conversation = state.conversation(active);
@@ -796,14 +769,14 @@ function renderConnState() {
   const labels = { connected: "Online", connecting: "Connecting…", offline: "Offline" };
   const status = connection.state;
   ui.connState.dataset.state = status;
-  clearInterval(retryTicker);
+  clearInterval(page.retryTicker);
   if (status === "waiting") {
     const tick = () => {
       const seconds = Math.max(1, Math.ceil((connection.retryAt - Date.now()) / 1000));
       ui.connText.textContent = `Offline · retry in ${seconds}s`;
     };
     tick();
-    retryTicker = setInterval(tick, 500);
+    page.retryTicker = setInterval(tick, 500);
     ui.connState.title = "Not connected. Click to try again now.";
   } else {
     ui.connText.textContent = labels[status];
@@ -816,7 +789,7 @@ function renderConnState() {
 
 function bind() {
   ui.loginForm.addEventListener("submit", submitLogin);
-  ui.registerToggle.addEventListener("click", () => setRegistering(!registering));
+  ui.registerToggle.addEventListener("click", () => setRegistering(!page.registering));
   ui.logout.addEventListener("click", logout);
   ui.connState.addEventListener("click", () => connection.retryNow());
   ui.newMessage.addEventListener("click", newMessage);
@@ -858,14 +831,14 @@ function bind() {
     ui.composeFile.value = "";
   });
   ui.messages.addEventListener("scroll", () => {
-    pinned = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
-    if (active !== null && ui.messages.scrollTop < 120) loadOlder(active);
+    page.pinned = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
+    if (session !== null && session.active !== null && ui.messages.scrollTop < 120) loadOlder(session.active);
   });
   // A picture that finishes loading grows its message: stay at the bottom.
   ui.messageList.addEventListener(
     "load",
     () => {
-      if (pinned) ui.messages.scrollTop = ui.messages.scrollHeight;
+      if (page.pinned) ui.messages.scrollTop = ui.messages.scrollHeight;
     },
     true,
   );
@@ -891,8 +864,8 @@ function bind() {
     attachFiles([...event.dataTransfer.files]);
   });
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden && state !== null && active !== null) {
-      state.conversation(active).unreadIds.clear();
+    if (!document.hidden && session !== null && session.active !== null) {
+      session.chat.conversation(session.active).unreadIds.clear();
       scheduleRender();
     }
   });
@@ -906,23 +879,19 @@ function bind() {
   });
   connection.addEventListener("close", () => {
     // Who is online is unknown until the next who.
-    if (state !== null) {
-      state.online = new Map();
+    if (session !== null) {
+      session.chat.online = new Map();
       scheduleRender();
     }
   });
   connection.addEventListener("event", onEvent);
 }
 
-async function boot() {
+function boot() {
   bind();
-  try {
-    const response = await fetch("/config.json", { cache: "no-store" });
-    if (response.ok) config = { ...config, ...(await response.json()) };
-  } catch (error) {
-    // the defaults will do
-  }
-  session = loadSession();
+  ui.username.maxLength = rules.maxNameLength;
+  ui.fullName.maxLength = rules.maxFullNameLength;
+  session = Session.restore(sessionStorage.getItem(SESSION), rules);
   if (session !== null) enterChat();
   else showLogin();
   document.body.dataset.ready = "true";

@@ -1,12 +1,16 @@
-// What the page knows: conversations and their messages, who is online,
-// full names. Messages from the server are kept by id, so one that
-// arrives twice (pushed again after a reconnect, or also in a history
-// page) is kept once. The user's own messages are shown at once, without
-// an id, and take their id when a history page shows them.
+// What the page knows while logged in (a Session): conversations and
+// their messages, who is online, full names, the open conversation, the
+// messages waiting to be sent, what can be acknowledged. Messages from the
+// server are kept by id, so one that arrives twice (pushed again after a
+// reconnect, or also in a history page) is kept once. The user's own
+// messages are shown at once, without an id, and take their id when a
+// history page shows them.
 
 import { parseDate } from "./format.js";
 
 const MAX_ONLINE_LISTED = 50;
+// Unread message ids kept across a reload, per conversation.
+const MAX_UNREAD_KEPT = 500;
 
 export class Conversation {
   constructor(key) {
@@ -56,6 +60,22 @@ export class Conversation {
 
   isEmpty() {
     return this.byId.size === 0 && this.pending.length === 0;
+  }
+
+  // Whether a message of the user's may or may not have reached the
+  // server (the connection was lost while sending it).
+  isUnsure() {
+    return this.pending.some((local) => local.status === "unknown");
+  }
+
+  // Those that a history page did not show after all: not sent.
+  failUnsure(why) {
+    for (const local of this.pending) {
+      if (local.status === "unknown") {
+        local.status = "failed";
+        local.error = why;
+      }
+    }
   }
 }
 
@@ -172,5 +192,127 @@ export class ChatState {
     let total = 0;
     for (const conversation of this.conversations.values()) total += conversation.unread;
     return total;
+  }
+
+  // The unread message ids by conversation key, to keep across a reload.
+  unreadSnapshot() {
+    const unread = {};
+    for (const conversation of this.conversations.values()) {
+      if (conversation.unread) unread[conversation.key] = [...conversation.unreadIds].slice(-MAX_UNREAD_KEPT);
+    }
+    return unread;
+  }
+
+  // Unread ids from unreadSnapshot() (as JSON read back: anything that is
+  // not a conversation key of `rules` with a list of ids is left out).
+  restoreUnread(snapshot, rules) {
+    if (snapshot === null || typeof snapshot !== "object") return;
+    for (const [key, ids] of Object.entries(snapshot)) {
+      if (rules.isConversationKey(key) && Array.isArray(ids)) {
+        this.conversation(key).unreadIds = new Set(ids.filter(Number.isInteger));
+      }
+    }
+  }
+}
+
+// Acknowledgements: the newest message id the page was given to show,
+// and the newest acknowledged (`ack <token> <id>` covers every older one).
+export class Acks {
+  constructor() {
+    this.wanted = 0;
+    this.sent = 0;
+  }
+
+  saw(id) {
+    if (id > this.wanted) this.wanted = id;
+  }
+
+  // The id to acknowledge now (counted as sent), or null if none.
+  next() {
+    if (this.wanted <= this.sent) return null;
+    this.sent = this.wanted;
+    return this.sent;
+  }
+
+  // Acknowledging `upTo` failed: the next one acknowledges it again.
+  failed(upTo) {
+    if (this.sent === upTo) this.sent = 0;
+  }
+
+  reset() {
+    this.wanted = this.sent = 0;
+  }
+}
+
+// One login: who, the session token, what the page knows (`chat`), the
+// open conversation, the user's messages waiting to be sent, and the
+// acknowledgements. The page holds one while logged in, none otherwise.
+export class Session {
+  constructor(username, token) {
+    this.username = username;
+    this.token = token;
+    this.chat = new ChatState(username);
+    this.active = null; // the open conversation's key
+    this.outbox = []; // {key, local}: the user's messages to send, in order
+    this.flushing = false; // the outbox is being sent
+    this.localIds = 0;
+    this.acks = new Acks();
+    this.loggingOut = false;
+  }
+
+  // What the tab keeps across a reload (the token, never the password).
+  saved() {
+    return JSON.stringify({ username: this.username, token: this.token });
+  }
+
+  // The session saved() gave, or null if `text` is none, or damaged.
+  static restore(text, rules) {
+    let saved = null;
+    try {
+      saved = JSON.parse(text || "null");
+    } catch (error) {
+      return null;
+    }
+    if (saved === null || typeof saved !== "object") return null;
+    if (typeof saved.username !== "string" || !rules.isUsername(saved.username)) return null;
+    if (typeof saved.token !== "string") return null;
+    return new Session(saved.username, saved.token);
+  }
+
+  // A message the user writes to `key` (`fields`: msg, or a file's):
+  // shown at once, without an id, and queued to be sent.
+  queue(key, fields, now = new Date()) {
+    const group = key.startsWith("#");
+    const local = {
+      localId: ++this.localIds,
+      from: this.username,
+      to: group ? this.username : key,
+      group: group ? key.slice(1) : undefined,
+      msg_from: this.chat.fullNames.get(this.username) || this.username,
+      sent_at: now.toISOString(),
+      status: "queued",
+      ...fields,
+    };
+    this.chat.conversation(key).pending.push(local);
+    this.outbox.push({ key, local });
+    return local;
+  }
+
+  // Queues a message that failed again; false if it cannot be (a file
+  // that is no longer at hand after a reload: it says so).
+  retry(local) {
+    local.error = undefined;
+    if (local.file_name && !local.file) {
+      local.status = "failed";
+      local.error = "pick the file again";
+      return false;
+    }
+    local.status = "queued";
+    if (local.file_name) local.progress = 0;
+    const key = this.chat.keyFor(local);
+    const conversation = this.chat.conversation(key);
+    if (!conversation.pending.includes(local)) conversation.pending.push(local);
+    this.outbox.push({ key, local });
+    return true;
   }
 }
