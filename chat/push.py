@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -77,11 +78,97 @@ class LocalFanout:
             listener(message)
 
 
+class Reader(Enum):
+    """
+    Whether a L{Subscription} is reading the store.
+    """
+
+    #: Not started, or stopped: nothing is read or pushed, and a read that
+    #: answers now is ignored.
+    STOPPED = "stopped"
+    #: Started, and no read is in flight.
+    IDLE = "idle"
+    #: A read is in flight.
+    READING = "reading"
+    #: A read is in flight, and something it may not have seen happened
+    #: since it was sent (a commit, an acknowledgement, a resync): read
+    #: again when it answers.
+    READING_AGAIN = "reading again"
+
+
+class Backlog(Enum):
+    """
+    What the store may hold for a L{Subscription} that it has not pushed.
+    """
+
+    #: Messages newer than the last pushed may be waiting: the next read
+    #: starts after the last pushed.
+    NEWER = "newer"
+    #: Nothing: the last read found no more, and nothing heard of since
+    #: says otherwise. Committed messages are pushed as the fan-out tells
+    #: of them while the window has room, and acknowledgements read
+    #: nothing.
+    CAUGHT_UP = "caught up"
+    #: Undelivered messages older than the last pushed may be neither
+    #: pushed nor in flight (L{Subscription.resync}), and newer ones may be
+    #: waiting: the next read starts from the oldest undelivered message.
+    OLDER = "older"
+    #: Caught up with newer messages (as in C{CAUGHT_UP}), but a read from
+    #: the oldest is still owed: a resync was heard while a read from the
+    #: last pushed was in flight that then found no more, or a read from
+    #: the oldest failed. The next read starts from the oldest.
+    RESYNC_OWED = "resync owed"
+
+    @property
+    def caught_up(self) -> bool:
+        """
+        Whether nothing newer than the last pushed waits in the store.
+        """
+        return self is Backlog.CAUGHT_UP or self is Backlog.RESYNC_OWED
+
+    @property
+    def from_oldest(self) -> bool:
+        """
+        Whether the next read starts from the oldest undelivered message.
+        """
+        return self is Backlog.OLDER or self is Backlog.RESYNC_OWED
+
+
 @attrs.define(eq=False)
 class Subscription:
     """
     Pushes one user's messages to one connection, at most C{window}
     unacknowledged at a time.
+
+    Two small state machines say where it is. Its L{Reader}::
+
+        STOPPED --start--> IDLE
+        IDLE --pump, with room in the window--> READING
+        READING --pump (a commit, an ack while behind, a resync)-->
+            READING_AGAIN
+        READING, READING_AGAIN --the store answers or fails--> IDLE
+        any --stop--> STOPPED
+
+    When the store answers it pumps again after READING_AGAIN, or if the
+    backlog is not caught up and the window has room; when the store fails,
+    once C{retry_delay} has passed.
+
+    Its L{Backlog}::
+
+        any --resync, or a commit older than the last pushed--> OLDER
+        CAUGHT_UP --a commit it cannot push at once--> NEWER
+        RESYNC_OWED --a commit it cannot push at once--> OLDER
+        OLDER --a read from the oldest starts--> NEWER
+        RESYNC_OWED --a read from the oldest starts--> CAUGHT_UP
+        any --a read from the oldest answers--> OLDER (it found more than
+            the window has room for, or a full answer filled the window),
+            else NEWER (a full answer), else CAUGHT_UP
+        NEWER, CAUGHT_UP --a read from the last pushed answers--> NEWER
+            (a full answer), else CAUGHT_UP
+        OLDER --a read from the last pushed answers--> OLDER (a full
+            answer), else RESYNC_OWED
+        NEWER --a read from the oldest fails--> OLDER
+        CAUGHT_UP --a read from the oldest fails--> RESYNC_OWED
     """
 
     store: IMailboxStore
@@ -94,22 +181,26 @@ class Subscription:
     retry_delay: float = 1.0
     _last_pushed: int = 0
     _in_flight: deque[int] = attrs.field(factory=deque)
-    _fetching: bool = False
-    _dirty: bool = False
-    _caught_up: bool = False
-    _rescan: bool = False
-    active: bool = False
+    reader: Reader = attrs.field(default=Reader.STOPPED, init=False)
+    backlog: Backlog = attrs.field(default=Backlog.NEWER, init=False)
 
     log = make_logger()
 
+    @property
+    def active(self) -> bool:
+        """
+        Whether it has started and not stopped.
+        """
+        return self.reader is not Reader.STOPPED
+
     def start(self) -> None:
-        self.active = True
+        self.reader = Reader.IDLE
         self.fanout.listen(self.username, self._committed, self.resync)
         self.pump()
 
     def stop(self) -> None:
-        if self.active:
-            self.active = False
+        if self.reader is not Reader.STOPPED:
+            self.reader = Reader.STOPPED
             self.fanout.unlisten(self.username, self._committed)
 
     def _room(self) -> int:
@@ -121,42 +212,48 @@ class Subscription:
         flight: some may have been committed without this subscription
         hearing of them.
         """
-        self._rescan = True
-        self._caught_up = False
+        self.backlog = Backlog.OLDER
         self.pump()
 
     def _committed(self, message: Message) -> None:
-        if not self.active or message.id in self._in_flight:
+        if self.reader is Reader.STOPPED or message.id in self._in_flight:
             return
         if message.id <= self._last_pushed:
             # Committed after a message with a higher id (by another
             # node), or heard of late: pushed if still undelivered.
             self.resync()
             return
-        if self._caught_up and not self._fetching and self._room() > 0:
-            self._push(message)
-            return
-        self._caught_up = False
+        if self.backlog.caught_up:
+            if self.reader is Reader.IDLE and self._room() > 0:
+                self._push(message)
+                return
+            if self.backlog is Backlog.CAUGHT_UP:
+                self.backlog = Backlog.NEWER
+            else:
+                self.backlog = Backlog.OLDER
         self.pump()
 
     def pump(self) -> None:
         """
         Fill the window from the store.
         """
-        if not self.active:
+        if self.reader is Reader.STOPPED:
             return
-        if self._fetching:
-            self._dirty = True
+        if self.reader is not Reader.IDLE:
+            self.reader = Reader.READING_AGAIN
             return
         room = self._room()
         if room <= 0:
             return
-        self._fetching = True
-        self._dirty = False
-        rescan, self._rescan = self._rescan, False
-        if rescan:
+        self.reader = Reader.READING
+        from_oldest = self.backlog.from_oldest
+        if from_oldest:
             # The in-flight messages are among the oldest undelivered:
             # read them again, and as many more as there is room for.
+            if self.backlog is Backlog.OLDER:
+                self.backlog = Backlog.NEWER
+            else:
+                self.backlog = Backlog.CAUGHT_UP
             asked = self.window
             d = self.store.undelivered(self.username, 0, asked)
         else:
@@ -165,34 +262,48 @@ class Subscription:
         d.addCallbacks(
             self._fetched,
             self._fetch_failed,
-            callbackArgs=(asked, rescan),
-            errbackArgs=(rescan,),
+            callbackArgs=(asked, from_oldest),
+            errbackArgs=(from_oldest,),
         )
 
-    def _fetched(self, messages: list[Message], asked: int, rescan: bool) -> None:
-        self._fetching = False
-        if not self.active:
+    def _fetched(self, messages: list[Message], asked: int, from_oldest: bool) -> None:
+        if self.reader is Reader.STOPPED:
             return
+        again = self.reader is Reader.READING_AGAIN
+        self.reader = Reader.IDLE
         full = len(messages) >= asked
-        if rescan:
+        if from_oldest:
             in_flight = set(self._in_flight)
             fresh = [m for m in messages if m.id not in in_flight]
             room = self._room()
             for message in fresh[:room]:
                 self._push(message)
-            self._rescan = len(fresh) > room or (full and self._room() <= 0)
-            self._caught_up = not full and not self._rescan
+            if len(fresh) > room or (full and self._room() <= 0):
+                self.backlog = Backlog.OLDER
+            elif full:
+                self.backlog = Backlog.NEWER
+            else:
+                self.backlog = Backlog.CAUGHT_UP
         else:
             for message in messages:
                 if message.id > self._last_pushed:
                     self._push(message)
-            self._caught_up = not full
-        if self._dirty or (not self._caught_up and self._room() > 0):
+            # A resync heard during the read is still owed.
+            if self.backlog.from_oldest:
+                self.backlog = Backlog.OLDER if full else Backlog.RESYNC_OWED
+            else:
+                self.backlog = Backlog.NEWER if full else Backlog.CAUGHT_UP
+        if again or (not self.backlog.caught_up and self._room() > 0):
             self.pump()
 
-    def _fetch_failed(self, f: Failure, rescan: bool) -> None:
-        self._fetching = False
-        self._rescan = self._rescan or rescan
+    def _fetch_failed(self, f: Failure, from_oldest: bool) -> None:
+        if self.reader is not Reader.STOPPED:
+            self.reader = Reader.IDLE
+        if from_oldest and not self.backlog.from_oldest:
+            if self.backlog is Backlog.CAUGHT_UP:
+                self.backlog = Backlog.RESYNC_OWED
+            else:
+                self.backlog = Backlog.OLDER
         self.log.warn(
             "Could not read messages for {user}: {why}; retrying",
             user=self.username,
@@ -222,7 +333,7 @@ class Subscription:
         if self._in_flight and min(self._in_flight) <= up_to_id:
             # Not always in id order: see resync.
             self._in_flight = deque(i for i in self._in_flight if i > up_to_id)
-        if not self._caught_up:
+        if not self.backlog.caught_up:
             self.pump()
 
 

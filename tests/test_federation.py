@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.protocols.basic import LineReceiver
 
 from chat import links
+from chat.federation.outbound import DeliveryState
 from chat.links import RealmLink
 from tests.helpers import Connection, Server, result_of
 from tests.realm_helpers import (
@@ -590,6 +591,59 @@ def test_outage_queues_then_drains_in_order_one_at_a_time() -> None:
     got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
     assert [m["msg"] for m in got] == [f"m{i}" for i in range(5)]
     assert outbox_size(realms["realm-a"], "realm-b") == 0
+
+
+def test_link_delivery_states() -> None:
+    """A link delivers while messages wait, reads its outbox again when
+    woken mid-delivery, pauses on a temporary error (ignoring wakes), and
+    resumes when the pause is over."""
+    realms = Realms()
+    a, b = realms["realm-a"], realms["realm-b"]
+    a_link = a.federation.links["realm-b"]
+    assert a_link.connected and a_link.state is DeliveryState.IDLE
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"send {token} henderson@realm-b one")
+    assert a_link.state is DeliveryState.DELIVERING  # waiting for the answer
+    messi.request(f"send {token} henderson@realm-b two")
+    assert a_link.state is DeliveryState.WOKEN
+    realms.settle()
+    assert a_link.state is DeliveryState.IDLE and a_link.delivered == 2
+    b.store.broken = True
+    messi.request(f"send {token} henderson@realm-b three")
+    realms.settle()
+    assert a_link.state is DeliveryState.PAUSED
+    (wire,) = realms.network.live(origin="realm-a")
+    offered = len(wire.sent_by_client())
+    b.store.broken = False
+    messi.request(f"send {token} henderson@realm-b four")
+    realms.settle()
+    assert a_link.state is DeliveryState.PAUSED
+    assert len(wire.sent_by_client()) == offered
+    realms.settle(1.0)
+    assert a_link.state is DeliveryState.IDLE and a_link.delivered == 4
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["one", "two", "three", "four"]
+
+
+def test_link_paused_ends_its_pause_on_a_new_connection() -> None:
+    """A link paused by a temporary error offers again as soon as a new
+    connection authenticates, not only when the pause is over."""
+    realms = Realms(**{"realm-b": {"rate": 0.01, "burst": 1.0}})
+    a_link = realms["realm-a"].federation.links["realm-b"]
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"send {token} henderson@realm-b first")
+    messi.request(f"send {token} henderson@realm-b second")
+    realms.settle()
+    (wire,) = realms.network.live(origin="realm-a")
+    assert lines_of(wire, "server")[-1]["retry_after_ms"] == 100_000
+    assert a_link.state is DeliveryState.PAUSED
+    wire.cut()
+    realms.settle(1.0)  # the first reconnection attempt
+    (again,) = realms.network.live(origin="realm-a")
+    offered = [line for line in again.sent_by_client() if line.startswith(b"realm-msg")]
+    assert len(offered) == 1
+    assert lines_of(again, "server")[-1]["code"] == "rate_limited"
+    assert a_link.connected and a_link.state is DeliveryState.PAUSED
 
 
 def test_reconnects_with_exponential_backoff() -> None:

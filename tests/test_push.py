@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
 from chat.errors import StorageUnavailable
+from chat.model import Message
+from chat.push import Backlog, LocalFanout, Reader, Subscription
 from chat.store.memory import Stored
 from tests.helpers import Connection, Server
 
@@ -351,3 +356,194 @@ def test_ack_when_caught_up_reads_nothing() -> None:
     pushed = [e for e in henderson.events() if e.get("event") == "message"]
     assert [e["msg"] for e in pushed] == ["three"]
     assert reads
+
+
+# The subscription's states (Reader, Backlog), with reads answered by hand.
+
+
+class ReadsByHand:
+    """
+    The one store call a subscription makes, answered by the test.
+    """
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[int, int]] = []
+        self._pending: list[Deferred[list[Message]]] = []
+
+    def undelivered(
+        self, username: str, after: int, limit: int
+    ) -> Deferred[list[Message]]:
+        d: Deferred[list[Message]] = Deferred()
+        self.reads.append((after, limit))
+        self._pending.append(d)
+        return d
+
+    def answer(self, *messages: Message) -> None:
+        self._pending.pop(0).callback(list(messages))
+
+    def fail(self) -> None:
+        self._pending.pop(0).errback(StorageUnavailable("down"))
+
+
+class Pushed:
+    """
+    A mind that records the ids pushed to it.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def message_received(self, message: Message) -> None:
+        self.ids.append(message.id)
+
+
+def message(message_id: int) -> Message:
+    return Message(message_id, "messi", "henderson", "M", "H", "hi", 1.0)
+
+
+def by_hand(window: int) -> tuple[Subscription, ReadsByHand, Pushed, Clock]:
+    store, client, clock = ReadsByHand(), Pushed(), Clock()
+    sub = Subscription(
+        store,  # type: ignore[arg-type]
+        LocalFanout(),
+        clock,
+        client,  # type: ignore[arg-type]
+        "henderson",
+        "h",
+        window,
+    )
+    return sub, store, client, clock
+
+
+def test_subscription_reads_until_caught_up_then_takes_the_fanout() -> None:
+    """A started subscription reads from the store until a read comes back
+    short, then pushes what the fan-out tells of without reading."""
+    sub, store, client, _ = by_hand(window=2)
+    assert (sub.reader, sub.backlog) == (Reader.STOPPED, Backlog.NEWER)
+    sub.start()
+    assert (sub.reader, store.reads) == (Reader.READING, [(0, 2)])
+    store.answer(message(1), message(2))  # a full answer: more may wait
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.NEWER)
+    sub.acknowledged(1)
+    assert (sub.reader, store.reads[-1]) == (Reader.READING, (2, 1))
+    store.answer()
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.CAUGHT_UP)
+    sub.fanout.publish(message(3))
+    assert client.ids == [1, 2, 3] and len(store.reads) == 2
+    sub.stop()
+    assert sub.reader is Reader.STOPPED and not sub.active
+
+
+def test_a_commit_during_a_read_reads_again() -> None:
+    """A message committed while a read is in flight is read by a second
+    read once the first answers, not pushed past it."""
+    sub, store, client, _ = by_hand(window=5)
+    sub.start()
+    sub.fanout.publish(message(1))
+    assert (sub.reader, client.ids) == (Reader.READING_AGAIN, [])
+    store.answer()
+    assert (sub.reader, store.reads) == (Reader.READING, [(0, 5), (0, 5)])
+    store.answer(message(1))
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.CAUGHT_UP)
+    assert client.ids == [1]
+
+
+def test_resync_heard_during_a_read_is_owed() -> None:
+    """A resync heard while a read from the last pushed is in flight that
+    finds no more leaves the subscription caught up but owing a read from
+    the oldest, which it starts at once; an ack during that read reads
+    nothing more."""
+    sub, store, client, _ = by_hand(window=2)
+    sub.start()
+    store.answer()
+    sub.fanout.publish(message(1))
+    sub.fanout.publish(message(2))
+    sub.fanout.publish(message(3))  # the window is full
+    assert (client.ids, sub.backlog) == ([1, 2], Backlog.NEWER)
+    sub.acknowledged(1)
+    assert store.reads[-1] == (2, 1)
+    sub.resync()
+    assert (sub.reader, sub.backlog) == (Reader.READING_AGAIN, Backlog.OLDER)
+    store.answer()  # found nothing after 2: owes the read from the oldest
+    assert store.reads[-1] == (0, 2)
+    assert (sub.reader, sub.backlog) == (Reader.READING, Backlog.CAUGHT_UP)
+    sub.acknowledged(2)
+    assert sub.reader is Reader.READING
+    store.answer(message(3))
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.CAUGHT_UP)
+    assert client.ids == [1, 2, 3] and len(store.reads) == 3
+
+
+def test_failed_read_from_the_oldest_is_owed_until_the_retry() -> None:
+    """A read from the oldest that fails while caught up is owed: new
+    messages are still pushed at once, acks read nothing, and the retry
+    reads from the oldest."""
+    sub, store, client, clock = by_hand(window=3)
+    sub.start()
+    store.answer(message(1))
+    sub.fanout.publish(message(2))  # pushed: caught up
+    sub.fanout.publish(message(3))
+    sub.fanout.publish(message(4))  # the window is full
+    sub.acknowledged(1)
+    sub.resync()  # while reading after 3
+    store.answer()
+    assert (sub.reader, sub.backlog) == (Reader.READING, Backlog.CAUGHT_UP)
+    store.fail()
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.RESYNC_OWED)
+    reads = len(store.reads)
+    sub.fanout.publish(message(5))
+    sub.acknowledged(2)
+    assert client.ids == [1, 2, 3, 5] and len(store.reads) == reads
+    clock.advance(sub.retry_delay)
+    assert (sub.reader, store.reads[-1]) == (Reader.READING, (0, 3))
+    store.answer(message(3), message(4), message(5))
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.OLDER)  # full
+    assert client.ids == [1, 2, 3, 5, 4]
+
+
+def test_failed_read_from_the_oldest_is_tried_again_on_an_ack() -> None:
+    """A read from the oldest that fails while behind leaves the
+    subscription owing it, and an ack starts it again."""
+    sub, store, client, _ = by_hand(window=2)
+    sub.start()
+    store.answer(message(1))
+    sub.resync()
+    store.fail()
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.OLDER)
+    sub.acknowledged(1)
+    assert (sub.reader, store.reads[-1]) == (Reader.READING, (0, 2))
+    assert sub.backlog is Backlog.NEWER
+    store.answer(message(2))
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.CAUGHT_UP)
+    assert client.ids == [1, 2]
+
+
+def test_resync_with_a_full_window_waits_for_room() -> None:
+    """A resync with a full window reads nothing until an ack makes room;
+    a read from the oldest that fills the window leaves it owed."""
+    sub, store, client, _ = by_hand(window=2)
+    sub.start()
+    store.answer(message(1))
+    sub.fanout.publish(message(2))
+    sub.resync()
+    assert (sub.reader, sub.backlog, len(store.reads)) == (
+        Reader.IDLE,
+        Backlog.OLDER,
+        1,
+    )
+    sub.acknowledged(1)
+    assert store.reads[-1] == (0, 2) and sub.backlog is Backlog.NEWER
+    store.answer(message(2), message(3))
+    assert (sub.reader, sub.backlog) == (Reader.IDLE, Backlog.OLDER)
+    assert client.ids == [1, 2, 3]
+    sub.acknowledged(3)
+    assert store.reads[-1] == (0, 2)
+
+
+def test_a_read_answering_after_stop_is_ignored() -> None:
+    """A read that answers after the subscription stopped pushes nothing."""
+    sub, store, client, _ = by_hand(window=2)
+    sub.start()
+    sub.stop()
+    store.answer(message(1))
+    assert (sub.reader, client.ids) == (Reader.STOPPED, [])
