@@ -2,8 +2,8 @@
 C{chat-admin}: manage accounts in a chat store.
 
     chat-admin --store sqlite:chat.sqlite useradd USERNAME --name "Full Name" \
-        [--country C]
-    chat-admin --store sqlite:chat.sqlite passwd USERNAME
+        [--country C] [--hash-memory KIB --hash-time-cost N --hash-parallelism N]
+    chat-admin --store sqlite:chat.sqlite passwd USERNAME [--hash-...]
     chat-admin --store sqlite:chat.sqlite userdel USERNAME
     chat-admin --store sqlite:chat.sqlite users
     chat-admin --store sqlite:chat.sqlite setadmin USERNAME yes|no
@@ -19,6 +19,10 @@ line, where other users of the machine could see them. It is safe to run
 while the server runs; it picks up link changes within
 L{chat.federation.FederationSettings.sync_interval}.
 
+Passwords are hashed with argon2id with the C{--hash-*} parameters, by
+default those of C{twistd chat}; a server with other parameters hashes a
+user's password again with its own at the user's next login.
+
 C{migrate} copies a SQLite store into an empty PostgreSQL database (see
 L{chat.migrate}); stop the server first. PostgreSQL passwords come from
 C{PGPASSWORD}, C{~/.pgpass} or a C{passfile=} parameter of the URL.
@@ -32,7 +36,6 @@ import signal
 import sys
 from typing import Any, TextIO
 
-import argon2
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import clientFromString
@@ -48,6 +51,7 @@ from chat.errors import (
     RealmExists,
     UserExists,
 )
+from chat.hashing import PARAMETER_OPTIONS, parameters_from
 from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.migrate import migrate, source_path, target_url
 from chat.model import User, validate_full_name, validate_username
@@ -85,6 +89,7 @@ class UserAddOptions(InterspersedOptions):
     optParameters = [
         ["name", None, None, "The user's full name (required)."],
         ["country", None, "", "The user's country."],
+        *PARAMETER_OPTIONS,
     ]
     optFlags = [
         ["admin", None, "An administrator (may link realms with addrealm)."],
@@ -96,6 +101,7 @@ class UserAddOptions(InterspersedOptions):
     def postOptions(self) -> None:
         if not self["name"] or not self["name"].strip():
             raise usage.UsageError("--name is required")
+        self["hash-parameters"] = parameters_from(self)
 
 
 class UserOptions(InterspersedOptions):
@@ -103,6 +109,13 @@ class UserOptions(InterspersedOptions):
 
     def parseArgs(self, username: str) -> None:  # type: ignore[override]
         self["username"] = username
+
+
+class PasswdOptions(UserOptions):
+    optParameters = PARAMETER_OPTIONS
+
+    def postOptions(self) -> None:
+        self["hash-parameters"] = parameters_from(self)
 
 
 class NoOptions(usage.Options):
@@ -200,7 +213,7 @@ class AdminOptions(usage.Options):
         [
             "passwd",
             None,
-            UserOptions,
+            PasswdOptions,
             "Set a user's password (on stdin); ends its sessions.",
         ],
         ["userdel", None, UserOptions, "Delete a user, its sessions and its mailbox."],
@@ -271,7 +284,8 @@ async def run(
         if command == "useradd":
             validate_username(sub["username"])
             sub["name"] = validate_full_name(sub["name"])
-        password_hash = argon2.PasswordHasher().hash(read_password(stdin))
+        hasher = sub["hash-parameters"].password_hasher()
+        password_hash = hasher.hash(read_password(stdin))
     elif command == "realm":
         secret = prepare_realm(reactor, sub, stdin)
     store = open_store(reactor, options["store"])

@@ -1,92 +1,63 @@
 """
-twisted.cred pieces: password hashing and the two credential checkers.
+twisted.cred pieces: the two credential checkers (the hashing itself is in
+L{chat.hashing}).
 
 A connection logs in with C{auth <user> <password>} (checked by
 L{StoreChecker} against the argon2id hash in the store), which opens a
 session; every later command presents that session's token (checked by
-L{SessionChecker}). Both yield the username as the avatar id, and the realm
-turns it into a L{chat.realm.ChatUser}.
+L{SessionChecker}). The first yields a L{chat.model.VerifiedPassword}, the
+second the username, as the avatar id; the realm turns either into a
+L{chat.realm.ChatUser}.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
-import argon2
 import attrs
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
 from chat.errors import NoSuchUser, UnknownUser, WrongPassword
 from chat.interfaces import IPasswordHasher
-from chat.model import User
+from chat.model import PasswordCheck, Rehash, User, VerifiedPassword
 from chat.sessions import SessionManager
 from chat.store.interfaces import IUserStore
 
 
-@implementer(IPasswordHasher)
-class Argon2Hasher:
+@implementer(IUsernamePassword)
+@attrs.frozen
+class PasswordCredentials:
     """
-    argon2id (argon2-cffi) on a small thread pool of its own, so at most
-    C{concurrency} hashes run at once and the reactor never waits for one.
+    Credentials of C{auth}: a username and password, and the client address
+    they came from (hashes are computed in turns across addresses).
     """
 
-    def __init__(
-        self,
-        reactor: IReactorFromThreads,
-        concurrency: int = 2,
-        hasher: argon2.PasswordHasher | None = None,
-    ) -> None:
-        self._reactor = reactor
-        self._hasher = hasher or argon2.PasswordHasher()
-        self._pool = ThreadPool(
-            minthreads=0, maxthreads=concurrency, name="chat-argon2"
+    username: str
+    password: str = attrs.field(repr=False)
+    address: str = ""
+
+    def checkPassword(self, password: bytes) -> bool:
+        return hmac.compare_digest(
+            self.password.encode("utf-8", "surrogateescape"), password
         )
-
-    def start(self) -> None:
-        self._pool.start()
-
-    def stop(self) -> None:
-        self._pool.stop()
-
-    def _call(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
-
-    def hash(self, password: str) -> Deferred[str]:
-        return self._call(self._hasher.hash, password)
-
-    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
-        return self._call(verify_password, self._hasher, password_hash, password)
-
-
-def verify_password(
-    hasher: argon2.PasswordHasher, password_hash: str, password: str
-) -> bool:
-    """
-    Whether C{password} matches; a malformed hash never matches.
-    """
-    try:
-        return hasher.verify(password_hash, password)
-    except argon2.exceptions.VerificationError:
-        return False
-    except argon2.exceptions.InvalidHashError:
-        return False
 
 
 @implementer(ICredentialsChecker)
 @attrs.define
 class StoreChecker:
     """
-    Checks a username and password against the store.
+    Checks a username and password against the store; yields a
+    L{VerifiedPassword}, with a new hash if the stored one was made with
+    other parameters than the hasher's.
 
     Fails with L{UnknownUser} or L{WrongPassword}, both L{UnauthorizedLogin}:
-    the course protocol tells them apart on the wire.
+    the course protocol tells them apart on the wire; or with
+    L{chat.errors.ServerBusy} when too many hashes are waiting.
     """
 
     store: IUserStore
@@ -96,18 +67,23 @@ class StoreChecker:
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[Any]:
         username = _text(credentials.username)
         password = _text(credentials.password)
+        address = getattr(credentials, "address", "")
 
-        def unknown(f: Failure) -> str:
+        def unknown(f: Failure) -> VerifiedPassword:
             f.trap(NoSuchUser)
             raise UnknownUser()
 
-        def check(user: User) -> Deferred[str]:
-            def checked(matches: bool) -> str:
-                if not matches:
+        def check(user: User) -> Deferred[VerifiedPassword]:
+            def checked(result: PasswordCheck) -> VerifiedPassword:
+                if not result.matches:
                     raise WrongPassword()
-                return user.username
+                if result.new_hash is None:
+                    return VerifiedPassword(user.username)
+                rehash = Rehash(user.password_hash, result.new_hash)
+                return VerifiedPassword(user.username, rehash)
 
-            return self.hasher.verify(user.password_hash, password).addCallback(checked)
+            d = self.hasher.check(user.password_hash, password, address)
+            return d.addCallback(checked)
 
         return self.store.get_user(username).addCallbacks(check, unknown)
 

@@ -44,7 +44,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -53,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat import commands, compat, replies
-from chat.checkers import SessionToken
+from chat.checkers import PasswordCredentials, SessionToken
 from chat.errors import (
     RateLimited,
     RealmLinkOnly,
@@ -537,10 +536,16 @@ class Dispatcher:
                     peer=self.peer,
                 )
             raise
-        credentials = UsernamePassword(command.username, command.password)  # type: ignore[arg-type]
+        credentials = PasswordCredentials(
+            command.username, command.password, self._address
+        )
+        door = self._door
+        # Waiting for the password hasher is the server's time, not the
+        # client's: the login deadline stops meanwhile (issue 14).
+        door.pause_login_clock()
         try:
             _, avatar, logout = await self._frontend.portal.login(
-                credentials, self._door, IChatUser
+                credentials, door, IChatUser
             )
         except UnauthorizedLogin as e:
             failures.login_failed(command.username, self._address)
@@ -554,6 +559,9 @@ class Dispatcher:
                 why=type(e).__name__,
             )
             raise
+        finally:
+            door.resume_login_clock()
+        failures.login_succeeded(command.username, self._address)
         self.log.info(
             "Login by {user} from {peer}", user=command.username, peer=self.peer
         )
@@ -577,9 +585,14 @@ class Dispatcher:
             return fail(RegistrationClosed())
 
         async def register(registrar: IRegistrar) -> bytes:
-            user = await registrar.register(
-                command.username, command.password, command.full_name, self._host
-            )
+            # Hashing the password is the server's time (see _login).
+            self._door.pause_login_clock()
+            try:
+                user = await registrar.register(
+                    command.username, command.password, command.full_name, self._host
+                )
+            finally:
+                self._door.resume_login_clock()
             # Registering logs in, as in most of the course family (issue
             # 17): the reply carries auth's keys.
             token = await self._login(command)

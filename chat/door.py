@@ -20,6 +20,8 @@ over), one at a time, writing each reply before the next line runs:
    in progress must keep arriving (C{line_timeout}: slowloris), and, if
    set, a login deadline and an idle timeout (off by default: a student
    thinking for an hour is not punished; TCP keepalive finds dead peers).
+   The login deadline measures the client, not the server: it stops while
+   the connection's C{auth} waits for the password hasher.
  - Half-close: a client that stops sending gets the replies to every line
    it sent, in order, then the close.
 
@@ -96,6 +98,7 @@ class Door:
         "_draining",
         "_input_closed",
         "_last_active",
+        "_login_paused",
         "_max_line",
         "_output_blocked",
         "_paused_by",
@@ -135,6 +138,9 @@ class Door:
         self._last_active = 0.0
         self._deadline_slot = 0
         self._deadline_at: float | None = None
+        # While the login clock is stopped: since when, and when the
+        # connection was made.
+        self._login_paused: tuple[float, float] | None = None
 
     # What a subclass provides.
 
@@ -206,6 +212,23 @@ class Door:
     def set_max_line(self, length: int) -> None:
         self._max_line = length
 
+    def pause_login_clock(self) -> None:
+        if self.state is not State.NEW or self._login_paused is not None:
+            return
+        factory = self.factory
+        self._login_paused = (factory.clock.seconds(), factory.stop_login_clock(self))
+        self._schedule()
+
+    def resume_login_clock(self) -> None:
+        paused, self._login_paused = self._login_paused, None
+        if paused is None or self.state is not State.NEW:
+            return
+        factory = self.factory
+        since, connected_at = paused
+        waited = factory.clock.seconds() - since
+        factory.start_login_clock(self, connected_at + waited)
+        self._schedule()
+
     def take_over(self, handler: ILineHandler) -> None:
         self.handler = handler
 
@@ -244,7 +267,7 @@ class Door:
         if started is not None:
             found = started + limits.line_timeout
         if self.state is State.NEW:
-            if limits.login_timeout is not None:
+            if limits.login_timeout is not None and self._login_paused is None:
                 login = self.factory.connected_at(self) + limits.login_timeout
                 found = login if found is None else min(found, login)
         elif (
@@ -283,6 +306,7 @@ class Door:
         if (
             self.state is State.NEW
             and limits.login_timeout is not None
+            and self._login_paused is None
             and now >= self.factory.connected_at(self) + limits.login_timeout
         ):
             self.close_with_error("login timeout", "login_timeout")

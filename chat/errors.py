@@ -221,6 +221,18 @@ class RateLimited(ChatError):
         self.retry_after = retry_after
 
 
+class ServerBusy(ChatError):
+    """
+    The server has more work of this kind queued than it takes (password
+    hashes: C{--hash-queue-max}); the client may try again after about
+    C{retry_after} seconds.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"server busy; retry after {retry_after:.3f}s")
+        self.retry_after = retry_after
+
+
 class MailboxFull(ChatError):
     """
     The recipient already has as many undelivered messages as a mailbox

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 
     from chat.links import OutboundMessage
-    from chat.model import Group, Message, Page, Profile, User
+    from chat.model import Group, Message, Page, PasswordCheck, Profile, User
     from chat.push import Subscription
     from chat.store.cluster import SyncResult
 
@@ -390,6 +390,19 @@ class IDoor(IChatClient):
         Accept lines of up to C{length} bytes from now on.
         """
 
+    def pause_login_clock() -> None:
+        """
+        The line in progress waits for the server's work on the client's
+        behalf (its password being hashed): until L{resume_login_clock},
+        that time does not count against the login deadline, and the
+        connection is not the one closed to make room for others.
+        """
+
+    def resume_login_clock() -> None:
+        """
+        The server's work for the line in progress is done (or failed).
+        """
+
 
 class IFanout(Interface):
     """
@@ -452,16 +465,26 @@ class IRegistrar(Interface):
 class IPasswordHasher(Interface):
     """
     Slow password hashing, kept off the reactor thread.
+
+    Requests are served in turns across C{key}s (client addresses), so one
+    client cannot starve the others; each may fail with
+    L{chat.errors.ServerBusy} when too many are waiting.
     """
 
-    def hash(password: str) -> Deferred[str]:
+    def hash(password: str, key: str = "") -> Deferred[str]:
         """
+        @param key: who asks (a client address).
         @return: fires with a PHC string (argon2id).
         """
 
-    def verify(password_hash: str, password: str) -> Deferred[bool]:
+    def check(
+        password_hash: str, password: str, key: str = ""
+    ) -> Deferred[PasswordCheck]:
         """
-        @return: fires with whether C{password} matches C{password_hash}.
+        @param key: who asks (a client address).
+        @return: fires with whether C{password} matches C{password_hash},
+            and a new hash of it if that one has other parameters than the
+            hasher's (L{PasswordCheck}).
         """
 
 

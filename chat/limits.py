@@ -10,13 +10,17 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
    forgotten, so memory stays proportional to the keys seen recently.
  - L{FailureLimiter}: failed logins per username and per address, and
    invalid tokens per address. Only failures cost tokens; the check runs
-   before any password hashing, so a refused attempt costs no KDF.
+   before any password hashing, so a refused attempt costs no KDF; and a
+   user's limit stops only the addresses that failed for that user, so a
+   stranger cannot lock the user out.
  - L{ConnectionTracker}: connections in total and per address
    (L{address_key}: IPv6 clients by their /64).
  - L{take_token}: one connection's own token bucket, kept in two floats.
  - L{Deadlines}: every connection's next deadline (login, idle) on one
    timer, in slots of a second: adding and removing is O(1) and costs a
-   set entry, so 10,000 idle connections do not mean 10,000 timers.
+   set entry, so 10,000 idle connections do not mean 10,000 timers. A
+   deadline can be suspended while the server works for the connection
+   (its C{auth} waits for the password hasher).
  - L{Limits}: every limit's value, with the defaults of C{twistd chat}.
  - L{Quotas}: what one user may keep stored (files, groups), which the
    store checks in the transaction that would go past it.
@@ -210,35 +214,67 @@ class FailureLimiter:
     Check before the expensive or guessable step (L{check_login} before the
     password is hashed, L{check_token} before a token is looked up), and
     report failures afterwards: only failures use up attempts, so a user
-    who logs in successfully is never limited by it, and while a key is
-    limited even the right password is refused.
+    who logs in successfully is never limited by it, and an attempt that
+    is refused costs no KDF.
+
+    The rule for logins (issue 15, item 8: a stranger must not be able to
+    lock a user out):
+
+     - An address that failed too often (for any users: C{by_address}) is
+       refused.
+     - A user's failures from all addresses are counted (C{by_user}). While
+       they are within the limit, any address may try. Once they are over
+       it, only addresses that have not failed for that user lately may
+       still try: each failure from an address keeps that address away from
+       that user for the per-user limit's period (C{by_user_address}), or
+       until the user's limit has room again, whichever comes first. A
+       successful login forgets the address's failures for that user.
+
+    So one address guessing one user is held to the per-user rate, as
+    before; guessers spread over many addresses get one attempt per
+    address and period once the user's limit is used up; and the user,
+    from an address that has not failed lately (or with the right
+    password, after failures from elsewhere), always gets in.
     """
 
     by_user: RateLimiter
     by_address: RateLimiter
     tokens_by_address: RateLimiter
+    by_user_address: RateLimiter
 
     @classmethod
     def of(cls, clock: IReactorTime, limits: Limits) -> FailureLimiter:
+        per_user = limits.login_failures_per_user
         return cls(
-            RateLimiter.of(clock, limits.login_failures_per_user),
+            RateLimiter.of(clock, per_user),
             RateLimiter.of(clock, limits.login_failures_per_address),
             RateLimiter.of(clock, limits.token_failures_per_address),
+            RateLimiter(clock, rate=1 / per_user.per, burst=1),
         )
 
     def check_login(self, username: str, address: str) -> None:
         """
-        @raise RateLimited: if this user or this address failed too often.
+        @raise RateLimited: if this address failed too often, or this user
+            failed too often and this address failed for them lately.
         """
-        wait = max(
-            self.by_user.retry_after(username), self.by_address.retry_after(address)
-        )
+        wait = self.by_user.retry_after(username)
+        if wait > 0:
+            wait = min(wait, self.by_user_address.retry_after((username, address)))
+        wait = max(wait, self.by_address.retry_after(address))
         if wait > 0:
             raise RateLimited(wait)
 
     def login_failed(self, username: str, address: str) -> None:
         self.by_user.charge(username)
         self.by_address.charge(address)
+        self.by_user_address.charge((username, address))
+
+    def login_succeeded(self, username: str, address: str) -> None:
+        """
+        The address proved it knows the password: forget its failures for
+        this user (not the user's, nor the address's).
+        """
+        self.by_user_address.forget((username, address))
 
     def check_token(self, address: str) -> None:
         """
@@ -337,6 +373,8 @@ class Deadlines:
         self._clock = clock
         self.resolution = resolution
         self._slots: dict[int, set[HasDeadline]] = {}
+        #: Items whose deadline is stopped, and the seconds it had left.
+        self._suspended: dict[HasDeadline, float] = {}
         self._due: list[int] = []  # a heap of slots, perhaps emptied since
         self._call: IDelayedCall | None = None
         self._call_slot = 0
@@ -361,6 +399,10 @@ class Deadlines:
         return slot
 
     def remove(self, item: HasDeadline, slot: int) -> None:
+        """
+        Forget C{item}'s deadline (in C{slot}, or suspended).
+        """
+        self._suspended.pop(item, None)
         items = self._slots.get(slot)
         if items is None:
             return
@@ -372,6 +414,29 @@ class Deadlines:
                 if self._call is not None:
                     self._call.cancel()
                     self._call = None
+
+    def suspend(self, item: HasDeadline, slot: int) -> None:
+        """
+        Stop the clock of C{item}'s deadline (in C{slot}) until L{resume}:
+        time the server spends on the item's behalf (hashing its password)
+        is not the item's time.
+        """
+        left = max(0.0, slot * self.resolution - self._clock.seconds())
+        self.remove(item, slot)
+        self._suspended[item] = left
+
+    def resume(self, item: HasDeadline) -> int:
+        """
+        Start the clock of C{item}'s suspended deadline again, with the time
+        it had left (at most C{resolution} more).
+
+        @return: the slot, for L{remove}; 0 if C{item} was not suspended
+            (it was removed meanwhile).
+        """
+        left = self._suspended.pop(item, None)
+        if left is None:
+            return 0
+        return self.add(item, self._clock.seconds() + left)
 
     def _arm(self) -> None:
         while self._due and self._due[0] not in self._slots:

@@ -422,6 +422,24 @@ class ChatFactory(Factory):
         if connected_at is not None:
             new[door] = connected_at
 
+    def stop_login_clock(self, door: Door) -> float:
+        """
+        A connection not logged in waits for the server (its password being
+        hashed): out of the order of connections to close to make room
+        until L{start_login_clock}.
+
+        @return: when it connected.
+        """
+        return self._new.pop(door, self.clock.seconds())
+
+    def start_login_clock(self, door: Door, connected_at: float) -> None:
+        """
+        The server is done for the connection: it counts as connected at
+        C{connected_at} (later than it did, by the time it waited), and as
+        the most recently active.
+        """
+        self._new[door] = connected_at
+
     def logged_in(self, door: Door) -> None:
         self._forget_new(door)
 

@@ -289,6 +289,42 @@ class User:
 
 
 @attrs.frozen
+class PasswordCheck:
+    """
+    What checking a password against its stored hash found: whether it
+    matches and, if it does but the hash was made with other parameters
+    than the server's, a new hash of it made with the server's.
+    """
+
+    matches: bool
+    new_hash: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Rehash:
+    """
+    A user's password hash to replace with one made with the server's
+    parameters: replaced only while it is still C{old_hash}, so that a
+    password changed meanwhile (C{chat-admin passwd}) wins.
+    """
+
+    old_hash: str = attrs.field(repr=False)
+    new_hash: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class VerifiedPassword:
+    """
+    The avatar id of a login with the right password (what
+    L{chat.checkers.StoreChecker} yields): the user, and the new hash to
+    store with the session it opens, if any.
+    """
+
+    username: str
+    rehash: Rehash | None = None
+
+
+@attrs.frozen
 class Session:
     """
     A login session. Only the sha256 of the token is ever stored.

@@ -5,10 +5,13 @@ The flow, step by step:
 
  1. A connection sends C{auth <user> <password>}. The protocol asks the
     L{Portal} to log in with a username and password; L{StoreChecker}
-    verifies the argon2id hash (off the reactor thread) and yields the
-    username; L{ChatRealm.requestAvatar} returns a L{ChatUser} for it.
+    verifies the argon2id hash (off the reactor thread, in turn with other
+    clients: L{chat.hashing}) and yields the username, with a new hash if
+    the stored one has other parameters than the server's;
+    L{ChatRealm.requestAvatar} returns a L{ChatUser} for it.
  2. The protocol calls L{ChatUser.open_session}: the
-    L{SessionManager} stores the new token's hash and returns the token,
+    L{SessionManager} stores the new token's hash (and the new password
+    hash, if any, in the same store operation) and returns the token,
     which the client presents with every later command.
  3. For C{send} and C{inbox} the protocol logs in again with that token
     (L{SessionChecker}, answered from a cache) and calls the avatar.
@@ -67,7 +70,9 @@ from chat.model import (
     Message,
     Page,
     Profile,
+    Rehash,
     User,
+    VerifiedPassword,
     plain_file_name,
     validate_group_name,
 )
@@ -116,8 +121,11 @@ class ChatRealm:
     ) -> tuple[Any, ChatUser, Callable[[], None]] | Deferred[Any]:
         if IChatUser not in interfaces:
             raise NotImplementedError("ChatRealm only provides IChatUser")
+        rehash = None
+        if isinstance(avatarId, VerifiedPassword):
+            avatarId, rehash = avatarId.username, avatarId.rehash
         username = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        avatar = ChatUser(self, username)
+        avatar = ChatUser(self, username, rehash)
         if mind is None:
             return IChatUser, avatar, _nothing_to_clean_up
         logout = partial(self.presence.detach, username, mind)
@@ -179,11 +187,14 @@ class ChatUser:
 
     realm: ChatRealm
     username: str
+    #: From a password login whose stored hash has other parameters than
+    #: the server's: stored with the session it opens (issue 14).
+    rehash: Rehash | None = attrs.field(default=None, eq=False, repr=False)
 
     log = make_logger()
 
     def open_session(self) -> Deferred[str]:
-        return self.realm.sessions.create(self.username)
+        return self.realm.sessions.create(self.username, self.rehash)
 
     def _gone(self, error: Exception) -> Exception:
         """

@@ -61,7 +61,7 @@ class Registrar:
             pass
         else:
             raise UserExists(username)
-        password_hash = await self.hasher.hash(password)
+        password_hash = await self.hasher.hash(password, address)
         user = User(username, full_name, "", password_hash)
         await self.store.add_user(user)
         self.log.info(

@@ -52,6 +52,7 @@ from chat.errors import (
     RealmQueueFull,
     RealmsDisabled,
     RegistrationClosed,
+    ServerBusy,
     SessionNotFound,
     StorageUnavailable,
     TooManyGroups,
@@ -272,6 +273,7 @@ ERRORS: dict[type[Exception], tuple[str, str]] = {
     TooManyGroups: ("too many groups", "too_many_groups"),
     MailboxFull: ("mailbox full", "mailbox_full"),
     TooManyUnread: ("too many unread messages from you", "unread_limit"),
+    ServerBusy: ("server busy", "server_busy"),
     # Other realms (chat.federation).
     NoSuchRealm: ("Realm Tidak Ditemukan", "no_such_realm"),
     RealmExists: ("Realm sudah ada", "realm_exists"),
@@ -298,6 +300,7 @@ ERROR_FIELDS: dict[type[Exception], Callable[[Any], dict[str, object]]] = {
     BadRealmMessage: lambda e: {"reason": str(e)},
     QuotaExceeded: lambda e: {"quota": e.quota, "limit": e.limit},
     TooManyGroups: lambda e: {"max_groups": e.limit},
+    ServerBusy: lambda e: {"retry_after_ms": max(1, round(e.retry_after * 1000))},
 }
 
 

@@ -31,10 +31,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from chat import commands
-from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
+from chat.checkers import SessionChecker, StoreChecker
 from chat.cluster import DEFAULT_HEARTBEAT, Cluster
 from chat.errors import NoSuchUser, UserExists
 from chat.federation import Federation, FederationSettings
+from chat.hashing import Argon2Hasher
 from chat.interfaces import IClusterStore, IPasswordHasher
 from chat.limits import Limits, RateLimiter, raise_open_file_limit
 from chat.lines import ChatFactory

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 
 from chat.errors import NoSuchUser, SessionNotFound, StorageUnavailable
 from chat.logs import make_logger, token_label
-from chat.model import Session
+from chat.model import Rehash, Session
 from chat.store.interfaces import IExternalChanges, ISessionStore
 
 
@@ -127,16 +127,18 @@ class SessionManager:
 
         return d.addCallbacks(swept, failed)
 
-    def create(self, username: str) -> Deferred[str]:
+    def create(self, username: str, rehash: Rehash | None = None) -> Deferred[str]:
         """
-        Start a session for C{username}.
+        Start a session for C{username}; store C{rehash}, the user's
+        password hash made with the current parameters, with it.
 
         @return: fires with the token once the session is stored.
         """
         token = str(uuid.uuid4())
         token_hash = hash_token(token)
         now = self.clock.seconds()
-        d = self.store.create_session(Session(token_hash, username, now, now))
+        session = Session(token_hash, username, now, now)
+        d = self.store.create_session(session, rehash)
 
         def created(_: None) -> str:
             self._live[token_hash] = Live(username, now, now, now)
@@ -145,6 +147,11 @@ class SessionManager:
                 session=token_label(token_hash),
                 user=username,
             )
+            if rehash is not None:
+                self.log.info(
+                    "Password hash of {user} made again with the current parameters",
+                    user=username,
+                )
             return token
 
         def user_gone(f: Failure) -> str:

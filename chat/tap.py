@@ -16,6 +16,12 @@ from chat import commands, logs
 from chat.cluster import new_node_id
 from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
+from chat.hashing import (
+    DEFAULT_MAX_QUEUED,
+    PARAMETER_OPTIONS,
+    Argon2Hasher,
+    parameters_from,
+)
 from chat.limits import Limits, Quotas, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.store import STORE_HELP, open_store, valid_store
@@ -237,11 +243,21 @@ class Options(usage.Options):
             "Most pushed messages a subscriber may leave unacknowledged.",
             positive_int,
         ],
+        *PARAMETER_OPTIONS,
         [
             "hash-concurrency",
             None,
-            2,
-            "Most password hashes computed at once.",
+            None,
+            "Password hashes computed at once, each on a thread of its own. "
+            "[default: the CPUs this process may run on]",
+            positive_int,
+        ],
+        [
+            "hash-queue-max",
+            None,
+            DEFAULT_MAX_QUEUED,
+            "Most logins and registrations waiting for the password hasher; "
+            "more are answered 'server busy' with retry_after_ms at once.",
             positive_int,
         ],
         [
@@ -559,6 +575,7 @@ class Options(usage.Options):
             raise usage.UsageError("--node-id: 1-100 printable characters")
         if self["realm-retry-min"] > self["realm-retry-max"]:
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
+        self["hash-parameters"] = parameters_from(self)
         if not valid_store(self["store"]):
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
         try:
@@ -591,7 +608,6 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor as global_reactor
 
-    from chat.checkers import Argon2Hasher
     from chat.service import ChatService
 
     reactor: Any = global_reactor
@@ -613,7 +629,12 @@ def makeService(options: Options) -> IService:
         reactor,
         store,
         options["listen"],
-        hasher=Argon2Hasher(reactor, options["hash-concurrency"]),
+        hasher=Argon2Hasher(
+            reactor,
+            options["hash-parameters"],
+            threads=options["hash-concurrency"],
+            max_queued=options["hash-queue-max"],
+        ),
         demo=options["demo"],
         max_line=options["max-line"],
         session_idle=options["session-idle"],

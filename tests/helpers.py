@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import argon2
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -20,19 +19,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat import commands
-from chat.checkers import SessionChecker, StoreChecker, verify_password
+from chat.checkers import SessionChecker, StoreChecker
+from chat.hashing import HashParameters, check_password
 from chat.interfaces import IPasswordHasher
 from chat.limits import Limits, RateLimiter
 from chat.lines import ChatFactory
 from chat.lines import LineConnection as ChatProtocol
-from chat.model import User
+from chat.model import PasswordCheck, User
 from chat.realm import ChatRealm
 from chat.registration import Registrar
 from chat.sessions import SessionManager
 from chat.store.memory import MemoryStore
 
 #: Cheap argon2id parameters: tests need the real algorithm, not its cost.
-FAST_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+FAST_PARAMETERS = HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+FAST_ARGON2 = FAST_PARAMETERS.password_hasher()
 
 DEMO = [
     ("messi", "Lionel Messi", "Argentina"),
@@ -47,11 +48,13 @@ class InlineHasher:
     argon2id computed at once, for tests on a fake clock.
     """
 
-    def hash(self, password: str) -> Deferred[str]:
+    def hash(self, password: str, key: str = "") -> Deferred[str]:
         return succeed(FAST_ARGON2.hash(password))
 
-    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
-        return succeed(verify_password(FAST_ARGON2, password_hash, password))
+    def check(
+        self, password_hash: str, password: str, key: str = ""
+    ) -> Deferred[PasswordCheck]:
+        return succeed(check_password(FAST_ARGON2, password_hash, password))
 
 
 def demo_users() -> list[User]:
@@ -98,9 +101,11 @@ class CountingHasher(InlineHasher):
     def __init__(self) -> None:
         self.verified = 0
 
-    def verify(self, password_hash: str, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str, password: str, key: str = ""
+    ) -> Deferred[PasswordCheck]:
         self.verified += 1
-        return super().verify(password_hash, password)
+        return super().check(password_hash, password, key)
 
 
 class FaultyStore:

@@ -22,13 +22,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from chat.checkers import Argon2Hasher
 from chat.federation import FederationSettings
+from chat.hashing import Argon2Hasher
 from chat.links import RealmLink
 from chat.service import ChatService
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
-from tests.helpers import FAST_ARGON2
+from tests.helpers import FAST_PARAMETERS
 from tests.twistd_helpers import LineClient, TwistdChat
 
 HEARTBEAT = 0.5
@@ -128,7 +128,7 @@ class Nodes:
             reactor,
             store,
             ["tcp:0:interface=127.0.0.1"],
-            hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
+            hasher=Argon2Hasher(reactor, FAST_PARAMETERS),
             demo=True,
             heartbeat=HEARTBEAT,
             federation=federation,
@@ -388,7 +388,7 @@ async def test_federation_lease_one_node_delivers_in_order(
         reactor,
         two_store,
         ["tcp:0:interface=127.0.0.1"],
-        hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
+        hasher=Argon2Hasher(reactor, FAST_PARAMETERS),
         demo=True,
         federation=FederationSettings("two", **fast),  # type: ignore[arg-type]
     )

@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from chat.door import State
 from chat.limits import Limits, Rate
+from chat.model import PasswordCheck
 from chat.store.memory import MemoryStore
 from tests.helpers import Connection, Server, demo_users, result_of
 
@@ -139,21 +140,76 @@ def test_closed_connection_leaves_no_timers() -> None:
 
 
 def test_failed_logins_per_user_refused_before_hashing() -> None:
-    """Past the per-user failures, even the right password is refused, unhashed."""
+    """Past the per-user failures, the address that failed is refused, unhashed."""
     server = limited(login_failures_per_user=Rate(3, 60))
     client = server.connect()
     for _ in range(3):
         assert client.request("auth messi salah")["code"] == "wrong_password"
     assert server.hasher.verified == 3
+    # 20 s until the user's limit has room; the address failed 3 times, so
+    # it is kept away from messi for 3 minutes, or those 20 s.
     assert_rate_limited(client.request("auth messi salah"), 20000)
-    # From another address, with the right password: still refused.
-    other = server.connect("10.0.0.9")
-    assert_rate_limited(other.request("auth messi surabaya"), 20000)
+    assert_rate_limited(server.connect().request("auth messi surabaya"), 20000)
     assert server.hasher.verified == 3
     # Other users are not affected.
-    other.login("henderson")
+    client.login("henderson")
     server.clock.advance(20)
-    other.login("messi")
+    client.login("messi")
+
+
+def test_stranger_cannot_lock_a_user_out() -> None:
+    """Failures from one address do not keep the user out from another."""
+    server = limited(login_failures_per_user=Rate(3, 60))
+    stranger = server.connect("10.0.0.66")
+    for _ in range(5):
+        stranger.request("auth messi salah")
+    assert stranger.request("auth messi surabaya")["code"] == "rate_limited"
+    # The user, from an address that has not failed: the password is checked.
+    user = server.connect("10.0.0.7")
+    hashed = server.hasher.verified
+    user.login("messi")
+    assert server.hasher.verified == hashed + 1
+
+
+def test_user_with_a_typo_gets_in_after_a_strangers_attack() -> None:
+    """A user's own typo costs one period at most, whatever strangers keep doing."""
+    server = limited(login_failures_per_user=Rate(3, 60))
+    user = server.connect("10.0.0.7")
+    assert user.request("auth messi typo")["code"] == "wrong_password"
+    for i in range(10):
+        server.connect(f"10.0.1.{i}").request("auth messi salah")
+    # 3 - 11 failures: 180 s until the user's limit has room. But this
+    # address failed once, 60 s ago at most: it waits for that, not the rest.
+    assert_rate_limited(user.request("auth messi surabaya"), 60000)
+    server.clock.advance(60)
+    server.connect("10.0.0.7").login("messi")
+    assert server.connect("10.0.1.1").request("auth messi x")["code"] == (
+        "rate_limited"
+    )
+
+
+def test_successful_login_forgets_the_address_failures() -> None:
+    """A successful login forgets the address's earlier failures for that user."""
+    server = limited(login_failures_per_user=Rate(2, 60))
+    user = server.connect("10.0.0.7")
+    assert user.request("auth messi typo")["code"] == "wrong_password"
+    user.login("messi")
+    for _ in range(4):
+        server.connect("10.0.0.66").request("auth messi salah")
+    user.login("messi")
+
+
+def test_many_guessing_addresses_get_one_attempt_per_period() -> None:
+    """Spread over addresses, guessers get one hashed attempt each per period."""
+    server = limited(
+        login_failures_per_user=Rate(3, 60), login_failures_per_address=Rate(100, 60)
+    )
+    addresses = [f"10.0.1.{i}" for i in range(1, 11)]
+    first = [server.connect(a).request("auth messi salah")["code"] for a in addresses]
+    assert first == ["wrong_password"] * 10
+    again = [server.connect(a).request("auth messi salah")["code"] for a in addresses]
+    assert again == ["rate_limited"] * 10
+    assert server.hasher.verified == 10
 
 
 def test_successful_logins_use_no_attempts() -> None:
@@ -185,14 +241,14 @@ def test_failed_logins_per_address() -> None:
 def test_concurrent_failures_are_all_charged() -> None:
     """Attempts started together all pay: a burst from many connections buys nothing."""
     server = limited(login_failures_per_address=Rate(2, 60))
-    pending: list[Deferred[bool]] = []
-    server.hasher.verify = lambda *args: pending.append(Deferred()) or pending[-1]  # type: ignore[method-assign]
+    pending: list[Deferred[PasswordCheck]] = []
+    server.hasher.check = lambda *args: pending.append(Deferred()) or pending[-1]  # type: ignore[method-assign]
     clients = [server.connect("10.0.0.1") for _ in range(6)]
     for client in clients:
         client.send(b"auth messi salah\r\n")
     assert len(pending) == 6
     for d in pending:
-        d.callback(False)
+        d.callback(PasswordCheck(False))
     assert [c.replies()[0]["code"] for c in clients] == ["wrong_password"] * 6
     # 2 - 6 = -4 tokens at 1 per 30 s: 150 s until the next attempt.
     assert_rate_limited(clients[0].request("auth messi salah"), 150000)

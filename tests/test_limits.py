@@ -103,8 +103,10 @@ def test_failure_limiter_counts_only_failures() -> None:
     failures.login_failed("messi", "10.0.0.1")
     failures.login_failed("messi", "10.0.0.1")
     with pytest.raises(RateLimited) as raised:
-        failures.check_login("messi", "10.0.0.2")
+        failures.check_login("messi", "10.0.0.1")
     assert raised.value.retry_after == pytest.approx(5.0)
+    # Another address, which has not failed for messi, may still try.
+    failures.check_login("messi", "10.0.0.2")
     failures.check_login("henderson", "10.0.0.2")
     failures.login_failed("henderson", "10.0.0.1")
     with pytest.raises(RateLimited):

@@ -16,12 +16,12 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from chat import service as service_module
-from chat.checkers import Argon2Hasher
 from chat.errors import StorageUnavailable
+from chat.hashing import Argon2Hasher
 from chat.limits import Limits
 from chat.service import SPARE_FILES, ChatService
 from chat.store.sqlite import SQLiteStore
-from tests.helpers import FAST_ARGON2
+from tests.helpers import FAST_PARAMETERS
 
 
 def make_service(
@@ -32,7 +32,7 @@ def make_service(
         reactor,
         store,
         list(endpoints),
-        hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
+        hasher=Argon2Hasher(reactor, FAST_PARAMETERS),
         demo=True,
         **options,  # type: ignore[arg-type]
     )

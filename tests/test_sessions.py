@@ -11,25 +11,27 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 
-from chat.checkers import Argon2Hasher, SessionChecker, SessionToken, StoreChecker
+from chat.checkers import SessionChecker, SessionToken, StoreChecker
 from chat.errors import (
     SessionNotFound,
     StorageUnavailable,
     UnknownUser,
     WrongPassword,
 )
+from chat.hashing import Argon2Hasher, verify_password
 from chat.interfaces import IChatUser
+from chat.model import VerifiedPassword
 from chat.realm import ChatUser
 from chat.sessions import ChangeWatcher, SessionManager, hash_token
-from tests.helpers import FAST_ARGON2, Server, failure_of, result_of
+from tests.helpers import FAST_ARGON2, FAST_PARAMETERS, Server, failure_of, result_of
 
 
 def test_store_checker_accepts_right_password() -> None:
-    """The checker yields the username for the right password."""
+    """The checker yields the username for the right password (hash current)."""
     server = Server()
     checker = StoreChecker(server.store, _hasher())
     d = checker.requestAvatarId(UsernamePassword(b"messi", b"surabaya"))
-    assert result_of(d) == "messi"
+    assert result_of(d) == VerifiedPassword("messi")
 
 
 def test_store_checker_wrong_password_and_unknown_user() -> None:
@@ -47,9 +49,6 @@ def test_store_checker_wrong_password_and_unknown_user() -> None:
 
 def test_malformed_hash_never_matches() -> None:
     """A corrupted hash in the store is a wrong password, not a crash."""
-    from chat.checkers import verify_password
-    from tests.helpers import FAST_ARGON2
-
     assert verify_password(FAST_ARGON2, "not-a-hash", "surabaya") is False
 
 
@@ -183,13 +182,13 @@ async def test_argon2_hasher_runs_in_threads() -> None:
     """The threaded hasher produces argon2id hashes that verify."""
     from twisted.internet import reactor
 
-    hasher = Argon2Hasher(reactor, concurrency=1, hasher=FAST_ARGON2)
+    hasher = Argon2Hasher(reactor, FAST_PARAMETERS, threads=1)
     hasher.start()
     try:
         password_hash = await hasher.hash("pässword")
-        assert password_hash.startswith("$argon2id$")
-        assert await hasher.verify(password_hash, "pässword") is True
-        assert await hasher.verify(password_hash, "password") is False
+        assert password_hash.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+        assert (await hasher.check(password_hash, "pässword")).matches is True
+        assert (await hasher.check(password_hash, "password")).matches is False
     finally:
         hasher.stop()
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from chat.links import Delivery, InboundMessage, OutboundMessage, RealmLink
-    from chat.model import Attachment, Group, Message, Page, Session, User
+    from chat.model import Attachment, Group, Message, Page, Rehash, Session, User
 
 
 class IUserStore(Interface):
@@ -91,8 +91,14 @@ class ISessionStore(Interface):
     Sessions: the hashes of the tokens of logged-in users.
     """
 
-    def create_session(session: Session) -> Deferred[None]:
+    def create_session(
+        session: Session, rehash: Rehash | None = None
+    ) -> Deferred[None]:
         """
+        Store a new session; with C{rehash}, also replace the user's
+        password hash in the same operation, if it is still the old one
+        (sessions are not ended by this).
+
         @return: fails with L{chat.errors.NoSuchUser} if the user is gone.
         """
 

@@ -16,15 +16,22 @@ from __future__ import annotations
 import attrs
 
 from chat.errors import NoSuchUser
-from chat.model import Session
+from chat.model import Rehash, Session
 from chat.store.batching import Operation, Transaction, chunks, column, marks
 
 
 @attrs.define(eq=False)
 class CreateSession(Operation):
+    """
+    Store a new session; with C{rehash}, also replace the user's password
+    hash, only if it is still the one the password was checked against (a
+    password set meanwhile, C{chat-admin passwd}, wins). Ends no session.
+    """
+
     checks_first = True
 
     session: Session
+    rehash: Rehash | None = None
 
     def run(self, txn: Transaction) -> None:
         session = self.session
@@ -40,6 +47,13 @@ class CreateSession(Operation):
         )
         if cursor.rowcount == 0:
             raise NoSuchUser(session.username)
+        rehash = self.rehash
+        if rehash is not None:
+            txn.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?"
+                " AND password_hash = ?",
+                (rehash.new_hash, session.username, rehash.old_hash),
+            )
 
 
 @attrs.define(eq=False)

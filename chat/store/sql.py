@@ -32,7 +32,7 @@ from zope.interface import implementer
 from chat.callbacks import Done
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import Delivery, InboundMessage, OutboundMessage, RealmLink
-from chat.model import Attachment, Group, Message, Page, Session, User
+from chat.model import Attachment, Group, Message, Page, Rehash, Session, User
 from chat.store import (
     groups,
     history,
@@ -92,8 +92,10 @@ class SQLStore(GroupCommit):
 
     # Sessions.
 
-    def create_session(self, session: Session) -> Deferred[None]:
-        return self.run(sessions.CreateSession(session))
+    def create_session(
+        self, session: Session, rehash: Rehash | None = None
+    ) -> Deferred[None]:
+        return self.run(sessions.CreateSession(session, rehash))
 
     def get_session(self, token_hash: str) -> Deferred[Session | None]:
         return self.run(sessions.GetSession(token_hash))

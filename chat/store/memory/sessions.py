@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import attrs
 from twisted.internet.defer import Deferred
 
-from chat.model import Session
+from chat.model import Rehash, Session
 from chat.store.memory.state import MemoryState
 
 
@@ -18,10 +18,16 @@ class MemorySessions(MemoryState):
     Sessions, by the hash of their token.
     """
 
-    def create_session(self, session: Session) -> Deferred[None]:
+    def create_session(
+        self, session: Session, rehash: Rehash | None = None
+    ) -> Deferred[None]:
         def create() -> None:
-            self.require_user(session.username)
+            user = self.require_user(session.username)
             self.sessions[session.token_hash] = session
+            if rehash is not None and user.password_hash == rehash.old_hash:
+                self.users[user.username] = attrs.evolve(
+                    user, password_hash=rehash.new_hash
+                )
 
         return self.answer(create)
 
