@@ -18,9 +18,7 @@ the wall clock, so tests drive it with L{twisted.internet.task.Clock}.
  - L{take_token}: one connection's own token bucket, kept in two floats.
  - L{Deadlines}: every connection's next deadline (login, idle) on one
    timer, in slots of a second: adding and removing is O(1) and costs a
-   set entry, so 10,000 idle connections do not mean 10,000 timers. A
-   deadline can be suspended while the server works for the connection
-   (its C{auth} waits for the password hasher).
+   set entry, so 10,000 idle connections do not mean 10,000 timers.
  - L{Limits}: every limit's value, with the defaults of C{twistd chat}.
  - L{Quotas}: what one user may keep stored (files, groups), which the
    store checks in the transaction that would go past it.
@@ -373,8 +371,6 @@ class Deadlines:
         self._clock = clock
         self.resolution = resolution
         self._slots: dict[int, set[HasDeadline]] = {}
-        #: Items whose deadline is stopped, and the seconds it had left.
-        self._suspended: dict[HasDeadline, float] = {}
         self._due: list[int] = []  # a heap of slots, perhaps emptied since
         self._call: IDelayedCall | None = None
         self._call_slot = 0
@@ -399,10 +395,6 @@ class Deadlines:
         return slot
 
     def remove(self, item: HasDeadline, slot: int) -> None:
-        """
-        Forget C{item}'s deadline (in C{slot}, or suspended).
-        """
-        self._suspended.pop(item, None)
         items = self._slots.get(slot)
         if items is None:
             return
@@ -414,29 +406,6 @@ class Deadlines:
                 if self._call is not None:
                     self._call.cancel()
                     self._call = None
-
-    def suspend(self, item: HasDeadline, slot: int) -> None:
-        """
-        Stop the clock of C{item}'s deadline (in C{slot}) until L{resume}:
-        time the server spends on the item's behalf (hashing its password)
-        is not the item's time.
-        """
-        left = max(0.0, slot * self.resolution - self._clock.seconds())
-        self.remove(item, slot)
-        self._suspended[item] = left
-
-    def resume(self, item: HasDeadline) -> int:
-        """
-        Start the clock of C{item}'s suspended deadline again, with the time
-        it had left (at most C{resolution} more).
-
-        @return: the slot, for L{remove}; 0 if C{item} was not suspended
-            (it was removed meanwhile).
-        """
-        left = self._suspended.pop(item, None)
-        if left is None:
-            return 0
-        return self.add(item, self._clock.seconds() + left)
 
     def _arm(self) -> None:
         while self._due and self._due[0] not in self._slots:

@@ -190,14 +190,19 @@ class Server:
         registration: bool = True,
         push_window: int = 100,
         limits: Limits | None = None,
+        hasher: Any = None,
     ) -> None:
+        """
+        @param hasher: the portal's password hasher (default: a
+            L{CountingHasher}).
+        """
         self.clock = clock or Clock()
         if store is None:
             store = MemoryStore()
             for user in demo_users():
                 result_of(store.add_user(user))
         self.store = store = FaultyStore(store)
-        self.hasher = CountingHasher()
+        self.hasher = CountingHasher() if hasher is None else hasher
         self.sessions = SessionManager(store, self.clock, idle, max_age)
         self.realm = ChatRealm(
             store,

@@ -5,6 +5,7 @@ chat-admin, run as a real process as an administrator would.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -52,12 +53,8 @@ def test_useradd_users_passwd_userdel(tmp_path: Path) -> None:
     listed = admin(tmp_path, "users")
     assert listed.stdout == "budi\tBudi Santoso\tIndonesia\n"
 
-    import sqlite3
-
-    connection = sqlite3.connect(tmp_path / "chat.sqlite")
-    (stored,) = connection.execute("SELECT password_hash FROM users").fetchone()
-    connection.close()
-    assert stored.startswith("$argon2id$")
+    stored = stored_hash(tmp_path)
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert argon2.PasswordHasher().verify(stored, "rahasia")
 
     changed = admin(tmp_path, "passwd", "budi", stdin="baru\n")
@@ -65,6 +62,43 @@ def test_useradd_users_passwd_userdel(tmp_path: Path) -> None:
     deleted = admin(tmp_path, "userdel", "budi")
     assert deleted.returncode == 0
     assert admin(tmp_path, "users").stdout == ""
+
+
+def test_hash_parameters(tmp_path: Path) -> None:
+    """useradd and passwd hash with the --hash-* parameters; bad ones are refused."""
+    created = admin(
+        tmp_path,
+        "useradd",
+        "budi",
+        "--name",
+        "Budi",
+        "--hash-memory",
+        "64",
+        "--hash-time-cost",
+        "1",
+        stdin="rahasia\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert stored_hash(tmp_path).startswith("$argon2id$v=19$m=64,t=1,p=1$")
+    changed = admin(
+        tmp_path, "passwd", "budi", "--hash-parallelism", "2", stdin="baru\n"
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert stored_hash(tmp_path).startswith("$argon2id$v=19$m=19456,t=2,p=2$")
+    assert argon2.PasswordHasher().verify(stored_hash(tmp_path), "baru")
+    refused = admin(tmp_path, "passwd", "budi", "--hash-memory", "4", stdin="x\n")
+    assert refused.returncode == 2
+    assert "--hash-*: the memory must be at least 8 KiB" in refused.stderr
+    assert argon2.PasswordHasher().verify(stored_hash(tmp_path), "baru")
+
+
+def stored_hash(tmp_path: Path) -> str:
+    connection = sqlite3.connect(tmp_path / "chat.sqlite")
+    try:
+        (stored,) = connection.execute("SELECT password_hash FROM users").fetchone()
+    finally:
+        connection.close()
+    return str(stored)
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

@@ -121,6 +121,31 @@ def test_failure_limiter_counts_only_failures() -> None:
     failures.check_login("messi", "10.0.0.1")
 
 
+def test_user_limit_stops_only_the_addresses_that_failed_for_the_user() -> None:
+    """Over a user's limit, addresses that failed for them lately wait; others try."""
+    clock = Clock()
+    failures = FailureLimiter.of(clock, Limits(login_failures_per_user=Rate(2, 60)))
+    failures.login_failed("messi", "10.0.0.1")
+    failures.login_failed("messi", "10.0.0.2")
+    failures.login_failed("messi", "10.0.0.2")
+    # 2 - 3 = -1: 60 s until the user has room; 10.0.0.1 failed once (60 s),
+    # 10.0.0.2 twice (120 s): each waits for whichever comes first.
+    for address, wait in [("10.0.0.1", 60.0), ("10.0.0.2", 60.0)]:
+        with pytest.raises(RateLimited) as raised:
+            failures.check_login("messi", address)
+        assert raised.value.retry_after == pytest.approx(wait)
+    failures.check_login("messi", "10.0.0.3")
+    failures.check_login("henderson", "10.0.0.1")
+    failures.login_succeeded("messi", "10.0.0.2")
+    failures.check_login("messi", "10.0.0.2")
+    clock.advance(30)
+    with pytest.raises(RateLimited) as raised:
+        failures.check_login("messi", "10.0.0.1")
+    assert raised.value.retry_after == pytest.approx(30.0)
+    clock.advance(30)
+    failures.check_login("messi", "10.0.0.1")
+
+
 def test_connection_tracker() -> None:
     """Connections are counted in total and per address, and released."""
     tracker = ConnectionTracker(max_total=3, max_per_address=2)

@@ -39,7 +39,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.limits import Quotas
-from chat.model import Attachment, Session, User
+from chat.model import Attachment, Rehash, Session, User
 from chat.store import open_store, schema
 from chat.store.batching import Call
 from chat.store.interfaces import IChatStore, IExternalChanges
@@ -230,6 +230,25 @@ async def test_password_change_ends_sessions(store: Any) -> None:
     await store.create_session(Session("h1", "messi", 1.0, 1.0))
     await store.set_password_hash("messi", "$argon2id$new")
     assert await store.get_session("h1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_with_rehash_replaces_only_the_old_hash(store: Any) -> None:
+    """A session stored with a rehash replaces the hash it was made from, only it."""
+    await _with_users(store)
+    await store.create_session(Session("h1", "messi", 1.0, 1.0))
+    rehash = Rehash(MESSI.password_hash, "$argon2id$rehashed")
+    await store.create_session(Session("h2", "messi", 2.0, 2.0), rehash)
+    assert (await store.get_user("messi")).password_hash == "$argon2id$rehashed"
+    # Unlike a new password, it ends no session.
+    assert await store.get_session("h1") is not None
+    assert await store.get_session("h2") is not None
+    # Changed meanwhile (chat-admin passwd): the change wins.
+    await store.set_password_hash("henderson", "$argon2id$admin")
+    stale = Rehash(HENDERSON.password_hash, "$argon2id$late")
+    await store.create_session(Session("h3", "henderson", 3.0, 3.0), stale)
+    assert (await store.get_user("henderson")).password_hash == "$argon2id$admin"
+    assert await store.get_session("h3") is not None
 
 
 @pytest_twisted.ensureDeferred

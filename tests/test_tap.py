@@ -10,6 +10,7 @@ import pytest
 from twisted.python import usage
 
 from chat import tap
+from chat.hashing import HashParameters, usable_cpus
 from chat.limits import Limits, Quotas, Rate
 from chat.service import ChatService
 from chat.web.site import ChatSite
@@ -200,6 +201,13 @@ def test_durations() -> None:
         ["--max-file-size", "1G"],
         ["--max-recipients", "0"],
         ["--retention", "never"],
+        ["--hash-memory", "7"],
+        ["--hash-memory", "19M"],
+        ["--hash-time-cost", "0"],
+        ["--hash-parallelism", "0"],
+        ["--hash-memory", "64", "--hash-parallelism", "9"],
+        ["--hash-concurrency", "0"],
+        ["--hash-queue-max", "0"],
     ],
 )
 def test_bad_options(argv: list[str]) -> None:
@@ -301,6 +309,33 @@ def test_quota_and_web_limit_options(tmp_path: Path) -> None:
     for bad in (["--web-host", "http://x/"], ["--max-file-bytes-per-user", "0"]):
         with pytest.raises(usage.UsageError):
             parse(*bad)
+
+
+def test_hash_options(tmp_path: Path) -> None:
+    """The argon2id parameters, threads and queue bound reach the hasher."""
+    default = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'a.sqlite'}"))
+    assert isinstance(default, ChatService)
+    assert default.hasher.parameters == HashParameters(19456, 2, 1)
+    assert default.hasher.threads == usable_cpus()
+    assert default.hasher.max_queued == 2000
+    options = parse(
+        "--store",
+        f"sqlite:{tmp_path / 'b.sqlite'}",
+        "--hash-memory",
+        "65536",
+        "--hash-time-cost",
+        "3",
+        "--hash-parallelism",
+        "4",
+        "--hash-concurrency",
+        "3",
+        "--hash-queue-max",
+        "50",
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, ChatService)
+    assert service.hasher.parameters == HashParameters(65536, 3, 4)
+    assert (service.hasher.threads, service.hasher.max_queued) == (3, 50)
 
 
 def test_make_service_refuses_bad_store(tmp_path: Path) -> None:
