@@ -15,10 +15,12 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 import pytest_twisted
 from twisted.application.service import IServiceMaker
@@ -374,3 +376,67 @@ def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "schema version 42" in (result.stdout + result.stderr).decode()
+
+
+def test_new_hash_parameters_migrate_users_as_they_log_in(tmp_path: Path) -> None:
+    """A user hashed with other parameters is hashed again at login, still logged in."""
+    database = tmp_path / "chat.sqlite"
+    created = subprocess.run(
+        [
+            *(sys.executable, "-m", "chat.admin", "--store", f"sqlite:{database}"),
+            *("useradd", "budi", "--name", "Budi Santoso"),
+            *("--hash-memory", "64", "--hash-time-cost", "1"),
+        ],
+        input="rahasia123\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+
+    def stored() -> str:
+        connection = sqlite3.connect(database)
+        try:
+            row = connection.execute(
+                "SELECT password_hash FROM users WHERE username = 'budi'"
+            ).fetchone()
+        finally:
+            connection.close()
+        return str(row[0])
+
+    old = stored()
+    assert old.startswith("$argon2id$v=19$m=64,t=1,p=1$")
+    server = TwistdChat(
+        tmp_path,
+        "--store",
+        f"sqlite:{database}",
+        "--hash-memory",
+        "128",
+        "--hash-time-cost",
+        "1",
+    )
+    try:
+        port = server.start()
+        client = CourseClient(port)
+        token = client.login("budi", "rahasia123")
+        # Stored with the session, before the reply.
+        new = stored()
+        assert new.startswith("$argon2id$v=19$m=128,t=1,p=1$")
+        assert argon2.PasswordHasher().verify(new, "rahasia123")
+        # The session is not ended by it; the next login changes nothing.
+        assert client.inbox(token) == {"status": "OK", "messages": {}}
+        other = CourseClient(port)
+        other.login("budi", "rahasia123")
+        assert stored() == new
+        assert client.sendstring("auth budi salah \r\n")["message"] == "Password Salah"
+        client.close()
+        other.close()
+        assert server.stop() == -signal.SIGTERM
+    finally:
+        server.kill()
+    log = server.log_text()
+    assert "Password hash of budi made again with the current parameters" in log
+    assert "argon2id m=128 KiB, t=1, p=1 on" in log
+    assert "rahasia123" not in log and old not in log and new not in log
