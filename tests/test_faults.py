@@ -584,7 +584,7 @@ def test_connection_limits_refuse_with_one_error(
 
 
 def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> None:
-    """Guessing one user's password, or many from one address, is refused unhashed."""
+    """Guessing is refused unhashed; strangers' guesses do not lock the user out."""
     server = chat(
         "--login-failures-per-user",
         "5/1m",
@@ -603,19 +603,26 @@ def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> No
         client.close()
         return str(reply.get("code", "ok")), seconds
 
-    # One user, from many addresses.
-    results = [
-        attempt("messi", f"guess{i}", f"127.0.{1 + i // 250}.{1 + i % 250}")
-        for i in range(attempts)
-    ]
+    # One user, from one address.
+    results = [attempt("messi", f"guess{i}", "127.0.8.1") for i in range(attempts)]
     codes = collections.Counter(code for code, _ in results)
     assert codes["wrong_password"] == 5
     assert codes["rate_limited"] == attempts - 5
     hashed = statistics.median(s for c, s in results if c == "wrong_password")
     refused = statistics.median(s for c, s in results if c == "rate_limited")
     assert refused < hashed
-    # While limited, even the right password is refused.
-    assert attempt("messi", "surabaya", "127.0.9.1")[0] == "rate_limited"
+    # From many addresses, with the user's limit used up: each address's
+    # first guess is checked, its next one refused unhashed.
+    sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(attempts)]
+    first = [attempt("messi", f"spread{i}", s)[0] for i, s in enumerate(sources)]
+    second = [attempt("messi", f"again{i}", s)[0] for i, s in enumerate(sources)]
+    assert set(first) == {"wrong_password"}
+    assert set(second) == {"rate_limited"}
+    # Meanwhile messi logs in from an address that has not failed: the
+    # strangers cannot lock him out. The guessing addresses stay refused,
+    # even with the right password.
+    assert attempt("messi", "surabaya", "127.0.9.1")[0] == "ok"
+    assert attempt("messi", "surabaya", "127.0.8.1")[0] == "rate_limited"
     # One address, many usernames.
     by_address = [attempt(f"nobody{i}", "x", "127.0.10.1")[0] for i in range(attempts)]
     assert by_address[:20] == ["unknown_user"] * 20
@@ -624,14 +631,17 @@ def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> No
     assert attempt("henderson", "surabaya", "127.0.10.2")[0] == "ok"
     # Refused attempts never reached the password check.
     log = server.log_text()
-    assert log.count("Failed login for messi") == 5
+    assert log.count("Failed login for messi") == 5 + attempts
     report(
         "brute force",
-        attempts_one_user=attempts,
+        attempts_one_user_one_address=attempts,
         hashed=codes["wrong_password"],
         refused=codes["rate_limited"],
         median_hashed_ms=round(1000 * hashed, 1),
         median_refused_ms=round(1000 * refused, 2),
+        addresses_one_user=attempts,
+        hashed_spread=first.count("wrong_password"),
+        refused_spread=second.count("rate_limited"),
         attempts_one_address=attempts,
         refused_one_address=by_address.count("rate_limited"),
     )
