@@ -47,6 +47,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOADGEN = BENCH / "loadgen"
 PUSH_LATENCY = BENCH / "push_latency.py"
+LOGIN_STORM = BENCH / "login_storm.py"
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 
 sys.path.insert(0, str(BENCH))
@@ -226,9 +227,11 @@ class Server:
         workdir: Path,
         store: str | None = None,
         node_id: str | None = None,
+        cpus: str = SERVER_CPU,
     ) -> None:
         self.kind = kind
         self.args = args
+        self.cpus = cpus
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
         self.port = free_port()
         self.log_path = self.dir / "server.log"
@@ -264,7 +267,7 @@ class Server:
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         command = self.command()
         if self.args.pin:
-            command = ["taskset", "-c", SERVER_CPU, *command]
+            command = ["taskset", "-c", self.cpus, *command]
         with open(self.log_path, "wb") as out:
             # taskset execs the server, so proc.pid is the server's pid.
             self.proc = subprocess.Popen(
@@ -371,10 +374,12 @@ class Deployment:
         args: argparse.Namespace,
         workdir: Path,
         pg: ThrowawayPostgres | None,
+        cpus: str = SERVER_CPU,
     ) -> None:
         self.kind = kind
         self.args = args
         self.workdir = workdir
+        self.cpus = cpus
         self.pg = pg if kind in PG_KINDS else None
         self.database: str | None = None
         self.servers: list[Server] = []
@@ -387,7 +392,9 @@ class Deployment:
         count = max(1, NODES[self.kind])
         for i in range(count):
             node_id = f"node{i + 1}" if self.kind in PG_KINDS else None
-            server = Server(self.kind, self.args, self.workdir, store, node_id)
+            server = Server(
+                self.kind, self.args, self.workdir, store, node_id, self.cpus
+            )
             self.servers.append(server)
             # One after the other: the first creates the schema and the
             # demo users, the others find them.
@@ -828,6 +835,47 @@ def push_run(
     return result
 
 
+def storm_run(
+    kind: str,
+    cpus: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    pg: ThrowawayPostgres | None,
+) -> dict[str, Any]:
+    """
+    A login storm (C{bench/login_storm.py}) against C{kind}, its server on
+    C{cpus} (the tool on CPU 1, with the server if C{cpus} has it too).
+    """
+    deployment = Deployment(kind, args, workdir, pg, cpus)
+    result: dict[str, Any] = {"server": kind, "server_cpus": cpus}
+    cpu: dict[str, dict[str, Any]] = {}
+
+    def on_line(line: str) -> bool:
+        word = line.strip()
+        if word in ("LOAD", "DONE"):
+            cpu[word] = cpu_snapshot(deployment)
+        return word == "DONE"
+
+    try:
+        deployment.start()
+        command = [args.python, str(LOGIN_STORM)]
+        command += ["--port", str(deployment.ports[0])]
+        command += ["--conns", str(args.login_storm)]
+        command += ["--users", args.users, "--password", args.password]
+        if args.pin:
+            command = ["taskset", "-c", LOADGEN_CPU, *command]
+        timeout = 900.0
+        result.update(run_tool(command, on_line, timeout, "login_storm"))
+        if "LOAD" in cpu and "DONE" in cpu:
+            result.update(cpu_figures(cpu["LOAD"], cpu["DONE"]))
+        result["server_alive_after"] = deployment.alive()
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        result["failed"] = str(e)
+    finally:
+        result.update(deployment.stop())
+    return result
+
+
 # Report.
 
 
@@ -1033,6 +1081,38 @@ def print_push(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             )
 
 
+def print_storm(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"Login storm: {args.login_storm} connections from 127.0.0.1, each "
+        f"auth <user> {args.password} at once (users {args.users}); meanwhile "
+        f"a logged-in user sends every 50 ms; the tool on CPU {LOADGEN_CPU}"
+    )
+    header = (
+        f"{'server':<8} {'cpus':>5} {'ok':>6} {'logins/s':>9} {'last s':>7} "
+        f"{'errors':<18} {'send p50':>8} {'p99 ms':>7} {'max ms':>7} "
+        f"{'sends':>5} {'srv cpu':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if "ok" not in r:
+            print(f"{r['server']:<8} {r['server_cpus']:>5}  FAILED: {failure(r)[:70]}")
+            continue
+        errors = ",".join(f"{k}={v}" for k, v in sorted(r["errors"].items()))
+        send_errors = sum(r.get("send_errors", {}).values())
+        if send_errors:
+            errors += f" send={send_errors}"
+        print(
+            f"{r['server']:<8} {r['server_cpus']:>5} {r['ok']:>6} "
+            f"{fmt(r.get('logins_per_s'), '.1f'):>9} "
+            f"{fmt(r.get('last_login_s'), '.1f'):>7} {errors or '-':<18} "
+            f"{fmt(r.get('send_p50_ms'), '.1f'):>8} "
+            f"{fmt(r.get('send_p99_ms'), '.1f'):>7} "
+            f"{fmt(r.get('send_max_ms'), '.1f'):>7} {r.get('sends', 0):>5} "
+            f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7}"
+        )
+
+
 def interference(r: dict[str, Any], args: argparse.Namespace) -> str | None:
     """
     Whether a CPU was much busier than the processes pinned to it (the
@@ -1065,6 +1145,8 @@ def interference(r: dict[str, Any], args: argparse.Namespace) -> str | None:
 
 
 def describe(r: dict[str, Any]) -> str:
+    if "server_cpus" in r:
+        return f"{r['server']} login storm, server on CPUs {r['server_cpus']}"
     if "same_node" in r:
         return f"{r['server']} push latency, {push_label(r)}"
     return f"{r['server']} with {r['conns']} connections"
@@ -1236,6 +1318,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="rerun a load run this often while another process competes "
         "for the CPUs (%(default)s)",
     )
+    add(
+        "--login-storm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run a login storm: N connections log in at once (auth, "
+        "argon2id) while a logged-in user sends every 50 ms; ours and ours-pg, "
+        "of the kinds in --servers",
+    )
+    add(
+        "--storm-cpus",
+        action="append",
+        default=None,
+        metavar="LIST",
+        help="CPUs (taskset -c) of the server in a login storm, repeatable: "
+        "one storm each (default: 0; e.g. --storm-cpus 0 --storm-cpus 0,1 "
+        "shows how it scales)",
+    )
     add("--json", metavar="PATH", help="also write every figure as JSON")
     add(
         "--keep",
@@ -1277,6 +1377,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         )
         if args.py_spy is None:
             parser.error("--profile: py-spy not found; --py-spy PATH names it")
+    args.storm_cpus = args.storm_cpus or [SERVER_CPU]
     if args.pg_cpus in ("any", ""):
         args.pg_cpus = None
     if args.twistd is None:
@@ -1353,7 +1454,7 @@ def main(argv: list[str]) -> int:
         args.pg_cpus = None
 
     build_loadgen()
-    largest = max([*args.conns, args.idle_conns])
+    largest = max([*args.conns, args.idle_conns, args.login_storm])
     nofile = raise_nofile(largest + 256)
     if nofile < largest + 256:
         log(f"only {nofile} file descriptors allowed; the largest run may fail")
@@ -1382,6 +1483,7 @@ def main(argv: list[str]) -> int:
         "closed": [],
         "idle": [],
         "push": [],
+        "storm": [],
         "profile": None,
     }
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
@@ -1445,6 +1547,20 @@ def main(argv: list[str]) -> int:
                 log(f"  {r['received']} of {r['sent']} received, p99 {r['p99_ms']} ms")
             else:
                 log(f"  failed: {failure(r)}")
+        storm_kinds = [k for k in args.servers if k in ("ours", "ours-pg")]
+        for kind in storm_kinds if args.login_storm else []:
+            for cpus in args.storm_cpus:
+                log(f"{kind}: login storm of {args.login_storm}, server on CPUs {cpus}")
+                wait_quiet(args.quiet_wait)
+                r = storm_run(kind, cpus, args, workdir, pg)
+                results["storm"].append(r)
+                if "ok" in r:
+                    log(
+                        f"  {r['ok']} logged in, {r.get('logins_per_s')}/s, "
+                        f"errors {r['errors']}, send p99 {r['send_p99_ms']} ms"
+                    )
+                else:
+                    log(f"  failed: {failure(r)}")
         if args.profile:
             kind, conns = args.profile
             log(f"{kind}: {conns} connections, {args.duration:g} s, with py-spy")
@@ -1483,10 +1599,15 @@ def main(argv: list[str]) -> int:
     if results["push"]:
         print()
         print_push(results["push"], args)
+    if results["storm"]:
+        print()
+        print_storm(results["storm"], args)
     if results["profile"]:
         print()
         print_profile(results["profile"], args)
-    print_problems(results["closed"] + results["idle"] + results["push"])
+    print_problems(
+        results["closed"] + results["idle"] + results["push"] + results["storm"]
+    )
     print_interference(results["closed"] + results["push"], args)
     if args.json:
         results["config"]["pg"] = str(args.pg) if args.pg else None
