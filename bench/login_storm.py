@@ -211,6 +211,12 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         value = percentile(latencies, fraction)
         result[f"send_{name}_ms"] = None if value is None else round(value, 2)
     result["send_max_ms"] = round(max(latencies), 2) if latencies else None
+    # When the slowest sends were written (seconds into the storm), and ms.
+    slowest = sorted(during, key=lambda s: -s[1])[:10]
+    result["send_slowest"] = [
+        (round(at - storm_started, 3), round(1000 * seconds, 1))
+        for at, seconds, _ in slowest
+    ]
     return result
 
 
