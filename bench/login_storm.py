@@ -8,7 +8,9 @@ at once (users taken round-robin from C{--users}), and each waits for its
 reply. Meanwhile one user logged in before the storm (the first of
 C{--users}) sends a message to the second every C{--interval} seconds,
 open loop (each send written when due, whatever the replies), and the time
-from writing each send to reading its reply is recorded.
+from writing each send to reading its reply is recorded; so is the time of
+a C{ping} sent as often on another connection (the reactor's share of a
+send's time: a send also waits for its commit).
 
 Reports the logins that succeeded, the time from the first C{auth} written
 to the last successful reply and the logins per second over it, the errors
@@ -103,13 +105,16 @@ class Sender:
         self.stopping = False
         self.closed = False
 
+    def line(self, sequence: int) -> str:
+        return f"send {self.token} {self.recipient} storm {sequence}\n"
+
     async def send_loop(self) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
         sequence = 0
         while not self.stopping:
             sequence += 1
-            line = f"send {self.token} {self.recipient} storm {sequence}\n"
+            line = self.line(sequence)
             self.written.append(time.monotonic())
             self.writer.write(line.encode())
             due += self.interval
@@ -129,6 +134,43 @@ class Sender:
                 return
 
 
+class Pinger(Sender):
+    """
+    Another connection of the same user sending C{ping} as often: what the
+    reactor alone takes (a send also waits for its commit).
+    """
+
+    def line(self, sequence: int) -> str:
+        return f"ping {sequence}\n"
+
+
+def latency_figures(
+    prefix: str, sender: Sender, started: float, ended: float
+) -> dict[str, Any]:
+    """
+    Percentiles of C{sender}'s requests written between C{started} and
+    C{ended}, and when the slowest were written.
+    """
+    during = [s for s in sender.samples if started <= s[0] <= ended]
+    latencies = [1000 * seconds for _, seconds, error in during if error is None]
+    figures: dict[str, Any] = {
+        f"{prefix}s": len(during),
+        f"{prefix}_errors": dict(Counter(e for _, _, e in during if e is not None)),
+        f"{prefix}_closed": sender.closed,
+        f"{prefix}s_unanswered": len(sender.written),
+    }
+    for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        value = percentile(latencies, fraction)
+        figures[f"{prefix}_{name}_ms"] = None if value is None else round(value, 2)
+    figures[f"{prefix}_max_ms"] = round(max(latencies), 2) if latencies else None
+    # When the slowest were written (seconds into the storm), and ms.
+    slowest = sorted(during, key=lambda s: -s[1])[:10]
+    figures[f"{prefix}_slowest"] = [
+        (round(at - started, 3), round(1000 * seconds, 1)) for at, seconds, _ in slowest
+    ]
+    return figures
+
+
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     users = [u.strip() for u in args.users.split(",") if u.strip()]
     host, port = args.host, args.port
@@ -141,6 +183,12 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         raise ConnectionError(f"the sending user could not log in: {reply}")
     recipient = users[1 % len(users)]
     sender = Sender(reader, writer, reply["tokenid"], recipient, args.interval)
+    ping_reader, ping_writer = await asyncio.open_connection(host, port)
+    # Logged in too, or the login deadline would close it.
+    reply = await request(ping_reader, ping_writer, f"auth {users[0]} {args.password}")
+    if reply is None or reply.get("status") != "OK":
+        raise ConnectionError(f"the pinging user could not log in: {reply}")
+    pinger = Pinger(ping_reader, ping_writer, "", "", args.interval)
 
     started = time.monotonic()
     opened = asyncio.Semaphore(args.connect_concurrency)
@@ -150,8 +198,9 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     result["setup_s"] = round(time.monotonic() - started, 3)
     log(f"{args.conns} connections open and pinged in {result['setup_s']} s")
 
-    reading = asyncio.create_task(sender.read_loop())
-    sending = asyncio.create_task(sender.send_loop())
+    loops = [sender, pinger]
+    reading = [asyncio.create_task(one.read_loop()) for one in loops]
+    sending = [asyncio.create_task(one.send_loop()) for one in loops]
     await asyncio.sleep(args.interval * 4)  # a few sends before the storm
 
     outcomes: list[tuple[str, float]] = []
@@ -178,18 +227,20 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     storm_ended = time.monotonic()
     print("DONE", flush=True)
 
-    sender.stopping = True
-    await sending
-    if sender.written:
-        try:
-            await asyncio.wait_for(reading, 30)
-        except asyncio.TimeoutError:
-            log("the sending user's last replies did not come within 30 s")
-    else:
-        reading.cancel()
+    for one, send_task, read_task in zip(loops, sending, reading, strict=True):
+        one.stopping = True
+        await send_task
+        if one.written:
+            try:
+                await asyncio.wait_for(read_task, 30)
+            except asyncio.TimeoutError:
+                log("the last replies to the user or pings did not come in 30 s")
+        else:
+            read_task.cancel()
     for _, conn_writer in connections:
         conn_writer.close()
     writer.close()
+    ping_writer.close()
 
     kinds = Counter(kind for kind, _ in outcomes)
     ok_times = [t for kind, t in outcomes if kind == "ok"]
@@ -201,22 +252,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         result["last_login_s"] = round(last_ok, 3)
         result["logins_per_s"] = round(result["ok"] / last_ok, 2)
         result["first_login_ms"] = round(1000 * (min(ok_times) - storm_started), 1)
-    during = [s for s in sender.samples if storm_started <= s[0] <= storm_ended]
-    latencies = [1000 * seconds for _, seconds, error in during if error is None]
-    result["sends"] = len(during)
-    result["send_errors"] = dict(Counter(e for _, _, e in during if e is not None))
-    result["send_closed"] = sender.closed
-    result["sends_unanswered"] = len(sender.written)
-    for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-        value = percentile(latencies, fraction)
-        result[f"send_{name}_ms"] = None if value is None else round(value, 2)
-    result["send_max_ms"] = round(max(latencies), 2) if latencies else None
-    # When the slowest sends were written (seconds into the storm), and ms.
-    slowest = sorted(during, key=lambda s: -s[1])[:10]
-    result["send_slowest"] = [
-        (round(at - storm_started, 3), round(1000 * seconds, 1))
-        for at, seconds, _ in slowest
-    ]
+    result.update(latency_figures("send", sender, storm_started, storm_ended))
+    result.update(latency_figures("ping", pinger, storm_started, storm_ended))
     return result
 
 
@@ -266,7 +303,7 @@ def main(argv: list[str]) -> int:
         f"{result.get('last_login_s')} s ({result.get('logins_per_s')}/s); "
         f"errors {result['errors']}; the user's sends: p99 "
         f"{result['send_p99_ms']} ms of {result['sends']}, errors "
-        f"{result['send_errors']}"
+        f"{result['send_errors']}; pings: p99 {result['ping_p99_ms']} ms"
     )
     print(json.dumps(result), flush=True)
     return 0

@@ -11,7 +11,9 @@ the default parameters). So:
    default OWASP's recommendation (m=19 MiB, t=2, p=1). p=1 computes a hash
    on the thread that asked, without starting threads of its own.
  - L{Argon2Hasher}: one worker thread per usable CPU (argon2-cffi releases
-   the GIL while it hashes). Requests wait in a L{FairQueue}: first come,
+   the GIL while it hashes), each at a lower CPU priority than the reactor
+   (where they share a core, logged-in users' commands go first). Requests
+   wait in a L{FairQueue}: first come,
    first served from one client address, and the addresses take turns, so
    one address cannot starve the others. Past C{max_queued} waiting
    requests, a request fails at once with L{chat.errors.ServerBusy},
@@ -25,9 +27,10 @@ the default parameters). So:
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
-from functools import partial
 from typing import Any, Generic, TypeVar
 
 import argon2
@@ -56,6 +59,11 @@ INITIAL_SECONDS_PER_HASH = 0.05
 
 #: How much each measured hash moves the running estimate.
 _SMOOTHING = 0.2
+
+#: How much nicer (lower CPU priority) the worker threads are than the
+#: reactor's: where they share a core, the reactor, serving the users who
+#: are logged in, goes first, and hashing takes the rest.
+WORKER_NICENESS = 10
 
 
 @attrs.frozen
@@ -187,6 +195,34 @@ def check_password(
     return PasswordCheck(True)
 
 
+def lower_thread_priority(by: int) -> None:
+    """
+    Make the calling thread C{by} nicer (Linux keeps a nice value per
+    thread). Elsewhere, or where the system refuses, nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, nice + by))
+    except OSError:
+        pass
+
+
+_worker = threading.local()
+
+
+def _on_worker(f: Callable[..., T], *args: Any) -> T:
+    """
+    C{f(*args)}, on a worker thread made nicer the first time it runs.
+    """
+    if not getattr(_worker, "niced", False):
+        _worker.niced = True
+        lower_thread_priority(WORKER_NICENESS)
+    return f(*args)
+
+
 class FairQueue(Generic[T]):
     """
     A queue per key, served in turns: first in, first out within a key,
@@ -270,7 +306,11 @@ class Argon2Hasher:
             self._pool = ThreadPool(
                 minthreads=self.threads, maxthreads=self.threads, name="chat-argon2"
             )
-            runner = partial(deferToThreadPool, reactor, self._pool)
+            pool = self._pool
+
+            def runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                return deferToThreadPool(reactor, pool, _on_worker, f, *args)
+
         self._runner = runner
         self._queue: FairQueue[_Job] = FairQueue()
         self.running = 0

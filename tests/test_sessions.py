@@ -4,6 +4,9 @@ Sessions, the cred checkers and the realm, on a fake clock.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import uuid
 
 import pytest_twisted
@@ -18,7 +21,7 @@ from chat.errors import (
     UnknownUser,
     WrongPassword,
 )
-from chat.hashing import Argon2Hasher, verify_password
+from chat.hashing import WORKER_NICENESS, Argon2Hasher, verify_password
 from chat.interfaces import IChatUser
 from chat.model import VerifiedPassword
 from chat.realm import ChatUser
@@ -189,6 +192,18 @@ async def test_argon2_hasher_runs_in_threads() -> None:
         assert password_hash.startswith("$argon2id$v=19$m=64,t=1,p=1$")
         assert (await hasher.check(password_hash, "pässword")).matches is True
         assert (await hasher.check(password_hash, "password")).matches is False
+        # Its worker is nicer than this (the reactor's) thread, on Linux.
+        if sys.platform.startswith("linux"):
+            mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            workers = [
+                t.native_id
+                for t in threading.enumerate()
+                if t.name.startswith("PoolThread-chat-argon2") and t.native_id
+            ]
+            assert workers
+            for worker in workers:
+                theirs = os.getpriority(os.PRIO_PROCESS, worker)
+                assert theirs == min(19, mine + WORKER_NICENESS)
     finally:
         hasher.stop()
 
