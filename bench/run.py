@@ -1085,12 +1085,13 @@ def print_storm(results: list[dict[str, Any]], args: argparse.Namespace) -> None
     print(
         f"Login storm: {args.login_storm} connections from 127.0.0.1, each "
         f"auth <user> {args.password} at once (users {args.users}); meanwhile "
-        f"a logged-in user sends every 50 ms; the tool on CPU {LOADGEN_CPU}"
+        f"a logged-in user sends every 50 ms (and pings as often on another "
+        f"connection); the tool on CPU {LOADGEN_CPU}"
     )
     header = (
         f"{'server':<8} {'cpus':>5} {'ok':>6} {'logins/s':>9} {'last s':>7} "
         f"{'errors':<18} {'send p50':>8} {'p99 ms':>7} {'max ms':>7} "
-        f"{'sends':>5} {'srv cpu':>7}"
+        f"{'sends':>5} {'ping p99':>8} {'srv cpu':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -1109,6 +1110,7 @@ def print_storm(results: list[dict[str, Any]], args: argparse.Namespace) -> None
             f"{fmt(r.get('send_p50_ms'), '.1f'):>8} "
             f"{fmt(r.get('send_p99_ms'), '.1f'):>7} "
             f"{fmt(r.get('send_max_ms'), '.1f'):>7} {r.get('sends', 0):>5} "
+            f"{fmt(r.get('ping_p99_ms'), '.1f'):>8} "
             f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7}"
         )
 
