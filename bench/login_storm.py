@@ -10,7 +10,8 @@ C{--users}) sends a message to the second every C{--interval} seconds,
 open loop (each send written when due, whatever the replies), and the time
 from writing each send to reading its reply is recorded; so is the time of
 a C{ping} sent as often on another connection (the reactor's share of a
-send's time: a send also waits for its commit).
+send's time: a send also waits for its commit). With C{--conns 0}, the
+same for C{--calm} seconds without a storm, for comparison.
 
 Reports the logins that succeeded, the time from the first C{auth} written
 to the last successful reply and the logins per second over it, the errors
@@ -224,6 +225,9 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         user = users[i % len(users)]
         conn_writer.write(f"auth {user} {args.password}\n".encode())
     await asyncio.gather(*(answer(conn_reader) for conn_reader, _ in connections))
+    if not connections:
+        # No storm: the user's sends on a calm server, for comparison.
+        await asyncio.sleep(args.calm)
     storm_ended = time.monotonic()
     print("DONE", flush=True)
 
@@ -262,7 +266,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add = parser.add_argument
     add("--host", default="127.0.0.1")
     add("--port", type=int, required=True)
-    add("--conns", type=int, default=1000, help="logins at once (%(default)s)")
+    add(
+        "--conns",
+        type=int,
+        default=1000,
+        help="logins at once; 0 measures the user's sends on a calm server "
+        "(%(default)s)",
+    )
     add("--users", default="messi,henderson,lineker", help="round-robin users")
     add("--password", default="surabaya")
     add(
@@ -276,6 +286,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=600.0,
         help="most seconds to wait for each login's reply (%(default)s)",
+    )
+    add(
+        "--calm",
+        type=float,
+        default=20.0,
+        help="with --conns 0: seconds to measure the user's sends without a "
+        "storm (%(default)s)",
     )
     add(
         "--connect-concurrency",

@@ -856,16 +856,22 @@ def storm_run(
             cpu[word] = cpu_snapshot(deployment)
         return word == "DONE"
 
-    try:
-        deployment.start()
+    def tool(conns: int) -> list[str]:
         command = [args.python, str(LOGIN_STORM)]
-        command += ["--port", str(deployment.ports[0])]
-        command += ["--conns", str(args.login_storm)]
+        command += ["--port", str(deployment.ports[0]), "--conns", str(conns)]
         command += ["--users", args.users, "--password", args.password]
+        command += ["--calm", str(args.storm_calm)]
         if args.pin:
             command = ["taskset", "-c", LOADGEN_CPU, *command]
-        timeout = 900.0
-        result.update(run_tool(command, on_line, timeout, "login_storm"))
+        return command
+
+    try:
+        deployment.start()
+        if args.storm_calm > 0:
+            # The same user's sends before the storm, with nothing else on.
+            calm = run_tool(tool(0), lambda line: False, 300.0, "login_storm")
+            result["calm"] = {k: v for k, v in calm.items() if k.startswith("send")}
+        result.update(run_tool(tool(args.login_storm), on_line, 900.0, "login_storm"))
         if "LOAD" in cpu and "DONE" in cpu:
             result.update(cpu_figures(cpu["LOAD"], cpu["DONE"]))
         result["server_alive_after"] = deployment.alive()
@@ -1091,7 +1097,7 @@ def print_storm(results: list[dict[str, Any]], args: argparse.Namespace) -> None
     header = (
         f"{'server':<8} {'cpus':>5} {'ok':>6} {'logins/s':>9} {'last s':>7} "
         f"{'errors':<18} {'send p50':>8} {'p99 ms':>7} {'max ms':>7} "
-        f"{'sends':>5} {'ping p99':>8} {'srv cpu':>7}"
+        f"{'sends':>5} {'ping p99':>8} {'calm p99':>8} {'srv cpu':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -1111,6 +1117,7 @@ def print_storm(results: list[dict[str, Any]], args: argparse.Namespace) -> None
             f"{fmt(r.get('send_p99_ms'), '.1f'):>7} "
             f"{fmt(r.get('send_max_ms'), '.1f'):>7} {r.get('sends', 0):>5} "
             f"{fmt(r.get('ping_p99_ms'), '.1f'):>8} "
+            f"{fmt(r.get('calm', {}).get('send_p99_ms'), '.1f'):>8} "
             f"{fmt(r.get('server_cpu_pct'), '.0f', '%'):>7}"
         )
 
@@ -1328,6 +1335,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also run a login storm: N connections log in at once (auth, "
         "argon2id) while a logged-in user sends every 50 ms; ours and ours-pg, "
         "of the kinds in --servers",
+    )
+    add(
+        "--storm-calm",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="before each login storm, measure the same user's sends this "
+        "long on the calm server, for comparison; 0 skips (%(default)s)",
     )
     add(
         "--storm-cpus",
