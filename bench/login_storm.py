@@ -221,6 +221,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
 
     print("LOAD", flush=True)
     storm_started = time.monotonic()
+    cpu_before = time.process_time()
     for i, (_, conn_writer) in enumerate(connections):
         user = users[i % len(users)]
         conn_writer.write(f"auth {user} {args.password}\n".encode())
@@ -229,6 +230,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         # No storm: the user's sends on a calm server, for comparison.
         await asyncio.sleep(args.calm)
     storm_ended = time.monotonic()
+    tool_cpu = time.process_time() - cpu_before
     print("DONE", flush=True)
 
     for one, send_task, read_task in zip(loops, sending, reading, strict=True):
@@ -251,6 +253,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     result["ok"] = kinds.pop("ok", 0)
     result["errors"] = dict(kinds)
     result["storm_s"] = round(storm_ended - storm_started, 3)
+    result["tool_cpu_pct"] = round(100 * tool_cpu / result["storm_s"], 1)
     if ok_times:
         last_ok = max(ok_times) - storm_started
         result["last_login_s"] = round(last_ok, 3)
