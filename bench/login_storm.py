@@ -253,7 +253,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     result["ok"] = kinds.pop("ok", 0)
     result["errors"] = dict(kinds)
     result["storm_s"] = round(storm_ended - storm_started, 3)
-    result["tool_cpu_pct"] = round(100 * tool_cpu / result["storm_s"], 1)
+    result["tool_cpu_pct"] = round(100 * tool_cpu / max(result["storm_s"], 1e-3), 1)
     if ok_times:
         last_ok = max(ok_times) - storm_started
         result["last_login_s"] = round(last_ok, 3)
