@@ -13,11 +13,11 @@ the default parameters). So:
  - L{Argon2Hasher}: one worker thread per usable CPU (argon2-cffi releases
    the GIL while it hashes), each at a lower CPU priority than the reactor
    (where they share a core, logged-in users' commands go first). Requests
-   wait in a L{FairQueue}: first come,
-   first served from one client address, and the addresses take turns, so
-   one address cannot starve the others. Past C{max_queued} waiting
-   requests, a request fails at once with L{chat.errors.ServerBusy},
-   saying how long the queue will take, instead of waiting for minutes.
+   wait in a L{FairQueue}: first come, first served from one client
+   address, and the addresses take turns, so one address cannot starve the
+   others. Past C{max_queued} waiting requests, a request fails at once
+   with L{chat.errors.ServerBusy}, saying how long the queue will take,
+   instead of waiting for minutes.
  - A verify that matches a hash made with other parameters also hashes the
    password again with the configured ones, in the same turn
    (L{chat.model.PasswordCheck}), so that changing the options migrates
