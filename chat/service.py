@@ -64,15 +64,19 @@ SPARE_FILES = 64
 
 async def ensure_demo_users(store: IChatStore, hasher: IPasswordHasher) -> None:
     """
-    Create the course's demo users that do not exist yet.
+    Create the course's demo users that do not exist yet. They share one
+    hash of their shared, well-known password (hashing is the cost of a
+    start with C{--demo}; a salt per user would protect nothing here).
     """
+    password_hash: str | None = None
     for username, full_name, country in DEMO_USERS:
         try:
             await store.get_user(username)
             continue
         except NoSuchUser:
             pass
-        password_hash = await hasher.hash(DEMO_PASSWORD)
+        if password_hash is None:
+            password_hash = await hasher.hash(DEMO_PASSWORD)
         try:
             await store.add_user(User(username, full_name, country, password_hash))
         except UserExists:

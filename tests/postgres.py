@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.twistd_helpers import TwistdChat
+from tests.twistd_helpers import TwistdChat, free_port
 
 NEEDED = "PostgreSQL server binaries (Debian package postgresql) are not installed"
 
@@ -38,12 +37,6 @@ def find_bindir() -> str | None:
         key=lambda p: int(p.split("/")[-3]) if p.split("/")[-3].isdigit() else 0,
     )
     return os.path.dirname(candidates[-1]) if candidates else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ThrowawayPostgres:

@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import argon2
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def admin(

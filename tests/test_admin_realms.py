@@ -7,7 +7,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.test_admin import admin
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 SECRET = "a-shared-secret-of-some-length"
 

@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_end_to_end import REPO, CourseClient, TwistdChat
+from tests.waiting import wait_until
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 class Terminal:
@@ -59,13 +63,12 @@ class Terminal:
                 except OSError:
                     return
 
-    def wait_for(self, text: str, seconds: float = 15) -> None:
-        deadline = time.monotonic() + seconds
-        while text not in self.screen:
-            assert time.monotonic() < deadline, (
-                f"{text!r} not on screen:\n{self.screen}"
-            )
-            self.read(0.1)
+    def wait_for(self, text: str) -> None:
+        def shown() -> bool:
+            self.read(0.05)
+            return text in self.screen
+
+        wait_until(shown, what=lambda: f"{text!r} on screen:\n{self.screen}")
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -129,7 +132,10 @@ def test_live_chat_survives_server_restart(server: TwistdChat) -> None:
 
         henderson.wait_for("reconnected")
         henderson.wait_for("Lionel Messi (messi): while you were away")
-        henderson.read(1.5)
+        # A message shown twice would be shown before one sent after it.
+        piped = script(port, "auth messi surabaya\nsend henderson one more\n")
+        assert piped.returncode == 0, piped.stderr
+        henderson.wait_for("Lionel Messi (messi): one more")
         assert henderson.screen.count("while you were away") == 1
         assert henderson.screen.count("hello live") == 1
         henderson.type("quit")

@@ -266,6 +266,7 @@ def twistd(tmp_path: Path) -> Iterator[TwistdChat]:
     server.kill()
 
 
+@pytest.mark.slow
 def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     """The course client's byte-for-byte behaviour works against twistd chat."""
     port = twistd.start()
@@ -291,6 +292,7 @@ def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     assert "surabaya" not in log and token not in log
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     """After SIGKILL and a restart, every acked message arrives exactly once."""
     port = twistd.start()
@@ -319,6 +321,7 @@ def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     assert "Server Shut Down." in twistd.log.read_text()
 
 
+@pytest.mark.slow
 def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
     """A port already in use stops twistd with a clear error."""
     blocker = socket.socket()
@@ -346,6 +349,7 @@ def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
     assert f"cannot listen on tcp:{port}" in (result.stdout + result.stderr).decode()
 
 
+@pytest.mark.slow
 def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     """A database from a newer chat stops twistd with a clear error."""
     from chat.store import schema

@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
 TOKEN_HASH = hashlib.sha256(b"messi-token").hexdigest()
 
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 def chat_admin(
     cwd: Path, *argv: str, tty: bool = False, stdin: str = ""

@@ -14,6 +14,9 @@ import pytest
 
 from tests.twistd_helpers import LineClient, TwistdChat, make_certificate
 
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[TwistdChat, Path]]:

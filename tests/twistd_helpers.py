@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.waiting import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 DELIMITER = b"\r\n\r\n"
@@ -27,6 +29,17 @@ DELIMITER = b"\r\n\r\n"
 _LISTENING = re.compile(
     r"listening on IPv4Address\(type='TCP', host='127.0.0.1', port=(\d+)\)"
 )
+
+
+def free_port() -> int:
+    """
+    A loopback port nothing listens on now (the kernel's choice: even
+    ports for bind, odd ones for outgoing connections, so the clients of
+    this or another test run do not take it meanwhile).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class TwistdChat:
@@ -100,16 +113,11 @@ class TwistdChat:
             time.sleep(0.05)
         raise AssertionError("twistd did not start listening")
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self) -> None:
         """
         Wait until the server answers commands (demo users exist).
         """
-        client = LineClient(self.port)
-        try:
-            client.sock.settimeout(timeout)
-            assert client.request("ping ready")["echo"] == "ready"
-        finally:
-            client.close()
+        wait_until(lambda: answers_ping(self.port), what="the server answers ping")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.process is not None
@@ -139,6 +147,23 @@ class TwistdChat:
 
     def log_text(self) -> str:
         return self.log.read_text("utf-8", "replace")
+
+
+def answers_ping(port: int) -> bool:
+    """
+    Whether a new connection's C{ping} is answered (not, say, closed by a
+    short C{--login-timeout} on a slow machine).
+    """
+    try:
+        client = LineClient(port)
+    except OSError:
+        return False
+    try:
+        return client.request("ping ready").get("echo") == "ready"
+    except (OSError, ValueError):
+        return False
+    finally:
+        client.close()
 
 
 def _copy(source: Any, target: Any) -> None:
