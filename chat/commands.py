@@ -28,9 +28,9 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"Logged Out"}
     sendgroup <token> <targets> <text...>
         {"status":"OK","message":"Message Sent"}
-    sendfile <token> <to> <file name> <content>
+    sendfile <token> <to> <file name...> <content>
         {"status":"OK","message":"File Sent",<file>}
-    sendgroupfile <token> <targets> <file name> <content>
+    sendgroupfile <token> <targets> <file name...> <content>
         {"status":"OK","message":"File Sent",<file>}
     creategroup <token> <group>
         {"status":"OK","message":"Group Created","group":<group>}
@@ -87,8 +87,11 @@ Between realms, on a connection that is a link (never a user's)::
 
 <text...> is the rest of the line after <to>, surrounding whitespace
 stripped and inner whitespace kept; it must not be empty. <full name...> is
-the rest of the line the same way. A <group> argument may carry a leading
-C{#}. <limit> is 1-500 (default 50); <before id> (exclusive) pages back.
+the rest of the line the same way. <file name...> is everything between
+<to> (or <targets>) and <content>, the last word (base64 has no spaces), so
+a name may hold spaces; a one-word name reads as it always did. A <group>
+argument may carry a leading C{#}. <limit> is 1-500 (default 50);
+<before id> (exclusive) pages back.
 
 Events (only on a connection that sent subscribe; never a "status" key)::
 
@@ -270,6 +273,22 @@ def words(rest: str, count: int) -> list[str]:
     if len(found) < count:
         raise MissingArgument()
     return found[:count]
+
+
+def words_name_and_content(rest: str, count: int) -> tuple[list[str], str, str]:
+    """
+    C{count} words, a file name (which may hold spaces), then the content:
+    the last word.
+
+    @raise MissingArgument: if a word, the name or the content is missing.
+    """
+    parts = rest.split(None, count)
+    if len(parts) <= count:
+        raise MissingArgument()
+    name_and_content = parts[count].rsplit(None, 1)
+    if len(name_and_content) < 2:
+        raise MissingArgument()
+    return parts[:count], name_and_content[0].strip(), name_and_content[1]
 
 
 def words_and_text(rest: str, count: int) -> tuple[list[str], str]:
@@ -460,7 +479,7 @@ class SendFile(Command):
 
     @classmethod
     def from_arguments(cls, rest: str) -> SendFile:
-        (token, recipient, file_name), content = words_and_text(rest, 3)
+        (token, recipient), file_name, content = words_name_and_content(rest, 2)
         return cls(token, recipient, file_name, decode_file_content(content))
 
 
@@ -474,7 +493,7 @@ class SendGroupFile(Command):
 
     @classmethod
     def from_arguments(cls, rest: str) -> SendGroupFile:
-        (token, targets, file_name), content = words_and_text(rest, 3)
+        (token, targets), file_name, content = words_name_and_content(rest, 2)
         return cls(
             token, Targets.parse(targets), file_name, decode_file_content(content)
         )

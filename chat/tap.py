@@ -18,6 +18,7 @@ from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
+from chat.options import ChatOptions
 from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.origins import parse_origin
 
@@ -42,9 +43,12 @@ def duration(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise ValueError(f"must be positive: {text}")
+        raise ValueError(f"expected a positive whole number, not {text!r}")
     return value
 
 
@@ -111,28 +115,24 @@ def registration(text: str) -> str:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"must be a positive number: {text}")
+        raise ValueError(f"expected a positive number, not {text!r}")
     return value
+
+
+def log_level(text: str) -> str:
+    logs.set_level(text)
+    return text
 
 
 _DEFAULTS = Limits()
 
-#: The limits' options, converted in postOptions so that their defaults
-#: are parsed too.
-_LIMIT_OPTIONS = {
-    "login-timeout": duration,
-    "idle-timeout": duration,
-    "login-failures-per-user": limit_rate,
-    "login-failures-per-address": limit_rate,
-    "token-failures-per-address": limit_rate,
-    "command-rate": limit_rate_or_off,
-    "max-output": size,
-}
 
-
-class Options(usage.Options):
+class Options(ChatOptions):
     """
     Options of C{twistd chat}.
     """
@@ -153,6 +153,12 @@ class Options(usage.Options):
             "Create the course's demo users (messi, henderson, "
             "lineker; password surabaya) if they do not exist.",
         ],
+        [
+            "skip-integrity-check",
+            None,
+            "Start without checking a SQLite database for damage (the check "
+            "reads the whole file: about a second per gigabyte).",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["store", None, "sqlite:chat.sqlite", f"Where chat state lives: {STORE_HELP}."],
@@ -163,7 +169,6 @@ class Options(usage.Options):
             "Longest request line in bytes; a longer one is answered with an "
             "error and the connection is closed. [default: room for a file of "
             "--max-file-size in base64, plus 16384]",
-            positive_int,
         ],
         [
             "max-file-size",
@@ -171,14 +176,12 @@ class Options(usage.Options):
             "1M",
             "Largest file sendfile and sendgroupfile accept, in bytes "
             "(512K, 1M, ...), decoded.",
-            size,
         ],
         [
             "max-recipients",
             None,
-            100,
+            "100",
             "Most distinct users one sendgroup or sendgroupfile may name.",
-            positive_int,
         ],
         [
             "registration",
@@ -186,7 +189,6 @@ class Options(usage.Options):
             "closed",
             "open: anyone may create an account with register; closed: "
             "only chat-admin creates accounts.",
-            registration,
         ],
         [
             "registration-rate",
@@ -194,7 +196,6 @@ class Options(usage.Options):
             "5/1h",
             "Registration attempts per client address: COUNT/DURATION allows "
             "bursts of COUNT, refilled at COUNT per DURATION.",
-            rate,
         ],
         [
             "retention",
@@ -202,35 +203,30 @@ class Options(usage.Options):
             "forever",
             "Delete messages (delivered or not) and files this long after "
             "they were sent (90s, 15m, 24h, 30d), or keep them forever.",
-            retention,
         ],
         [
             "session-idle",
             None,
             "24h",
             "A session ends after this long without a command (90s, 15m, 24h, 30d).",
-            duration,
         ],
         [
             "session-max-age",
             None,
             "30d",
             "A session ends this long after login, however active.",
-            duration,
         ],
         [
             "push-window",
             None,
-            100,
+            "100",
             "Most pushed messages a subscriber may leave unacknowledged.",
-            positive_int,
         ],
         [
             "hash-concurrency",
             None,
-            2,
+            "2",
             "Most password hashes computed at once.",
-            positive_int,
         ],
         [
             "login-timeout",
@@ -275,16 +271,14 @@ class Options(usage.Options):
         [
             "max-connections",
             None,
-            _DEFAULTS.max_connections,
+            str(_DEFAULTS.max_connections),
             "Most open connections; more get an error and are closed.",
-            positive_int,
         ],
         [
             "max-connections-per-address",
             None,
-            _DEFAULTS.max_connections_per_address,
+            str(_DEFAULTS.max_connections_per_address),
             "Most open connections from one client address.",
-            positive_int,
         ],
         [
             "max-output",
@@ -296,16 +290,16 @@ class Options(usage.Options):
         [
             "max-mailbox",
             None,
-            _DEFAULTS.max_mailbox,
+            str(_DEFAULTS.max_mailbox),
             "Most undelivered messages stored per user; more are refused "
             "with 'mailbox full'.",
-            positive_int,
         ],
         [
             "log-level",
             None,
             "info",
-            "Lowest level logged: debug (every command), info, warn, error.",
+            "Lowest level logged: debug (also every command), info "
+            "(connections, logins, failures), warn, error or critical.",
         ],
         [
             "realm-id",
@@ -317,23 +311,20 @@ class Options(usage.Options):
         [
             "realm-queue-max",
             None,
-            10_000,
+            "10000",
             "Most messages waiting for one other realm; more are refused.",
-            positive_int,
         ],
         [
             "realm-rate",
             None,
-            50.0,
+            "50",
             "Messages per second a linked realm may send to this one.",
-            positive_float,
         ],
         [
             "realm-burst",
             None,
-            200.0,
+            "200",
             "Messages a linked realm may send at once, above --realm-rate.",
-            positive_float,
         ],
         [
             "realm-retry-min",
@@ -341,14 +332,12 @@ class Options(usage.Options):
             "1s",
             "First delay before connecting to a realm again; it doubles "
             "after each failure, up to --realm-retry-max.",
-            duration,
         ],
         [
             "realm-retry-max",
             None,
             "60s",
             "Longest delay between attempts to connect to a realm.",
-            duration,
         ],
         [
             "realm-timeout",
@@ -356,7 +345,6 @@ class Options(usage.Options):
             "30s",
             "A realm link that does not answer within this long is dropped "
             "and made again; an idle link is checked this often.",
-            duration,
         ],
         [
             "node-id",
@@ -373,7 +361,6 @@ class Options(usage.Options):
             "With a PostgreSQL store: how often this node tells the others it "
             "is alive; a node silent for three heartbeats is taken for dead and "
             "its users go offline.",
-            duration,
         ],
         [
             "realm-seen-ttl",
@@ -381,7 +368,6 @@ class Options(usage.Options):
             "30d",
             "How long the ids of messages received from other realms are "
             "kept, to recognise a message sent again.",
-            duration,
         ],
     ]
 
@@ -424,32 +410,44 @@ class Options(usage.Options):
             raise usage.UsageError(f"--web-origin: {e}") from None
         self["web-origin"].append(origin)
 
+    #: Each option's text to its value (defaults too), with errors that
+    #: name the option (see L{ChatOptions.convert}).
+    converters = {
+        "max-line": positive_int,
+        "max-file-size": size,
+        "max-recipients": positive_int,
+        "registration": registration,
+        "registration-rate": rate,
+        "retention": retention,
+        "session-idle": duration,
+        "session-max-age": duration,
+        "push-window": positive_int,
+        "hash-concurrency": positive_int,
+        "login-timeout": duration,
+        "idle-timeout": duration,
+        "login-failures-per-user": limit_rate,
+        "login-failures-per-address": limit_rate,
+        "token-failures-per-address": limit_rate,
+        "command-rate": limit_rate_or_off,
+        "max-connections": positive_int,
+        "max-connections-per-address": positive_int,
+        "max-output": size,
+        "max-mailbox": positive_int,
+        "log-level": log_level,
+        "realm-queue-max": positive_int,
+        "realm-rate": positive_float,
+        "realm-burst": positive_float,
+        "realm-retry-min": duration,
+        "realm-retry-max": duration,
+        "realm-timeout": duration,
+        "heartbeat": duration,
+        "realm-seen-ttl": duration,
+    }
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        # Defaults are not coerced by usage.Options; the same functions
-        # turn them into values here.
-        defaults = {
-            "session-idle": duration,
-            "session-max-age": duration,
-            "max-file-size": size,
-            "registration-rate": rate,
-            "retention": retention,
-            "realm-retry-min": duration,
-            "realm-retry-max": duration,
-            "realm-timeout": duration,
-            "realm-seen-ttl": duration,
-            "heartbeat": duration,
-        }
-        for name, coerce in defaults.items():
-            if isinstance(self[name], str):
-                self[name] = coerce(self[name])
-        for name, convert in _LIMIT_OPTIONS.items():
-            if isinstance(self[name], str):
-                try:
-                    self[name] = convert(self[name])
-                except ValueError as e:
-                    raise usage.UsageError(f"--{name}: {e}") from None
+        self.convert()
         needed = commands.max_line_for_file(self["max-file-size"])
         if self["max-line"] is None:
             self["max-line"] = needed
@@ -473,10 +471,6 @@ class Options(usage.Options):
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
         if not valid_store(self["store"]):
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
-        try:
-            logs.set_level(self["log-level"])
-        except ValueError as e:
-            raise usage.UsageError(f"--log-level: {e}") from None
 
 
 def _server_endpoint(option: str, endpoint: str) -> str:
@@ -515,6 +509,8 @@ def makeService(options: Options) -> IService:
             options["store"],
             max_mailbox=limits.max_mailbox,
             node_id=options["node-id"],
+            server=True,
+            check=not options["skip-integrity-check"],
         )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import compileall
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,29 +38,15 @@ REPO = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     """
     Where Python may not write bytecode (C{PYTHONDONTWRITEBYTECODE}), each
-    twistd, chat-admin and chat-client the tests start would compile chat
-    from source again: compile it once, into a cache of this run that they
-    (and pytest-xdist's workers) read through C{PYTHONPYCACHEPREFIX}.
+    twistd, chat-admin and chat-client the tests start (and each
+    pytest-xdist worker) would compile chat from source again: compile it
+    once, into its C{__pycache__} folders (which git ignores), for them to
+    read.
     """
-    if not sys.dont_write_bytecode or hasattr(config, "workerinput"):
-        return
-    if "PYTHONPYCACHEPREFIX" in os.environ:
-        return
-    cache = tempfile.mkdtemp(prefix="chat-tests-pycache-")
-    config.stash[_PYCACHE] = cache
-    os.environ["PYTHONPYCACHEPREFIX"] = cache
-    sys.pycache_prefix = cache
-    for folder in ("chat", "twisted/plugins", "tests"):
-        compileall.compile_dir(REPO / folder, quiet=1)
+    if sys.dont_write_bytecode and not hasattr(config, "workerinput"):
+        for folder in ("chat", "twisted/plugins", "tests"):
+            compileall.compile_dir(REPO / folder, quiet=1)
 
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    cache = config.stash.get(_PYCACHE, None)
-    if cache is not None:
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-_PYCACHE = pytest.StashKey[str]()
 
 #: Markers of tests that start processes, and so are slow too.
 _SLOW_KINDS = ("fault", "browser")

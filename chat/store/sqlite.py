@@ -24,6 +24,14 @@ If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
 acknowledged that was not stored. The next batch tries again, so the store
 recovers by itself when space returns.
+
+A damaged file is different: once SQLite reports a malformed page (in any
+operation, even a read), the batch is rolled back, the damage is logged as
+such, and every later operation fails with L{DatabaseDamaged} without
+touching the file, so nothing more is written into it, let alone
+acknowledged. A server also checks the file when it starts
+(L{sqlitefile.check_integrity}) and takes the file's lock
+(L{sqlitefile.ServerLock}) for as long as it runs.
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads
 
-from chat.errors import StorageUnavailable
+from chat.errors import StorageUnavailable, StoreReadOnly
 from chat.limits import DEFAULT_MAX_MAILBOX
-from chat.store import schema
+from chat.store import schema, sqlitefile
 from chat.store.operations import (
     SQLStore,
     _MailboxCounts,
@@ -57,36 +65,85 @@ class SQLiteStore(SQLStore):
         path: str,
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        server: bool = False,
+        check: bool = False,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
 
         @param max_mailbox: the most undelivered messages per recipient.
+        @param create: whether to create the file if it is missing (never
+            its folder).
+        @param read_only: open it for reading only: a missing file is not
+            created, and writing fails with L{StoreReadOnly}.
+        @param server: hold the file's lock until L{close}, refusing the
+            file if another server holds it.
+        @param check: refuse a damaged file (SQLite's quick_check, which
+            reads the whole file).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
+        @raise StorageUnavailable: with a one-line reason, if the file
+            cannot be used (see L{sqlitefile.check_path}), is damaged
+            (L{DatabaseDamaged}), read-only (L{StoreReadOnly}) or held by
+            another server (L{chat.errors.StoreInUse}).
         """
-        schema.prepare(path)
+        sqlitefile.check_path(
+            path, create=create and not read_only, write=not read_only
+        )
+        self._lock: sqlitefile.ServerLock | None = None
+        if server:
+            self._lock = sqlitefile.ServerLock(path)
+            self._lock.acquire()
+        try:
+            schema.prepare(path, read_only)
+            if check:
+                sqlitefile.check_integrity(path)
+        except (OSError, sqlite3.Error) as e:
+            self._release()
+            raise StorageUnavailable(f"cannot open {path}: {e}") from None
+        except BaseException:
+            self._release()
+            raise
         super().__init__(reactor, "chat-sqlite")
         self.path = path
+        self.read_only = read_only
         self.max_mailbox = max_mailbox
         self._mailboxes = _MailboxCounts()
         self._setup = connection_setup
         self._connection: sqlite3.Connection | None = None
+        #: Why the file is known to be damaged, once SQLite said so.
+        self.damage: str | None = None
+
+    def start(self) -> None:
+        if self._lock is not None:
+            # twistd may have forked (to run in the background) since.
+            self._lock.write_pid()
+        super().start()
 
     def _close_txn(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            connection = sqlitefile.connect(self.path, self.read_only)
+            if not self.read_only:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
             connection.execute("PRAGMA busy_timeout=5000")
+            # Malformed pages are found when they are read, not later.
+            connection.execute("PRAGMA cell_size_check=ON")
             if self._setup is not None:
                 self._setup(connection)
             self._connection = connection
@@ -101,10 +158,15 @@ class SQLiteStore(SQLStore):
         @return: the outcome of each operation, and the seconds it took.
         """
         started = time.perf_counter()
+        if self.damage is not None:
+            raise sqlitefile.damaged(self.path, self.damage)
         try:
             connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
             results = run_operations(connection, batch, sqlite3.Error)
+            found = damage_in(results)
+            if found is not None:
+                raise found
             connection.execute("COMMIT")
         except BaseException as e:
             if self._mailboxes is not None:
@@ -112,10 +174,29 @@ class SQLiteStore(SQLStore):
             self._abandon()
             if not isinstance(e, sqlite3.Error):
                 raise
-            self.log.error("Storage error, batch rolled back: {error}", error=str(e))
-            raise StorageUnavailable(str(e)) from None
+            raise self._storage_error(e) from None
         self.commits += 1
         return results, time.perf_counter() - started
+
+    def _storage_error(self, error: sqlite3.Error) -> StorageUnavailable:
+        """
+        What a batch that SQLite failed fails with, logged.
+        """
+        if sqlitefile.is_corruption(error):
+            self.damage = str(error)
+            self.log.critical(
+                "The database {path} is damaged ({error}): the batch was rolled "
+                "back, and nothing more will be written to it. Stop the server, "
+                "run chat-admin --store sqlite:{path} check, and restore a "
+                "backup (the file and its -wal file together).",
+                path=self.path,
+                error=str(error),
+            )
+            return sqlitefile.damaged(self.path, error)
+        if sqlitefile.is_read_only(error):
+            return StoreReadOnly(f"{self.path} is read-only: {error}")
+        self.log.error("Storage error, batch rolled back: {error}", error=str(error))
+        return StorageUnavailable(str(error))
 
     def _abandon(self) -> None:
         """
@@ -129,3 +210,15 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error:
             self._connection.close()
             self._connection = None
+
+
+def damage_in(results: list[tuple[bool, Any]]) -> sqlite3.Error | None:
+    """
+    A corruption error that failed one operation of a batch, if any: it
+    fails the whole batch (the file is damaged, so nothing of the batch
+    may be committed and acknowledged).
+    """
+    for succeeded, value in results:
+        if not succeeded and sqlitefile.is_corruption(value):
+            return value
+    return None
