@@ -10,9 +10,9 @@ process's own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.cred.portal import Portal
@@ -230,6 +230,9 @@ class ChatService(Service):
         self.web_ports: list[IListeningPort] = []
         self.metrics_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+        #: Called when the service cannot start (a port in use), before the
+        #: process exits: twistd's pid file is removed this way.
+        self.failed_start_observers: list[Callable[[], None]] = []
 
     def _collect_metrics(self, metrics: Metrics) -> None:
         """
@@ -295,15 +298,19 @@ class ChatService(Service):
             outcome.append
         )
         if outcome and isinstance(outcome[0], Failure):
-            self._stop_listening()
-            raise SystemExit(
+            self._cannot_start(
                 f"chat: cannot listen on {description}: {outcome[0].value}"
             )
         if not outcome:
-            self._stop_listening()
-            raise SystemExit(f"chat: {description} did not listen at once")
+            self._cannot_start(f"chat: {description} did not listen at once")
         port: IListeningPort = outcome[0]
         return port
+
+    def _cannot_start(self, message: str) -> NoReturn:
+        self._stop_listening()
+        for observer in self.failed_start_observers:
+            observer()
+        raise SystemExit(message)
 
     def _ensure_open_files(self) -> None:
         """

@@ -4,6 +4,7 @@ C{twistd chat}: command-line options and wiring, nothing else.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from typing import Any
@@ -515,7 +516,7 @@ def makeService(options: Options) -> IService:
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 
-    return ChatService(
+    service = ChatService(
         reactor,
         store,
         options["listen"],
@@ -537,6 +538,30 @@ def makeService(options: Options) -> IService:
         heartbeat=options["heartbeat"],
         metrics=options["metrics"],
     )
+    pidfile = _pidfile(options)
+    if pidfile:
+        # twistd removes its pid file when the server stops, but not when it
+        # cannot start (a port in use): a stale one would remain.
+        service.failed_start_observers.append(lambda: _remove(pidfile))
+    return service
+
+
+def _pidfile(options: Options) -> str | None:
+    """
+    The pid file twistd writes (C{--pidfile}), when run by twistd.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    pidfile = parent.get("pidfile")
+    return str(pidfile) if pidfile else None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def federation_settings(options: Options) -> FederationSettings:

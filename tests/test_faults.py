@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from chat.store import schema
+from tests.test_sqlite_file import damage
 from tests.twistd_helpers import REPO, TWISTD, LineClient, TwistdChat
 from tests.waiting import wait_until
 
@@ -774,11 +775,16 @@ def _run_twistd(workdir: Path) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.mark.parametrize("kind", ["not_sqlite", "newer_schema", "not_chat"])
+@pytest.mark.parametrize("kind", ["not_sqlite", "newer_schema", "not_chat", "damaged"])
 def test_bad_database_is_refused_untouched(tmp_path: Path, kind: str) -> None:
-    """Not a chat database, or a newer one: exit non-zero, the file unchanged."""
+    """Not a chat database, a newer one, or a damaged one: exit non-zero
+    with one clear line, the file and its folder unchanged."""
     database = tmp_path / "chat.sqlite"
-    if kind == "not_sqlite":
+    if kind == "damaged":
+        schema.prepare(str(database))
+        damage(database, "users")
+        expected = "chat.sqlite is damaged (SQLite quick_check: "
+    elif kind == "not_sqlite":
         database.write_bytes(os.urandom(8192))
         expected = "not a chat database"
     elif kind == "newer_schema":
@@ -803,6 +809,7 @@ def test_bad_database_is_refused_untouched(tmp_path: Path, kind: str) -> None:
     assert result.returncode != 0
     assert expected in output
     assert "Traceback" not in output
+    assert output.strip().splitlines()[-1].startswith("chat: ")
     assert database.read_bytes() == before
     assert database.stat().st_mtime_ns == modified
     assert sorted(os.listdir(tmp_path)) == files

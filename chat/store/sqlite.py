@@ -102,10 +102,10 @@ class SQLiteStore(SQLStore):
             if check:
                 sqlitefile.check_integrity(path)
         except (OSError, sqlite3.Error) as e:
-            self._release()
+            self._release(refused=True)
             raise StorageUnavailable(f"cannot open {path}: {e}") from None
         except BaseException:
-            self._release()
+            self._release(refused=True)
             raise
         super().__init__(reactor, "chat-sqlite")
         self.path = path
@@ -129,9 +129,9 @@ class SQLiteStore(SQLStore):
             self._connection = None
         self._release()
 
-    def _release(self) -> None:
+    def _release(self, refused: bool = False) -> None:
         if self._lock is not None:
-            self._lock.release()
+            self._lock.release(refused)
             self._lock = None
 
     def _connect(self) -> sqlite3.Connection:

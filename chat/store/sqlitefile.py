@@ -191,6 +191,7 @@ class ServerLock:
         self.path = lock_path(path)
         self._file: IO[str] | None = None
         self._exclusive = False
+        self._created = False
 
     def acquire(self, exclusive: bool = True) -> None:
         """
@@ -199,6 +200,7 @@ class ServerLock:
         @raise StoreInUse: if a server holds it (naming its pid).
         @raise StorageUnavailable: if the lock file cannot be made.
         """
+        self._created = exclusive and not os.path.exists(self.path)
         try:
             if exclusive:
                 file = open(self.path, "a+", encoding="ascii")
@@ -242,13 +244,18 @@ class ServerLock:
             self._file.write(f"{os.getpid()}\n")
             self._file.flush()
 
-    def release(self) -> None:
+    def release(self, refused: bool = False) -> None:
         """
         Let go of the lock (the kernel does it too when the process ends).
+
+        @param refused: the server refused the file: remove the lock file
+            if it made it, leaving the folder as it was.
         """
         if self._file is None:
             return
         if self._exclusive:
             self._file.truncate(0)
+            if refused and self._created:
+                os.remove(self.path)
         self._file.close()
         self._file = None
