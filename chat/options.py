@@ -8,9 +8,10 @@ reported with the option's name.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -45,12 +46,17 @@ class ChatOptions(usage.Options):
             for name, doc in self.docs.items()
         }
 
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        _print_and_exit(str(self))
+
     def opt_version(self) -> None:
         """
         Print chat's version and exit.
         """
-        print(f"chat {chat.__version__}")
-        sys.exit(0)
+        _print_and_exit(f"chat {chat.__version__}")
 
     def getSynopsis(self) -> str:
         commands: list[str] = []
@@ -99,6 +105,20 @@ class ChatOptions(usage.Options):
         while getattr(options, "subOptions", None) is not None:
             options = options.subOptions
         return options
+
+
+def _print_and_exit(text: str) -> NoReturn:
+    """
+    Print C{text} and exit: quietly if the reader went away first
+    (C{chat-client --help | head -3}).
+    """
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
 
 
 def usage_error(options: ChatOptions, error: usage.UsageError) -> str:
