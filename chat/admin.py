@@ -36,7 +36,7 @@ import getopt
 import getpass
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -275,9 +275,7 @@ def _interruptible() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def _ask_twice(
-    stdin: TextIO, what: str, ask: Callable[[str], str] = getpass.getpass
-) -> str:
+def _ask_twice(stdin: TextIO, what: str) -> str:
     """
     A secret from standard input: asked twice, hidden, on a terminal; else
     the first line.
@@ -285,8 +283,8 @@ def _ask_twice(
     if not stdin.isatty():
         return stdin.readline().rstrip("\r\n")
     with _interruptible():
-        first = ask(f"{what}: ")
-        if ask("Again: ") != first:
+        first = getpass.getpass(f"{what}: ")
+        if getpass.getpass("Again: ") != first:
             raise ChatError(f"the {what.lower()}s differ; nothing was changed")
     return first
 

@@ -47,7 +47,7 @@ from zope.interface import implementer
 from chat.downloads import save
 from chat.options import ChatOptions, usage_error
 
-DEFAULT_CONNECT = "tcp:host=127.0.0.1:port=8889"
+DEFAULT_CONNECT = "127.0.0.1:8889"
 
 #: C{--connect HOST:PORT}: a host name, an IPv4 address or an IPv6 one in
 #: brackets, and a port.
@@ -622,7 +622,7 @@ class Options(ChatOptions):
         [
             "connect",
             "c",
-            "127.0.0.1:8889",
+            DEFAULT_CONNECT,
             "The server: HOST:PORT, or a Twisted client endpoint "
             "(tcp:host=...:port=..., ssl:host=...:port=... for TLS).",
         ],

@@ -30,6 +30,7 @@ from twisted.plugin import getPlugins
 
 from tests.test_admin import admin_process
 from tests.twistd_helpers import REPO, TWISTD, CourseClient, TwistdChat
+from tests.waiting import TIMEOUT
 
 __all__ = ["REPO", "TWISTD", "CourseClient", "TwistdChat"]
 
@@ -57,7 +58,7 @@ class ReplyCollector(Protocol):
         d: Deferred[dict[str, Any]] = Deferred()
         self.waiting.append(d)
         self.transport.write(line)  # type: ignore[union-attr]
-        return d.addTimeout(5, reactor)
+        return d.addTimeout(TIMEOUT, reactor)
 
 
 def chat_maker() -> Any:

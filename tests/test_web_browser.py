@@ -33,8 +33,7 @@ from tests.browser import (
 )
 from tests.test_end_to_end import CourseClient
 
-#: One worker runs them all, with the module's one server and browsers.
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
