@@ -61,6 +61,7 @@ from chat.model import User, validate_password, validate_username
 from chat.options import ChatOptions, usage_error
 from chat.store import STORE_HELP, check_store, open_store, preflight
 from chat.store.operations import SQLStore
+from chat.store.postgres import is_postgres_url, safe_url
 from chat.store.sqlitefile import ServerLock
 
 #: The commands that only read the store.
@@ -386,15 +387,15 @@ def check(description: str, stdout: TextIO) -> int:
     @return: the exit status: 1 if it is damaged.
     """
     problems = check_store(description)
+    shown = safe_url(description) if is_postgres_url(description) else description
     for problem in problems:
         print(problem, file=stdout)
     if problems:
         raise ChatError(
-            f"{description} is damaged ({len(problems)} problems, above): "
-            "restore it from a backup (a SQLite file together with its -wal "
-            "file)"
+            f"{shown} is damaged ({len(problems)} problems, above): restore it "
+            "from a backup (a SQLite file together with its -wal file)"
         )
-    print(f"{description}: ok", file=stdout)
+    print(f"{shown}: ok", file=stdout)
     return 0
 
 

@@ -615,6 +615,8 @@ async def test_admin_commands_on_postgresql(
     missing = await chat_admin(*store, "userdel", "nobody")
     assert missing.returncode == 1
     assert missing.stderr == "chat-admin: no such user: nobody\n"
+    checked = await chat_admin(*store, "check")
+    assert (checked.returncode, checked.stdout) == (0, f"{postgres_url}: ok\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,20 +9,19 @@ security checks (wrong secret, forged sender, addrealm by a non-admin).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from chat import links
-from tests.test_end_to_end import REPO, CourseClient, TwistdChat
+from tests.test_admin import run_admin
+from tests.test_end_to_end import CourseClient, TwistdChat
 from tests.twistd_helpers import free_port, make_certificate
 from tests.waiting import wait_until
 
@@ -35,36 +34,15 @@ SECRET = "secret-shared-by-a-and-b-0123"
 FAST = ["--realm-retry-min", "0.1s", "--realm-retry-max", "0.5s"]
 
 
-def run_admin(workdir: Path, *argv: str, stdin: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chat.admin", "--store", "sqlite:chat.sqlite", *argv],
-        cwd=workdir,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def admin_all(*commands: tuple[Path, list[str], str]) -> None:
+async def admin_all(*commands: tuple[Path, list[str], str]) -> None:
     """
-    Run chat-admin commands: those on different stores at once, those on
-    one store in order.
+    Run chat-admin commands (in this process: see L{tests.test_admin}) on
+    the realms' stores, in order.
     """
-    by_store: dict[Path, list[tuple[list[str], str]]] = {}
     for workdir, argv, stdin in commands:
-        by_store.setdefault(workdir, []).append((argv, stdin))
-    while by_store:
-        running = []
-        for workdir, queue in list(by_store.items()):
-            argv, stdin = queue.pop(0)
-            if not queue:
-                del by_store[workdir]
-            running.append((run_admin(workdir, *argv), stdin))
-        for process, stdin in running:
-            out, err = process.communicate(stdin, timeout=60)
-            assert process.returncode == 0, (out, err)
+        store = f"sqlite:{workdir / 'chat.sqlite'}"
+        result = await run_admin("--store", store, *argv, stdin=stdin)
+        assert result.returncode == 0, result
 
 
 class Realm:
@@ -165,10 +143,11 @@ def collect(
     return sorted(got, key=lambda m: m["id"])
 
 
-def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> None:
+@pytest_twisted.ensureDeferred
+async def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> None:
     """Messages cross both ways; 100 sent during an outage arrive once, in order."""
     a, b = realms("realm-a"), realms("realm-b")
-    admin_all(*linked(a, b))
+    await admin_all(*linked(a, b))
     a.start()
     b.start()
     messi, token = a.client("messi")
@@ -237,7 +216,8 @@ def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> Non
         assert SECRET not in realm.log_text()
 
 
-def test_three_realms_group_tls_and_addrealm(
+@pytest_twisted.ensureDeferred
+async def test_three_realms_group_tls_and_addrealm(
     realms: Callable[..., Realm], tmp_path: Path
 ) -> None:
     """A group message reaches two realms; a TLS link; addrealm by an admin."""
@@ -255,7 +235,7 @@ def test_three_realms_group_tls_and_addrealm(
     )
     c = realms("realm-c")
     c_to_b = f"tls:localhost:{tls_port}:trustRoots={trust}"
-    admin_all(
+    await admin_all(
         *linked(a, b),
         (a.workdir, ["useradd", "boss", "--name", "The Boss", "--admin"], "bosspass\n"),
         (b.workdir, ["realm", "add", "realm-c", c.endpoint], SECRET + "\n"),
@@ -270,7 +250,9 @@ def test_three_realms_group_tls_and_addrealm(
     added = boss.sendstring(f"addrealm realm-c 127.0.0.1 {c.port} \r\n")
     assert added["status"] == "OK", added
     assert (added["realm"], added["this_realm"]) == ("realm-c", "realm-a")
-    admin_all((c.workdir, ["realm", "add", "realm-a", a.endpoint], added["secret"]))
+    await admin_all(
+        (c.workdir, ["realm", "add", "realm-a", a.endpoint], added["secret"])
+    )
     c.start()
 
     messi, token = a.client("messi")
@@ -316,10 +298,11 @@ def _handshake(
     return link, link.sendstring(f"realm-auth {proof}\r\n")
 
 
-def test_link_security(realms: Callable[..., Realm]) -> None:
+@pytest_twisted.ensureDeferred
+async def test_link_security(realms: Callable[..., Realm]) -> None:
     """Wrong secrets and forged senders are refused; addrealm needs an admin."""
     a, b = realms("realm-a"), realms("realm-b")
-    admin_all(
+    await admin_all(
         (a.workdir, ["realm", "add", "realm-b", b.endpoint], "a-side-secret-xxxxx\n"),
         (b.workdir, ["realm", "add", "realm-a", a.endpoint], SECRET + "\n"),
     )
