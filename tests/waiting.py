@@ -22,8 +22,10 @@ T = TypeVar("T")
 
 #: The default deadline, in seconds.
 TIMEOUT = 30.0
-#: How often the condition is checked, in seconds.
-INTERVAL = 0.02
+#: How often the condition is checked, in seconds (often enough to add
+#: little to a test's time; seldom enough that conditions which ask a
+#: server or a browser do not load the machine).
+INTERVAL = 0.05
 
 
 def _describe(what: str | Callable[[], str] | None, condition: object) -> str:
