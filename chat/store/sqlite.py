@@ -27,9 +27,9 @@ recovers by itself when space returns.
 
 A damaged file is different: once SQLite reports a malformed page (in any
 operation, even a read), the batch is rolled back, the damage is logged as
-such, and every later operation fails with L{DatabaseDamaged} without
-touching the file, so nothing more is written into it, let alone
-acknowledged. A server also checks the file when it starts
+such, and every later batch fails (L{DatabaseDamaged}, a
+L{StorageUnavailable}) without touching the file, so nothing more is
+written into it, let alone acknowledged. A server also checks the file when it starts
 (L{sqlitefile.check_integrity}) and takes the file's lock
 (L{sqlitefile.ServerLock}) for as long as it runs.
 """
@@ -66,7 +66,6 @@ class SQLiteStore(SQLStore):
         connection_setup: Callable[[sqlite3.Connection], None] | None = None,
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         *,
-        create: bool = True,
         read_only: bool = False,
         server: bool = False,
         check: bool = False,
@@ -75,10 +74,9 @@ class SQLiteStore(SQLStore):
         Open (creating or upgrading if needed) the database at C{path}.
 
         @param max_mailbox: the most undelivered messages per recipient.
-        @param create: whether to create the file if it is missing (never
-            its folder).
         @param read_only: open it for reading only: a missing file is not
-            created, and writing fails with L{StoreReadOnly}.
+            created (otherwise it is, never its folder), and writing fails
+            with L{StoreReadOnly}.
         @param server: hold the file's lock until L{close}, refusing the
             file if another server holds it.
         @param check: refuse a damaged file (SQLite's quick_check, which
@@ -90,9 +88,7 @@ class SQLiteStore(SQLStore):
             (L{DatabaseDamaged}), read-only (L{StoreReadOnly}) or held by
             another server (L{chat.errors.StoreInUse}).
         """
-        sqlitefile.check_path(
-            path, create=create and not read_only, write=not read_only
-        )
+        sqlitefile.check_path(path, create=not read_only, write=not read_only)
         self._lock: sqlitefile.ServerLock | None = None
         if server:
             self._lock = sqlitefile.ServerLock(path)
