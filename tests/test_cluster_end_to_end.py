@@ -374,8 +374,10 @@ async def test_federation_lease_one_node_delivers_in_order(
     postgres_db: str, tmp_path: Path
 ) -> None:
     """Nodes A and B of realm one both queue messages for realm two; one
-    node delivers them all, once, in order; when its lease connection
-    dies the other takes over, and nothing is lost or doubled."""
+    node delivers them all, once, in order. When its lease connection dies
+    it loses the lease, and a node takes it again (either: the holder on a
+    new connection may win); when the delivering node stops, the other
+    takes over. Nothing is lost or doubled."""
     fast = {"retry_min": 0.1, "retry_max": 0.5, "sync_interval": 1.0}
     two_store = SQLiteStore(reactor, str(tmp_path / "two.sqlite"))
     two = ChatService(
@@ -413,14 +415,18 @@ async def test_federation_lease_one_node_delivers_in_order(
         clients = [on_a, on_b]
         sent: list[str] = []
 
-        async def send(start: int, end: int) -> None:
+        async def send(start: int, end: int, only: int | None = None) -> None:
             for i in range(start, end):
                 text = f"m{i:03d}"
-                reply = await clients[i % 2].request(
-                    f"send {tokens[i % 2]} henderson@two {text}"
+                k = i % 2 if only is None else only
+                reply = await clients[k].request(
+                    f"send {tokens[k]} henderson@two {text}"
                 )
                 assert reply["status"] == "OK", reply
                 sent.append(text)
+
+        def holders() -> list[ChatService]:
+            return [n for n in (a, b) if n.federation and "two" in n.federation.links]
 
         await send(0, 20)
         received: list[str] = []
@@ -438,29 +444,38 @@ async def test_federation_lease_one_node_delivers_in_order(
 
         await read_until(20)
         assert received == sent
-        holders = [n for n in (a, b) if n.federation and "two" in n.federation.links]
-        assert len(holders) == 1
-        holder = holders[0]
-        other = b if holder is a else a
+        (holder,) = holders()
         name = "a" if holder is a else "b"
+        assert holder.cluster is not None
+        leases = holder.cluster.leases
+        lost: list[str] = []
+        lose = leases.lost
+
+        def record(realm_id: str) -> None:
+            lost.append(realm_id)
+            lose(realm_id)
+
+        leases.lost = record
         assert terminate(postgres_db, f"chat {name} cluster") == 1
+        await eventually(lambda: "two" in lost, what="the holder lost its lease")
         await send(20, 40)
-        await eventually(
-            lambda: other.federation is not None and "two" in other.federation.links
-        )
         await read_until(40)
-        # The old holder drops its link once it sees its lease lost.
-        await eventually(
-            lambda: (
-                holder.federation is not None and "two" not in holder.federation.links
-            ),
-            what="the old lease holder dropped its link",
-        )
         # Anything delivered twice would arrive before one more message.
         await send(40, 41)
         await read_until(41)
         assert received == sent, (received, sent)
-        for client in (on_a, on_b, reader):
+        # The node that delivers now stops: the other takes over.
+        (current,) = await eventually(
+            lambda: holders() if len(holders()) == 1 else None,
+            what="one node holding the lease",
+        )
+        survivor = b if current is a else a
+        await nodes.stop(current)
+        await send(41, 51, only=0 if survivor is a else 1)
+        await eventually(lambda: holders() == [survivor], what="the other took over")
+        await read_until(51)
+        assert received == sent, (received, sent)
+        for client in (clients[0 if survivor is a else 1], reader):
             await client.close()
     finally:
         await nodes.stop_all()
