@@ -28,7 +28,7 @@ import attrs
 import pytest
 
 from tests.postgres import NEEDED as POSTGRES_NEEDED
-from tests.postgres import find_bindir, free_port
+from tests.postgres import find_bindir, free_port, seed_demo_users
 from tests.twistd_helpers import REPO, LineClient, TwistdChat
 from tests.waiting import wait_until
 
@@ -201,11 +201,13 @@ class Cluster:
 @pytest.fixture
 def cluster(haproxy: str, postgres_url: str, tmp_path: Path) -> Iterator[Cluster]:
     """
-    Two C{twistd chat} nodes on one new PostgreSQL database (the first
-    makes the demo users), and HAProxy in front of them.
+    Two C{twistd chat} nodes on one new PostgreSQL database (with the demo
+    users, made beforehand with cheap hashes), and HAProxy in front of
+    them.
     """
     nodes: dict[str, TwistdChat] = {}
     proxy: HAProxy | None = None
+    seed_demo_users(postgres_url)
     try:
         for name in ("node1", "node2"):
             workdir = tmp_path / name

@@ -262,7 +262,8 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
 
 @pytest.fixture
 def twistd(tmp_path: Path) -> Iterator[TwistdChat]:
-    server = TwistdChat(tmp_path, "--demo")
+    # --demo makes the users itself here, as it does for a person.
+    server = TwistdChat(tmp_path, "--demo", seed=False)
     server.log.touch()
     yield server
     server.kill()

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import argon2
+
+from chat.service import DEMO_PASSWORD, DEMO_USERS
+from chat.store import schema
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +47,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Cheap argon2id parameters for the demo users the tests make.
+CHEAP_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
+def demo_rows() -> list[tuple[str, str, str, str, float]]:
+    """
+    The course's demo users as rows of the users table, their password
+    hashed cheaply.
+    """
+    password_hash = CHEAP_ARGON2.hash(DEMO_PASSWORD)
+    now = time.time()
+    return [
+        (username, full_name, country, password_hash, now)
+        for username, full_name, country in DEMO_USERS
+    ]
+
+
+def seed_demo_users(database: Path) -> None:
+    """
+    Make a SQLite chat database with the demo users, hashed cheaply: with
+    C{--demo} on it, a server then hashes nothing at start, and a login
+    verifies a cheap hash (the default cost is about a quarter of a
+    second of CPU, each time).
+    """
+    schema.prepare(str(database))
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.executemany(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            demo_rows(),
+        )
+    connection.close()
+
+
 class TwistdChat:
     """
     C{twistd -n chat} in a subprocess, in its own working directory.
@@ -50,6 +90,10 @@ class TwistdChat:
     @ivar log_through_pipe: copy the server's output to the log file
         through a pipe (so a file-size limit on the server does not hit
         its log).
+
+    With C{--demo} and no C{--store}, its database (C{chat.sqlite} in the
+    working directory) is made with the demo users already in, hashed
+    cheaply (L{seed_demo_users}), unless C{seed} is false.
     """
 
     def __init__(
@@ -58,7 +102,12 @@ class TwistdChat:
         *arguments: str,
         listen: str = "tcp:{port}:interface=127.0.0.1:backlog=1024",
         log_through_pipe: bool = False,
+        seed: bool = True,
     ) -> None:
+        database = workdir / "chat.sqlite"
+        if seed and "--demo" in arguments and "--store" not in arguments:
+            if not database.exists():
+                seed_demo_users(database)
         self.workdir = workdir
         self.arguments = arguments
         self.listen = listen
