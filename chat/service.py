@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import gc
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.cred.portal import Portal
@@ -89,15 +89,19 @@ SPARE_FILES = 64
 
 async def ensure_demo_users(store: IUserStore, hasher: IPasswordHasher) -> None:
     """
-    Create the course's demo users that do not exist yet.
+    Create the course's demo users that do not exist yet. They share one
+    hash of their shared, well-known password (hashing is the cost of a
+    start with C{--demo}; a salt per user would protect nothing here).
     """
+    password_hash: str | None = None
     for username, full_name, country in DEMO_USERS:
         try:
             await store.get_user(username)
             continue
         except NoSuchUser:
             pass
-        password_hash = await hasher.hash(DEMO_PASSWORD)
+        if password_hash is None:
+            password_hash = await hasher.hash(DEMO_PASSWORD)
         try:
             await store.add_user(User(username, full_name, country, password_hash))
         except UserExists:
@@ -266,6 +270,9 @@ class ChatService(Service):
         self.web_ports: list[IListeningPort] = []
         self.metrics_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+        #: Called when the service cannot start (a port in use), before the
+        #: process exits: twistd's pid file is removed this way.
+        self.failed_start_observers: list[Callable[[], None]] = []
 
     def _collect_metrics(self, metrics: Metrics) -> None:
         """
@@ -331,15 +338,19 @@ class ChatService(Service):
             outcome.append
         )
         if outcome and isinstance(outcome[0], Failure):
-            self._stop_listening()
-            raise SystemExit(
+            self._cannot_start(
                 f"chat: cannot listen on {description}: {outcome[0].value}"
             )
         if not outcome:
-            self._stop_listening()
-            raise SystemExit(f"chat: {description} did not listen at once")
+            self._cannot_start(f"chat: {description} did not listen at once")
         port: IListeningPort = outcome[0]
         return port
+
+    def _cannot_start(self, message: str) -> NoReturn:
+        self._stop_listening()
+        for observer in self.failed_start_observers:
+            observer()
+        raise SystemExit(message)
 
     def _ensure_open_files(self) -> None:
         """

@@ -28,7 +28,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.plugin import getPlugins
 
+from tests.test_admin import admin_process
 from tests.twistd_helpers import REPO, TWISTD, CourseClient, TwistdChat
+from tests.waiting import TIMEOUT
 
 __all__ = ["REPO", "TWISTD", "CourseClient", "TwistdChat"]
 
@@ -56,7 +58,7 @@ class ReplyCollector(Protocol):
         d: Deferred[dict[str, Any]] = Deferred()
         self.waiting.append(d)
         self.transport.write(line)  # type: ignore[union-attr]
-        return d.addTimeout(5, reactor)
+        return d.addTimeout(TIMEOUT, reactor)
 
 
 def chat_maker() -> Any:
@@ -262,12 +264,14 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
 
 @pytest.fixture
 def twistd(tmp_path: Path) -> Iterator[TwistdChat]:
-    server = TwistdChat(tmp_path, "--demo")
+    # --demo makes the users itself here, as it does for a person.
+    server = TwistdChat(tmp_path, "--demo", seed=False)
     server.log.touch()
     yield server
     server.kill()
 
 
+@pytest.mark.slow
 def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     """The course client's byte-for-byte behaviour works against twistd chat."""
     port = twistd.start()
@@ -293,6 +297,7 @@ def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     assert "surabaya" not in log and token not in log
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     """After SIGKILL and a restart, every acked message arrives exactly once."""
     port = twistd.start()
@@ -321,8 +326,10 @@ def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     assert "Server Shut Down." in twistd.log.read_text()
 
 
+@pytest.mark.slow
 def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
-    """A port already in use stops twistd with a clear error."""
+    """A port already in use stops twistd with a clear error, and leaves no
+    stale twistd.pid behind."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
@@ -332,7 +339,6 @@ def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
             [
                 *TWISTD,
                 "--nodaemon",
-                "--pidfile=",
                 "chat",
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
@@ -346,8 +352,10 @@ def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
         blocker.close()
     assert result.returncode != 0
     assert f"cannot listen on tcp:{port}" in (result.stdout + result.stderr).decode()
+    assert not (tmp_path / "twistd.pid").exists()
 
 
+@pytest.mark.slow
 def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     """A database from a newer chat stops twistd with a clear error."""
     from chat.store import schema
@@ -374,3 +382,38 @@ def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "schema version 42" in (result.stdout + result.stderr).decode()
+
+
+@pytest.mark.slow
+def test_second_server_on_one_file_is_refused(twistd: TwistdChat) -> None:
+    """A second twistd chat on the file a running one serves is refused,
+    naming the first one's pid; chat-admin still adds a user meanwhile,
+    and the running server knows it at once."""
+    twistd.start()
+    second = subprocess.run(
+        [
+            *TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "chat",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=twistd.workdir,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        timeout=60,
+    )
+    output = (second.stdout + second.stderr).decode()
+    assert second.returncode == 1, output
+    assert output.strip().splitlines()[-1] == (
+        f"chat: chat.sqlite is in use by a chat server (pid {twistd.pid}): stop "
+        "it first, or use another --store"
+    )
+    added = admin_process(
+        twistd.workdir, "useradd", "budi", "--name", "Budi", stdin="rahasia1\n"
+    )
+    assert added.returncode == 0, added.stderr
+    client = CourseClient(twistd.port)
+    assert client.login("budi", "rahasia1")
+    client.close()

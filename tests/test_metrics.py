@@ -425,6 +425,7 @@ def twistd(tmp_path: Path) -> Any:
     server.kill()
 
 
+@pytest.mark.slow
 def test_twistd_serves_metrics(twistd: TwistdChat) -> None:
     """twistd chat --metrics logs where to scrape, and a scrape there shows
     what clients did."""
