@@ -50,20 +50,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 #: Markers of tests that start processes, and so are slow too.
 _SLOW_KINDS = ("fault", "browser")
+#: The parameter of the tests run on each kind of store that starts a
+#: PostgreSQL server (through a fixture the test asks for by name).
+_POSTGRESQL = "postgresql"
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     Mark C{slow} the tests that start processes (a PostgreSQL server
-    included), before C{-m} selects; and run them first, so that with
-    several workers the long ones do not come last (the same order on
-    every worker, as pytest-xdist requires).
+    included, also for a test parametrized with C{"postgresql"}), before
+    C{-m} selects; and run them first, so that with several workers the
+    long ones do not come last (the same order on every worker, as
+    pytest-xdist requires).
     """
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "postgres" in fixtures or any(
-            item.get_closest_marker(kind) for kind in _SLOW_KINDS
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if (
+            "postgres" in fixtures
+            or _POSTGRESQL in params
+            or any(item.get_closest_marker(kind) for kind in _SLOW_KINDS)
         ):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

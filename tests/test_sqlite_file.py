@@ -337,7 +337,7 @@ async def test_admin_check(tmp_path: Path) -> None:
     await filled(path)
     sound = await admin(tmp_path, "check")
     assert (sound.returncode, sound.stdout) == (0, f"sqlite:{path}: ok\n")
-    damage(path, "messages_undelivered")
+    damage(path, "messages_conversation")
     damaged = await admin(tmp_path, "check")
     assert damaged.returncode == 1
     assert damaged.stdout.strip()

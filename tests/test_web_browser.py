@@ -90,8 +90,7 @@ def undelivered(server: WebChat, username: str) -> int:
     connection = sqlite3.connect(server.workdir / "chat.sqlite")
     try:
         row = connection.execute(
-            "SELECT count(*) FROM messages"
-            " WHERE recipient = ? AND delivered_at IS NULL",
+            "SELECT count(*) FROM mailbox WHERE recipient = ?",
             (username,),
         ).fetchone()
     finally:
