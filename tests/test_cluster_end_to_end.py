@@ -22,6 +22,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
+from chat.build import Settings
 from chat.checkers import Argon2Hasher
 from chat.federation import FederationSettings
 from chat.links import RealmLink
@@ -128,10 +129,9 @@ class Nodes:
             reactor,
             store,
             ["tcp:0:interface=127.0.0.1"],
+            Settings(heartbeat=HEARTBEAT, federation=federation),
             hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
             demo=True,
-            heartbeat=HEARTBEAT,
-            federation=federation,
         )
         service.startService()
         await service.ready
@@ -184,9 +184,9 @@ async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
     other = await subscriber.login("henderson")
     assert (await subscriber.request(f"subscribe {other}"))["status"] == "OK"
     lags: list[float] = []
-    assert b.cluster is not None
-    b.cluster.lag_observers.append(lags.append)
-    await eventually(lambda: b.cluster is not None and b.cluster.listening)
+    assert b.chat.cluster is not None
+    b.chat.cluster.lag_observers.append(lags.append)
+    await eventually(lambda: b.chat.cluster is not None and b.chat.cluster.listening)
     for text in ("one", "two", "three"):
         reply = await sender.request(f"send {token} henderson {text}")
         assert reply["status"] == "OK", reply
@@ -325,8 +325,8 @@ async def test_lost_listen_connection_misses_nothing(nodes: Nodes) -> None:
     """B's LISTEN connection is terminated; a message committed on A before
     B listens again still reaches B's subscriber (read from the store)."""
     a, b = await nodes.start("a"), await nodes.start("b")
-    assert b.cluster is not None
-    cluster = b.cluster
+    assert b.chat.cluster is not None
+    cluster = b.chat.cluster
     await eventually(lambda: cluster.listening)
     sender, subscriber = await connect(a), await connect(b)
     token = await sender.login("messi")
@@ -361,8 +361,8 @@ async def test_node_found_dead_by_its_heartbeat(nodes: Nodes) -> None:
     messi = await connect(a)
     await messi.login("messi")
     await watcher.wait_for(lambda: ("messi", True) in watcher.presence())
-    assert a.cluster is not None
-    membership = a.cluster.membership
+    assert a.chat.cluster is not None
+    membership = a.chat.cluster.membership
     loop = membership._loop
     assert loop is not None
     loop.stop()  # frozen: no more heartbeats, nothing else changes
@@ -388,9 +388,9 @@ async def test_federation_lease_one_node_delivers_in_order(
         reactor,
         two_store,
         ["tcp:0:interface=127.0.0.1"],
+        Settings(federation=FederationSettings("two", **fast)),  # type: ignore[arg-type]
         hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
         demo=True,
-        federation=FederationSettings("two", **fast),  # type: ignore[arg-type]
     )
     two.startService()
     await two.ready
@@ -447,7 +447,9 @@ async def test_federation_lease_one_node_delivers_in_order(
 
         await read_until(20)
         assert received == sent
-        holders = [n for n in (a, b) if n.federation and "two" in n.federation.links]
+        holders = [
+            n for n in (a, b) if n.chat.federation and "two" in n.chat.federation.links
+        ]
         assert len(holders) == 1
         holder = holders[0]
         other = b if holder is a else a
@@ -455,10 +457,16 @@ async def test_federation_lease_one_node_delivers_in_order(
         assert terminate(postgres_db, f"chat {name} cluster") == 1
         await send(20, 40)
         await eventually(
-            lambda: other.federation is not None and "two" in other.federation.links
+            lambda: (
+                other.chat.federation is not None
+                and "two" in other.chat.federation.links
+            )
         )
         await read_until(40)
-        assert holder.federation is not None and "two" not in holder.federation.links
+        assert (
+            holder.chat.federation is not None
+            and "two" not in holder.chat.federation.links
+        )
         await sleep(1.0)  # anything delivered twice would arrive by now
         await read_until(len(received) + 1, timeout=0)
         assert received == sent, (received, sent)

@@ -195,7 +195,7 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
     """Over TCP with SQLite: a group conversation, history pages, logout
     (with a retention that keeps everything recent)."""
     service, port = await _start_plugin(tmp_path / "chat.sqlite", "--retention", "30d")
-    assert service.purger is not None and service.purger._loop.running
+    assert service.chat.purger is not None and service.chat.purger._loop.running
     try:
         clients = await _connect(port, 3)
         names = ["messi", "henderson", "lineker"]
@@ -254,7 +254,7 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
         await _close(*clients)
     finally:
         await service.stopService()
-    assert not service.purger._loop.running
+    assert not service.chat.purger._loop.running
 
 
 # A real twistd process (helpers shared with the fault suite).

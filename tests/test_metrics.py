@@ -26,6 +26,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
 from chat import commands, tap
+from chat.build import collect_metrics
 from chat.lines import LineConnection as ChatProtocol
 from chat.links import RealmLink
 from chat.metrics import INVALID, Metrics, OutboxWatcher
@@ -144,9 +145,9 @@ def test_registries_are_separate() -> None:
 def test_factory_counts_the_commands_it_runs() -> None:
     """Through the protocol: each line run counts once, under its command
     word or as invalid; a server without metrics counts nothing."""
-    server = Server()
-    metrics = Metrics()
-    server.factory.metrics = metrics
+    server = Server(metrics=True)
+    metrics = server.factory.metrics
+    assert metrics is not None
     client = server.connect()
     token = client.login()
     assert client.request(f"send {token} henderson hi")["status"] == "OK"
@@ -168,7 +169,7 @@ def test_service_hooks() -> None:
     store = MemoryStore()
     store.commit_observers = []  # type: ignore[attr-defined]
     service = ChatService(Clock(), store, [], metrics="tcp:0:interface=127.0.0.1")
-    metrics = service.metrics
+    metrics = service.chat.metrics
     assert metrics is not None
     assert service.factory.metrics is metrics
     assert store.commit_observers == [metrics.committed]  # type: ignore[attr-defined]
@@ -182,12 +183,11 @@ def test_service_hooks() -> None:
             self.lag_observers: list[Any] = []
 
     fanout = LaggingFanout()
-    service = ChatService(Clock(), MemoryStore(), [])
-    service.realm.fanout = fanout  # type: ignore[assignment]
     metrics = Metrics()
-    service._collect_metrics(metrics)
+    factory = Server().factory
+    watcher = collect_metrics(metrics, factory, MemoryStore(), fanout, None)
     assert fanout.lag_observers == [metrics.notify_lag]
-    assert service.outbox_watcher is None  # no realms without federation
+    assert watcher is None  # no realms without federation
 
 
 def test_service_without_metrics() -> None:
@@ -195,7 +195,7 @@ def test_service_without_metrics() -> None:
     store = MemoryStore()
     store.commit_observers = []  # type: ignore[attr-defined]
     service = ChatService(Clock(), store, [])
-    assert service.metrics is None and service.factory.metrics is None
+    assert service.chat.metrics is None and service.factory.metrics is None
     assert store.commit_observers == []  # type: ignore[attr-defined]
     assert service.metrics_port is None
 
@@ -362,8 +362,8 @@ async def test_scrape_after_commands(store: str) -> None:
         assert reply["status"] == "OK", reply
         reply = await henderson.request(b"bogus\r\n")
         assert reply["code"] == "unknown_command"
-        assert service.outbox_watcher is not None
-        await service.outbox_watcher.refresh()
+        assert service.chat.outbox_watcher is not None
+        await service.chat.outbox_watcher.refresh()
 
         metrics_port = service.metrics_port.getHost().port
         text = await http_get(f"http://127.0.0.1:{metrics_port}/metrics")
