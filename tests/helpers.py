@@ -26,6 +26,7 @@ from chat.limits import Limits
 from chat.lines import LineConnection as ChatProtocol
 from chat.model import User
 from chat.store.memory import MemoryStore
+from tests.clients import Client, encoded
 
 #: Cheap argon2id parameters: tests need the real algorithm, not its cost.
 FAST_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
@@ -230,7 +231,7 @@ class Server:
         return Connection(protocol, transport)
 
 
-class Connection:
+class Connection(Client):
     """
     One client on a StringTransport.
     """
@@ -270,17 +271,16 @@ class Connection:
         """
         return self.replies()
 
-    def request(self, line: str) -> dict[str, Any]:
+    def write(self, line: str | bytes) -> None:
         """
-        Send one line (CRLF added) and return its one reply.
+        Send one line (CRLF added).
         """
-        self.send(line.encode("utf-8") + b"\r\n")
+        self.send(encoded(line) + b"\r\n")
+
+    def read(self) -> dict[str, Any]:
+        """
+        The one reply written since the last call (and nothing else).
+        """
         replies = self.replies()
         assert len(replies) == 1, replies
         return replies[0]
-
-    def login(self, username: str = "messi", password: str = "surabaya") -> str:
-        reply = self.request(f"auth {username} {password}")
-        assert reply["status"] == "OK", reply
-        token: str = reply["tokenid"]
-        return token

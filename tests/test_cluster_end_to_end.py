@@ -7,19 +7,15 @@ killed with SIGKILL.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
 from chat.build import Settings
@@ -29,71 +25,12 @@ from chat.links import RealmLink
 from chat.service import ChatService
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
+from tests.clients import AsyncClient
 from tests.helpers import FAST_ARGON2
 from tests.twistd_helpers import LineClient, TwistdChat
 
 HEARTBEAT = 0.5
 SECRET = "secret-shared-by-one-and-two-0123"
-
-
-class Client(Protocol):
-    """
-    A course-protocol client: replies in order, events apart.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.replies: deque[Deferred[dict[str, Any]]] = deque()
-        self.events: list[dict[str, Any]] = []
-        self.event_waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            frame, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            decoded = json.loads(frame)
-            if "event" in decoded and "status" not in decoded:
-                self.events.append(decoded)
-                for check, d in list(self.event_waiters):
-                    if check():
-                        self.event_waiters.remove((check, d))
-                        d.callback(None)
-            else:
-                self.replies.popleft().callback(decoded)
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.closed.callback(None)
-
-    def request(self, line: str) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
-        self.replies.append(d)
-        self.transport.write(line.encode() + b"\r\n")  # type: ignore[union-attr]
-        return d.addTimeout(20, reactor)
-
-    async def login(self, user: str) -> str:
-        reply = await self.request(f"auth {user} surabaya")
-        assert reply["status"] == "OK", reply
-        return str(reply["tokenid"])
-
-    def messages(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == "message"]
-
-    def presence(self) -> list[tuple[str, bool]]:
-        return [
-            (e["user"], e["online"]) for e in self.events if e["event"] == "presence"
-        ]
-
-    async def wait_for(self, check: Callable[[], bool], timeout: float = 20) -> None:
-        if check():
-            return
-        d: Deferred[None] = Deferred()
-        self.event_waiters.append((check, d))
-        await d.addTimeout(timeout, reactor)
-
-    async def close(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        await self.closed
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -154,10 +91,10 @@ async def nodes(postgres_db: str) -> AsyncIterator[Nodes]:
     await made.stop_all()
 
 
-async def connect(service: ChatService) -> Client:
+async def connect(service: ChatService) -> AsyncClient:
     port = service.ports[0].getHost().port
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    return await connectProtocol(endpoint, Client())
+    return await connectProtocol(endpoint, AsyncClient())
 
 
 def terminate(url: str, application_name: str) -> int:
@@ -262,7 +199,7 @@ async def test_concurrent_inbox_drains_take_each_message_once(nodes: Nodes) -> N
     ]
     taken: list[str] = []
 
-    async def drain(client: Client, token: str) -> None:
+    async def drain(client: AsyncClient, token: str) -> None:
         idle = 0
         started = time.monotonic()
         while idle < 3 and time.monotonic() - started < 15:

@@ -32,8 +32,9 @@ from chat.links import RealmLink
 from chat.metrics import INVALID, Metrics, OutboxWatcher
 from chat.service import ChatService
 from chat.store.memory import MemoryStore
+from tests.clients import AsyncClient
 from tests.helpers import Server, result_of
-from tests.test_end_to_end import ReplyCollector, chat_maker
+from tests.test_end_to_end import chat_maker
 from tests.twistd_helpers import LineClient, TwistdChat
 
 
@@ -352,15 +353,15 @@ async def test_scrape_after_commands(store: str) -> None:
         )
         port = service.ports[0].getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        messi = await connectProtocol(endpoint, ReplyCollector())
-        henderson = await connectProtocol(endpoint, ReplyCollector())
-        token = (await messi.request(b"auth messi surabaya\r\n"))["tokenid"]
+        messi = await connectProtocol(endpoint, AsyncClient())
+        henderson = await connectProtocol(endpoint, AsyncClient())
+        token = (await messi.request("auth messi surabaya"))["tokenid"]
         for text in ("one", "two"):
-            reply = await messi.request(f"send {token} henderson {text}\r\n".encode())
+            reply = await messi.request(f"send {token} henderson {text}")
             assert reply["status"] == "OK", reply
-        reply = await messi.request(f"send {token} lineker@realm-b far\r\n".encode())
+        reply = await messi.request(f"send {token} lineker@realm-b far")
         assert reply["status"] == "OK", reply
-        reply = await henderson.request(b"bogus\r\n")
+        reply = await henderson.request("bogus")
         assert reply["code"] == "unknown_command"
         assert service.chat.outbox_watcher is not None
         await service.chat.outbox_watcher.refresh()
@@ -387,7 +388,7 @@ async def test_scrape_after_commands(store: str) -> None:
         # quit: the server closes (and counts) the connection before the
         # client sees it closed.
         for client in (messi, henderson):
-            assert (await client.request(b"quit\r\n"))["message"] == "bye"
+            assert (await client.request("quit"))["message"] == "bye"
             await client.closed
         text = await http_get(f"http://127.0.0.1:{metrics_port}/")
         assert samples(text)[("chat_connections", ())] == 0.0
