@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -23,6 +23,9 @@ from chat.options import ChatOptions
 from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.hosts import host_name
 from chat.web.origins import parse_origin
+
+if TYPE_CHECKING:
+    from chat.build import Settings
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
 #: connections is queued by the kernel rather than refused.
@@ -610,23 +613,10 @@ def makeService(options: Options) -> IService:
         reactor,
         store,
         options["listen"],
+        settings(options, limits),
         hasher=Argon2Hasher(reactor, options["hash-concurrency"]),
         demo=options["demo"],
-        max_line=options["max-line"],
-        session_idle=options["session-idle"],
-        session_max_age=options["session-max-age"],
-        push_window=options["push-window"],
-        registration_open=options["registration"] == "open",
-        registration_rate=options["registration-rate"],
-        max_file_size=options["max-file-size"],
-        max_recipients=options["max-recipients"],
-        retention=options["retention"],
-        federation=federation_settings(options),
-        limits=limits,
         web=options["web"],
-        web_origins=options["web-origin"],
-        web_hosts=options["web-host"],
-        heartbeat=options["heartbeat"],
         metrics=options["metrics"],
     )
     pidfile = _pidfile(options)
@@ -635,6 +625,30 @@ def makeService(options: Options) -> IService:
         # cannot start (a port in use): a stale one would remain.
         service.failed_start_observers.append(lambda: _remove(pidfile))
     return service
+
+
+def settings(options: Options, limits: Limits) -> Settings:
+    """
+    How the server behaves, from the options.
+    """
+    from chat.build import Settings
+
+    return Settings(
+        limits=limits,
+        max_line=options["max-line"],
+        max_file_size=options["max-file-size"],
+        max_recipients=options["max-recipients"],
+        push_window=options["push-window"],
+        session_idle=options["session-idle"],
+        session_max_age=options["session-max-age"],
+        registration_open=options["registration"] == "open",
+        registration_rate=options["registration-rate"],
+        retention=options["retention"],
+        federation=federation_settings(options),
+        heartbeat=options["heartbeat"],
+        web_origins=options["web-origin"],
+        web_hosts=options["web-host"],
+    )
 
 
 def _pidfile(options: Options) -> str | None:

@@ -7,87 +7,31 @@ killed with SIGKILL.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
+from chat.build import Settings
 from chat.checkers import Argon2Hasher
 from chat.federation import FederationSettings
 from chat.links import RealmLink
 from chat.service import ChatService
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
+from tests.clients import AsyncClient
 from tests.helpers import FAST_ARGON2
 from tests.twistd_helpers import LineClient, TwistdChat
 from tests.waiting import TIMEOUT, eventually, wait_until
 
 HEARTBEAT = 0.5
 SECRET = "secret-shared-by-one-and-two-0123"
-
-
-class Client(Protocol):
-    """
-    A course-protocol client: replies in order, events apart.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.replies: deque[Deferred[dict[str, Any]]] = deque()
-        self.events: list[dict[str, Any]] = []
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            frame, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            decoded = json.loads(frame)
-            if "event" in decoded and "status" not in decoded:
-                self.events.append(decoded)
-            else:
-                self.replies.popleft().callback(decoded)
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.closed.callback(None)
-
-    def request(self, line: str) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
-        self.replies.append(d)
-        self.transport.write(line.encode() + b"\r\n")  # type: ignore[union-attr]
-        return d.addTimeout(TIMEOUT, reactor)
-
-    async def login(self, user: str) -> str:
-        reply = await self.request(f"auth {user} surabaya")
-        assert reply["status"] == "OK", reply
-        return str(reply["tokenid"])
-
-    def messages(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == "message"]
-
-    def presence(self) -> list[tuple[str, bool]]:
-        return [
-            (e["user"], e["online"]) for e in self.events if e["event"] == "presence"
-        ]
-
-    async def wait_for(self, check: Callable[[], bool]) -> None:
-        """
-        Wait until C{check()} holds (on the events received so far).
-        """
-        await eventually(check, what=lambda: f"events: {self.events}")
-
-    async def close(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        await self.closed
 
 
 class Nodes:
@@ -107,10 +51,9 @@ class Nodes:
             reactor,
             store,
             ["tcp:0:interface=127.0.0.1"],
+            Settings(heartbeat=HEARTBEAT, federation=federation),
             hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
             demo=True,
-            heartbeat=HEARTBEAT,
-            federation=federation,
         )
         service.startService()
         await service.ready
@@ -133,10 +76,10 @@ async def nodes(postgres_db: str) -> AsyncIterator[Nodes]:
     await made.stop_all()
 
 
-async def connect(service: ChatService) -> Client:
+async def connect(service: ChatService) -> AsyncClient:
     port = service.ports[0].getHost().port
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    return await connectProtocol(endpoint, Client())
+    return await connectProtocol(endpoint, AsyncClient())
 
 
 def terminate(url: str, application_name: str) -> int:
@@ -163,9 +106,9 @@ async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
     other = await subscriber.login("henderson")
     assert (await subscriber.request(f"subscribe {other}"))["status"] == "OK"
     lags: list[float] = []
-    assert b.cluster is not None
-    b.cluster.lag_observers.append(lags.append)
-    await eventually(lambda: b.cluster is not None and b.cluster.listening)
+    assert b.chat.cluster is not None
+    b.chat.cluster.lag_observers.append(lags.append)
+    await eventually(lambda: b.chat.cluster is not None and b.chat.cluster.listening)
     for text in ("one", "two", "three"):
         reply = await sender.request(f"send {token} henderson {text}")
         assert reply["status"] == "OK", reply
@@ -251,7 +194,7 @@ async def test_concurrent_inbox_drains_take_each_message_once(nodes: Nodes) -> N
     ]
     taken: list[str] = []
 
-    async def drain(client: Client, token: str) -> None:
+    async def drain(client: AsyncClient, token: str) -> None:
         idle = 0
         deadline = time.monotonic() + TIMEOUT
         while idle < 3:
@@ -320,8 +263,8 @@ async def test_lost_listen_connection_misses_nothing(nodes: Nodes) -> None:
     """B's LISTEN connection is terminated; a message committed on A before
     B listens again still reaches B's subscriber (read from the store)."""
     a, b = await nodes.start("a"), await nodes.start("b")
-    assert b.cluster is not None
-    cluster = b.cluster
+    assert b.chat.cluster is not None
+    cluster = b.chat.cluster
     await eventually(lambda: cluster.listening)
     sender, subscriber = await connect(a), await connect(b)
     token = await sender.login("messi")
@@ -357,8 +300,8 @@ async def test_node_found_dead_by_its_heartbeat(nodes: Nodes) -> None:
     messi = await connect(a)
     await messi.login("messi")
     await watcher.wait_for(lambda: ("messi", True) in watcher.presence())
-    assert a.cluster is not None
-    membership = a.cluster.membership
+    assert a.chat.cluster is not None
+    membership = a.chat.cluster.membership
     loop = membership._loop
     assert loop is not None
     loop.stop()  # frozen: no more heartbeats, nothing else changes
@@ -384,9 +327,9 @@ async def test_federation_lease_one_node_delivers_in_order(
         reactor,
         two_store,
         ["tcp:0:interface=127.0.0.1"],
+        Settings(federation=FederationSettings("two", **fast)),  # type: ignore[arg-type]
         hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
         demo=True,
-        federation=FederationSettings("two", **fast),  # type: ignore[arg-type]
     )
     two.startService()
     await two.ready
@@ -426,7 +369,11 @@ async def test_federation_lease_one_node_delivers_in_order(
                 sent.append(text)
 
         def holders() -> list[ChatService]:
-            return [n for n in (a, b) if n.federation and "two" in n.federation.links]
+            return [
+                n
+                for n in (a, b)
+                if n.chat.federation and "two" in n.chat.federation.links
+            ]
 
         await send(0, 20)
         received: list[str] = []
@@ -446,8 +393,8 @@ async def test_federation_lease_one_node_delivers_in_order(
         assert received == sent
         (holder,) = holders()
         name = "a" if holder is a else "b"
-        assert holder.cluster is not None
-        leases = holder.cluster.leases
+        assert holder.chat.cluster is not None
+        leases = holder.chat.cluster.leases
         lost: list[str] = []
         lose = leases.lost
 

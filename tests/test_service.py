@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -16,6 +17,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from chat import service as service_module
+from chat.build import Settings
 from chat.checkers import Argon2Hasher
 from chat.errors import StorageUnavailable
 from chat.limits import Limits
@@ -26,16 +28,16 @@ from tests.helpers import FAST_ARGON2, InlineHasher, result_of
 
 
 def make_service(
-    tmp_path: Path, endpoints: tuple[str, ...] = (), **options: object
+    tmp_path: Path, endpoints: tuple[str, ...] = (), **settings: Any
 ) -> ChatService:
     store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
     return ChatService(
         reactor,
         store,
         list(endpoints),
+        Settings(**settings),
         hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
         demo=True,
-        **options,  # type: ignore[arg-type]
     )
 
 

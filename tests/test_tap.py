@@ -306,21 +306,21 @@ def test_make_service(tmp_path: Path) -> None:
     assert isinstance(service, ChatService)
     assert service.demo
     assert service.factory.max_line == 20000
-    assert service.sessions.idle_timeout == 3600
+    assert service.chat.sessions.idle_timeout == 3600
     assert service.factory.limits.idle_timeout == 60
     assert service.store.max_mailbox == 7
-    assert service.realm.push_window == 7
-    assert service.realm.max_file_size == 1000
-    assert service.realm.max_recipients == 3
-    assert service.registrar.open
-    assert service.registrar.limiter.burst == 2
-    assert service.registrar.limiter.rate == 2 / 60
-    assert service.factory.frontend.registrar is service.registrar
-    assert service.purger is not None and service.purger.retention == 86400
+    assert service.chat.realm.push_window == 7
+    assert service.chat.realm.max_file_size == 1000
+    assert service.chat.realm.max_recipients == 3
+    assert service.chat.registrar.open
+    assert service.chat.registrar.limiter.burst == 2
+    assert service.chat.registrar.limiter.rate == 2 / 60
+    assert service.factory.frontend.registrar is service.chat.registrar
+    assert service.chat.purger is not None and service.chat.purger.retention == 86400
     closed = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'd.sqlite'}"))
     assert isinstance(closed, ChatService)
-    assert not closed.registrar.open
-    assert closed.purger is None
+    assert not closed.chat.registrar.open
+    assert closed.chat.purger is None
     assert (tmp_path / "c.sqlite").exists()
 
 
@@ -359,7 +359,7 @@ def test_quota_and_web_limit_options(tmp_path: Path) -> None:
     service = tap.makeService(options)
     assert isinstance(service, ChatService)
     assert service.store.quotas == Quotas(5, 64 << 20, 3)
-    site = service.site
+    site = service.chat.site
     assert isinstance(site, ChatSite)
     assert site.hosts.allows("chat.example.org")
     assert site.hosts.allows("other.example.net")

@@ -25,6 +25,7 @@ import argon2
 
 from chat.service import DEMO_PASSWORD, DEMO_USERS
 from chat.store import schema
+from tests.clients import Client, encoded
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,17 +223,20 @@ def _copy(source: Any, target: Any) -> None:
             target.flush()
 
 
-class CourseClient:
+class CourseClient(Client):
     """
     The course's chat-cli.py transport: sendall, then recv(64) chunks,
-    each decoded on its own, until the buffer ends in CR LF CR LF.
+    each decoded on its own, until the buffer ends in CR LF CR LF. Its
+    lines end as the course's client ends them: a space, then CR LF.
     """
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
 
-    def sendstring(self, string: str) -> dict[str, Any]:
-        self.sock.sendall(string.encode())
+    def write(self, line: str | bytes) -> None:
+        self.sock.sendall(encoded(line) + b" \r\n")
+
+    def read(self) -> dict[str, Any]:
         received = ""
         while True:
             data = self.sock.recv(64)
@@ -241,25 +245,28 @@ class CourseClient:
             if received[-4:] == "\r\n\r\n":
                 return json.loads(received)  # type: ignore[no-any-return]
 
-    def login(self, username: str, password: str) -> str:
-        result = self.sendstring(f"auth {username} {password} \r\n")
-        assert result["status"] == "OK", result
-        return str(result["tokenid"])
+    def sendstring(self, string: str) -> dict[str, Any]:
+        """
+        Send C{string} as it is (the course client's own line ending
+        included) and read the reply.
+        """
+        self.sock.sendall(string.encode())
+        return self.read()
 
     def sendmessage(self, token: str, to: str, message: str) -> dict[str, Any]:
         text = ""
         for word in message.split(" "):
             text = f"{text} {word}"
-        return self.sendstring(f"send {token} {to} {text} \r\n")
+        return self.request(f"send {token} {to} {text}")
 
     def inbox(self, token: str) -> dict[str, Any]:
-        return self.sendstring(f"inbox {token} \r\n")
+        return self.request(f"inbox {token}")
 
     def close(self) -> None:
         self.sock.close()
 
 
-class LineClient:
+class LineClient(Client):
     """
     A blocking client that can pipeline: write lines, read replies in order.
     """
@@ -281,8 +288,7 @@ class LineClient:
         self.buffer = b""
 
     def write(self, line: str | bytes) -> None:
-        data = line.encode() if isinstance(line, str) else line
-        self.sock.sendall(data + b"\r\n")
+        self.sock.sendall(encoded(line) + b"\r\n")
 
     def read(self) -> dict[str, Any]:
         """
@@ -297,15 +303,6 @@ class LineClient:
             self.buffer += data
         frame, self.buffer = self.buffer.split(DELIMITER, 1)
         return json.loads(frame)  # type: ignore[no-any-return]
-
-    def request(self, line: str | bytes) -> dict[str, Any]:
-        self.write(line)
-        return self.read()
-
-    def login(self, username: str = "messi", password: str = "surabaya") -> str:
-        reply = self.request(f"auth {username} {password}")
-        assert reply["status"] == "OK", reply
-        return str(reply["tokenid"])
 
     def read_until_closed(self) -> tuple[list[dict[str, Any]], bool]:
         """

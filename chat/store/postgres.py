@@ -312,8 +312,10 @@ class PostgresStore(SQLStore):
                     connection, self.max_mailbox, self.max_per_sender, self.quotas
                 )
                 results = run_batch(txn, batch, is_storage_error)
-                self._notify(connection, batch, results)
-                connection.execute("COMMIT")
+                # The notifications and the commit in one round trip.
+                with connection.pipeline():
+                    self._notify(connection, batch, results)
+                    connection.execute("COMMIT")
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
                 self._rollback()
                 if attempt == RETRIES:
