@@ -66,6 +66,16 @@ _SMOOTHING = 0.2
 WORKER_NICENESS = 10
 
 
+class BadParameter(ValueError):
+    """
+    A hash parameter argon2 cannot use; C{option} names its option.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 @attrs.frozen
 class HashParameters:
     """
@@ -82,13 +92,14 @@ class HashParameters:
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.parallelism <= 255:
-            raise ValueError("the parallelism must be 1 to 255")
+            raise BadParameter("hash-parallelism", "the parallelism must be 1 to 255")
         if not 1 <= self.time_cost <= 1000:
-            raise ValueError("the time cost must be 1 to 1000")
+            raise BadParameter("hash-time-cost", "the time cost must be 1 to 1000")
         if not 8 * self.parallelism <= self.memory_kib <= 4 * 1024 * 1024:
-            raise ValueError(
+            raise BadParameter(
+                "hash-memory",
                 "the memory must be at least 8 KiB per lane of parallelism, "
-                "and at most 4 GiB (4194304 KiB)"
+                "and at most 4 GiB (4194304 KiB)",
             )
 
     def password_hasher(self) -> argon2.PasswordHasher:
@@ -107,39 +118,46 @@ class HashParameters:
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise ValueError(f"must be positive: {text}")
+        raise ValueError(f"expected a positive whole number, not {text!r}")
     return value
 
 
 _DEFAULT = HashParameters()
 
 #: The C{usage.Options} rows of the hash parameters, shared by C{twistd
-#: chat} and C{chat-admin}; L{parameters_from} reads them.
+#: chat} and C{chat-admin}, with their L{PARAMETER_CONVERTERS} (a
+#: L{chat.options.ChatOptions} applies them); L{parameters_from} reads them.
 PARAMETER_OPTIONS: list[list[Any]] = [
     [
         "hash-memory",
         None,
-        _DEFAULT.memory_kib,
+        str(_DEFAULT.memory_kib),
         "argon2id memory per password hash, in KiB (19456 is 19 MiB).",
-        _count,
     ],
     [
         "hash-time-cost",
         None,
-        _DEFAULT.time_cost,
+        str(_DEFAULT.time_cost),
         "argon2id passes over that memory per password hash.",
-        _count,
     ],
     [
         "hash-parallelism",
         None,
-        _DEFAULT.parallelism,
+        str(_DEFAULT.parallelism),
         "argon2id lanes (threads) per password hash.",
-        _count,
     ],
 ]
+
+PARAMETER_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "hash-memory": _count,
+    "hash-time-cost": _count,
+    "hash-parallelism": _count,
+}
 
 
 def parameters_from(options: Mapping[str, Any]) -> HashParameters:
@@ -154,8 +172,8 @@ def parameters_from(options: Mapping[str, Any]) -> HashParameters:
             options["hash-time-cost"],
             options["hash-parallelism"],
         )
-    except ValueError as e:
-        raise usage.UsageError(f"--hash-*: {e}") from None
+    except BadParameter as e:
+        raise usage.UsageError(f"--{e.option}: {e}") from None
 
 
 def usable_cpus() -> int:
