@@ -25,7 +25,7 @@ The flow on one connection:
     forms, and answer with prebuilt or directly built bytes: no command
     object and no Deferred per request. The others are parsed by
     L{chat.commands} and run through Deferreds. The course family's
-    spellings (L{chat.commands.ALIASES}) run as the command they mean: an
+    spellings (L{chat.aliases.ALIASES}) run as the command they mean: an
     alias of a hot command by its handler, any other as a command object
     (the reply in the alias's shape, L{chat.compat}).
  4. A connection may instead become a link from another realm: it says
