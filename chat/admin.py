@@ -10,6 +10,7 @@ C{chat-admin}: manage accounts in a chat store.
     chat-admin --store sqlite:chat.sqlite realm add REALM_ID ENDPOINT [--generate]
     chat-admin --store sqlite:chat.sqlite realm list
     chat-admin --store sqlite:chat.sqlite realm remove REALM_ID
+    chat-admin --store sqlite:chat.sqlite check
     chat-admin migrate --from sqlite:chat.sqlite \
         --to postgresql://USER@HOST:PORT/DBNAME
 
@@ -18,6 +19,11 @@ Passwords, and the secrets realm links share, are read from standard input
 line, where other users of the machine could see them. It is safe to run
 while the server runs; it picks up link changes within
 L{chat.federation.FederationSettings.sync_interval}.
+
+Commands that only read (C{users}, C{realm list}, C{check}) never create
+a database, and work on a read-only one; the others create a missing
+database file (never its folder) and refuse a read-only one, before
+asking for anything.
 
 C{migrate} copies a SQLite store into an empty PostgreSQL database (see
 L{chat.migrate}); stop the server first. PostgreSQL passwords come from
@@ -30,11 +36,13 @@ import getopt
 import getpass
 import signal
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import argon2
 from twisted.internet import task
-from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.python import usage
 
@@ -50,12 +58,18 @@ from chat.errors import (
 )
 from chat.links import RealmLink, new_secret, validate_realm_id, validate_secret
 from chat.migrate import migrate, source_path, target_url
-from chat.model import User, validate_full_name, validate_username
-from chat.store import STORE_HELP, open_store
+from chat.model import User, validate_full_name, validate_password, validate_username
+from chat.options import ChatOptions, usage_error
+from chat.store import STORE_HELP, check_store, open_store, preflight
+from chat.store.postgres import is_postgres_url, safe_url
 from chat.store.sql import SQLStore
+from chat.store.sqlitefile import ServerLock
+
+#: The commands that only read the store.
+READ_ONLY = frozenset({"users", "realm list", "check"})
 
 
-class InterspersedOptions(usage.Options):
+class InterspersedOptions(ChatOptions):
     """
     Options that may come after positional arguments too, as in
     C{useradd USERNAME --name "Full Name"} (Twisted stops at the first
@@ -82,6 +96,7 @@ class InterspersedOptions(usage.Options):
 
 class UserAddOptions(InterspersedOptions):
     synopsis = "USERNAME --name 'Full Name' [--country COUNTRY] [--admin]"
+    arguments = ("USERNAME",)
     optParameters = [
         ["name", None, None, "The user's full name (required)."],
         ["country", None, "", "The user's country."],
@@ -90,9 +105,6 @@ class UserAddOptions(InterspersedOptions):
         ["admin", None, "An administrator (may link realms with addrealm)."],
     ]
 
-    def parseArgs(self, username: str) -> None:  # type: ignore[override]
-        self["username"] = username
-
     def postOptions(self) -> None:
         if not self["name"] or not self["name"].strip():
             raise usage.UsageError("--name is required")
@@ -100,27 +112,28 @@ class UserAddOptions(InterspersedOptions):
 
 class UserOptions(InterspersedOptions):
     synopsis = "USERNAME"
-
-    def parseArgs(self, username: str) -> None:  # type: ignore[override]
-        self["username"] = username
+    arguments = ("USERNAME",)
 
 
-class NoOptions(usage.Options):
-    synopsis = ""
+class NoOptions(ChatOptions):
+    pass
 
 
 class SetAdminOptions(InterspersedOptions):
     synopsis = "USERNAME yes|no"
+    arguments = ("USERNAME", "yes|no")
 
-    def parseArgs(self, username: str, flag: str) -> None:  # type: ignore[override]
+    def parseArgs(self, *values: str) -> None:
+        super().parseArgs(*values)
+        flag = self.pop("yes|no")
         if flag not in ("yes", "no"):
-            raise usage.UsageError("say yes or no")
-        self["username"] = username
+            raise usage.UsageError(f"yes or no, not {flag!r}")
         self["admin"] = flag == "yes"
 
 
 class RealmAddOptions(InterspersedOptions):
     synopsis = "REALM_ID ENDPOINT [--generate]"
+    arguments = ("REALM_ID", "ENDPOINT")
     optFlags = [
         [
             "generate",
@@ -130,19 +143,13 @@ class RealmAddOptions(InterspersedOptions):
         ],
     ]
 
-    def parseArgs(self, realm_id: str, endpoint: str) -> None:  # type: ignore[override]
-        self["realm_id"] = realm_id
-        self["endpoint"] = endpoint
-
 
 class RealmIdOptions(InterspersedOptions):
     synopsis = "REALM_ID"
-
-    def parseArgs(self, realm_id: str) -> None:  # type: ignore[override]
-        self["realm_id"] = realm_id
+    arguments = ("REALM_ID",)
 
 
-class RealmOptions(usage.Options):
+class RealmOptions(ChatOptions):
     synopsis = "add|list|remove ..."
     subCommands = [
         [
@@ -164,10 +171,10 @@ class RealmOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("add, list or remove")
+            raise usage.UsageError("realm add, realm list or realm remove?")
 
 
-class MigrateOptions(usage.Options):
+class MigrateOptions(ChatOptions):
     synopsis = "--from sqlite:PATH --to postgresql://USER@HOST:PORT/DBNAME"
     optParameters = [
         ["from", None, None, "The SQLite store to copy: sqlite:PATH (read only)."],
@@ -190,12 +197,14 @@ class MigrateOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-class AdminOptions(usage.Options):
-    synopsis = "--store STORE COMMAND [ARGS]"
+class AdminOptions(ChatOptions):
+    program = "chat-admin"
+    common = "[--store STORE]"
+    synopsis = "[--store STORE] COMMAND [ARGS]"
     optParameters = [
         ["store", None, "sqlite:chat.sqlite", f"The chat store: {STORE_HELP}."],
     ]
-    subCommands = [
+    subCommands: list[list[Any]] = [
         ["useradd", None, UserAddOptions, "Create a user (password on stdin)."],
         [
             "passwd",
@@ -213,6 +222,13 @@ class AdminOptions(usage.Options):
         ],
         ["realm", None, RealmOptions, "Links to other realms (chat servers)."],
         [
+            "check",
+            None,
+            NoOptions,
+            "Check the database for damage (SQLite's integrity_check); "
+            "exit status 1 if damaged.",
+        ],
+        [
             "migrate",
             None,
             MigrateOptions,
@@ -223,58 +239,112 @@ class AdminOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("a command is required")
+            names = ", ".join(str(row[0]) for row in self.subCommands)
+            raise usage.UsageError(f"which command? ({names})")
+
+    @property
+    def command(self) -> str:
+        """
+        The command, with its subcommand (C{realm list}).
+        """
+        sub = getattr(self.subOptions, "subCommand", None)
+        return f"{self.subCommand} {sub}" if sub else str(self.subCommand)
+
+
+class Interrupted(Exception):
+    """
+    The person pressed Ctrl-C (or Ctrl-D) at a prompt.
+    """
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """
+    Ctrl-C and Ctrl-D at a prompt end chat-admin with a message, not a
+    traceback (and Ctrl-C is not left to the reactor's handler, which
+    would only stop the reactor once the prompt returns).
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (tests): nothing to restore
+        previous = None
+    try:
+        yield
+    except (KeyboardInterrupt, EOFError):
+        raise Interrupted() from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ask_twice(stdin: TextIO, what: str) -> str:
+    """
+    A secret from standard input: asked twice, hidden, on a terminal; else
+    the first line.
+    """
+    if not stdin.isatty():
+        return stdin.readline().rstrip("\r\n")
+    with _interruptible():
+        first = getpass.getpass(f"{what}: ")
+        if getpass.getpass("Again: ") != first:
+            raise ChatError(f"the {what.lower()}s differ; nothing was changed")
+    return first
 
 
 def read_secret(stdin: TextIO) -> str:
     """
-    A link secret from standard input: prompted twice on a terminal, else
-    the first line.
+    A link secret from standard input (see L{_ask_twice}).
     """
-    if stdin.isatty():
-        secret = getpass.getpass("Shared secret: ")
-        if getpass.getpass("Again: ") != secret:
-            raise ChatError("the secrets differ")
-    else:
-        secret = stdin.readline().rstrip("\r\n")
-    return validate_secret(secret)
+    return validate_secret(_ask_twice(stdin, "Shared secret"))
 
 
 def read_password(stdin: TextIO) -> str:
     """
-    One password from standard input: prompted twice on a terminal, else
-    the first line.
+    A new password from standard input (see L{_ask_twice}), checked with
+    the rule of C{register}: 8-1024 characters, none of them a space.
     """
-    if stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            raise ChatError("the passwords differ")
-    else:
-        password = stdin.readline().rstrip("\r\n")
+    password = _ask_twice(stdin, "Password")
     if not password:
         raise ChatError("the password is empty")
     if any(c.isspace() for c in password):
         raise ChatError(
             "the password contains whitespace, which the protocol cannot carry"
         )
+    validate_password(password)
     return password
 
 
 async def run(
-    reactor: Any, options: AdminOptions, stdin: TextIO, stdout: TextIO
-) -> None:
+    reactor: Any,
+    options: AdminOptions,
+    stdin: TextIO,
+    stdout: TextIO,
+    hasher: argon2.PasswordHasher | None = None,
+) -> int:
+    """
+    Run a command other than C{migrate}.
+
+    @return: the exit status.
+    @raise ChatError: for a mistake or a store that cannot be used.
+    """
     command = options.subCommand
     sub = options.subOptions
+    read_only = options.command in READ_ONLY
+    # Everything that can be checked before asking for a password is.
+    preflight(options["store"], write=not read_only)
+    if command == "check":
+        return check(options["store"], stdout)
     password_hash = None
     secret = None
     if command in ("useradd", "passwd"):
         if command == "useradd":
             validate_username(sub["username"])
             sub["name"] = validate_full_name(sub["name"])
-        password_hash = argon2.PasswordHasher().hash(read_password(stdin))
+        password = read_password(stdin)
+        password_hash = (hasher or argon2.PasswordHasher()).hash(password)
     elif command == "realm":
         secret = prepare_realm(reactor, sub, stdin)
-    store = open_store(reactor, options["store"])
+    store = open_store(reactor, options["store"], read_only=read_only)
     store.start()
     try:
         if command == "useradd":
@@ -307,6 +377,26 @@ async def run(
             await run_realm(reactor, store, sub, secret, stdout)
     finally:
         await store.close()
+    return 0
+
+
+def check(description: str, stdout: TextIO) -> int:
+    """
+    C{check}: print what is wrong with the database, or that nothing is.
+
+    @return: the exit status: 1 if it is damaged.
+    """
+    problems = check_store(description)
+    shown = safe_url(description) if is_postgres_url(description) else description
+    for problem in problems:
+        print(problem, file=stdout)
+    if problems:
+        raise ChatError(
+            f"{shown} is damaged ({len(problems)} problems, above): restore it "
+            "from a backup (a SQLite file together with its -wal file)"
+        )
+    print(f"{shown}: ok", file=stdout)
+    return 0
 
 
 def prepare_realm(reactor: Any, options: RealmOptions, stdin: TextIO) -> str | None:
@@ -359,19 +449,26 @@ async def run_realm(
         )
 
 
-def run_migrate(options: MigrateOptions) -> None:
+def run_migrate(options: MigrateOptions, stdout: TextIO, stderr: TextIO) -> int:
     """
     The migration: synchronous (nothing else runs meanwhile), and Ctrl-C
-    interrupts it at once, rolling back what it wrote.
+    interrupts it at once, rolling back what it wrote. It refuses a source
+    a server is running on (what it writes after the copy starts would not
+    be copied).
+
+    @return: the exit status.
     """
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    lock = ServerLock(options["source"])
+    lock.acquire(exclusive=False)
     try:
-        migrate(options["source"], options["target"], sys.stdout, sys.stderr)
-    except KeyboardInterrupt:
-        print("\nchat-admin: interrupted; nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+        with _interruptible():
+            migrate(options["source"], options["target"], stdout, stderr)
+    except Interrupted:
+        print("\nchat-admin: interrupted; nothing was written", file=stderr)
+        return 130
     finally:
-        signal.signal(signal.SIGINT, previous)
+        lock.release()
+    return 0
 
 
 def describe(error: Exception) -> str:
@@ -392,24 +489,48 @@ def describe(error: Exception) -> str:
     return str(error)
 
 
-def main(reactor: Any, *argv: str) -> Any:
+async def command(
+    reactor: Any,
+    argv: Sequence[str],
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    hasher: argon2.PasswordHasher | None = None,
+) -> int:
+    """
+    Run chat-admin with the arguments C{argv}: what it prints goes to
+    C{stdout}, and its mistakes, one line each, to C{stderr}.
+
+    @param hasher: hashes new passwords (argon2id with its default cost
+        unless given).
+    @return: the exit status: 0, 1 for a mistake or a store that cannot be
+        used, 2 for a usage error, 130 if interrupted.
+    """
     options = AdminOptions()
     try:
-        options.parseOptions(argv)
+        options.parseOptions(list(argv))
     except usage.UsageError as e:
-        print(f"{options}\nchat-admin: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(usage_error(options, e), file=stderr)
+        return 2
+    try:
+        if options.subCommand == "migrate":
+            return run_migrate(options.subOptions, stdout, stderr)
+        return await run(reactor, options, stdin, stdout, hasher)
+    except Interrupted:
+        print("\nchat-admin: interrupted; nothing was changed", file=stderr)
+        return 130
+    except (ChatError, ValueError) as e:
+        print(f"chat-admin: {describe(e)}", file=stderr)
+        return 1
 
-    def failed(f: Any) -> None:
-        if f.check(ChatError, ValueError):
-            print(f"chat-admin: {describe(f.value)}", file=sys.stderr)
-            raise SystemExit(1)
-        return f
 
-    if options.subCommand == "migrate":
-        return maybeDeferred(run_migrate, options.subOptions).addErrback(failed)
-    d = ensureDeferred(run(reactor, options, sys.stdin, sys.stdout))
-    return d.addErrback(failed)
+def main(reactor: Any, *argv: str) -> Deferred[None]:
+    async def go() -> None:
+        code = await command(reactor, argv, sys.stdin, sys.stdout, sys.stderr)
+        if code:
+            raise SystemExit(code)
+
+    return ensureDeferred(go())
 
 
 def script() -> None:

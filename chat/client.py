@@ -2,7 +2,7 @@
 C{chat-client}: an interactive chat client for the terminal, with live
 delivery.
 
-    chat-client [--connect ENDPOINT]      default tcp:host=127.0.0.1:port=8889
+    chat-client [--connect HOST:PORT|ENDPOINT]    default 127.0.0.1:8889
 
 Three pieces, each testable alone:
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shlex
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -49,8 +51,17 @@ from zope.interface import implementer
 
 from chat.downloads import save
 from chat.escapes import visible
+from chat.options import ChatOptions, usage_error
 
-DEFAULT_CONNECT = "tcp:host=127.0.0.1:port=8889"
+DEFAULT_CONNECT = "127.0.0.1:8889"
+
+#: C{--connect HOST:PORT}: a host name, an IPv4 address or an IPv6 one in
+#: brackets, and a port.
+_HOST_PORT = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})"
+)
+#: Twisted's client endpoint types a C{--connect} value may start with.
+_ENDPOINT_TYPES = ("tcp", "ssl", "tls", "unix")
 
 HELP = """\
 commands:
@@ -186,8 +197,7 @@ class ConsoleProtocol(LineReceiver):
         self.closed: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        self.controller.console = self
-        self.controller.show_prompt()
+        self.controller.attach(self)
 
     def lineReceived(self, line: bytes) -> None:
         self.controller.typed(line.rstrip(b"\r").decode("utf-8", "replace"))
@@ -231,8 +241,10 @@ class Controller:
         where: str,
         timezone: tzinfo | None = None,
         downloads: Path = Path("chat-downloads"),
+        greeting: str | None = None,
     ) -> None:
         self.downloads = downloads
+        self.greeting = greeting
         self.clock = clock
         self.connect = connect
         self.interactive = interactive
@@ -254,6 +266,16 @@ class Controller:
         self.done: Deferred[int] = Deferred()
 
     # Output.
+
+    def attach(self, console: ConsoleProtocol) -> None:
+        """
+        The console is there: greet (in a terminal), then prompt.
+        """
+        self.console = console
+        if self.greeting is not None and self.interactive:
+            self.say(self.greeting)  # and the prompt after it
+        else:
+            self.show_prompt()
 
     def prompt(self) -> str:
         return f"{self.username or 'chat'}> "
@@ -406,13 +428,15 @@ class Controller:
         if len(parts) < 3:
             self.say("usage: sendfile <user> <path>")
             return
-        path = Path(parts[2]).expanduser()
+        path = file_path(parts[2])
         try:
             content = path.read_bytes()
         except OSError as e:
             self.say(f"error: cannot read {path}: {e.strerror}")
             return
         encoded = base64.b64encode(content).decode("ascii")
+        # The name may hold spaces: the server takes everything between the
+        # recipient and the content (the last word) as the name.
         line = f"sendfile {self.token} {parts[1]} {path.name} {encoded}"
         if await self._request(line):
             self.say(f"file {path.name} ({len(content)} bytes) sent to {parts[1]}")
@@ -575,14 +599,58 @@ class Controller:
                     self.exit_code = 1
 
 
-class Options(usage.Options):
-    synopsis = "[--connect ENDPOINT] [--downloads FOLDER]"
+def file_path(text: str) -> Path:
+    """
+    The file a person named in C{sendfile}: a path as typed (spaces and
+    all), or, if there is no such file, as a shell would read it (in
+    quotes, or with backslashes, as a terminal writes a file dropped on
+    it).
+    """
+    path = Path(text).expanduser()
+    if not path.exists():
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            words = []
+        if len(words) == 1:
+            return Path(words[0]).expanduser()
+    return path
+
+
+def endpoint_description(text: str) -> str:
+    """
+    The Twisted client endpoint C{--connect} names: C{HOST:PORT} (the
+    shorthand), or a Twisted endpoint string.
+
+    @raise ValueError: for neither.
+    """
+    from twisted.internet import reactor
+
+    description = text
+    shorthand = _HOST_PORT.fullmatch(text)
+    if shorthand is not None and text.partition(":")[0] not in _ENDPOINT_TYPES:
+        host = shorthand.group("host").strip("[]").replace(":", "\\:")
+        description = f"tcp:host={host}:port={shorthand.group('port')}"
+    try:
+        clientFromString(reactor, description)
+    except Exception as e:
+        raise ValueError(
+            f"expected HOST:PORT (such as 127.0.0.1:8889) or a Twisted client "
+            f"endpoint (such as tcp:host=127.0.0.1:port=8889), not {text!r} ({e})"
+        ) from None
+    return description
+
+
+class Options(ChatOptions):
+    program = "chat-client"
+    synopsis = "[--connect HOST:PORT|ENDPOINT] [--downloads FOLDER]"
     optParameters = [
         [
             "connect",
             "c",
             DEFAULT_CONNECT,
-            "The server, as a Twisted client endpoint (ssl:host=...:port=... too).",
+            "The server: HOST:PORT, or a Twisted client endpoint "
+            "(tcp:host=...:port=..., ssl:host=...:port=... for TLS).",
         ],
         [
             "downloads",
@@ -591,11 +659,17 @@ class Options(usage.Options):
             "Folder where received files are saved (never overwriting).",
         ],
     ]
+    converters = {"connect": endpoint_description}
+
+    def postOptions(self) -> None:
+        self["where"] = self["connect"]
+        super().postOptions()
 
 
 async def run(reactor: Any, options: Options) -> int:
     interactive = sys.stdin.isatty()
     endpoint = clientFromString(reactor, options["connect"])
+    where = options["where"]
 
     def connect(wait: bool) -> Deferred[Any]:
         return service.whenConnected(failAfterFailures=None if wait else 1)
@@ -604,8 +678,9 @@ async def run(reactor: Any, options: Options) -> int:
         reactor,
         connect,
         interactive=interactive,
-        where=options["connect"],
+        where=where,
         downloads=Path(options["downloads"]),
+        greeting=f"chat client for {where}; type help for commands",
     )
     service = ClientService(
         endpoint,
@@ -614,8 +689,6 @@ async def run(reactor: Any, options: Options) -> int:
         clock=reactor,
     )
     service.startService()
-    if interactive:
-        controller.say(f"chat client for {options['connect']}; type help for commands")
     console = ConsoleProtocol(controller)
     stdio.StandardIO(console, reactor=reactor)
     code = await controller.done
@@ -631,7 +704,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
-        print(f"{options}\nchat-client: {e}", file=sys.stderr)
+        print(usage_error(options, e), file=sys.stderr)
         raise SystemExit(2) from None
 
     async def go() -> None:

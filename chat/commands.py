@@ -29,9 +29,9 @@ Grammar (requests, then the OK reply)::
         {"status":"OK","message":"Logged Out"}
     sendgroup <token> <targets> <text...>
         {"status":"OK","message":"Message Sent"}
-    sendfile <token> <to> <file name> <content>
+    sendfile <token> <to> <file name...> <content>
         {"status":"OK","message":"File Sent",<file>}
-    sendgroupfile <token> <targets> <file name> <content>
+    sendgroupfile <token> <targets> <file name...> <content>
         {"status":"OK","message":"File Sent",<file>}
     creategroup [<token>] <group> [<member> ...]
         {"status":"OK","message":"Group Created","group":<group>}
@@ -102,8 +102,11 @@ Between realms, on a connection that is a link (never a user's)::
 
 <text...> is the rest of the line after <to>, surrounding whitespace
 stripped and inner whitespace kept; it must not be empty. <full name...> is
-the rest of the line the same way. A <group> argument may carry a leading
-C{#}. <limit> is 1-500 (default 50); <before id> (exclusive) pages back.
+the rest of the line the same way. <file name...> is everything between
+<to> (or <targets>) and <content>, the last word (base64 has no spaces), so
+a name may hold spaces; a one-word name reads as it always did. A <group>
+argument may carry a leading C{#}. <limit> is 1-500 (default 50);
+<before id> (exclusive) pages back.
 
 Events (only on a connection that sent subscribe; never a "status" key)::
 
@@ -196,6 +199,7 @@ from chat.grammar import (
     verb,
     words,
     words_and_text,
+    words_name_and_content,
 )
 from chat.grammar import BadCommand as BadCommand
 from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
@@ -416,19 +420,21 @@ def decode_file_content(text: str) -> bytes:
 
 def file_name_and_content(file_name: str, content: str) -> tuple[str, bytes]:
     """
-    The file name and the decoded content of a file command. One of the
-    course family's clients sends the content before the name
-    (C{b'aGk=' notes.txt}): a name in the C{b'...'} form followed by
-    something that is not base64 is taken for that order.
+    The file name and the decoded content of a file command, given the name
+    (which may hold spaces) and the last word. One of the course family's
+    clients sends the content before the name (C{b'aGk=' my notes.txt}): a
+    first word in the C{b'...'} form, when the last word is not base64, is
+    taken for that order.
 
     @raise InvalidBase64: if the content is not base64 in either order.
     """
     try:
         return file_name, decode_file_content(content)
     except InvalidBase64:
-        if _BYTES_REPR.fullmatch(file_name) is None:
+        first, *rest = file_name.split(None, 1)
+        if _BYTES_REPR.fullmatch(first) is None:
             raise
-        return content, decode_file_content(file_name)
+        return " ".join([*rest, content]), decode_file_content(first)
 
 
 @verb("sendfile")
@@ -441,7 +447,7 @@ class SendFile(Command):
 
     @classmethod
     def from_arguments(cls, rest: str) -> SendFile:
-        (token, recipient, file_name), content = words_and_text(rest, 3)
+        (token, recipient), file_name, content = words_name_and_content(rest, 2)
         return cls(token, recipient, *file_name_and_content(file_name, content))
 
 
@@ -455,7 +461,7 @@ class SendGroupFile(Command):
 
     @classmethod
     def from_arguments(cls, rest: str) -> SendGroupFile:
-        (token, targets, file_name), content = words_and_text(rest, 3)
+        (token, targets), file_name, content = words_name_and_content(rest, 2)
         return cls(
             token, Targets.parse(targets), *file_name_and_content(file_name, content)
         )

@@ -253,6 +253,30 @@ class StorageUnavailable(ChatError):
     """
 
 
+class DatabaseDamaged(StorageUnavailable):
+    """
+    The database file is corrupt (SQLite found a malformed page): nothing
+    more is written to it. Retrying does not help; restoring a backup does.
+    """
+
+
+class StoreReadOnly(StorageUnavailable):
+    """
+    The database may be read but not written (the file, or its folder, is
+    read-only for this process).
+    """
+
+
+class StoreInUse(StorageUnavailable):
+    """
+    Another chat server holds the database (the lock of a running server).
+    """
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class SchemaTooNew(ChatError):
     """
     The database was written by a newer version of chat than this one.

@@ -113,6 +113,22 @@ def words(rest: str, count: int) -> list[str]:
     return found[:count]
 
 
+def words_name_and_content(rest: str, count: int) -> tuple[list[str], str, str]:
+    """
+    C{count} words, a file name (which may hold spaces), then the content:
+    the last word.
+
+    @raise MissingArgument: if a word, the name or the content is missing.
+    """
+    parts = rest.split(None, count)
+    if len(parts) <= count:
+        raise MissingArgument()
+    name_and_content = parts[count].rsplit(None, 1)
+    if len(name_and_content) < 2:
+        raise MissingArgument()
+    return parts[:count], name_and_content[0].strip(), name_and_content[1]
+
+
 def words_and_text(rest: str, count: int) -> tuple[list[str], str]:
     """
     C{count} words, then the rest of the line as non-empty, stripped text.

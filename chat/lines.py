@@ -303,6 +303,7 @@ class ChatFactory(Factory):
         clock: IReactorTime | None = None,
         sessions: SessionManager | None = None,
         metrics: Any = None,
+        federation: Any = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -322,6 +323,7 @@ class ChatFactory(Factory):
             FailureLimiter.of(clock, limits),
             sessions=sessions,
             registrar=registrar,
+            federation=federation,
             metrics=metrics,
         )
         self._new: dict[Door, float] = {}
@@ -347,17 +349,9 @@ class ChatFactory(Factory):
     def federation(self) -> Any:
         return self.frontend.federation
 
-    @federation.setter
-    def federation(self, federation: Any) -> None:
-        self.frontend.federation = federation
-
     @property
     def metrics(self) -> Any:
         return self.frontend.metrics
-
-    @metrics.setter
-    def metrics(self, metrics: Any) -> None:
-        self.frontend.metrics = metrics
 
     @property
     def is_open(self) -> bool:

@@ -97,7 +97,9 @@ def set_level(name: str) -> None:
     try:
         level = LogLevel.levelWithName(name)
     except Exception:
-        raise ValueError(f"unknown log level {name!r}") from None
+        raise ValueError(
+            f"unknown log level {name!r} (debug, info, warn, error or critical)"
+        ) from None
     level_filter.setLogLevelForNamespace("", level)
     global _debugging
     _debugging = level <= LogLevel.debug

@@ -237,7 +237,6 @@ class ChatUser:
                 self._delivered(value[-1].id)
             done(succeeded, value)
 
-        # The budget is passed positionally: tests replace drain_inbox_then.
         self.realm.store.drain_inbox_then(self.username, now, REPLY_BUDGET, drained)
 
     def inbox(self) -> Deferred[list[Message]]:

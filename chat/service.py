@@ -1,23 +1,17 @@
 """
-Wiring: one L{ChatService} owns the store, the password hasher, the
-sessions and the listening ports, and starts and stops them in order.
-
-With a store that several nodes share (L{chat.interfaces.IClusterStore}:
-PostgreSQL), the realm's fan-out and presence and the federation's link
-leases come from a L{chat.cluster.Cluster}; otherwise they are this
-process's own.
+The chat server as a twistd service: L{ChatService} builds the server's
+parts (L{chat.build.build_chat}), listens on its endpoints, and starts and
+stops the parts in order.
 """
 
 from __future__ import annotations
 
 import gc
-import socket
-from collections.abc import Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
+import attrs
 from twisted.application.service import Service
-from twisted.cred.portal import Portal
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
@@ -25,33 +19,20 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
-from chat import commands
-from chat.checkers import Argon2Hasher, SessionChecker, StoreChecker
-from chat.cluster import DEFAULT_HEARTBEAT, Cluster
+from chat.build import Settings, build_chat
+from chat.checkers import Argon2Hasher
 from chat.errors import NoSuchUser, UserExists
-from chat.federation import Federation, FederationSettings
-from chat.interfaces import IClusterStore, IPasswordHasher
-from chat.limits import Limits, RateLimiter, raise_open_file_limit
+from chat.interfaces import IPasswordHasher
+from chat.limits import raise_open_file_limit
 from chat.lines import ChatFactory
 from chat.logs import make_logger
-from chat.metrics import Metrics, OutboxWatcher, metrics_site
+from chat.metrics import metrics_site
 from chat.model import User
-from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
-from chat.registration import Registrar
-from chat.retention import MessagePurger
-from chat.sessions import ChangeWatcher, SessionManager
-from chat.store.interfaces import IExternalChanges, IUserStore
-from chat.web import OriginPolicy, WebSettings, make_site
-from chat.web.hosts import HostPolicy
-
-#: Default of C{--registration-rate}: 5 attempts per address, then one more
-#: every 12 minutes (5 per hour).
-DEFAULT_REGISTRATION_RATE = (5, 3600.0)
+from chat.store.interfaces import IUserStore
 
 #: Allocations of container objects between two collections of the
 #: youngest generation (CPython's default is 700).
@@ -89,15 +70,19 @@ SPARE_FILES = 64
 
 async def ensure_demo_users(store: IUserStore, hasher: IPasswordHasher) -> None:
     """
-    Create the course's demo users that do not exist yet.
+    Create the course's demo users that do not exist yet. They share one
+    hash of their shared, well-known password (hashing is the cost of a
+    start with C{--demo}; a salt per user would protect nothing here).
     """
+    password_hash: str | None = None
     for username, full_name, country in DEMO_USERS:
         try:
             await store.get_user(username)
             continue
         except NoSuchUser:
             pass
-        password_hash = await hasher.hash(DEMO_PASSWORD)
+        if password_hash is None:
+            password_hash = await hasher.hash(DEMO_PASSWORD)
         try:
             await store.add_user(User(username, full_name, country, password_hash))
         except UserExists:
@@ -119,8 +104,10 @@ def page_url(description: str, address: Any) -> str:
 
 class ChatService(Service):
     """
-    The chat server as a twistd service.
+    The chat server as a twistd service: the parts L{build_chat} makes, the
+    ports they listen on, started and stopped in order.
 
+    @ivar chat: the server's parts (L{Chat}).
     @ivar ready: fires when the server runs commands (after the demo users
         exist, with C{demo}); commands that arrive earlier wait for it.
     @ivar ports: the listening ports, once started.
@@ -132,161 +119,52 @@ class ChatService(Service):
         self,
         reactor: Any,
         store: Any,
-        endpoints: list[str],
+        endpoints: Sequence[str],
+        settings: Settings | None = None,
         *,
         hasher: Argon2Hasher | None = None,
         demo: bool = False,
-        max_line: int | None = None,
-        session_idle: float = 86400.0,
-        session_max_age: float = 30 * 86400.0,
-        push_window: int = 100,
-        registration_open: bool = False,
-        registration_rate: tuple[int, float] = DEFAULT_REGISTRATION_RATE,
-        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
-        max_recipients: int = DEFAULT_MAX_RECIPIENTS,
-        retention: float | None = None,
-        federation: FederationSettings | None = None,
-        limits: Limits | None = None,
         web: Sequence[str] = (),
-        web_origins: Sequence[str] = (),
-        web_hosts: Sequence[str] = (),
-        heartbeat: float = DEFAULT_HEARTBEAT,
         metrics: str | None = None,
     ) -> None:
         """
-        @param max_line: the longest request line; by default the shortest
-            that carries a file of C{max_file_size} bytes.
-        @param registration_rate: C{(count, seconds)}: each client address
-            may try C{count} registrations at once, then C{count} more per
-            C{seconds}.
-        @param retention: seconds after which messages are deleted; None
-            keeps them forever.
+        @param endpoints: where the chat protocol listens.
+        @param settings: how the server behaves (L{Settings} defaults if
+            not given; the web client and metrics are made when C{web} and
+            C{metrics} are given).
+        @param hasher: hashes passwords; L{Argon2Hasher} defaults if not
+            given.
+        @param demo: create the course's demo users at start.
         @param web: endpoints serving the web client (L{chat.web}), whose
             WebSockets reach the same factory as C{endpoints}.
-        @param web_origins: origins besides the page's own whose pages may
-            open a WebSocket (C{https://chat.example.org}).
-        @param web_hosts: host names the web client is served under besides
-            IP addresses, localhost, this machine's name and the hosts of
-            C{web_origins} (L{chat.web.hosts}).
-        @param heartbeat: with a shared store, seconds between this node's
-            heartbeats; a node silent for three of them is taken for dead.
         @param metrics: the endpoint serving Prometheus metrics
             (L{chat.metrics}); None collects none.
         """
+        settings = attrs.evolve(
+            settings or Settings(),
+            web_client=bool(web),
+            metrics=metrics is not None,
+        )
         self.reactor = reactor
         self.store = store
-        self.endpoints = endpoints
+        self.endpoints = list(endpoints)
+        self.web_endpoints = list(web)
+        self.metrics_endpoint = metrics
         self.hasher = hasher or Argon2Hasher(reactor)
         self.demo = demo
-        self.registration_open = registration_open
-        self.sessions = SessionManager(store, reactor, session_idle, session_max_age)
-        # What chat-admin changes in a SQLite file (new passwords, deleted
-        # users) ends the sessions here at once; PostgreSQL tells the
-        # cluster instead.
-        self.watcher: ChangeWatcher | None = None
-        if IExternalChanges.providedBy(store):
-            self.watcher = ChangeWatcher(store, self.sessions, reactor)
-        self.cluster: Cluster | None = None
-        # On a store shared by several nodes, push and presence go through
-        # the cluster; otherwise the realm keeps them in this process.
-        shared: dict[str, Any] = {}
-        if IClusterStore.providedBy(store):
-            self.cluster = Cluster(store, reactor, heartbeat=heartbeat)
-            self.cluster.serve_sessions(self.sessions)
-            shared = {
-                "fanout": self.cluster.fanout,
-                "presence": self.cluster.presence,
-            }
-        self.realm = ChatRealm(
-            store,
-            reactor,
-            self.sessions,
-            max_file_size=max_file_size,
-            max_recipients=max_recipients,
-            push_window=push_window,
-            **shared,
-        )
-        self.portal = Portal(
-            self.realm,
-            [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
-        )
-        count, seconds = registration_rate
-        self.registrar = Registrar(
-            store,
-            self.hasher,
-            RateLimiter(reactor, rate=count / seconds, burst=count),
-            open=registration_open,
-        )
-        if max_line is None:
-            max_line = commands.max_line_for_file(max_file_size)
-        self.factory = ChatFactory(
-            self.portal,
-            max_line,
-            self.registrar,
-            limits=limits,
-            clock=reactor,
-            sessions=self.sessions,
-        )
-        self.purger = (
-            None if retention is None else MessagePurger(store, reactor, retention)
-        )
-        self.factory.hold()
-        self.federation: Federation | None = None
-        if federation is not None:
-            self.federation = Federation(
-                federation,
-                store,
-                reactor,
-                self.realm.fanout,
-                connect=partial(clientFromString, reactor),
-            )
-            self.realm.federation = self.factory.federation = self.federation
-            if self.cluster is not None:
-                self.cluster.serve_federation(self.federation)
-        self.web_endpoints = list(web)
-        self.site: Site | None = None
-        if self.web_endpoints:
-            origins = OriginPolicy.from_strings(web_origins)
-            self.site = make_site(
-                self.factory,
-                WebSettings(max_file_size, registration_open),
-                origins,
-                reactor=reactor,
-                hosts=HostPolicy.build(
-                    origins.allowed, web_hosts, machine=socket.gethostname()
-                ),
-                limits=self.factory.limits,
-            )
-        self.metrics_endpoint = metrics
-        self.metrics: Metrics | None = None
-        self.outbox_watcher: OutboxWatcher | None = None
-        if metrics is not None:
-            self._collect_metrics(Metrics())
+        self.chat = build_chat(reactor, store, settings, self.hasher)
+        self.chat.factory.hold()
         self.ports: list[IListeningPort] = []
         self.web_ports: list[IListeningPort] = []
         self.metrics_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+        #: Called when the service cannot start (a port in use), before the
+        #: process exits: twistd's pid file is removed this way.
+        self.failed_start_observers: list[Callable[[], None]] = []
 
-    def _collect_metrics(self, metrics: Metrics) -> None:
-        """
-        Hook C{metrics} to the parts that report to it: the factory's
-        commands and connections, the store's commits, the fan-out's
-        notification lag (a fan-out fed by another node), the outbox.
-        """
-        self.metrics = metrics
-        self.factory.metrics = metrics
-        connections = self.factory.connections
-        metrics.watch_connections(lambda: connections.total)
-        commit_observers = getattr(self.store, "commit_observers", None)
-        if commit_observers is not None:
-            commit_observers.append(metrics.committed)
-        lag_observers = getattr(self.realm.fanout, "lag_observers", None)
-        if lag_observers is not None:
-            lag_observers.append(metrics.notify_lag)
-        if self.federation is not None:
-            self.outbox_watcher = OutboxWatcher(
-                metrics, self.store, self.reactor, self.federation.realm_id
-            )
+    @property
+    def factory(self) -> ChatFactory:
+        return self.chat.factory
 
     def privilegedStartService(self) -> None:
         """
@@ -304,8 +182,8 @@ class ChatService(Service):
                 description=description,
             )
         for description in self.web_endpoints:
-            assert self.site is not None
-            port = self._listen(description, self.site)
+            assert self.chat.site is not None
+            port = self._listen(description, self.chat.site)
             self.web_ports.append(port)
             self.log.info(
                 "Web client on {address} ({description}): open {url}",
@@ -314,9 +192,11 @@ class ChatService(Service):
                 url=page_url(description, port.getHost()),
             )
         if self.metrics_endpoint is not None:
-            assert self.metrics is not None
+            assert self.chat.metrics is not None
             description = self.metrics_endpoint
-            port = self._listen(description, metrics_site(self.metrics, self.reactor))
+            port = self._listen(
+                description, metrics_site(self.chat.metrics, self.reactor)
+            )
             self.metrics_port = port
             self.log.info(
                 "Prometheus metrics on {address} ({description}): scrape {url}",
@@ -331,15 +211,19 @@ class ChatService(Service):
             outcome.append
         )
         if outcome and isinstance(outcome[0], Failure):
-            self._stop_listening()
-            raise SystemExit(
+            self._cannot_start(
                 f"chat: cannot listen on {description}: {outcome[0].value}"
             )
         if not outcome:
-            self._stop_listening()
-            raise SystemExit(f"chat: {description} did not listen at once")
+            self._cannot_start(f"chat: {description} did not listen at once")
         port: IListeningPort = outcome[0]
         return port
+
+    def _cannot_start(self, message: str) -> NoReturn:
+        self._stop_listening()
+        for observer in self.failed_start_observers:
+            observer()
+        raise SystemExit(message)
 
     def _ensure_open_files(self) -> None:
         """
@@ -364,19 +248,20 @@ class ChatService(Service):
         if not self.ports:
             self.privilegedStartService()
         super().startService()
+        chat = self.chat
         self.store.start()
         self.hasher.start()
-        self.sessions.start()
-        if self.watcher is not None:
-            self.watcher.start()
-        if self.cluster is not None:
+        chat.sessions.start()
+        if chat.watcher is not None:
+            chat.watcher.start()
+        if chat.cluster is not None:
             self.log.info(
                 "Node {node} of a cluster (heartbeat every {heartbeat}s)",
-                node=self.cluster.node_id,
-                heartbeat=self.cluster.heartbeat,
+                node=chat.cluster.node_id,
+                heartbeat=chat.cluster.heartbeat,
             )
-            self.cluster.start()
-        if self.registration_open:
+            chat.cluster.start()
+        if chat.settings.registration_open:
             self.log.info("Registration is open: anyone may create an account")
         if self.demo:
             self.log.warn(
@@ -390,16 +275,16 @@ class ChatService(Service):
 
         def started(_: Any) -> None:
             tune_garbage_collector()
-            if self.purger is not None:
-                self.purger.start()
-            self.factory.open()
-            if self.federation is not None:
+            if chat.purger is not None:
+                chat.purger.start()
+            chat.factory.open()
+            if chat.federation is not None:
                 self.log.info(
-                    "This server is realm {realm}", realm=self.federation.realm_id
+                    "This server is realm {realm}", realm=chat.federation.realm_id
                 )
-                self.federation.start()
-            if self.outbox_watcher is not None:
-                self.outbox_watcher.start()
+                chat.federation.start()
+            if chat.outbox_watcher is not None:
+                chat.outbox_watcher.start()
             self.ready.callback(None)
 
         def failed(f: Failure) -> None:
@@ -418,19 +303,20 @@ class ChatService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self.purger is not None:
-            self.purger.stop()
-        if self.outbox_watcher is not None:
-            self.outbox_watcher.stop()
+        chat = self.chat
+        if chat.purger is not None:
+            chat.purger.stop()
+        if chat.outbox_watcher is not None:
+            chat.outbox_watcher.stop()
         d = self._stop_listening()
-        federation = self.federation
+        federation = chat.federation
         if federation is not None:
             d.addBoth(lambda _: federation.stop())
-        cluster = self.cluster
+        cluster = chat.cluster
         if cluster is not None:
             d.addBoth(lambda _: cluster.stop())
-        d.addBoth(lambda _: self.sessions.stop())
-        watcher = self.watcher
+        d.addBoth(lambda _: chat.sessions.stop())
+        watcher = chat.watcher
         if watcher is not None:
             d.addBoth(lambda _: watcher.stop())
         d.addBoth(lambda _: self.store.close())

@@ -4,9 +4,10 @@ C{twistd chat}: command-line options and wiring, nothing else.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -18,9 +19,13 @@ from chat.errors import InvalidRealmId, SchemaTooNew, StorageUnavailable
 from chat.federation import FederationSettings
 from chat.limits import Limits, Quotas, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
+from chat.options import ChatOptions
 from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.hosts import host_name
 from chat.web.origins import parse_origin
+
+if TYPE_CHECKING:
+    from chat.build import Settings
 
 #: A backlog of 1024 (Twisted's default is 50) so that a storm of new
 #: connections is queued by the kernel rather than refused.
@@ -43,9 +48,12 @@ def duration(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise ValueError(f"must be positive: {text}")
+        raise ValueError(f"expected a positive whole number, not {text!r}")
     return value
 
 
@@ -119,32 +127,25 @@ def registration(text: str) -> str:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"must be a positive number: {text}")
+        raise ValueError(f"expected a positive number, not {text!r}")
     return value
+
+
+def log_level(text: str) -> str:
+    logs.set_level(text)
+    return text
 
 
 _DEFAULTS = Limits()
 _QUOTAS = Quotas()
 
-#: The limits' options, converted in postOptions so that their defaults
-#: are parsed too.
-_LIMIT_OPTIONS = {
-    "login-timeout": duration_or_off,
-    "idle-timeout": duration_or_off,
-    "line-timeout": duration,
-    "max-partial-total": size,
-    "login-failures-per-user": limit_rate,
-    "login-failures-per-address": limit_rate,
-    "token-failures-per-address": limit_rate,
-    "command-rate": limit_rate_or_off,
-    "max-output": size,
-    "max-file-bytes-per-user": size,
-}
 
-
-class Options(usage.Options):
+class Options(ChatOptions):
     """
     Options of C{twistd chat}.
     """
@@ -165,6 +166,12 @@ class Options(usage.Options):
             "Create the course's demo users (messi, henderson, "
             "lineker; password surabaya) if they do not exist.",
         ],
+        [
+            "skip-integrity-check",
+            None,
+            "Start without checking a SQLite database for damage (the check "
+            "reads the whole file: about a second per gigabyte).",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["store", None, "sqlite:chat.sqlite", f"Where chat state lives: {STORE_HELP}."],
@@ -175,7 +182,6 @@ class Options(usage.Options):
             "Longest request line in bytes; a longer one is answered with an "
             "error and the connection is closed. [default: room for a file of "
             "--max-file-size in base64, plus 16384]",
-            positive_int,
         ],
         [
             "max-file-size",
@@ -183,14 +189,12 @@ class Options(usage.Options):
             "1M",
             "Largest file sendfile and sendgroupfile accept, in bytes "
             "(512K, 1M, ...), decoded.",
-            size,
         ],
         [
             "max-recipients",
             None,
-            100,
+            "100",
             "Most distinct users one sendgroup or sendgroupfile may name.",
-            positive_int,
         ],
         [
             "registration",
@@ -198,7 +202,6 @@ class Options(usage.Options):
             "closed",
             "open: anyone may create an account with register; closed: "
             "only chat-admin creates accounts.",
-            registration,
         ],
         [
             "registration-rate",
@@ -206,7 +209,6 @@ class Options(usage.Options):
             "5/1h",
             "Registration attempts per client address: COUNT/DURATION allows "
             "bursts of COUNT, refilled at COUNT per DURATION.",
-            rate,
         ],
         [
             "retention",
@@ -214,35 +216,30 @@ class Options(usage.Options):
             "forever",
             "Delete messages (delivered or not) and files this long after "
             "they were sent (90s, 15m, 24h, 30d), or keep them forever.",
-            retention,
         ],
         [
             "session-idle",
             None,
             "24h",
             "A session ends after this long without a command (90s, 15m, 24h, 30d).",
-            duration,
         ],
         [
             "session-max-age",
             None,
             "30d",
             "A session ends this long after login, however active.",
-            duration,
         ],
         [
             "push-window",
             None,
-            100,
+            "100",
             "Most pushed messages a subscriber may leave unacknowledged.",
-            positive_int,
         ],
         [
             "hash-concurrency",
             None,
-            2,
+            "2",
             "Most password hashes computed at once.",
-            positive_int,
         ],
         [
             "login-timeout",
@@ -305,16 +302,14 @@ class Options(usage.Options):
         [
             "max-connections",
             None,
-            _DEFAULTS.max_connections,
+            str(_DEFAULTS.max_connections),
             "Most open connections; more get an error and are closed.",
-            positive_int,
         ],
         [
             "max-connections-per-address",
             None,
-            _DEFAULTS.max_connections_per_address,
+            str(_DEFAULTS.max_connections_per_address),
             "Most open connections from one client address.",
-            positive_int,
         ],
         [
             "max-output",
@@ -326,10 +321,9 @@ class Options(usage.Options):
         [
             "max-mailbox",
             None,
-            _DEFAULTS.max_mailbox,
+            str(_DEFAULTS.max_mailbox),
             "Most undelivered messages stored per user; more are refused "
             "with 'mailbox full'.",
-            positive_int,
         ],
         [
             "max-unread-per-sender",
@@ -338,15 +332,13 @@ class Options(usage.Options):
             "Most undelivered messages one sender may have in one user's "
             "mailbox, so that one sender cannot fill it for everyone. "
             "[default: a tenth of --max-mailbox]",
-            positive_int,
         ],
         [
             "max-files-per-user",
             None,
-            _QUOTAS.max_files,
+            str(_QUOTAS.max_files),
             "Most files one user may keep stored (sent, and not yet deleted "
             "with their messages); a file sent again counts once.",
-            positive_int,
         ],
         [
             "max-file-bytes-per-user",
@@ -357,30 +349,28 @@ class Options(usage.Options):
         [
             "max-groups-per-user",
             None,
-            _QUOTAS.max_groups,
+            str(_QUOTAS.max_groups),
             "Most groups one user may belong to, as owner or member.",
-            positive_int,
         ],
         [
             "max-web-connections",
             None,
-            _DEFAULTS.max_web_connections,
+            str(_DEFAULTS.max_web_connections),
             "Most open HTTP connections to --web (an open WebSocket counts as "
             "a chat connection instead); more are answered 503.",
-            positive_int,
         ],
         [
             "max-web-connections-per-address",
             None,
-            _DEFAULTS.max_web_connections_per_address,
+            str(_DEFAULTS.max_web_connections_per_address),
             "Most open HTTP connections to --web from one client address.",
-            positive_int,
         ],
         [
             "log-level",
             None,
             "info",
-            "Lowest level logged: debug (every command), info, warn, error.",
+            "Lowest level logged: debug (also every command), info "
+            "(connections, logins, failures), warn, error or critical.",
         ],
         [
             "realm-id",
@@ -392,23 +382,20 @@ class Options(usage.Options):
         [
             "realm-queue-max",
             None,
-            10_000,
+            "10000",
             "Most messages waiting for one other realm; more are refused.",
-            positive_int,
         ],
         [
             "realm-rate",
             None,
-            50.0,
+            "50",
             "Messages per second a linked realm may send to this one.",
-            positive_float,
         ],
         [
             "realm-burst",
             None,
-            200.0,
+            "200",
             "Messages a linked realm may send at once, above --realm-rate.",
-            positive_float,
         ],
         [
             "realm-retry-min",
@@ -416,14 +403,12 @@ class Options(usage.Options):
             "1s",
             "First delay before connecting to a realm again; it doubles "
             "after each failure, up to --realm-retry-max.",
-            duration,
         ],
         [
             "realm-retry-max",
             None,
             "60s",
             "Longest delay between attempts to connect to a realm.",
-            duration,
         ],
         [
             "realm-timeout",
@@ -431,7 +416,6 @@ class Options(usage.Options):
             "30s",
             "A realm link that does not answer within this long is dropped "
             "and made again; an idle link is checked this often.",
-            duration,
         ],
         [
             "node-id",
@@ -448,7 +432,6 @@ class Options(usage.Options):
             "With a PostgreSQL store: how often this node tells the others it "
             "is alive; a node silent for three heartbeats is taken for dead and "
             "its users go offline.",
-            duration,
         ],
         [
             "realm-seen-ttl",
@@ -456,7 +439,6 @@ class Options(usage.Options):
             "30d",
             "How long the ids of messages received from other realms are "
             "kept, to recognise a message sent again.",
-            duration,
         ],
     ]
 
@@ -512,32 +494,52 @@ class Options(usage.Options):
             raise usage.UsageError(f"--web-host: {e}") from None
         self["web-host"].append(host)
 
+    #: Each option's text to its value (defaults too), with errors that
+    #: name the option (see L{ChatOptions.convert}).
+    converters = {
+        "max-line": positive_int,
+        "max-file-size": size,
+        "max-recipients": positive_int,
+        "registration": registration,
+        "registration-rate": rate,
+        "retention": retention,
+        "session-idle": duration,
+        "session-max-age": duration,
+        "push-window": positive_int,
+        "hash-concurrency": positive_int,
+        "login-timeout": duration_or_off,
+        "idle-timeout": duration_or_off,
+        "line-timeout": duration,
+        "max-partial-total": size,
+        "login-failures-per-user": limit_rate,
+        "login-failures-per-address": limit_rate,
+        "token-failures-per-address": limit_rate,
+        "command-rate": limit_rate_or_off,
+        "max-connections": positive_int,
+        "max-connections-per-address": positive_int,
+        "max-output": size,
+        "max-mailbox": positive_int,
+        "max-unread-per-sender": positive_int,
+        "max-files-per-user": positive_int,
+        "max-file-bytes-per-user": size,
+        "max-groups-per-user": positive_int,
+        "max-web-connections": positive_int,
+        "max-web-connections-per-address": positive_int,
+        "log-level": log_level,
+        "realm-queue-max": positive_int,
+        "realm-rate": positive_float,
+        "realm-burst": positive_float,
+        "realm-retry-min": duration,
+        "realm-retry-max": duration,
+        "realm-timeout": duration,
+        "heartbeat": duration,
+        "realm-seen-ttl": duration,
+    }
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        # Defaults are not coerced by usage.Options; the same functions
-        # turn them into values here.
-        defaults = {
-            "session-idle": duration,
-            "session-max-age": duration,
-            "max-file-size": size,
-            "registration-rate": rate,
-            "retention": retention,
-            "realm-retry-min": duration,
-            "realm-retry-max": duration,
-            "realm-timeout": duration,
-            "realm-seen-ttl": duration,
-            "heartbeat": duration,
-        }
-        for name, coerce in defaults.items():
-            if isinstance(self[name], str):
-                self[name] = coerce(self[name])
-        for name, convert in _LIMIT_OPTIONS.items():
-            if isinstance(self[name], str):
-                try:
-                    self[name] = convert(self[name])
-                except ValueError as e:
-                    raise usage.UsageError(f"--{name}: {e}") from None
+        self.convert()
         needed = commands.max_line_for_file(self["max-file-size"])
         if self["max-line"] is None:
             self["max-line"] = needed
@@ -561,10 +563,6 @@ class Options(usage.Options):
             raise usage.UsageError("--realm-retry-min is above --realm-retry-max")
         if not valid_store(self["store"]):
             raise usage.UsageError(f"--store: expected {STORE_HELP}")
-        try:
-            logs.set_level(self["log-level"])
-        except ValueError as e:
-            raise usage.UsageError(f"--log-level: {e}") from None
 
 
 def _server_endpoint(option: str, endpoint: str) -> str:
@@ -605,33 +603,70 @@ def makeService(options: Options) -> IService:
             max_per_sender=max_unread_per_sender(options),
             quotas=quotas_from(options),
             node_id=options["node-id"],
+            server=True,
+            check=not options["skip-integrity-check"],
         )
     except (SchemaTooNew, StorageUnavailable, ValueError) as e:
         raise SystemExit(f"chat: {e}") from None
 
-    return ChatService(
+    service = ChatService(
         reactor,
         store,
         options["listen"],
+        settings(options, limits),
         hasher=Argon2Hasher(reactor, options["hash-concurrency"]),
         demo=options["demo"],
-        max_line=options["max-line"],
-        session_idle=options["session-idle"],
-        session_max_age=options["session-max-age"],
-        push_window=options["push-window"],
-        registration_open=options["registration"] == "open",
-        registration_rate=options["registration-rate"],
-        max_file_size=options["max-file-size"],
-        max_recipients=options["max-recipients"],
-        retention=options["retention"],
-        federation=federation_settings(options),
-        limits=limits,
         web=options["web"],
-        web_origins=options["web-origin"],
-        web_hosts=options["web-host"],
-        heartbeat=options["heartbeat"],
         metrics=options["metrics"],
     )
+    pidfile = _pidfile(options)
+    if pidfile:
+        # twistd removes its pid file when the server stops, but not when it
+        # cannot start (a port in use): a stale one would remain.
+        service.failed_start_observers.append(lambda: _remove(pidfile))
+    return service
+
+
+def settings(options: Options, limits: Limits) -> Settings:
+    """
+    How the server behaves, from the options.
+    """
+    from chat.build import Settings
+
+    return Settings(
+        limits=limits,
+        max_line=options["max-line"],
+        max_file_size=options["max-file-size"],
+        max_recipients=options["max-recipients"],
+        push_window=options["push-window"],
+        session_idle=options["session-idle"],
+        session_max_age=options["session-max-age"],
+        registration_open=options["registration"] == "open",
+        registration_rate=options["registration-rate"],
+        retention=options["retention"],
+        federation=federation_settings(options),
+        heartbeat=options["heartbeat"],
+        web_origins=options["web-origin"],
+        web_hosts=options["web-host"],
+    )
+
+
+def _pidfile(options: Options) -> str | None:
+    """
+    The pid file twistd writes (C{--pidfile}), when run by twistd.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    pidfile = parent.get("pidfile")
+    return str(pidfile) if pidfile else None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def federation_settings(options: Options) -> FederationSettings:

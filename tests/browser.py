@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.test_end_to_end import TwistdChat
+from tests.twistd_helpers import free_port
+from tests.waiting import wait_until
+
+__all__ = ["wait_until"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -122,25 +123,6 @@ def quit_browser(driver: Any) -> None:
     shutil.rmtree(driver.profile, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 class Page:
     """
     The chat page in one browser, by its test hooks.
@@ -178,11 +160,10 @@ class Page:
         self.find("login-submit").click()
         self.wait_logged_in()
 
-    def wait_logged_in(self, timeout: float = 15.0) -> None:
+    def wait_logged_in(self) -> None:
         wait_until(
             lambda: self.find("logout").is_displayed() and self.state() == "connected",
-            timeout,
-            "logged in and connected",
+            what="logged in and connected",
         )
 
     def state(self) -> str:
@@ -222,8 +203,8 @@ class Page:
         )
         return found
 
-    def wait_message(self, text: str, timeout: float = 10.0) -> str:
-        found: list[str] = wait_until(lambda: self.texts(text), timeout, repr(text))
+    def wait_message(self, text: str) -> str:
+        found: list[str] = wait_until(lambda: self.texts(text), what=repr(text))
         return found[0]
 
     def click_in_message(self, text: str, selector: str) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import argon2
-from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -19,17 +18,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat import commands
-from chat.checkers import SessionChecker, StoreChecker, verify_password
+from chat.build import Settings, build_chat
+from chat.checkers import verify_password
+from chat.federation import FederationSettings
 from chat.interfaces import IPasswordHasher
-from chat.limits import Limits, RateLimiter
-from chat.lines import ChatFactory
+from chat.limits import Limits
 from chat.lines import LineConnection as ChatProtocol
 from chat.model import User
-from chat.realm import ChatRealm
-from chat.registration import Registrar
-from chat.sessions import SessionManager
 from chat.store.memory import MemoryStore
+from tests.clients import Client, encoded
 
 #: Cheap argon2id parameters: tests need the real algorithm, not its cost.
 FAST_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
@@ -166,11 +163,14 @@ class FaultyStore:
 
 class Server:
     """
-    A whole server in memory: MemoryStore, fake clock, inline hashing.
+    A whole server in memory, built as twistd builds it
+    (L{chat.build.build_chat}): MemoryStore, fake clock, inline hashing.
     Registration is open, 5 attempts per address per hour.
 
     C{limits} are the server's limits (L{Limits} defaults if not given);
-    every timer and rate runs on C{clock}.
+    every timer and rate runs on C{clock}. C{federation} (with C{connect},
+    C{jitter} and C{new_uid}) makes it a realm with links
+    (C{tests.realm_helpers}).
     """
 
     def __init__(
@@ -185,6 +185,9 @@ class Server:
         registration: bool = True,
         push_window: int = 100,
         limits: Limits | None = None,
+        metrics: bool = False,
+        federation: FederationSettings | None = None,
+        **federation_seams: Any,
     ) -> None:
         self.clock = clock or Clock()
         if store is None:
@@ -193,35 +196,26 @@ class Server:
                 result_of(store.add_user(user))
         self.store = store = FaultyStore(store)
         self.hasher = CountingHasher()
-        self.sessions = SessionManager(store, self.clock, idle, max_age)
-        self.realm = ChatRealm(
-            store,
-            self.clock,
-            self.sessions,
+        settings = Settings(
+            limits=limits or Limits(),
+            max_line=max_line,
             max_file_size=max_file_size,
             max_recipients=max_recipients,
             push_window=push_window,
+            session_idle=idle,
+            session_max_age=max_age,
+            registration_open=registration,
+            federation=federation,
+            metrics=metrics,
         )
-        self.portal = Portal(
-            self.realm,
-            [StoreChecker(store, self.hasher), SessionChecker(self.sessions)],
-        )
-        self.registrar = Registrar(
-            store,
-            InlineHasher(),
-            RateLimiter(self.clock, rate=5 / 3600, burst=5),
-            open=registration,
-        )
-        if max_line is None:
-            max_line = commands.max_line_for_file(max_file_size)
-        self.factory = ChatFactory(
-            self.portal,
-            max_line,
-            self.registrar,
-            limits=limits,
-            clock=self.clock,
-            sessions=self.sessions,
-        )
+        chat = build_chat(self.clock, store, settings, self.hasher, **federation_seams)
+        self.chat = chat
+        self.sessions = chat.sessions
+        self.realm = chat.realm
+        self.portal = chat.portal
+        self.registrar = chat.registrar
+        self.factory = chat.factory
+        self.federation = chat.federation
         self._next_port = 40000
 
     def connect(self, host: str = "127.0.0.1") -> Connection:
@@ -237,7 +231,7 @@ class Server:
         return Connection(protocol, transport)
 
 
-class Connection:
+class Connection(Client):
     """
     One client on a StringTransport.
     """
@@ -277,17 +271,16 @@ class Connection:
         """
         return self.replies()
 
-    def request(self, line: str) -> dict[str, Any]:
+    def write(self, line: str | bytes) -> None:
         """
-        Send one line (CRLF added) and return its one reply.
+        Send one line (CRLF added).
         """
-        self.send(line.encode("utf-8") + b"\r\n")
+        self.send(encoded(line) + b"\r\n")
+
+    def read(self) -> dict[str, Any]:
+        """
+        The one reply written since the last call (and nothing else).
+        """
         replies = self.replies()
         assert len(replies) == 1, replies
         return replies[0]
-
-    def login(self, username: str = "messi", password: str = "surabaya") -> str:
-        reply = self.request(f"auth {username} {password}")
-        assert reply["status"] == "OK", reply
-        token: str = reply["tokenid"]
-        return token

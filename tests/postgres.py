@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.twistd_helpers import TwistdChat
+from tests.twistd_helpers import TwistdChat, demo_rows, free_port
 
 NEEDED = "PostgreSQL server binaries (Debian package postgresql) are not installed"
 
@@ -38,12 +37,6 @@ def find_bindir() -> str | None:
         key=lambda p: int(p.split("/")[-3]) if p.split("/")[-3].isdigit() else 0,
     )
     return os.path.dirname(candidates[-1]) if candidates else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ThrowawayPostgres:
@@ -204,14 +197,35 @@ def postgres_db(_shared_chat_database: str) -> str:
     return _shared_chat_database
 
 
+def seed_demo_users(url: str) -> None:
+    """
+    Give the database at C{url} the chat schema and the demo users, hashed
+    cheaply (see L{tests.twistd_helpers.seed_demo_users}).
+    """
+    import psycopg
+
+    from chat.store import schema
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        schema.prepare_postgres(connection)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO users (username, full_name, country, password_hash,"
+                " created_at) VALUES (%s, %s, %s, %s, %s)",
+                demo_rows(),
+            )
+
+
 @pytest.fixture
 def twistd_node(
     tmp_path: Path, postgres_url: str
 ) -> Iterator[Callable[..., TwistdChat]]:
     """
-    Make twistd chat nodes (C{--demo}) on one new database, each in a folder
-    of its own, with more options if given; they are killed after the test.
+    Make twistd chat nodes (C{--demo}) on one new database (with the demo
+    users, hashed cheaply), each in a folder of its own, with more options
+    if given; they are killed after the test.
     """
+    seed_demo_users(postgres_url)
     nodes: list[TwistdChat] = []
 
     def make(name: str, *arguments: str) -> TwistdChat:

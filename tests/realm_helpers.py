@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.federation import Federation, FederationSettings
+from chat.federation import FederationSettings
 from chat.links import RealmLink
 from tests.helpers import Server, result_of
 
@@ -176,20 +176,15 @@ def realm_server(
     A L{Server} (with the demo users) that is realm C{realm_id}, on
     C{network}. Message ids are C{<realm>-1}, C{<realm>-2}, ...
     """
-    server = Server(clock=clock)
     uids = itertools.count(1)
     defaults: dict[str, Any] = {"retry_min": 1.0, "retry_max": 8.0, "timeout": 30.0}
-    federation = Federation(
-        FederationSettings(realm_id, **{**defaults, **settings}),
-        server.store,
-        clock,
-        server.realm.fanout,
+    server = Server(
+        clock=clock,
+        federation=FederationSettings(realm_id, **{**defaults, **settings}),
         connect=lambda description: FakeEndpoint(network, description, realm_id),
         jitter=lambda: 0.0,
         new_uid=lambda: f"{realm_id}-{next(uids)}",
     )
-    server.realm.federation = server.factory.federation = federation
-    server.federation = federation  # type: ignore[attr-defined]
     network.servers[endpoint_of(realm_id)] = server
     return server
 
@@ -200,7 +195,8 @@ def link(
     """
     Configure the link between two realms on both (as chat-admin would).
     """
-    fa, fb = a.federation, b.federation  # type: ignore[attr-defined]
+    fa, fb = a.federation, b.federation
+    assert fa is not None and fb is not None
     result_of(
         a.store.add_realm_link(
             RealmLink(fb.realm_id, endpoint_of(fb.realm_id), secret, 0.0)
@@ -218,7 +214,8 @@ def take_down(network: Network, server: Server) -> None:
     A realm stops: it refuses connections, its connections break, and it
     stops connecting out.
     """
-    federation = server.federation  # type: ignore[attr-defined]
+    federation = server.federation
+    assert federation is not None
     network.servers.pop(endpoint_of(federation.realm_id), None)
     for wire in network.wires:
         if federation.realm_id in (wire.origin, wire.target):
@@ -227,6 +224,7 @@ def take_down(network: Network, server: Server) -> None:
 
 
 def bring_up(network: Network, server: Server) -> None:
-    federation = server.federation  # type: ignore[attr-defined]
+    federation = server.federation
+    assert federation is not None
     network.servers[endpoint_of(federation.realm_id)] = server
     federation.start()

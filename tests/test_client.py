@@ -9,12 +9,15 @@ import json
 from datetime import timezone
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 
-from chat.client import ConsoleProtocol, Controller, ServerProtocol
+from chat.client import ConsoleProtocol, Controller, Options, ServerProtocol
+from chat.options import usage_error
 from tests.helpers import Server
 
 
@@ -312,6 +315,88 @@ def test_sendfile_reads_and_encodes(tmp_path: Any) -> None:
     h.type(f"sendfile henderson {tmp_path / 'missing.bin'}")
     assert h.output().startswith("error: cannot read ")
     assert h.sent() == []
+
+
+def test_sendfile_names_with_spaces(tmp_path: Any) -> None:
+    """A path with spaces, typed as is, in quotes or with backslashes (as a
+    terminal writes a dropped file), sends the file under its name."""
+    source = tmp_path / "my notes.txt"
+    source.write_bytes(b"hi")
+    h = Harness()
+    h.type("auth messi surabaya")
+    h.reply({"status": "OK", "tokenid": "T1"})
+    h.sent()
+    h.output()
+    escaped = str(source).replace(" ", "\\ ")
+    for typed in (str(source), f'"{source}"', f"'{source}'", escaped):
+        h.type(f"sendfile henderson {typed}")
+        assert h.sent() == ["sendfile T1 henderson my notes.txt aGk="], typed
+        h.reply({"status": "OK", "message": "File Sent"})
+        assert h.output() == "file my notes.txt (2 bytes) sent to henderson\n"
+
+
+def test_greeting_then_prompt() -> None:
+    """In a terminal, the client greets once the console is there, then
+    prompts; piped, it prints neither."""
+    clock = Clock()
+    for interactive, shown in ((True, "\r\x1b[Khello there\nchat> "), (False, "")):
+        controller = Controller(
+            clock,
+            lambda wait: fail(ConnectionRefusedError("refused")),
+            interactive=interactive,
+            where="x",
+            greeting="hello there",
+        )
+        console = ConsoleProtocol(controller)
+        screen = StringTransport()
+        console.makeConnection(screen)
+        assert screen.value().decode() == shown
+
+
+@pytest.mark.parametrize(
+    ("given", "endpoint"),
+    [
+        ("127.0.0.1:8889", "tcp:host=127.0.0.1:port=8889"),
+        ("chat.example.org:9000", "tcp:host=chat.example.org:port=9000"),
+        ("[::1]:8889", "tcp:host=\\:\\:1:port=8889"),
+        ("tcp:host=127.0.0.1:port=8889", "tcp:host=127.0.0.1:port=8889"),
+        ("tcp:127.0.0.1:8889", "tcp:127.0.0.1:8889"),
+    ],
+)
+def test_connect_shorthand(given: str, endpoint: str) -> None:
+    """--connect takes HOST:PORT, or any Twisted client endpoint."""
+    options = Options()
+    options.parseOptions(["--connect", given])
+    assert options["connect"] == endpoint
+    assert options["where"] == given
+
+
+@pytest.mark.parametrize("given", ["nonsense", "tcp:127.0.0.1", "127.0.0.1:", ":80"])
+def test_connect_mistakes_are_usage_errors(given: str) -> None:
+    """A --connect that is neither is a one-line usage error, with the
+    program's usage line."""
+    options = Options()
+    with pytest.raises(usage.UsageError) as raised:
+        options.parseOptions(["--connect", given])
+    message = usage_error(options, raised.value)
+    first, second = message.split("\n")
+    assert first == (
+        "Usage: chat-client [--connect HOST:PORT|ENDPOINT] [--downloads FOLDER]"
+    )
+    assert second.startswith(
+        "chat-client: --connect: expected HOST:PORT (such as 127.0.0.1:8889) or "
+        f"a Twisted client endpoint (such as tcp:host=127.0.0.1:port=8889), not "
+        f"{given!r}"
+    )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints chat's version."""
+    import chat
+
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["--version"])
+    assert capsys.readouterr().out == f"chat {chat.__version__}\n"
 
 
 def test_received_file_saved_safely(tmp_path: Any) -> None:

@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.test_end_to_end import REPO, CourseClient, TwistdChat
+from tests.waiting import wait_until
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 class Terminal:
@@ -59,13 +63,12 @@ class Terminal:
                 except OSError:
                     return
 
-    def wait_for(self, text: str, seconds: float = 15) -> None:
-        deadline = time.monotonic() + seconds
-        while text not in self.screen:
-            assert time.monotonic() < deadline, (
-                f"{text!r} not on screen:\n{self.screen}"
-            )
-            self.read(0.1)
+    def wait_for(self, text: str) -> None:
+        def shown() -> bool:
+            self.read(0.05)
+            return text in self.screen
+
+        wait_until(shown, what=lambda: f"{text!r} on screen:\n{self.screen}")
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -106,6 +109,9 @@ def test_live_chat_survives_server_restart(server: TwistdChat) -> None:
     port = server.start()
     henderson = Terminal(port)
     try:
+        henderson.wait_for(
+            f"chat client for tcp:host=127.0.0.1:port={port}; type help for commands"
+        )
         henderson.wait_for("chat> ")
         henderson.type("auth henderson surabaya")
         henderson.wait_for("logged in as henderson")
@@ -129,7 +135,10 @@ def test_live_chat_survives_server_restart(server: TwistdChat) -> None:
 
         henderson.wait_for("reconnected")
         henderson.wait_for("Lionel Messi (messi): while you were away")
-        henderson.read(1.5)
+        # A message shown twice would be shown before one sent after it.
+        piped = script(port, "auth messi surabaya\nsend henderson one more\n")
+        assert piped.returncode == 0, piped.stderr
+        henderson.wait_for("Lionel Messi (messi): one more")
         assert henderson.screen.count("while you were away") == 1
         assert henderson.screen.count("hello live") == 1
         henderson.type("quit")
@@ -168,15 +177,16 @@ def test_piped_commands_and_exit_codes(server: TwistdChat) -> None:
 
 
 def test_file_round_trip_between_clients(server: TwistdChat, tmp_path: Path) -> None:
-    """A file sent by one client is saved byte-identical by the other."""
+    """A file sent by one client is saved byte-identical by the other,
+    under its name (spaces and all)."""
     import hashlib
 
     port = server.start()
-    source = tmp_path / "photo.bin"
+    source = tmp_path / "holiday photo.bin"
     source.write_bytes(bytes(range(256)) * 1000)
     sent = script(port, f"auth messi surabaya\nsendfile henderson {source}\n")
     assert sent.stdout.splitlines()[-1] == (
-        "file photo.bin (256000 bytes) sent to henderson"
+        "file holiday photo.bin (256000 bytes) sent to henderson"
     )
     downloads = tmp_path / "downloads"
     received = subprocess.run(
@@ -195,8 +205,8 @@ def test_file_round_trip_between_clients(server: TwistdChat, tmp_path: Path) -> 
         timeout=30,
         env=dict(os.environ, PYTHONPATH=str(REPO), TZ="UTC"),
     )
-    assert "sent a file: photo.bin (256000 bytes)" in received.stdout
-    saved = downloads / "photo.bin"
+    assert "sent a file: holiday photo.bin (256000 bytes)" in received.stdout
+    saved = downloads / "holiday photo.bin"
     assert (
         hashlib.sha256(saved.read_bytes()).hexdigest()
         == hashlib.sha256(source.read_bytes()).hexdigest()

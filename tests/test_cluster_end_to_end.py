@@ -7,108 +7,31 @@ killed with SIGKILL.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
+from chat.build import Settings
 from chat.checkers import Argon2Hasher
 from chat.federation import FederationSettings
 from chat.links import RealmLink
 from chat.service import ChatService
 from chat.store.postgres import PostgresStore
 from chat.store.sqlite import SQLiteStore
+from tests.clients import AsyncClient
 from tests.helpers import FAST_ARGON2
 from tests.twistd_helpers import LineClient, TwistdChat
+from tests.waiting import TIMEOUT, eventually, wait_until
 
 HEARTBEAT = 0.5
 SECRET = "secret-shared-by-one-and-two-0123"
-
-
-class Client(Protocol):
-    """
-    A course-protocol client: replies in order, events apart.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.replies: deque[Deferred[dict[str, Any]]] = deque()
-        self.events: list[dict[str, Any]] = []
-        self.event_waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            frame, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            decoded = json.loads(frame)
-            if "event" in decoded and "status" not in decoded:
-                self.events.append(decoded)
-                for check, d in list(self.event_waiters):
-                    if check():
-                        self.event_waiters.remove((check, d))
-                        d.callback(None)
-            else:
-                self.replies.popleft().callback(decoded)
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.closed.callback(None)
-
-    def request(self, line: str) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
-        self.replies.append(d)
-        self.transport.write(line.encode() + b"\r\n")  # type: ignore[union-attr]
-        return d.addTimeout(20, reactor)
-
-    async def login(self, user: str) -> str:
-        reply = await self.request(f"auth {user} surabaya")
-        assert reply["status"] == "OK", reply
-        return str(reply["tokenid"])
-
-    def messages(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == "message"]
-
-    def presence(self) -> list[tuple[str, bool]]:
-        return [
-            (e["user"], e["online"]) for e in self.events if e["event"] == "presence"
-        ]
-
-    async def wait_for(self, check: Callable[[], bool], timeout: float = 20) -> None:
-        if check():
-            return
-        d: Deferred[None] = Deferred()
-        self.event_waiters.append((check, d))
-        await d.addTimeout(timeout, reactor)
-
-    async def close(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-        await self.closed
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 20) -> float:
-    """
-    Wait until C{check()}; return how long it took.
-    """
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout}s")
-        await sleep(0.02)
-    return time.monotonic() - started
 
 
 class Nodes:
@@ -128,10 +51,9 @@ class Nodes:
             reactor,
             store,
             ["tcp:0:interface=127.0.0.1"],
+            Settings(heartbeat=HEARTBEAT, federation=federation),
             hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
             demo=True,
-            heartbeat=HEARTBEAT,
-            federation=federation,
         )
         service.startService()
         await service.ready
@@ -154,10 +76,10 @@ async def nodes(postgres_db: str) -> AsyncIterator[Nodes]:
     await made.stop_all()
 
 
-async def connect(service: ChatService) -> Client:
+async def connect(service: ChatService) -> AsyncClient:
     port = service.ports[0].getHost().port
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    return await connectProtocol(endpoint, Client())
+    return await connectProtocol(endpoint, AsyncClient())
 
 
 def terminate(url: str, application_name: str) -> int:
@@ -184,9 +106,9 @@ async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
     other = await subscriber.login("henderson")
     assert (await subscriber.request(f"subscribe {other}"))["status"] == "OK"
     lags: list[float] = []
-    assert b.cluster is not None
-    b.cluster.lag_observers.append(lags.append)
-    await eventually(lambda: b.cluster is not None and b.cluster.listening)
+    assert b.chat.cluster is not None
+    b.chat.cluster.lag_observers.append(lags.append)
+    await eventually(lambda: b.chat.cluster is not None and b.chat.cluster.listening)
     for text in ("one", "two", "three"):
         reply = await sender.request(f"send {token} henderson {text}")
         assert reply["status"] == "OK", reply
@@ -197,10 +119,16 @@ async def test_message_sent_on_a_reaches_subscriber_on_b(nodes: Nodes) -> None:
     on_b = await connect(b)
     reply = await on_b.request(f"send {token} henderson four")
     assert reply == {"status": "OK", "message": "Message Sent"}
-    await subscriber.wait_for(lambda: len(subscriber.messages()) == 4)
-    await sleep(0.2)
-    assert [m["msg"] for m in subscriber.messages()][-1] == "four"
-    assert len(subscriber.messages()) == 4
+    # Anything pushed twice would come before a message sent after it.
+    await sender.request(f"send {token} henderson five")
+    await subscriber.wait_for(lambda: len(subscriber.messages()) >= 5)
+    assert [m["msg"] for m in subscriber.messages()] == [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+    ]
     for client in (sender, subscriber, on_b):
         await client.close()
 
@@ -240,8 +168,12 @@ async def test_group_message_across_nodes(nodes: Nodes) -> None:
     reply = await sender.request(f"sendgroup {token} #team halo")
     assert reply["status"] == "OK", reply
     await lineker_b.wait_for(lambda: len(lineker_b.messages()) == 1)
-    await sleep(0.3)
-    assert messi_b.messages() == []
+    # A copy pushed to messi on B would come before a message sent to him
+    # after B pushed the group message.
+    reply = await lineker_b.request(f"send {lineker_token} messi after the group")
+    assert reply["status"] == "OK", reply
+    await messi_b.wait_for(lambda: len(messi_b.messages()) >= 1)
+    assert [m["msg"] for m in messi_b.messages()] == ["after the group"]
     for client in (sender, messi_b, lineker_b):
         await client.close()
 
@@ -262,17 +194,18 @@ async def test_concurrent_inbox_drains_take_each_message_once(nodes: Nodes) -> N
     ]
     taken: list[str] = []
 
-    async def drain(client: Client, token: str) -> None:
+    async def drain(client: AsyncClient, token: str) -> None:
         idle = 0
-        started = time.monotonic()
-        while idle < 3 and time.monotonic() - started < 15:
+        deadline = time.monotonic() + TIMEOUT
+        while idle < 3:
+            assert time.monotonic() < deadline, f"{len(taken)} of {count} taken"
             reply = await client.request(f"inbox {token}")
             assert reply["status"] == "OK", reply
             got = [m["msg"] for msgs in reply["messages"].values() for m in msgs]
             taken.extend(got)
             idle = idle + 1 if not got and len(taken) >= count else 0
             if not got:
-                await sleep(0.01)
+                await deferLater(reactor, 0.01, lambda: None)
 
     drains = [
         Deferred.fromCoroutine(drain(c, t))
@@ -304,7 +237,11 @@ async def test_presence_across_nodes(nodes: Nodes) -> None:
     messi_b = await connect(b)
     await messi_b.login("messi")
     await messi_a.close()
-    await sleep(0.5)
+    # A tells the cluster that messi left before lineker, who logs in on
+    # A afterwards, arrived: a wrong "messi offline" would come first.
+    lineker_a = await connect(a)
+    await lineker_a.login("lineker")
+    await watcher.wait_for(lambda: ("lineker", True) in watcher.presence())
     assert watcher.presence().count(("messi", True)) == 1
     assert ("messi", False) not in watcher.presence()
     await messi_b.close()
@@ -315,6 +252,7 @@ async def test_presence_across_nodes(nodes: Nodes) -> None:
     # A stops cleanly: its users go offline at once.
     await nodes.stop(a)
     await watcher.wait_for(lambda: watcher.presence().count(("messi", False)) == 2)
+    await lineker_a.close()
     who = await watcher.request(f"who {token}")
     assert [u["username"] for u in who["users"]] == ["henderson"]
     await watcher.close()
@@ -325,8 +263,8 @@ async def test_lost_listen_connection_misses_nothing(nodes: Nodes) -> None:
     """B's LISTEN connection is terminated; a message committed on A before
     B listens again still reaches B's subscriber (read from the store)."""
     a, b = await nodes.start("a"), await nodes.start("b")
-    assert b.cluster is not None
-    cluster = b.cluster
+    assert b.chat.cluster is not None
+    cluster = b.chat.cluster
     await eventually(lambda: cluster.listening)
     sender, subscriber = await connect(a), await connect(b)
     token = await sender.login("messi")
@@ -352,8 +290,9 @@ async def test_lost_listen_connection_misses_nothing(nodes: Nodes) -> None:
 @pytest_twisted.ensureDeferred
 async def test_node_found_dead_by_its_heartbeat(nodes: Nodes) -> None:
     """A node whose heartbeats stop (as if frozen) is removed by the
-    others: its users go offline within four heartbeats; when it comes
-    back it joins again with its users."""
+    others: its users go offline (within four heartbeats:
+    test_cluster.test_expired_nodes_users_go_offline times it on a fake
+    clock); when it comes back it joins again with its users."""
     a, b = await nodes.start("a"), await nodes.start("b")
     watcher = await connect(b)
     token = await watcher.login("henderson")
@@ -361,14 +300,12 @@ async def test_node_found_dead_by_its_heartbeat(nodes: Nodes) -> None:
     messi = await connect(a)
     await messi.login("messi")
     await watcher.wait_for(lambda: ("messi", True) in watcher.presence())
-    assert a.cluster is not None
-    membership = a.cluster.membership
+    assert a.chat.cluster is not None
+    membership = a.chat.cluster.membership
     loop = membership._loop
     assert loop is not None
     loop.stop()  # frozen: no more heartbeats, nothing else changes
-    frozen = time.monotonic()
     await watcher.wait_for(lambda: ("messi", False) in watcher.presence())
-    assert time.monotonic() - frozen <= 4 * HEARTBEAT + 1.0
     # A hears it was removed, and writes itself and messi again.
     await watcher.wait_for(lambda: watcher.presence().count(("messi", True)) == 2)
     await messi.close()
@@ -380,17 +317,19 @@ async def test_federation_lease_one_node_delivers_in_order(
     postgres_db: str, tmp_path: Path
 ) -> None:
     """Nodes A and B of realm one both queue messages for realm two; one
-    node delivers them all, once, in order; when its lease connection
-    dies the other takes over, and nothing is lost or doubled."""
+    node delivers them all, once, in order. When its lease connection dies
+    it loses the lease, and a node takes it again (either: the holder on a
+    new connection may win); when the delivering node stops, the other
+    takes over. Nothing is lost or doubled."""
     fast = {"retry_min": 0.1, "retry_max": 0.5, "sync_interval": 1.0}
     two_store = SQLiteStore(reactor, str(tmp_path / "two.sqlite"))
     two = ChatService(
         reactor,
         two_store,
         ["tcp:0:interface=127.0.0.1"],
+        Settings(federation=FederationSettings("two", **fast)),  # type: ignore[arg-type]
         hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
         demo=True,
-        federation=FederationSettings("two", **fast),  # type: ignore[arg-type]
     )
     two.startService()
     await two.ready
@@ -419,50 +358,71 @@ async def test_federation_lease_one_node_delivers_in_order(
         clients = [on_a, on_b]
         sent: list[str] = []
 
-        async def send(start: int, end: int) -> None:
+        async def send(start: int, end: int, only: int | None = None) -> None:
             for i in range(start, end):
                 text = f"m{i:03d}"
-                reply = await clients[i % 2].request(
-                    f"send {tokens[i % 2]} henderson@two {text}"
+                k = i % 2 if only is None else only
+                reply = await clients[k].request(
+                    f"send {tokens[k]} henderson@two {text}"
                 )
                 assert reply["status"] == "OK", reply
                 sent.append(text)
+
+        def holders() -> list[ChatService]:
+            return [
+                n
+                for n in (a, b)
+                if n.chat.federation and "two" in n.chat.federation.links
+            ]
 
         await send(0, 20)
         received: list[str] = []
         reader = await connect(two)
         reader_token = await reader.login("henderson")
 
-        async def read_until(n: int, timeout: float = 30) -> None:
-            async def check() -> None:
+        async def read_until(n: int) -> None:
+            async def enough() -> bool:
                 reply = await reader.request(f"inbox {reader_token}")
                 for msgs in reply["messages"].values():
                     received.extend(m["msg"] for m in msgs)
+                return len(received) >= n
 
-            started = time.monotonic()
-            await check()
-            while len(received) < n and time.monotonic() - started < timeout:
-                await sleep(0.05)
-                await check()
+            await eventually(enough, what=lambda: f"{n} messages in {received}")
 
         await read_until(20)
         assert received == sent
-        holders = [n for n in (a, b) if n.federation and "two" in n.federation.links]
-        assert len(holders) == 1
-        holder = holders[0]
-        other = b if holder is a else a
+        (holder,) = holders()
         name = "a" if holder is a else "b"
+        assert holder.chat.cluster is not None
+        leases = holder.chat.cluster.leases
+        lost: list[str] = []
+        lose = leases.lost
+
+        def record(realm_id: str) -> None:
+            lost.append(realm_id)
+            lose(realm_id)
+
+        leases.lost = record
         assert terminate(postgres_db, f"chat {name} cluster") == 1
+        await eventually(lambda: "two" in lost, what="the holder lost its lease")
         await send(20, 40)
-        await eventually(
-            lambda: other.federation is not None and "two" in other.federation.links
-        )
         await read_until(40)
-        assert holder.federation is not None and "two" not in holder.federation.links
-        await sleep(1.0)  # anything delivered twice would arrive by now
-        await read_until(len(received) + 1, timeout=0)
+        # Anything delivered twice would arrive before one more message.
+        await send(40, 41)
+        await read_until(41)
         assert received == sent, (received, sent)
-        for client in (on_a, on_b, reader):
+        # The node that delivers now stops: the other takes over.
+        (current,) = await eventually(
+            lambda: holders() if len(holders()) == 1 else None,
+            what="one node holding the lease",
+        )
+        survivor = b if current is a else a
+        await nodes.stop(current)
+        await send(41, 51, only=0 if survivor is a else 1)
+        await eventually(lambda: holders() == [survivor], what="the other took over")
+        await read_until(51)
+        assert received == sent, (received, sent)
+        for client in (clients[0 if survivor is a else 1], reader):
             await client.close()
     finally:
         await nodes.stop_all()
@@ -476,7 +436,7 @@ def test_kill9_node_users_go_offline_on_the_other(
     twistd_node: Callable[..., TwistdChat],
 ) -> None:
     """Two twistd nodes; a user on A is in who on B; A killed with SIGKILL:
-    the user is offline on B within about four heartbeats."""
+    the user goes offline on B (after about four heartbeats)."""
     servers = [
         twistd_node(name, "--node-id", name, "--heartbeat", str(HEARTBEAT))
         for name in ("a", "b")
@@ -493,13 +453,7 @@ def test_kill9_node_users_go_offline_on_the_other(
     def who() -> list[str]:
         return [u["username"] for u in on_b.request(f"who {token}")["users"]]
 
-    deadline = time.monotonic() + 10
-    while "messi" not in who():
-        assert time.monotonic() < deadline, who()
-        time.sleep(0.05)
+    wait_until(lambda: "messi" in who(), what="messi online on B")
     a.kill()
-    killed = time.monotonic()
-    while "messi" in who():
-        assert time.monotonic() - killed < 4 * HEARTBEAT + 3, "still online"
-        time.sleep(0.05)
+    wait_until(lambda: "messi" not in who(), what="messi offline on B")
     assert "Traceback" not in b.log_text()

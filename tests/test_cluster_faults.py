@@ -20,8 +20,16 @@ from twisted.internet import reactor
 
 from chat.store.postgres import PostgresStore
 from tests.postgres import ThrowawayPostgres, free_port
-from tests.test_faults import PROFILE, Sender, check_ledger, drain, report
+from tests.test_faults import (
+    PROFILE,
+    Sender,
+    acked_at_least,
+    check_ledger,
+    drain,
+    report,
+)
 from tests.twistd_helpers import REPO, TWISTD, LineClient, TwistdChat
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -69,7 +77,7 @@ def test_kill9_of_a_node_loses_no_acked_message(
             port_a = a.start()
         stop = threading.Event()
         group = _load(port_a, token, f"r{round_}", stop)
-        time.sleep(0.5 + 0.2 * round_)
+        acked_at_least(group, 100 + 50 * round_)
         a.kill()
         stop.set()
         _join(group)
@@ -100,18 +108,22 @@ def test_postgresql_stopped_and_started_under_load(
     token = LineClient(port_a).login("messi")
     stop = threading.Event()
     senders = _load(port_a, token, "a", stop, 2) + _load(port_b, token, "b", stop, 2)
-    time.sleep(1.0)
+    acked_at_least(senders, 100)
     before = sum(len(s.acked) for s in senders)
     postgres.stop("fast")
     try:
-        time.sleep(2.0)
+        # Every connection is refused while PostgreSQL is down.
+        wait_until(
+            lambda: all(s.errored for s in senders),
+            what=lambda: f"errors on every connection: {_errors(senders)}",
+        )
         during = [len(s.errored) for s in senders]
     finally:
         postgres.start()
     restarted = time.monotonic()
-    recovered_after = _wait_for_acks(senders, timeout=30)
+    recovered_after = _wait_for_acks(senders)
     acked_at_recovery = sum(len(s.acked) for s in senders)
-    time.sleep(1.0)
+    acked_at_least(senders, acked_at_recovery + 100)
     stop.set()
     _join(senders)
     codes = {code for s in senders for _, code in s.errored}
@@ -136,19 +148,18 @@ def test_postgresql_stopped_and_started_under_load(
     )
 
 
-def _wait_for_acks(senders: list[Sender], timeout: float) -> float:
+def _wait_for_acks(senders: list[Sender]) -> float:
     """
     Wait until every sender has had a new acknowledgement.
 
     @return: when the last one came.
     """
     counts = [len(s.acked) for s in senders]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(s.acked) > n for s, n in zip(senders, counts, strict=True)):
-            return time.monotonic()
-        time.sleep(0.02)
-    raise AssertionError(f"no recovery within {timeout} s: {_errors(senders)}")
+    wait_until(
+        lambda: all(len(s.acked) > n for s, n in zip(senders, counts, strict=True)),
+        what=lambda: f"recovery: {_errors(senders)}",
+    )
+    return time.monotonic()
 
 
 def _errors(senders: list[Sender]) -> Any:

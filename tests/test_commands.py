@@ -153,12 +153,24 @@ def test_encode_is_one_ascii_frame(reply: dict[str, object]) -> None:
         (b'sendfile tok bob a.png b"aGk="', SendFile("tok", "bob", "a.png", b"hi")),
         (b"sendfile tok bob e b''", SendFile("tok", "bob", "e", b"")),
         (
+            b"sendfile tok bob my notes.txt aGk=",
+            SendFile("tok", "bob", "my notes.txt", b"hi"),
+        ),
+        (
+            b"sendfile tok bob   two  spaces .txt   b'aGk='",
+            SendFile("tok", "bob", "two  spaces .txt", b"hi"),
+        ),
+        (
             b"sendgroupfile tok #team a.png aGk=",
             SendGroupFile("tok", Targets(group="team"), "a.png", b"hi"),
         ),
         (
             b"sendgroupfile tok a,b a.png aGk=",
             SendGroupFile("tok", Targets(users=("a", "b")), "a.png", b"hi"),
+        ),
+        (
+            b"sendgroupfile tok #team holiday photo.png aGk=",
+            SendGroupFile("tok", Targets(group="team"), "holiday photo.png", b"hi"),
         ),
         (b"creategroup tok team", CreateGroup("tok", "team")),
         (b"creategroup tok #team", CreateGroup("tok", "team")),
@@ -194,6 +206,8 @@ def test_parse_extensions(line: bytes, command: commands.Command) -> None:
         (b"sendgroup tok , hi", MissingArgument),
         (b"sendgroup tok a,b", MissingArgument),
         (b"sendfile tok bob a.png", MissingArgument),
+        (b"sendfile tok bob aGk=", MissingArgument),
+        (b"sendgroupfile tok #g  aGk=  ", MissingArgument),
         (b"sendfile tok bob a.png aGk", InvalidBase64),
         (b"sendfile tok bob a.png aG k=", InvalidBase64),
         (b"sendfile tok bob a.png b'aGk=' x", InvalidBase64),

@@ -515,7 +515,12 @@ def test_mailbox_full() -> None:
     assert client.request(f"send {messi} henderson m4")["status"] == "OK"
 
 
-@pytest.mark.parametrize("line", ["auth messi salah", f"inbox {uuid.uuid4()}"])
+#: A token no session has (fixed, so that every xdist worker collects the
+#: same test ids).
+UNKNOWN_TOKEN = "0b3f8a52-6a1e-4c1f-9a4e-2f1d7c8e9b10"
+
+
+@pytest.mark.parametrize("line", ["auth messi salah", f"inbox {UNKNOWN_TOKEN}"])
 def test_limits_apply_per_factory(line: str) -> None:
     """Two servers (factories) keep separate failure counts."""
     tight = Limits(

@@ -21,16 +21,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
 
 from tests.postgres import NEEDED as POSTGRES_NEEDED
-from tests.postgres import find_bindir, free_port
+from tests.postgres import find_bindir, free_port, seed_demo_users
 from tests.twistd_helpers import REPO, LineClient, TwistdChat
+from tests.waiting import wait_until
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 DEPLOY = REPO / "deploy"
 CONFIG = DEPLOY / "haproxy.cfg"
@@ -54,18 +57,6 @@ def haproxy() -> str:
         _required(HAPROXY_NEEDED)
     assert found is not None
     return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """
-    Poll C{predicate} until it holds; return the seconds it took.
-    """
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def free_ports(count: int) -> list[int]:
@@ -154,7 +145,7 @@ class HAProxy:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: answers(self.port), 30, "HAProxy passes a ping on")
+        wait_until(lambda: answers(self.port), what="HAProxy passes a ping on")
 
     def servers(self) -> dict[str, dict[str, str]]:
         """
@@ -200,7 +191,7 @@ class Cluster:
             total = sum(int(row["scur"]) for row in servers.values())
             return len(found) == 1 and total == 1
 
-        wait_until(one, 10, "exactly one connection through HAProxy")
+        wait_until(one, what="exactly one connection through HAProxy")
         return found[0]
 
     def down(self, name: str) -> bool:
@@ -210,11 +201,13 @@ class Cluster:
 @pytest.fixture
 def cluster(haproxy: str, postgres_url: str, tmp_path: Path) -> Iterator[Cluster]:
     """
-    Two C{twistd chat} nodes on one new PostgreSQL database (the first
-    makes the demo users), and HAProxy in front of them.
+    Two C{twistd chat} nodes on one new PostgreSQL database (with the demo
+    users, made beforehand with cheap hashes), and HAProxy in front of
+    them.
     """
     nodes: dict[str, TwistdChat] = {}
     proxy: HAProxy | None = None
+    seed_demo_users(postgres_url)
     try:
         for name in ("node1", "node2"):
             workdir = tmp_path / name
@@ -232,8 +225,7 @@ def cluster(haproxy: str, postgres_url: str, tmp_path: Path) -> Iterator[Cluster
         proxy.start()
         wait_until(
             lambda: all(r["status"] == "UP" for r in proxy.servers().values()),
-            30,
-            "both nodes UP in HAProxy",
+            what="both nodes UP in HAProxy",
         )
         yield Cluster(nodes, proxy)
     finally:
@@ -302,10 +294,10 @@ def test_client_survives_its_node_killed(cluster: Cluster) -> None:
 
     os.kill(cluster.nodes[victim].pid, signal.SIGKILL)
     cluster.nodes[victim].process.wait(timeout=10)  # type: ignore[union-attr]
-    start = time.monotonic()
+    # Closed (rather than left to the client's 10 s timeout, which would
+    # raise TimeoutError).
     with pytest.raises(ConnectionError):
         client.request("ping")
-    assert time.monotonic() - start < 5
     client.close()
 
     # At once, before HAProxy's checks mark the node down: a connection it
@@ -317,7 +309,7 @@ def test_client_survives_its_node_killed(cluster: Cluster) -> None:
     client.close()
 
     assert inbox_texts(port, "henderson") == ["before the crash", "after the crash"]
-    wait_until(lambda: cluster.down(victim), 15, f"HAProxy marks {victim} down")
+    wait_until(lambda: cluster.down(victim), what=f"HAProxy marks {victim} down")
 
 
 def test_clients_of_a_hung_node_move(cluster: Cluster) -> None:
@@ -334,12 +326,11 @@ def test_clients_of_a_hung_node_move(cluster: Cluster) -> None:
     (survivor,) = set(cluster.nodes) - {victim}
 
     os.kill(cluster.nodes[victim].pid, signal.SIGSTOP)
-    start = time.monotonic()
+    # Checks every 2 s (1 s once one failed), 3 s to answer, 2 failures;
+    # then HAProxy closes the connection (the client's 30 s timeout is the
+    # deadline: it would raise TimeoutError).
     replies, _ = client.read_until_closed()
-    elapsed = time.monotonic() - start
     assert replies == []
-    # Checks every 2 s (1 s once one failed), 3 s to answer, 2 failures.
-    assert elapsed < 15, elapsed
     assert cluster.down(victim)
     client.close()
 
@@ -411,7 +402,7 @@ def test_local_cluster_starts_and_stops(haproxy: str) -> None:
                 or process.poll() is not None
             ),
             120,
-            "local-cluster says the cluster runs",
+            what="local-cluster says the cluster runs",
         )
         assert process.poll() is None, "".join(output)
 

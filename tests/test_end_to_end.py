@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import random
 import signal
@@ -23,40 +22,14 @@ import pytest
 import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.plugin import getPlugins
 
+from tests.clients import AsyncClient
+from tests.test_admin import admin_process
 from tests.twistd_helpers import REPO, TWISTD, CourseClient, TwistdChat
 
 __all__ = ["REPO", "TWISTD", "CourseClient", "TwistdChat"]
-
-
-class ReplyCollector(Protocol):
-    """
-    A client that hands out one reply per request.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.waiting: list[Deferred[dict[str, Any]]] = []
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:
-            frame, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            self.waiting.pop(0).callback(json.loads(frame))
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.closed.callback(None)
-
-    def request(self, line: bytes) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
-        self.waiting.append(d)
-        self.transport.write(line)  # type: ignore[union-attr]
-        return d.addTimeout(5, reactor)
 
 
 def chat_maker() -> Any:
@@ -85,13 +58,13 @@ async def test_plugin_serves_two_clients(tmp_path: Path) -> None:
         await service.ready
         port = service.ports[0].getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        messi = await connectProtocol(endpoint, ReplyCollector())
-        henderson = await connectProtocol(endpoint, ReplyCollector())
-        token = (await messi.request(b"auth messi surabaya \r\n"))["tokenid"]
-        other = (await henderson.request(b"auth henderson surabaya \r\n"))["tokenid"]
-        sent = await messi.request(f"send {token} henderson  halo bro \r\n".encode())
+        messi = await connectProtocol(endpoint, AsyncClient())
+        henderson = await connectProtocol(endpoint, AsyncClient())
+        token = (await messi.request("auth messi surabaya "))["tokenid"]
+        other = (await henderson.request("auth henderson surabaya "))["tokenid"]
+        sent = await messi.request(f"send {token} henderson  halo bro ")
         assert sent == {"status": "OK", "message": "Message Sent"}
-        inbox = await henderson.request(f"inbox {other} \r\n".encode())
+        inbox = await henderson.request(f"inbox {other} ")
         assert inbox["messages"]["messi"][0]["msg"] == "halo bro"
         for client in (messi, henderson):
             client.transport.loseConnection()
@@ -129,12 +102,12 @@ async def _start_plugin(database: Path, *arguments: str) -> tuple[Any, int]:
     return service, service.ports[0].getHost().port
 
 
-async def _connect(port: int, count: int) -> list[ReplyCollector]:
+async def _connect(port: int, count: int) -> list[AsyncClient]:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    return [await connectProtocol(endpoint, ReplyCollector()) for _ in range(count)]
+    return [await connectProtocol(endpoint, AsyncClient()) for _ in range(count)]
 
 
-async def _close(*clients: ReplyCollector) -> None:
+async def _close(*clients: AsyncClient) -> None:
     for client in clients:
         client.transport.loseConnection()  # type: ignore[union-attr]
         await client.closed
@@ -149,16 +122,16 @@ async def test_plugin_register_and_file_round_trip(tmp_path: Path) -> None:
     service, port = await _start_plugin(database, "--registration", "open")
     try:
         budi, messi = await _connect(port, 2)
-        registered = await budi.request(b"register budi rahasia123 Budi Santoso\r\n")
+        registered = await budi.request("register budi rahasia123 Budi Santoso")
         assert registered["message"] == "User Registered"
-        token = (await budi.request(b"auth budi rahasia123\r\n"))["tokenid"]
-        other = (await messi.request(b"auth messi surabaya\r\n"))["tokenid"]
+        token = (await budi.request("auth budi rahasia123"))["tokenid"]
+        other = (await messi.request("auth messi surabaya"))["tokenid"]
         data = random.Random(4).randbytes(1024 * 1024)
         digest = hashlib.sha256(data).hexdigest()
         # Formatting the bytes gives b'...', as the course clients send it.
-        line = f"sendfile {token} messi photo.jpg {base64.b64encode(data)}\r\n"
+        line = f"sendfile {token} messi photo.jpg {base64.b64encode(data)}"
         assert " b'" in line
-        sent = await budi.request(line.encode())
+        sent = await budi.request(line)
         assert sent == {
             "status": "OK",
             "message": "File Sent",
@@ -167,18 +140,16 @@ async def test_plugin_register_and_file_round_trip(tmp_path: Path) -> None:
             "file_sha256": digest,
             "address": "photo.jpg",
         }
-        inbox = await messi.request(f"inbox {other}\r\n".encode())
+        inbox = await messi.request(f"inbox {other}")
         (message,) = inbox["messages"]["budi"]
         received = base64.b64decode(message["file_content"], validate=True)
         assert hashlib.sha256(received).hexdigest() == digest
         assert received == data
         assert (message["msg"], message["msg_from"]) == ("photo.jpg", "Budi Santoso")
-        history = await messi.request(f"history {other} budi\r\n".encode())
+        history = await messi.request(f"history {other} budi")
         assert history["messages"][0]["file_sha256"] == digest
         too_big = base64.b64encode(data + b"!").decode()
-        refused = await budi.request(
-            f"sendfile {token} messi big.bin {too_big}\r\n".encode()
-        )
+        refused = await budi.request(f"sendfile {token} messi big.bin {too_big}")
         assert refused["code"] == "file_too_large"
         await _close(budi, messi)
     finally:
@@ -195,18 +166,18 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
     """Over TCP with SQLite: a group conversation, history pages, logout
     (with a retention that keeps everything recent)."""
     service, port = await _start_plugin(tmp_path / "chat.sqlite", "--retention", "30d")
-    assert service.purger is not None and service.purger._loop.running
+    assert service.chat.purger is not None and service.chat.purger._loop.running
     try:
         clients = await _connect(port, 3)
         names = ["messi", "henderson", "lineker"]
         tokens = {}
         for name, client in zip(names, clients, strict=True):
-            reply = await client.request(f"auth {name} surabaya\r\n".encode())
+            reply = await client.request(f"auth {name} surabaya")
             tokens[name] = reply["tokenid"]
         messi, henderson, lineker = clients
 
-        async def ask(client: ReplyCollector, line: str) -> dict[str, Any]:
-            reply = await client.request(f"{line}\r\n".encode())
+        async def ask(client: AsyncClient, line: str) -> dict[str, Any]:
+            reply = await client.request(line)
             assert reply["status"] == "OK", (line, reply)
             return reply
 
@@ -249,12 +220,12 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
             "members"
         ] == ["messi"]
         await ask(messi, f"logout {tokens['messi']}")
-        gone = await messi.request(f"groups {tokens['messi']}\r\n".encode())
+        gone = await messi.request(f"groups {tokens['messi']}")
         assert gone["message"] == "Session Tidak Ditemukan"
         await _close(*clients)
     finally:
         await service.stopService()
-    assert not service.purger._loop.running
+    assert not service.chat.purger._loop.running
 
 
 # A real twistd process (helpers shared with the fault suite).
@@ -262,12 +233,14 @@ async def test_plugin_groups_and_history(tmp_path: Path) -> None:
 
 @pytest.fixture
 def twistd(tmp_path: Path) -> Iterator[TwistdChat]:
-    server = TwistdChat(tmp_path, "--demo")
+    # --demo makes the users itself here, as it does for a person.
+    server = TwistdChat(tmp_path, "--demo", seed=False)
     server.log.touch()
     yield server
     server.kill()
 
 
+@pytest.mark.slow
 def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     """The course client's byte-for-byte behaviour works against twistd chat."""
     port = twistd.start()
@@ -293,6 +266,7 @@ def test_course_client_against_twistd(twistd: TwistdChat) -> None:
     assert "surabaya" not in log and token not in log
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     """After SIGKILL and a restart, every acked message arrives exactly once."""
     port = twistd.start()
@@ -321,8 +295,10 @@ def test_sigkill_loses_no_acknowledged_message(twistd: TwistdChat) -> None:
     assert "Server Shut Down." in twistd.log.read_text()
 
 
+@pytest.mark.slow
 def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
-    """A port already in use stops twistd with a clear error."""
+    """A port already in use stops twistd with a clear error, and leaves no
+    stale twistd.pid behind."""
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
@@ -332,7 +308,6 @@ def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
             [
                 *TWISTD,
                 "--nodaemon",
-                "--pidfile=",
                 "chat",
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
@@ -346,8 +321,10 @@ def test_port_in_use_exits_with_message(tmp_path: Path) -> None:
         blocker.close()
     assert result.returncode != 0
     assert f"cannot listen on tcp:{port}" in (result.stdout + result.stderr).decode()
+    assert not (tmp_path / "twistd.pid").exists()
 
 
+@pytest.mark.slow
 def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     """A database from a newer chat stops twistd with a clear error."""
     from chat.store import schema
@@ -374,3 +351,38 @@ def test_newer_schema_exits_with_message(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "schema version 42" in (result.stdout + result.stderr).decode()
+
+
+@pytest.mark.slow
+def test_second_server_on_one_file_is_refused(twistd: TwistdChat) -> None:
+    """A second twistd chat on the file a running one serves is refused,
+    naming the first one's pid; chat-admin still adds a user meanwhile,
+    and the running server knows it at once."""
+    twistd.start()
+    second = subprocess.run(
+        [
+            *TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "chat",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        cwd=twistd.workdir,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        timeout=60,
+    )
+    output = (second.stdout + second.stderr).decode()
+    assert second.returncode == 1, output
+    assert output.strip().splitlines()[-1] == (
+        f"chat: chat.sqlite is in use by a chat server (pid {twistd.pid}): stop "
+        "it first, or use another --store"
+    )
+    added = admin_process(
+        twistd.workdir, "useradd", "budi", "--name", "Budi", stdin="rahasia1\n"
+    )
+    assert added.returncode == 0, added.stderr
+    client = CourseClient(twistd.port)
+    assert client.login("budi", "rahasia1")
+    client.close()

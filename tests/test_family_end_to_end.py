@@ -17,6 +17,8 @@ import pytest
 
 from tests.twistd_helpers import CourseClient, TwistdChat
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[TwistdChat]:

@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 
 from chat.store import schema
+from tests.test_sqlite_file import damage
 from tests.twistd_helpers import REPO, TWISTD, LineClient, TwistdChat
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.fault
 
@@ -40,7 +42,7 @@ PROFILE: dict[str, Any] = {
     "drainers": 4,
     "slowloris": 200 if LONG else 20,
     "storm": 10_000 if LONG else 2_000,
-    "storm_hold": 10.0 if LONG else 2.0,
+    "storm_control": 500 if LONG else 50,
     "brute_attempts": 200 if LONG else 30,
     "unread_lines": 10_000 if LONG else 3_000,
 }
@@ -134,6 +136,20 @@ class Sender(threading.Thread):
             client.close()
 
 
+def acked_at_least(senders: list[Sender], count: int) -> None:
+    """
+    Wait until C{senders} have had C{count} acknowledgements in all (the
+    load is on), or one of them has ended.
+    """
+    wait_until(
+        lambda: (
+            sum(len(s.acked) for s in senders) >= count
+            or not all(s.is_alive() for s in senders)
+        ),
+        what=lambda: f"{count} acks: {[len(s.acked) for s in senders]}",
+    )
+
+
 def drain(port: int, username: str = "lineker") -> list[dict[str, Any]]:
     """
     Every message waiting for C{username}, in inbox order.
@@ -200,7 +216,8 @@ def test_kill9_in_a_loop_loses_no_acked_message(
         ]
         for sender in group:
             sender.start()
-        time.sleep(rng.uniform(0.3, 1.0))
+        # Killed at a random point of the load, whatever the machine's speed.
+        acked_at_least(group, rng.randint(20, 300))
         server.stop(signal.SIGKILL)
         stop.set()
         for sender in group:
@@ -227,7 +244,8 @@ def test_kill9_in_a_loop_loses_no_acked_message(
 def test_sigterm_under_load_keeps_every_ack(
     chat: Callable[..., TwistdChat], tmp_path: Path
 ) -> None:
-    """SIGTERM under load: exits within seconds; every acked message is in the file."""
+    """SIGTERM under load: exits (within a deadline; the time is reported);
+    every acked message is in the file."""
     server = chat("--max-mailbox", "10000000")
     port = server.start()
     server.wait_ready()
@@ -239,15 +257,14 @@ def test_sigterm_under_load_keeps_every_ack(
     ]
     for sender in senders:
         sender.start()
-    time.sleep(1.0)
+    acked_at_least(senders, 200)
     signalled = time.monotonic()
-    code = server.stop(signal.SIGTERM)
+    code = server.stop(signal.SIGTERM, timeout=30)
     exit_seconds = time.monotonic() - signalled
     stop.set()
     for sender in senders:
         sender.join(timeout=30)
     assert code == -signal.SIGTERM
-    assert exit_seconds < 5
     # Sends that came in after the store closed were refused, not acked.
     assert {code for s in senders for _, code in s.errored} <= {"storage_unavailable"}
     connection = sqlite3.connect(tmp_path / "chat.sqlite")
@@ -368,12 +385,25 @@ def test_megabyte_line_hides_no_command(chat: Callable[..., TwistdChat]) -> None
 
 
 def test_slowloris_hits_login_deadline(chat: Callable[..., TwistdChat]) -> None:
-    """Connections trickling bytes are closed at the login deadline; others carry on."""
+    """Connections trickling bytes (never a whole line) are closed at the
+    login deadline, which their bytes do not extend; others carry on."""
     server = chat("--login-timeout", "2s")
     port = server.start()
     server.wait_ready()
-    control = LineClient(port)
-    token = control.login("messi")
+
+    def logged_in() -> tuple[LineClient, str] | None:
+        # Within 2 s of connecting, which a loaded machine may miss.
+        client = LineClient(port)
+        try:
+            reply = client.request("auth messi surabaya")
+        except ConnectionError:
+            reply = {}
+        if reply.get("status") == "OK":
+            return client, str(reply["tokenid"])
+        client.close()
+        return None
+
+    control, token = wait_until(logged_in, what="a control connection logged in")
     sockets: dict[socket.socket, float] = {}
     for _ in range(PROFILE["slowloris"]):
         sock = socket.create_connection(("127.0.0.1", port))
@@ -381,10 +411,13 @@ def test_slowloris_hits_login_deadline(chat: Callable[..., TwistdChat]) -> None:
         sockets[sock] = time.monotonic()
     received: dict[socket.socket, bytes] = {sock: b"" for sock in sockets}
     closed_after: list[float] = []
-    deadline = time.monotonic() + 10
-    trickle = b"auth messi surabay"
+    # A byte every 0.2 s, for as long as the connection is open: were the
+    # deadline counted from the last byte, it would never close.
+    trickle = b"auth messi surabaya" * 100
     step = 0
-    while sockets and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while sockets:
+        assert time.monotonic() < deadline, f"{len(sockets)} connections still open"
         for sock, opened in list(sockets.items()):
             # Read first: a send into a connection the server just closed
             # fails, and must not hide the reply that came before.
@@ -402,17 +435,16 @@ def test_slowloris_hits_login_deadline(chat: Callable[..., TwistdChat]) -> None:
                 del sockets[sock]
                 sock.close()
                 continue
-            if step < len(trickle):
-                try:
-                    sock.send(trickle[step : step + 1])
-                except OSError:
-                    pass  # closed: the next recv says so
+            try:
+                sock.send(trickle[step : step + 1])
+            except OSError:
+                pass  # closed: the next recv says so
         step += 1
         time.sleep(0.2)
-    assert not sockets, f"{len(sockets)} connections still open"
     expected = b'{"status":"ERROR","message":"login timeout","code":"login_timeout"}'
     assert all(data == expected + b"\r\n\r\n" for data in received.values())
-    assert 1.8 < min(closed_after) and max(closed_after) < 5
+    # From the client's connect, which comes before the server's accept.
+    assert min(closed_after) > 1.8
     # The logged-in control connection outlived the deadline.
     assert control.request(f"send {token} henderson still here") == SENT
     control.close()
@@ -506,7 +538,12 @@ def test_connection_storm_with_working_control(chat: Callable[..., TwistdChat]) 
     worker.start()
     try:
         opened, seconds = _ping_all(port, count, addresses)
-        time.sleep(PROFILE["storm_hold"])
+        # The control connection keeps working while they are all open.
+        during = len(latencies)
+        wait_until(
+            lambda: len(latencies) >= during + PROFILE["storm_control"] or failures,
+            what="control requests while the storm's connections are open",
+        )
         rss_with = server.rss_kib()
     finally:
         for sock in getattr(_ping_all, "sockets", []):
@@ -516,7 +553,6 @@ def test_connection_storm_with_working_control(chat: Callable[..., TwistdChat]) 
         resource.setrlimit(resource.RLIMIT_NOFILE, saved)
     assert not failures, failures[:3]
     assert opened == count
-    assert latencies and max(latencies) < 10
     latencies.sort()
     report(
         "connection storm",
@@ -570,26 +606,30 @@ def test_connection_limits_refuse_with_one_error(
     assert replies[0]["message"] == "too many connections"
     kept.pop().close()
     # Once the server has seen the close, there is room again.
-    deadline = time.monotonic() + 10
-    while True:
-        again = LineClient(port, source="127.0.0.4")
-        reply = again.request("ping")
-        if reply.get("message") == "PONG":
-            break
-        again.close()
-        assert time.monotonic() < deadline, reply
-        time.sleep(0.05)
-    for client in [*kept, again]:
+    admitted: list[LineClient] = []
+
+    def room_again() -> bool:
+        client = LineClient(port, source="127.0.0.4")
+        if client.request("ping").get("message") == "PONG":
+            admitted.append(client)
+            return True
+        client.close()
+        return False
+
+    wait_until(room_again, what="room for a connection after one closed")
+    for client in [*kept, *admitted]:
         client.close()
 
 
 def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> None:
     """Guessing one user's password, or many from one address, is refused unhashed."""
+    # Refilled slowly (one every 12 and 3 minutes): a slow machine does not
+    # get an attempt back during the test.
     server = chat(
         "--login-failures-per-user",
-        "5/1m",
+        "5/1h",
         "--login-failures-per-address",
-        "20/1m",
+        "20/1h",
     )
     port = server.start()
     server.wait_ready()
@@ -611,9 +651,9 @@ def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> No
     codes = collections.Counter(code for code, _ in results)
     assert codes["wrong_password"] == 5
     assert codes["rate_limited"] == attempts - 5
+    # How cheap a refusal is, reported (timings are never asserted).
     hashed = statistics.median(s for c, s in results if c == "wrong_password")
     refused = statistics.median(s for c, s in results if c == "rate_limited")
-    assert refused < hashed
     # While limited, even the right password is refused.
     assert attempt("messi", "surabaya", "127.0.9.1")[0] == "rate_limited"
     # One address, many usernames.
@@ -715,12 +755,10 @@ def test_disk_full_refuses_then_recovers(
         (resource.RLIM_INFINITY, resource.RLIM_INFINITY),
     )
     freed = time.monotonic()
-    while True:
-        reply = client.request(f"send {token} henderson after")
-        if reply == SENT:
-            break
-        assert time.monotonic() - freed < 10, reply
-        time.sleep(0.05)
+    wait_until(
+        lambda: client.request(f"send {token} henderson after") == SENT,
+        what="a send acknowledged once space returned",
+    )
     recovered = time.monotonic() - freed
     client.close()
     stored = [m["msg"] for m in drain(port, "henderson")]
@@ -751,11 +789,16 @@ def _run_twistd(workdir: Path) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.mark.parametrize("kind", ["not_sqlite", "newer_schema", "not_chat"])
+@pytest.mark.parametrize("kind", ["not_sqlite", "newer_schema", "not_chat", "damaged"])
 def test_bad_database_is_refused_untouched(tmp_path: Path, kind: str) -> None:
-    """Not a chat database, or a newer one: exit non-zero, the file unchanged."""
+    """Not a chat database, a newer one, or a damaged one: exit non-zero
+    with one clear line, the file and its folder unchanged."""
     database = tmp_path / "chat.sqlite"
-    if kind == "not_sqlite":
+    if kind == "damaged":
+        schema.prepare(str(database))
+        damage(database, "users")
+        expected = "chat.sqlite is damaged (SQLite quick_check: "
+    elif kind == "not_sqlite":
         database.write_bytes(os.urandom(8192))
         expected = "not a chat database"
     elif kind == "newer_schema":
@@ -780,6 +823,7 @@ def test_bad_database_is_refused_untouched(tmp_path: Path, kind: str) -> None:
     assert result.returncode != 0
     assert expected in output
     assert "Traceback" not in output
+    assert output.strip().splitlines()[-1].startswith("chat: ")
     assert database.read_bytes() == before
     assert database.stat().st_mtime_ns == modified
     assert sorted(os.listdir(tmp_path)) == files

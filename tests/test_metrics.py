@@ -26,13 +26,15 @@ from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
 from chat import commands, tap
+from chat.build import collect_metrics
 from chat.lines import LineConnection as ChatProtocol
 from chat.links import RealmLink
 from chat.metrics import INVALID, Metrics, OutboxWatcher
 from chat.service import ChatService
 from chat.store.memory import MemoryStore
+from tests.clients import AsyncClient
 from tests.helpers import Server, result_of
-from tests.test_end_to_end import ReplyCollector, chat_maker
+from tests.test_end_to_end import chat_maker
 from tests.twistd_helpers import LineClient, TwistdChat
 
 
@@ -144,9 +146,9 @@ def test_registries_are_separate() -> None:
 def test_factory_counts_the_commands_it_runs() -> None:
     """Through the protocol: each line run counts once, under its command
     word or as invalid; a server without metrics counts nothing."""
-    server = Server()
-    metrics = Metrics()
-    server.factory.metrics = metrics
+    server = Server(metrics=True)
+    metrics = server.factory.metrics
+    assert metrics is not None
     client = server.connect()
     token = client.login()
     assert client.request(f"send {token} henderson hi")["status"] == "OK"
@@ -168,7 +170,7 @@ def test_service_hooks() -> None:
     store = MemoryStore()
     store.commit_observers = []  # type: ignore[attr-defined]
     service = ChatService(Clock(), store, [], metrics="tcp:0:interface=127.0.0.1")
-    metrics = service.metrics
+    metrics = service.chat.metrics
     assert metrics is not None
     assert service.factory.metrics is metrics
     assert store.commit_observers == [metrics.committed]  # type: ignore[attr-defined]
@@ -182,12 +184,11 @@ def test_service_hooks() -> None:
             self.lag_observers: list[Any] = []
 
     fanout = LaggingFanout()
-    service = ChatService(Clock(), MemoryStore(), [])
-    service.realm.fanout = fanout  # type: ignore[assignment]
     metrics = Metrics()
-    service._collect_metrics(metrics)
+    factory = Server().factory
+    watcher = collect_metrics(metrics, factory, MemoryStore(), fanout, None)
     assert fanout.lag_observers == [metrics.notify_lag]
-    assert service.outbox_watcher is None  # no realms without federation
+    assert watcher is None  # no realms without federation
 
 
 def test_service_without_metrics() -> None:
@@ -195,7 +196,7 @@ def test_service_without_metrics() -> None:
     store = MemoryStore()
     store.commit_observers = []  # type: ignore[attr-defined]
     service = ChatService(Clock(), store, [])
-    assert service.metrics is None and service.factory.metrics is None
+    assert service.chat.metrics is None and service.factory.metrics is None
     assert store.commit_observers == []  # type: ignore[attr-defined]
     assert service.metrics_port is None
 
@@ -352,18 +353,18 @@ async def test_scrape_after_commands(store: str) -> None:
         )
         port = service.ports[0].getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        messi = await connectProtocol(endpoint, ReplyCollector())
-        henderson = await connectProtocol(endpoint, ReplyCollector())
-        token = (await messi.request(b"auth messi surabaya\r\n"))["tokenid"]
+        messi = await connectProtocol(endpoint, AsyncClient())
+        henderson = await connectProtocol(endpoint, AsyncClient())
+        token = (await messi.request("auth messi surabaya"))["tokenid"]
         for text in ("one", "two"):
-            reply = await messi.request(f"send {token} henderson {text}\r\n".encode())
+            reply = await messi.request(f"send {token} henderson {text}")
             assert reply["status"] == "OK", reply
-        reply = await messi.request(f"send {token} lineker@realm-b far\r\n".encode())
+        reply = await messi.request(f"send {token} lineker@realm-b far")
         assert reply["status"] == "OK", reply
-        reply = await henderson.request(b"bogus\r\n")
+        reply = await henderson.request("bogus")
         assert reply["code"] == "unknown_command"
-        assert service.outbox_watcher is not None
-        await service.outbox_watcher.refresh()
+        assert service.chat.outbox_watcher is not None
+        await service.chat.outbox_watcher.refresh()
 
         metrics_port = service.metrics_port.getHost().port
         text = await http_get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -387,7 +388,7 @@ async def test_scrape_after_commands(store: str) -> None:
         # quit: the server closes (and counts) the connection before the
         # client sees it closed.
         for client in (messi, henderson):
-            assert (await client.request(b"quit\r\n"))["message"] == "bye"
+            assert (await client.request("quit"))["message"] == "bye"
             await client.closed
         text = await http_get(f"http://127.0.0.1:{metrics_port}/")
         assert samples(text)[("chat_connections", ())] == 0.0
@@ -425,6 +426,7 @@ def twistd(tmp_path: Path) -> Any:
     server.kill()
 
 
+@pytest.mark.slow
 def test_twistd_serves_metrics(twistd: TwistdChat) -> None:
     """twistd chat --metrics logs where to scrape, and a scrape there shows
     what clients did."""

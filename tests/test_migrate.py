@@ -30,6 +30,7 @@ from chat.store import open_store, schema
 from chat.store.migration import CLUSTER_TABLES, TABLES
 from chat.store.postgres import safe_url
 from chat.store.sqlite import SQLiteStore
+from tests.test_admin import run_admin
 from tests.test_store_postgres import postgres_columns, sqlite_columns
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,24 +38,19 @@ PNG = bytes(range(256)) * 5 + b"\x89PNG\r\n\x1a\n\x00"
 TOKEN_HASH = hashlib.sha256(b"messi-token").hexdigest()
 
 
-def chat_admin(
-    cwd: Path, *argv: str, tty: bool = False, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
+async def chat_admin(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """
-    Run chat-admin; with C{tty}, its standard error is a terminal.
+    Run chat-admin (in this process: see L{tests.test_admin}).
+    """
+    return await run_admin(*argv, stdin=stdin)
+
+
+def chat_admin_on_terminal(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run chat-admin as a process whose standard error is a terminal.
     """
     command = [sys.executable, "-m", "chat.admin", *argv]
     environment = dict(os.environ, PYTHONPATH=str(REPO))
-    if not tty:
-        return subprocess.run(
-            command,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=environment,
-            cwd=cwd,
-        )
     master, slave = pty.openpty()
     process = subprocess.Popen(
         command,
@@ -83,12 +79,8 @@ def chat_admin(
     return subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
 
-def migrate(
-    tmp_path: Path, source: Path, url: str, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    return chat_admin(
-        tmp_path, "migrate", "--from", f"sqlite:{source}", "--to", url, **kwargs
-    )
+async def migrate(source: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return await chat_admin("migrate", "--from", f"sqlite:{source}", "--to", url)
 
 
 async def fill(store: SQLiteStore) -> None:
@@ -204,13 +196,16 @@ def postgres_tables(url: str) -> dict[str, int]:
         }
 
 
-def test_copies_every_row(tmp_path: Path, source: Path, postgres_url: str) -> None:
+@pytest_twisted.ensureDeferred
+async def test_copies_every_row(
+    tmp_path: Path, source: Path, postgres_url: str
+) -> None:
     """
     Every table is copied row for row: ids, password hashes, delivery
     state, file bytes, realm queues; the cluster tables stay empty; the
     counts are printed and match.
     """
-    result = migrate(tmp_path, source, postgres_url)
+    result = await migrate(source, postgres_url)
     assert result.returncode == 0, result.stderr
     for table in TABLES:
         expected = sqlite_rows(source, table.name)
@@ -243,11 +238,12 @@ def test_copies_every_row(tmp_path: Path, source: Path, postgres_url: str) -> No
     assert sqlite_rows(source, "messages") == messages
 
 
-def test_sequences_continue_after_the_copied_ids(
+@pytest_twisted.ensureDeferred
+async def test_sequences_continue_after_the_copied_ids(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """New rows in PostgreSQL get ids above the copied ones."""
-    assert migrate(tmp_path, source, postgres_url).returncode == 0
+    assert (await migrate(source, postgres_url)).returncode == 0
     inserts = {
         "messages": "INSERT INTO messages (sender, recipient, sender_name,"
         " recipient_name, body, sent_at)"
@@ -275,7 +271,7 @@ def one(connection: psycopg.Connection[Any], query: str) -> Any:
 async def test_empty_store(tmp_path: Path, postgres_url: str) -> None:
     """An empty store migrates to an empty schema whose ids start at 1."""
     source = await make_store(tmp_path / "empty.sqlite", nothing)
-    result = migrate(tmp_path, source, postgres_url)
+    result = await migrate(source, postgres_url)
     assert result.returncode == 0, result.stderr
     assert "migrated 0 rows" in result.stdout
     assert set(postgres_tables(postgres_url).values()) <= {0, 1}
@@ -293,13 +289,14 @@ async def nothing(store: SQLiteStore) -> None:
     pass
 
 
-def test_refuses_a_target_with_rows(
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_target_with_rows(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """A second migration into the same database is refused; nothing changes."""
-    assert migrate(tmp_path, source, postgres_url).returncode == 0
+    assert (await migrate(source, postgres_url)).returncode == 0
     before = postgres_tables(postgres_url)
-    again = migrate(tmp_path, source, postgres_url)
+    again = await migrate(source, postgres_url)
     assert again.returncode == 1
     assert "is not empty" in again.stderr
     assert "migrate into a new, empty database" in again.stderr
@@ -307,32 +304,35 @@ def test_refuses_a_target_with_rows(
     assert postgres_tables(postgres_url) == before
 
 
-def test_refuses_a_target_in_use(
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_target_in_use(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """Rows in the cluster tables alone (a node ran there) are enough to refuse."""
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         schema.prepare_postgres(connection)
         connection.execute("INSERT INTO cluster_nodes VALUES ('node-1', 1.0, 2.0)")
-    result = migrate(tmp_path, source, postgres_url)
+    result = await migrate(source, postgres_url)
     assert result.returncode == 1
     assert "cluster_nodes have rows" in result.stderr
     assert postgres_tables(postgres_url)["users"] == 0
 
 
-def test_refuses_a_target_with_other_tables(
+@pytest_twisted.ensureDeferred
+async def test_refuses_a_target_with_other_tables(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """A database with tables that are not chat's is refused, left as it was."""
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("CREATE TABLE invoices (id integer)")
-    result = migrate(tmp_path, source, postgres_url)
+    result = await migrate(source, postgres_url)
     assert result.returncode == 1
     assert "has tables that are not chat's (invoices)" in result.stderr
     assert postgres_tables(postgres_url) == {"invoices": 0}
 
 
-def test_refuses_bad_sources(tmp_path: Path, postgres_url: str) -> None:
+@pytest_twisted.ensureDeferred
+async def test_refuses_bad_sources(tmp_path: Path, postgres_url: str) -> None:
     """
     A missing file, a file that is not a SQLite database, a SQLite database
     that is not chat's, and chat databases of another schema version are
@@ -360,7 +360,7 @@ def test_refuses_bad_sources(tmp_path: Path, postgres_url: str) -> None:
         (versions[schema.SCHEMA_VERSION + 1], "written by a newer chat"),
     ]
     for path, message in cases:
-        result = migrate(tmp_path, path, postgres_url)
+        result = await migrate(path, postgres_url)
         assert result.returncode == 1, (path, result)
         assert message in result.stderr, (path, result.stderr)
         assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -368,8 +368,12 @@ def test_refuses_bad_sources(tmp_path: Path, postgres_url: str) -> None:
     assert not (tmp_path / "missing.sqlite").exists()
 
 
-def test_usage_errors(tmp_path: Path, postgres_url: str) -> None:
+@pytest_twisted.ensureDeferred
+async def test_usage_errors(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--from and --to are checked before anything is opened (exit 2)."""
+    monkeypatch.chdir(tmp_path)
     cases = [
         (["--from", "chat.sqlite", "--to", postgres_url], "--from must be sqlite:PATH"),
         (["--from", "sqlite:", "--to", postgres_url], "--from must be sqlite:PATH"),
@@ -384,14 +388,15 @@ def test_usage_errors(tmp_path: Path, postgres_url: str) -> None:
         ),
     ]
     for argv, message in cases:
-        result = chat_admin(tmp_path, "migrate", *argv)
+        result = await chat_admin("migrate", *argv)
         assert result.returncode == 2, (argv, result)
         assert message in result.stderr, (argv, result.stderr)
         assert "pw@" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # no chat.sqlite made by --store
 
 
-def test_password_in_the_url_is_never_shown(
+@pytest_twisted.ensureDeferred
+async def test_password_in_the_url_is_never_shown(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """
@@ -399,17 +404,17 @@ def test_password_in_the_url_is_never_shown(
     in every message, with a warning to use PGPASSWORD or ~/.pgpass.
     """
     url = postgres_url.replace("://postgres@", "://postgres:Sekr1t-pw@")
-    result = migrate(tmp_path, source, url)
+    result = await migrate(source, url)
     assert result.returncode == 0, result.stderr
     assert "Sekr1t" not in result.stdout + result.stderr
     assert "postgres:***@127.0.0.1" in result.stdout
     assert "use PGPASSWORD or ~/.pgpass" in result.stderr
-    refused = migrate(tmp_path, source, url + "?password=Sekr1t-pw")
+    refused = await migrate(source, url + "?password=Sekr1t-pw")
     assert refused.returncode == 1
     assert "Sekr1t" not in refused.stdout + refused.stderr
     port = postgres_url.rsplit(":", 1)[1].split("/")[0]
     unreachable = url.replace(f":{port}/", ":1/")
-    failed = migrate(tmp_path, source, unreachable)
+    failed = await migrate(source, unreachable)
     assert failed.returncode == 1
     assert "cannot connect to PostgreSQL at postgresql://postgres:***@" in failed.stderr
     assert "Sekr1t" not in failed.stdout + failed.stderr
@@ -430,7 +435,9 @@ def test_progress_bar_on_a_terminal(
     tmp_path: Path, source: Path, postgres_url: str
 ) -> None:
     """On a terminal, each table gets a bar, drawn in place up to 100%."""
-    result = migrate(tmp_path, source, postgres_url, tty=True)
+    result = chat_admin_on_terminal(
+        tmp_path, "migrate", "--from", f"sqlite:{source}", "--to", postgres_url
+    )
     assert result.returncode == 0, result.stderr
     full = "[" + "#" * Progress.width + "]"
     for table in TABLES:
@@ -549,7 +556,7 @@ async def test_the_postgres_store_serves_what_was_migrated(
     (ids, files, delivery state) are in the histories and mailboxes, the
     next message gets the same id, and realm-b's message is a duplicate.
     """
-    result = migrate(tmp_path, source, postgres_url)
+    result = await migrate(source, postgres_url)
     assert result.returncode == 0, result.stderr
     seen = {}
     for description in (f"sqlite:{source}", postgres_url):
@@ -573,24 +580,27 @@ async def test_the_postgres_store_serves_what_was_migrated(
         assert got[key] == expected[key], key
 
 
-def test_admin_commands_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
-    """chat-admin --store postgresql://... works for every command."""
+@pytest_twisted.ensureDeferred
+async def test_admin_commands_on_postgresql(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chat-admin --store postgresql://... works for every command (and
+    makes no file in the current folder)."""
+    monkeypatch.chdir(tmp_path)
     store = ["--store", postgres_url]
-    made = chat_admin(
-        tmp_path, *store, "useradd", "budi", "--name", "Budi", stdin="rahasia\n"
+    made = await chat_admin(
+        *store, "useradd", "budi", "--name", "Budi", stdin="rahasia1\n"
     )
     assert made.returncode == 0, made.stderr
-    assert chat_admin(tmp_path, *store, "users").stdout == "budi\tBudi\t\n"
-    assert (
-        chat_admin(tmp_path, *store, "passwd", "budi", stdin="baru\n").returncode == 0
-    )
+    assert (await chat_admin(*store, "users")).stdout == "budi\tBudi\t\n"
+    changed = await chat_admin(*store, "passwd", "budi", stdin="barubaru\n")
+    assert changed.returncode == 0
     with psycopg.connect(postgres_url) as connection:
         stored = one(connection, "SELECT password_hash FROM users")
-    assert argon2.PasswordHasher().verify(stored, "baru")
-    assert chat_admin(tmp_path, *store, "setadmin", "budi", "yes").returncode == 0
-    assert chat_admin(tmp_path, *store, "users").stdout == "budi\tBudi\t\tadmin\n"
-    added = chat_admin(
-        tmp_path,
+    assert argon2.PasswordHasher().verify(stored, "barubaru")
+    assert (await chat_admin(*store, "setadmin", "budi", "yes")).returncode == 0
+    assert (await chat_admin(*store, "users")).stdout == "budi\tBudi\t\tadmin\n"
+    added = await chat_admin(
         *store,
         "realm",
         "add",
@@ -599,23 +609,28 @@ def test_admin_commands_on_postgresql(tmp_path: Path, postgres_url: str) -> None
         stdin="a-shared-secret-of-some-length",
     )
     assert added.returncode == 0, added.stderr
-    listed = chat_admin(tmp_path, *store, "realm", "list")
+    listed = await chat_admin(*store, "realm", "list")
     assert listed.stdout == "realm-b\ttcp:host=b:port=8889\t0 queued\n"
-    assert chat_admin(tmp_path, *store, "realm", "remove", "realm-b").returncode == 0
-    assert chat_admin(tmp_path, *store, "userdel", "budi").returncode == 0
-    assert chat_admin(tmp_path, *store, "users").stdout == ""
-    missing = chat_admin(tmp_path, *store, "userdel", "nobody")
+    assert (await chat_admin(*store, "realm", "remove", "realm-b")).returncode == 0
+    assert (await chat_admin(*store, "userdel", "budi")).returncode == 0
+    assert (await chat_admin(*store, "users")).stdout == ""
+    missing = await chat_admin(*store, "userdel", "nobody")
     assert missing.returncode == 1
     assert missing.stderr == "chat-admin: no such user: nobody\n"
+    checked = await chat_admin(*store, "check")
+    assert (checked.returncode, checked.stdout) == (0, f"{postgres_url}: ok\n")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_admin_on_unreachable_postgresql(tmp_path: Path, postgres_url: str) -> None:
+@pytest_twisted.ensureDeferred
+async def test_admin_on_unreachable_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
     """An unreachable database is a one-line error, the password masked."""
     port = postgres_url.rsplit(":", 1)[1].split("/")[0]
     url = postgres_url.replace("://postgres@", "://postgres:Sekr1t@")
     url = url.replace(f":{port}/", ":1/")
-    result = chat_admin(tmp_path, "--store", url, "users")
+    result = await chat_admin("--store", url, "users")
     assert result.returncode == 1
     assert result.stderr.startswith("chat-admin: cannot connect to PostgreSQL at")
     assert "postgres:***@127.0.0.1:1/" in result.stderr

@@ -562,9 +562,9 @@ def test_aliases_count_as_the_command_they_mean() -> None:
     from chat.metrics import Metrics
     from tests.test_metrics import value
 
-    server = Server()
-    metrics = Metrics()
-    server.factory.metrics = metrics
+    server = Server(metrics=True)
+    metrics = server.factory.metrics
+    assert isinstance(metrics, Metrics)
     client, tokens = _team(server)
     token = tokens["messi"]
     client.request(f"sendprivate {token} henderson hi")

@@ -59,6 +59,22 @@ def test_sendfile_round_trip() -> None:
     assert "group" not in message
 
 
+def test_file_name_with_spaces() -> None:
+    """A file name may hold spaces (everything between the recipient and
+    the content, the last word); it arrives as it was sent."""
+    server = Server()
+    client, tokens = _logged_in(server)
+    line = f"sendfile {tokens['messi']} henderson my  holiday photo.png {_b64(PNG)}"
+    reply = client.request(line)
+    assert (reply["status"], reply["file_name"]) == ("OK", "my  holiday photo.png")
+    (message,) = _inbox(client, tokens["henderson"])["messi"]
+    assert message["file_name"] == message["msg"] == "my  holiday photo.png"
+    reply = client.request(
+        f"sendgroupfile {tokens['messi']} henderson,lineker two words.txt {_b64(b'x')}"
+    )
+    assert reply["file_name"] == "two words.txt"
+
+
 def test_sendfile_accepts_python_bytes_repr() -> None:
     """The course clients' b'...' form is accepted; bare base64 comes back."""
     server = Server()

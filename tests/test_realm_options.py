@@ -97,9 +97,9 @@ def test_make_service_wires_the_federation(tmp_path: Path) -> None:
         "--store", f"sqlite:{tmp_path / 'c.sqlite'}", "--realm-id", "realm-a"
     )
     service = tap.makeService(options)
-    federation = service.federation  # type: ignore[attr-defined]
+    federation = service.chat.federation  # type: ignore[attr-defined]
     assert isinstance(federation, Federation)
     assert federation.realm_id == "realm-a"
-    assert service.realm.federation is federation  # type: ignore[attr-defined]
+    assert service.chat.realm.federation is federation  # type: ignore[attr-defined]
     assert service.factory.federation is federation  # type: ignore[attr-defined]
     assert federation.store is service.store  # type: ignore[attr-defined]

@@ -9,22 +9,24 @@ security checks (wrong secret, forged sender, addrealm by a non-admin).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from chat import links
-from tests.test_end_to_end import REPO, CourseClient, TwistdChat
-from tests.twistd_helpers import make_certificate
+from tests.test_admin import run_admin
+from tests.test_end_to_end import CourseClient, TwistdChat
+from tests.twistd_helpers import free_port, make_certificate
+from tests.waiting import wait_until
+
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 SECRET = "secret-shared-by-a-and-b-0123"
 
@@ -32,43 +34,15 @@ SECRET = "secret-shared-by-a-and-b-0123"
 FAST = ["--realm-retry-min", "0.1s", "--realm-retry-max", "0.5s"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def run_admin(workdir: Path, *argv: str, stdin: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chat.admin", "--store", "sqlite:chat.sqlite", *argv],
-        cwd=workdir,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def admin_all(*commands: tuple[Path, list[str], str]) -> None:
+async def admin_all(*commands: tuple[Path, list[str], str]) -> None:
     """
-    Run chat-admin commands: those on different stores at once, those on
-    one store in order.
+    Run chat-admin commands (in this process: see L{tests.test_admin}) on
+    the realms' stores, in order.
     """
-    by_store: dict[Path, list[tuple[list[str], str]]] = {}
     for workdir, argv, stdin in commands:
-        by_store.setdefault(workdir, []).append((argv, stdin))
-    while by_store:
-        running = []
-        for workdir, queue in list(by_store.items()):
-            argv, stdin = queue.pop(0)
-            if not queue:
-                del by_store[workdir]
-            running.append((run_admin(workdir, *argv), stdin))
-        for process, stdin in running:
-            out, err = process.communicate(stdin, timeout=60)
-            assert process.returncode == 0, (out, err)
+        store = f"sqlite:{workdir / 'chat.sqlite'}"
+        result = await run_admin("--store", store, *argv, stdin=stdin)
+        assert result.returncode == 0, result
 
 
 class Realm:
@@ -145,22 +119,10 @@ def linked(
     ]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
 def collect(
     client: CourseClient,
     token: str,
     count: int,
-    timeout: float = 15.0,
     first_at: list[float] | None = None,
 ) -> list[dict[str, Any]]:
     """
@@ -177,14 +139,15 @@ def collect(
             first_at.append(time.monotonic())
         return len(got) >= count
 
-    wait_for(enough, timeout)
+    wait_until(enough, what=lambda: f"{count} messages in {got}")
     return sorted(got, key=lambda m: m["id"])
 
 
-def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> None:
+@pytest_twisted.ensureDeferred
+async def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> None:
     """Messages cross both ways; 100 sent during an outage arrive once, in order."""
     a, b = realms("realm-a"), realms("realm-b")
-    admin_all(*linked(a, b))
+    await admin_all(*linked(a, b))
     a.start()
     b.start()
     messi, token = a.client("messi")
@@ -231,12 +194,15 @@ def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> Non
     listening = time.monotonic()
     henderson, other = b.client("henderson")
     first_at: list[float] = []
-    arrived = collect(henderson, other, 100, timeout=30, first_at=first_at)
+    arrived = collect(henderson, other, 100, first_at=first_at)
     drained = time.monotonic()
     assert [m["msg"] for m in arrived] == sent
-    wait_for(lambda: a.outbox_size() == 0)
-    time.sleep(0.3)
-    assert henderson.sendstring(f"inbox {other} \r\n")["messages"] == {}
+    wait_until(lambda: a.outbox_size() == 0, what="realm-a's outbox empty")
+    # Anything delivered twice would come before one more message.
+    messi, token = a.client("messi")
+    messi.sendstring(f"send {token} henderson@realm-b one more \r\n")
+    messi.close()
+    assert [m["msg"] for m in collect(henderson, other, 1)] == ["one more"]
     print(
         f"\noutage: 100 queued messages delivered once and in order "
         f"{drained - listening:.2f}s after realm-b listened again "
@@ -250,7 +216,8 @@ def test_two_realms_both_ways_and_an_outage(realms: Callable[..., Realm]) -> Non
         assert SECRET not in realm.log_text()
 
 
-def test_three_realms_group_tls_and_addrealm(
+@pytest_twisted.ensureDeferred
+async def test_three_realms_group_tls_and_addrealm(
     realms: Callable[..., Realm], tmp_path: Path
 ) -> None:
     """A group message reaches two realms; a TLS link; addrealm by an admin."""
@@ -268,7 +235,7 @@ def test_three_realms_group_tls_and_addrealm(
     )
     c = realms("realm-c")
     c_to_b = f"tls:localhost:{tls_port}:trustRoots={trust}"
-    admin_all(
+    await admin_all(
         *linked(a, b),
         (a.workdir, ["useradd", "boss", "--name", "The Boss", "--admin"], "bosspass\n"),
         (b.workdir, ["realm", "add", "realm-c", c.endpoint], SECRET + "\n"),
@@ -283,7 +250,9 @@ def test_three_realms_group_tls_and_addrealm(
     added = boss.sendstring(f"addrealm realm-c 127.0.0.1 {c.port} \r\n")
     assert added["status"] == "OK", added
     assert (added["realm"], added["this_realm"]) == ("realm-c", "realm-a")
-    admin_all((c.workdir, ["realm", "add", "realm-a", a.endpoint], added["secret"]))
+    await admin_all(
+        (c.workdir, ["realm", "add", "realm-a", a.endpoint], added["secret"])
+    )
     c.start()
 
     messi, token = a.client("messi")
@@ -329,10 +298,11 @@ def _handshake(
     return link, link.sendstring(f"realm-auth {proof}\r\n")
 
 
-def test_link_security(realms: Callable[..., Realm]) -> None:
+@pytest_twisted.ensureDeferred
+async def test_link_security(realms: Callable[..., Realm]) -> None:
     """Wrong secrets and forged senders are refused; addrealm needs an admin."""
     a, b = realms("realm-a"), realms("realm-b")
-    admin_all(
+    await admin_all(
         (a.workdir, ["realm", "add", "realm-b", b.endpoint], "a-side-secret-xxxxx\n"),
         (b.workdir, ["realm", "add", "realm-a", a.endpoint], SECRET + "\n"),
     )
@@ -342,8 +312,10 @@ def test_link_security(realms: Callable[..., Realm]) -> None:
     # The secrets differ: nothing crosses, and both sides say why.
     messi, token = a.client("messi")
     assert messi.sendstring(f"send {token} henderson@realm-b hi \r\n")["status"] == "OK"
-    wait_for(lambda: "Realm authentication failed for realm-a" in b.log_text())
-    wait_for(lambda: "realm-auth refused: realm authentication failed" in a.log_text())
+    wait_until(lambda: "Realm authentication failed for realm-a" in b.log_text())
+    wait_until(
+        lambda: "realm-auth refused: realm authentication failed" in a.log_text()
+    )
     assert a.outbox_size() == 1
 
     # A wrong proof on a raw connection: refused, and the connection closed.

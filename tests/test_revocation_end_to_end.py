@@ -18,6 +18,8 @@ import pytest
 
 from tests.twistd_helpers import REPO, LineClient, TwistdChat
 
+pytestmark = pytest.mark.slow
+
 
 def chat_admin(store: str, *argv: str, stdin: str = "") -> None:
     done = subprocess.run(

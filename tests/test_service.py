@@ -7,34 +7,37 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
 from chat import service as service_module
+from chat.build import Settings
 from chat.checkers import Argon2Hasher
 from chat.errors import StorageUnavailable
 from chat.limits import Limits
-from chat.service import SPARE_FILES, ChatService
+from chat.service import DEMO_PASSWORD, SPARE_FILES, ChatService, ensure_demo_users
+from chat.store.memory import MemoryStore
 from chat.store.sqlite import SQLiteStore
-from tests.helpers import FAST_ARGON2
+from tests.helpers import FAST_ARGON2, InlineHasher, result_of
 
 
 def make_service(
-    tmp_path: Path, endpoints: tuple[str, ...] = (), **options: object
+    tmp_path: Path, endpoints: tuple[str, ...] = (), **settings: Any
 ) -> ChatService:
     store = SQLiteStore(reactor, str(tmp_path / "chat.sqlite"))
     return ChatService(
         reactor,
         store,
         list(endpoints),
+        Settings(**settings),
         hasher=Argon2Hasher(reactor, hasher=FAST_ARGON2),
         demo=True,
-        **options,  # type: ignore[arg-type]
     )
 
 
@@ -100,3 +103,33 @@ def test_connections_within_the_open_file_limit(
     service = make_service(tmp_path, limits=Limits(max_connections=1000))
     service._ensure_open_files()
     assert service.factory.connections.max_total == 1000
+
+
+class HashCounter(InlineHasher):
+    """
+    An L{InlineHasher} that counts the hashes it makes.
+    """
+
+    def __init__(self) -> None:
+        self.hashed = 0
+
+    def hash(self, password: str) -> Deferred[str]:
+        self.hashed += 1
+        return super().hash(password)
+
+
+def test_demo_users_share_one_hash() -> None:
+    """--demo creates the three course users with one hash of their shared
+    password, and creates only the ones that are missing."""
+    store = MemoryStore()
+    hasher = HashCounter()
+    result_of(Deferred.fromCoroutine(ensure_demo_users(store, hasher)))
+    users = result_of(store.list_users())
+    assert [u.username for u in users] == ["henderson", "lineker", "messi"]
+    assert hasher.hashed == 1
+    assert len({u.password_hash for u in users}) == 1
+    assert result_of(hasher.verify(users[0].password_hash, DEMO_PASSWORD))
+    result_of(store.delete_user("lineker"))
+    result_of(Deferred.fromCoroutine(ensure_demo_users(store, hasher)))
+    assert hasher.hashed == 2
+    assert len(result_of(store.list_users())) == 3

@@ -1162,6 +1162,7 @@ def test_sqlite_settings(tmp_path: Path) -> None:
 
 def test_schema_created_fresh(tmp_path: Path) -> None:
     """A missing file is created at the current schema version, atomically."""
+    (tmp_path / "sub").mkdir()
     path = str(tmp_path / "sub" / "chat.sqlite")
     assert schema.prepare(path) == 0
     assert os.listdir(tmp_path / "sub") == ["chat.sqlite"]

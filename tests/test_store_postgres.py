@@ -26,6 +26,7 @@ from chat.store.migration import CLUSTER_TABLES
 from chat.store.postgres import PostgresStore, safe_url
 from tests.postgres import ThrowawayPostgres
 from tests.test_store import HENDERSON, LINEKER, MESSI
+from tests.waiting import TIMEOUT, eventually
 
 
 def sqlite_columns(path: Path) -> dict[str, set[str]]:
@@ -199,10 +200,13 @@ async def test_notify_in_the_commit(pg_store: PostgresStore, postgres_db: str) -
             ]
         )
         await pg_store.drain_inbox("henderson", 3.0)
-        notifies = list(listener.notifies(timeout=1.0, stop_after=5))
+        # A notification for the drain would come before this one's.
+        later = await pg_store.store_message("lineker", "messi", "later", 4.0)
+        notifies = list(listener.notifies(timeout=TIMEOUT, stop_after=2))
     finally:
         listener.close()
-    assert len(notifies) == 1
+    assert len(notifies) == 2
+    assert json.loads(notifies[1].payload)["messages"] == [[later.id, "messi"]]
     payload = json.loads(notifies[0].payload)
     assert payload["node"] == "node-a"
     one, (two_h, two_l) = sent[0], sent[1]
@@ -277,27 +281,19 @@ async def test_database_down_then_back(postgres: ThrowawayPostgres) -> None:
                 await store.store_message("messi", "henderson", "lost too", 3.0)
         finally:
             postgres.start()
-        recovered = None
-        for _ in range(100):
+
+        async def stored_after() -> Message | None:
             try:
-                recovered = await store.store_message(
-                    "messi", "henderson", "after", 4.0
-                )
-                break
+                return await store.store_message("messi", "henderson", "after", 4.0)
             except StorageUnavailable:
-                await _sleep(0.1)
-        assert recovered is not None
+                return None
+
+        recovered = await eventually(stored_after, what="the store recovers")
         texts = [m.text for m in await store.drain_inbox("henderson", 5.0)]
     finally:
         await store.close()
     assert texts == ["before", "after"]
     assert acked.id < recovered.id
-
-
-async def _sleep(seconds: float) -> None:
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def test_open_store_passes_node_id(postgres_db: str) -> None:
@@ -414,7 +410,7 @@ async def test_ended_sessions_are_notified(
         await pg_store.delete_session("f" * 64)
         await pg_store.set_password_hash("messi", "$argon2id$new")
         await pg_store.delete_user("henderson")
-        notifies = list(listener.notifies(timeout=1.0, stop_after=3))
+        notifies = list(listener.notifies(timeout=TIMEOUT, stop_after=3))
     finally:
         listener.close()
     assert [json.loads(n.payload) for n in notifies] == [

@@ -4,6 +4,7 @@ The twistd plugin's options and wiring.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -203,9 +204,75 @@ def test_durations() -> None:
     ],
 )
 def test_bad_options(argv: list[str]) -> None:
-    """Bad option values are usage errors, not tracebacks."""
-    with pytest.raises(usage.UsageError):
+    """Bad option values are usage errors naming the option, not
+    tracebacks, nor Twisted's "Parameter type enforcement failed"."""
+    with pytest.raises(usage.UsageError) as raised:
         parse(*argv)
+    assert str(raised.value).startswith(f"{argv[0]}: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--max-connections", "abc"],
+            "--max-connections: expected a positive whole number, not 'abc'",
+        ),
+        (["--realm-rate", "0"], "--realm-rate: expected a positive number, not '0'"),
+        (
+            ["--log-level", "verbose"],
+            "--log-level: unknown log level 'verbose' (debug, info, warn, error "
+            "or critical)",
+        ),
+        (
+            ["--session-idle", "soon"],
+            "--session-idle: not a positive duration: 'soon' (examples: 90s 15m "
+            "24h 30d)",
+        ),
+    ],
+)
+def test_bad_values_say_what_is_expected(argv: list[str], message: str) -> None:
+    """A bad value's error names the option and what it takes."""
+    with pytest.raises(usage.UsageError) as raised:
+        parse(*argv)
+    assert str(raised.value) == message
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """twistd chat --version prints chat's version, not Twisted's."""
+    import chat
+
+    with pytest.raises(SystemExit):
+        parse("--version")
+    assert capsys.readouterr().out == f"chat {chat.__version__}\n"
+
+
+def test_help_reads_well() -> None:
+    """--help shows each option's help as one paragraph (no runs of spaces)
+    and defaults as they are written."""
+    text = str(tap.Options())
+    for line in text.splitlines():
+        words = line.strip()
+        if words.startswith("--"):
+            words = words.partition(" ")[2].strip()
+        assert "  " not in words, line
+    joined = " ".join(text.split())
+    assert "(repeatable). [default: off]" in joined
+    assert "--realm-rate= Messages per second a linked realm may send to" in joined
+    assert "this one. [default: 50]" in joined
+    assert "[default: 200]" in joined
+
+
+def test_readme_lists_every_option() -> None:
+    """README's "Server options" describes every option of twistd chat,
+    and no other."""
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    section = readme.split("\nServer options\n", 1)[1].split("\nTLS\n", 1)[0]
+    documented = set(re.findall(r"^``(--[a-z-]+)", section, re.MULTILINE))
+    documented |= set(re.findall(r"^``--[a-z-]+[^`]*``, ``(--[a-z-]+)", section, re.M))
+    options = tap.Options()
+    offered = {f"--{name}" for name in options.synonyms} - {"--help", "--version"}
+    assert documented == offered
 
 
 def test_make_service(tmp_path: Path) -> None:
@@ -239,21 +306,21 @@ def test_make_service(tmp_path: Path) -> None:
     assert isinstance(service, ChatService)
     assert service.demo
     assert service.factory.max_line == 20000
-    assert service.sessions.idle_timeout == 3600
+    assert service.chat.sessions.idle_timeout == 3600
     assert service.factory.limits.idle_timeout == 60
     assert service.store.max_mailbox == 7
-    assert service.realm.push_window == 7
-    assert service.realm.max_file_size == 1000
-    assert service.realm.max_recipients == 3
-    assert service.registrar.open
-    assert service.registrar.limiter.burst == 2
-    assert service.registrar.limiter.rate == 2 / 60
-    assert service.factory.frontend.registrar is service.registrar
-    assert service.purger is not None and service.purger.retention == 86400
+    assert service.chat.realm.push_window == 7
+    assert service.chat.realm.max_file_size == 1000
+    assert service.chat.realm.max_recipients == 3
+    assert service.chat.registrar.open
+    assert service.chat.registrar.limiter.burst == 2
+    assert service.chat.registrar.limiter.rate == 2 / 60
+    assert service.factory.frontend.registrar is service.chat.registrar
+    assert service.chat.purger is not None and service.chat.purger.retention == 86400
     closed = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'd.sqlite'}"))
     assert isinstance(closed, ChatService)
-    assert not closed.registrar.open
-    assert closed.purger is None
+    assert not closed.chat.registrar.open
+    assert closed.chat.purger is None
     assert (tmp_path / "c.sqlite").exists()
 
 
@@ -292,7 +359,7 @@ def test_quota_and_web_limit_options(tmp_path: Path) -> None:
     service = tap.makeService(options)
     assert isinstance(service, ChatService)
     assert service.store.quotas == Quotas(5, 64 << 20, 3)
-    site = service.site
+    site = service.chat.site
     assert isinstance(site, ChatSite)
     assert site.hosts.allows("chat.example.org")
     assert site.hosts.allows("other.example.net")

@@ -14,9 +14,18 @@ import pytest
 
 from tests.twistd_helpers import LineClient, TwistdChat, make_certificate
 
+#: These tests start processes (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
-@pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[TwistdChat, Path]]:
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TwistdChat, Path]]:
+    """
+    One TLS server for the module's tests (they do not disturb each other).
+    """
+    tmp_path = tmp_path_factory.mktemp("tls")
     key, cert = make_certificate(tmp_path)
     server = TwistdChat(
         tmp_path,

@@ -30,6 +30,8 @@ from chat.model import (
 )
 from chat.web.rules import page_rules
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 JS_TESTS = ROOT / "tests" / "js"
 

@@ -13,12 +13,20 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import argon2
+
+from chat.service import DEMO_PASSWORD, DEMO_USERS
+from chat.store import schema
+from tests.clients import Client, encoded
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -29,6 +37,52 @@ _LISTENING = re.compile(
 )
 
 
+def free_port() -> int:
+    """
+    A loopback port nothing listens on now (the kernel's choice: even
+    ports for bind, odd ones for outgoing connections, so the clients of
+    this or another test run do not take it meanwhile).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: Cheap argon2id parameters for the demo users the tests make.
+CHEAP_ARGON2 = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
+def demo_rows() -> list[tuple[str, str, str, str, float]]:
+    """
+    The course's demo users as rows of the users table, their password
+    hashed cheaply.
+    """
+    password_hash = CHEAP_ARGON2.hash(DEMO_PASSWORD)
+    now = time.time()
+    return [
+        (username, full_name, country, password_hash, now)
+        for username, full_name, country in DEMO_USERS
+    ]
+
+
+def seed_demo_users(database: Path) -> None:
+    """
+    Make a SQLite chat database with the demo users, hashed cheaply: with
+    C{--demo} on it, a server then hashes nothing at start, and a login
+    verifies a cheap hash (the default cost is about a quarter of a
+    second of CPU, each time).
+    """
+    schema.prepare(str(database))
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.executemany(
+            "INSERT INTO users (username, full_name, country, password_hash,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            demo_rows(),
+        )
+    connection.close()
+
+
 class TwistdChat:
     """
     C{twistd -n chat} in a subprocess, in its own working directory.
@@ -37,6 +91,10 @@ class TwistdChat:
     @ivar log_through_pipe: copy the server's output to the log file
         through a pipe (so a file-size limit on the server does not hit
         its log).
+
+    With C{--demo} and no C{--store}, its database (C{chat.sqlite} in the
+    working directory) is made with the demo users already in, hashed
+    cheaply (L{seed_demo_users}), unless C{seed} is false.
     """
 
     def __init__(
@@ -45,7 +103,12 @@ class TwistdChat:
         *arguments: str,
         listen: str = "tcp:{port}:interface=127.0.0.1:backlog=1024",
         log_through_pipe: bool = False,
+        seed: bool = True,
     ) -> None:
+        database = workdir / "chat.sqlite"
+        if seed and "--demo" in arguments and "--store" not in arguments:
+            if not database.exists():
+                seed_demo_users(database)
         self.workdir = workdir
         self.arguments = arguments
         self.listen = listen
@@ -100,16 +163,11 @@ class TwistdChat:
             time.sleep(0.05)
         raise AssertionError("twistd did not start listening")
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self) -> None:
         """
         Wait until the server answers commands (demo users exist).
         """
-        client = LineClient(self.port)
-        try:
-            client.sock.settimeout(timeout)
-            assert client.request("ping ready")["echo"] == "ready"
-        finally:
-            client.close()
+        wait_until(lambda: answers_ping(self.port), what="the server answers ping")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.process is not None
@@ -141,6 +199,23 @@ class TwistdChat:
         return self.log.read_text("utf-8", "replace")
 
 
+def answers_ping(port: int) -> bool:
+    """
+    Whether a new connection's C{ping} is answered (not, say, closed by a
+    short C{--login-timeout} on a slow machine).
+    """
+    try:
+        client = LineClient(port)
+    except OSError:
+        return False
+    try:
+        return client.request("ping ready").get("echo") == "ready"
+    except (OSError, ValueError):
+        return False
+    finally:
+        client.close()
+
+
 def _copy(source: Any, target: Any) -> None:
     with target:
         for line in iter(source.readline, b""):
@@ -148,17 +223,20 @@ def _copy(source: Any, target: Any) -> None:
             target.flush()
 
 
-class CourseClient:
+class CourseClient(Client):
     """
     The course's chat-cli.py transport: sendall, then recv(64) chunks,
-    each decoded on its own, until the buffer ends in CR LF CR LF.
+    each decoded on its own, until the buffer ends in CR LF CR LF. Its
+    lines end as the course's client ends them: a space, then CR LF.
     """
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
 
-    def sendstring(self, string: str) -> dict[str, Any]:
-        self.sock.sendall(string.encode())
+    def write(self, line: str | bytes) -> None:
+        self.sock.sendall(encoded(line) + b" \r\n")
+
+    def read(self) -> dict[str, Any]:
         received = ""
         while True:
             data = self.sock.recv(64)
@@ -167,25 +245,28 @@ class CourseClient:
             if received[-4:] == "\r\n\r\n":
                 return json.loads(received)  # type: ignore[no-any-return]
 
-    def login(self, username: str, password: str) -> str:
-        result = self.sendstring(f"auth {username} {password} \r\n")
-        assert result["status"] == "OK", result
-        return str(result["tokenid"])
+    def sendstring(self, string: str) -> dict[str, Any]:
+        """
+        Send C{string} as it is (the course client's own line ending
+        included) and read the reply.
+        """
+        self.sock.sendall(string.encode())
+        return self.read()
 
     def sendmessage(self, token: str, to: str, message: str) -> dict[str, Any]:
         text = ""
         for word in message.split(" "):
             text = f"{text} {word}"
-        return self.sendstring(f"send {token} {to} {text} \r\n")
+        return self.request(f"send {token} {to} {text}")
 
     def inbox(self, token: str) -> dict[str, Any]:
-        return self.sendstring(f"inbox {token} \r\n")
+        return self.request(f"inbox {token}")
 
     def close(self) -> None:
         self.sock.close()
 
 
-class LineClient:
+class LineClient(Client):
     """
     A blocking client that can pipeline: write lines, read replies in order.
     """
@@ -207,8 +288,7 @@ class LineClient:
         self.buffer = b""
 
     def write(self, line: str | bytes) -> None:
-        data = line.encode() if isinstance(line, str) else line
-        self.sock.sendall(data + b"\r\n")
+        self.sock.sendall(encoded(line) + b"\r\n")
 
     def read(self) -> dict[str, Any]:
         """
@@ -223,15 +303,6 @@ class LineClient:
             self.buffer += data
         frame, self.buffer = self.buffer.split(DELIMITER, 1)
         return json.loads(frame)  # type: ignore[no-any-return]
-
-    def request(self, line: str | bytes) -> dict[str, Any]:
-        self.write(line)
-        return self.read()
-
-    def login(self, username: str = "messi", password: str = "surabaya") -> str:
-        reply = self.request(f"auth {username} {password}")
-        assert reply["status"] == "OK", reply
-        return str(reply["tokenid"])
 
     def read_until_closed(self) -> tuple[list[dict[str, Any]], bool]:
         """

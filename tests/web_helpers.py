@@ -29,6 +29,7 @@ from wsproto.events import (
 )
 
 from chat.web import OriginPolicy, WebSettings, make_site
+from tests.clients import Client
 from tests.helpers import Server
 
 HOST = "127.0.0.1:8080"
@@ -82,7 +83,7 @@ def http(
     return response
 
 
-class WebSocketClient:
+class WebSocketClient(Client):
     """
     A browser's WebSocket to the site, over a StringTransport.
 
@@ -160,17 +161,19 @@ class WebSocketClient:
     def frames(self) -> list[dict[str, Any]]:
         return [json.loads(frame) for frame in self.raw_frames()]
 
-    def request(self, line: str) -> dict[str, Any]:
-        self.send(line)
+    def write(self, line: str | bytes) -> None:
+        """
+        One command as a text frame.
+        """
+        self.send(line if isinstance(line, str) else line.decode("utf-8"))
+
+    def read(self) -> dict[str, Any]:
+        """
+        The one frame the server sent since the last call (and nothing else).
+        """
         frames = self.frames()
         assert len(frames) == 1, frames
         return frames[0]
-
-    def login(self, username: str = "messi", password: str = "surabaya") -> str:
-        reply = self.request(f"auth {username} {password}")
-        assert reply["status"] == "OK", reply
-        token: str = reply["tokenid"]
-        return token
 
     def close(self) -> None:
         """

@@ -33,7 +33,7 @@ from chat.store.messages import (
     to_messages,
     within,
 )
-from chat.store.users import require_user
+from chat.store.users import full_names, require_user
 
 #: The columns of a mailbox's messages, read through the mailbox.
 MAILBOX_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))
@@ -77,6 +77,34 @@ def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]
                 caches.remember_mailbox(recipient, mailbox)
         found[recipient] = mailbox
     return found
+
+
+def names_and_mailboxes(
+    txn: Transaction, usernames: Iterable[str], recipients: Iterable[str]
+) -> tuple[dict[str, tuple[str, float]], dict[str, Mailbox]]:
+    """
+    What sending needs to know first: the full name and creation time of
+    each of C{usernames} that exists (L{full_names}), and the mailbox of
+    each of C{recipients} that exists (L{mailboxes}). On PostgreSQL, one
+    round trip for both.
+    """
+    names: dict[str, tuple[str, float]]
+    if txn.dialect != "postgresql":
+        names = full_names(txn, usernames)
+        return names, mailboxes(txn, [r for r in recipients if r in names])
+    names = {}
+    boxes: dict[str, Mailbox] = {}
+    for username, full_name, created_at, count in txn.connection.execute(
+        "SELECT u.username, u.full_name, u.created_at,"
+        " CASE WHEN u.username = ANY(%s::text[]) THEN (SELECT count(*) FROM"
+        " (SELECT 1 FROM mailbox WHERE recipient = u.username LIMIT %s) AS m)"
+        " END FROM users u WHERE u.username = ANY(%s::text[])",
+        (sorted(set(recipients)), txn.max_mailbox, sorted(set(usernames))),
+    ):
+        names[username] = (full_name, created_at)
+        if count is not None:
+            boxes[username] = Mailbox(count)
+    return names, boxes
 
 
 def _from_sender(

@@ -89,6 +89,9 @@ def insert_messages(
     statement per table for all of them.
     """
     if txn.dialect == "postgresql":
+        if undelivered is None or all(undelivered):
+            # A round trip away: both tables in one statement.
+            return _insert_postgres(txn, rows, into_mailboxes=True)
         ids = _insert_postgres(txn, rows)
     elif len(rows) == 1:
         (new_id,) = txn.execute(_INSERT + " RETURNING id", rows[0]).fetchone()
@@ -122,9 +125,15 @@ def _insert_sqlite(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
     return ids
 
 
-def _insert_postgres(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]:
+def _insert_postgres(
+    txn: Transaction, rows: list[tuple[Any, ...]], into_mailboxes: bool = False
+) -> list[int]:
+    """
+    Insert C{rows} in one statement (and, with C{into_mailboxes}, list each
+    in its recipient's mailbox in the same statement); return their ids.
+    """
     columns = [list(values) for values in zip(*rows, strict=True)]
-    returned = txn.connection.execute(
+    insert = (
         "INSERT INTO messages (sender, recipient, sender_name,"
         " recipient_name, body, sent_at, group_name, file_name, file_size,"
         " file_sha256)"
@@ -132,9 +141,18 @@ def _insert_postgres(txn: Transaction, rows: list[tuple[Any, ...]]) -> list[int]
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
         " %s::float8[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
         " WITH ORDINALITY AS u (s, r, sn, rn, b, t, g, fn, fs, fh, n)"
-        " ORDER BY n RETURNING id",
-        columns,
-    ).fetchall()
+        " ORDER BY n"
+    )
+    if into_mailboxes:
+        sql = (
+            f"WITH new AS ({insert} RETURNING id, recipient, sender),"
+            " boxed AS (INSERT INTO mailbox (recipient, message_id, sender)"
+            " SELECT recipient, id, sender FROM new)"
+            " SELECT id FROM new"
+        )
+    else:
+        sql = insert + " RETURNING id"
+    returned = txn.connection.execute(sql, columns).fetchall()
     # Identity values are drawn in the order the rows are inserted.
     return sorted(new_id for (new_id,) in returned)
 

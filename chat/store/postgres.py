@@ -129,6 +129,26 @@ def connect(url: str, application_name: str = "chat") -> psycopg.Connection[Any]
         ) from None
 
 
+def schema_version(url: str) -> int | None:
+    """
+    The chat schema version of the database at C{url}, or None if it has
+    no chat schema (nothing is created).
+
+    @raise StorageUnavailable: if PostgreSQL cannot be reached.
+    """
+    with connect(url, "chat-admin") as connection:
+        try:
+            exists = connection.execute(
+                "SELECT to_regclass('schema_version') IS NOT NULL"
+            ).fetchone()
+            if not (exists and exists[0]):
+                return None
+            row = connection.execute("SELECT version FROM schema_version").fetchone()
+        except psycopg.Error as e:
+            raise StorageUnavailable(_first_line(e)) from None
+    return int(row[0]) if row else None
+
+
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
 
@@ -292,8 +312,10 @@ class PostgresStore(SQLStore):
                     connection, self.max_mailbox, self.max_per_sender, self.quotas
                 )
                 results = run_batch(txn, batch, is_storage_error)
-                self._notify(connection, batch, results)
-                connection.execute("COMMIT")
+                # The notifications and the commit in one round trip.
+                with connection.pipeline():
+                    self._notify(connection, batch, results)
+                    connection.execute("COMMIT")
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
                 self._rollback()
                 if attempt == RETRIES:

@@ -34,7 +34,8 @@ import sqlite3
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from chat.errors import SchemaTooNew, StorageUnavailable
+from chat.errors import DatabaseDamaged, SchemaTooNew, StorageUnavailable, StoreReadOnly
+from chat.store import sqlitefile
 
 if TYPE_CHECKING:
     import psycopg
@@ -55,39 +56,59 @@ def read_version(connection: sqlite3.Connection) -> int:
     The schema version of an existing database.
 
     @raise StorageUnavailable: if the file is not a chat database.
+    @raise DatabaseDamaged: if SQLite finds it malformed.
+    @raise StoreReadOnly: if it cannot be read without writing.
     """
     try:
         row = connection.execute("SELECT version FROM schema_version").fetchone()
     except sqlite3.DatabaseError as e:
+        if sqlitefile.is_read_only(e):
+            raise StoreReadOnly(f"cannot read the database: {e}") from None
+        if sqlitefile.is_corruption(e) and "not a database" not in str(e):
+            raise DatabaseDamaged(str(e)) from None
         raise StorageUnavailable(f"not a chat database: {e}") from None
     if row is None:
         raise StorageUnavailable("not a chat database: empty schema_version")
     return int(row[0])
 
 
-def prepare(path: str) -> int:
+def prepare(path: str, read_only: bool = False) -> int:
     """
-    Make sure the database at C{path} exists and has the current schema.
+    Make sure the database at C{path} exists and has the current schema;
+    with C{read_only}, only check that it does.
 
     @return: the schema version the file had before (0 if it was created).
     @raise SchemaTooNew: if the file was written by a newer chat.
-    @raise StorageUnavailable: if the file is not a chat database.
+    @raise StorageUnavailable: if the file is not a chat database, or
+        (L{DatabaseDamaged}) a damaged one, or (L{StoreReadOnly}) an older
+        one that C{read_only} cannot upgrade.
     """
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not read_only:
         _create(path)
         return 0
-    connection = sqlite3.connect(path, isolation_level=None)
+    connection = sqlitefile.connect(path, read_only)
     try:
-        version = read_version(connection)
+        try:
+            version = read_version(connection)
+        except DatabaseDamaged as e:
+            raise sqlitefile.damaged(path, e) from None
+        except StorageUnavailable as e:
+            raise type(e)(f"{path}: {e}") from None
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"{path} has schema version {version}, but this chat supports "
                 f"at most {SCHEMA_VERSION}: upgrade chat, or use another --store"
             )
+        if version < SCHEMA_VERSION and read_only:
+            raise StoreReadOnly(
+                f"{path} has schema version {version}: this chat upgrades it "
+                f"to {SCHEMA_VERSION} when it first writes it (twistd chat, "
+                "or a chat-admin command that writes)"
+            )
         if version < SCHEMA_VERSION:
             connection.close()
             shutil.copy2(path, f"{path}.v{version}.bak")
-            connection = sqlite3.connect(path, isolation_level=None)
+            connection = sqlitefile.connect(path)
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 _run_script(connection, _sql(f"upgrade-to-v{step}.sql"))
         return version
@@ -118,8 +139,6 @@ def _statements(script: str) -> list[str]:
 
 
 def _create(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     temporary = f"{path}.creating-{os.getpid()}"
     for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
         if os.path.exists(leftover):

@@ -26,7 +26,7 @@ from chat.model import Attachment, Message
 from chat.store.batching import Operation, Outcome, Transaction
 from chat.store.files import store_file
 from chat.store.groups import require_group
-from chat.store.mailbox import mailbox_refuses, mailboxes
+from chat.store.mailbox import mailbox_refuses, mailboxes, names_and_mailboxes
 from chat.store.messages import insert_messages, message_values
 from chat.store.quotas import check_file_quota
 from chat.store.users import full_names
@@ -63,10 +63,11 @@ class StoreMessage(Operation):
         cls, txn: Transaction, operations: Sequence[Operation]
     ) -> list[Outcome]:
         sends: Sequence[StoreMessage] = operations  # type: ignore[assignment]
-        names = full_names(
-            txn, [name for op in sends for name in (op.sender, op.recipient)]
+        names, boxes = names_and_mailboxes(
+            txn,
+            [name for op in sends for name in (op.sender, op.recipient)],
+            [op.recipient for op in sends],
         )
-        boxes = mailboxes(txn, [op.recipient for op in sends if op.recipient in names])
         outcomes: list[Outcome] = []
         accepted: list[int] = []
         rows: list[tuple[Any, ...]] = []

@@ -25,6 +25,14 @@ If SQLite fails (disk full, I/O error), the whole batch is rolled back and
 every operation in it fails with L{StorageUnavailable}: nothing is
 acknowledged that was not stored. The next batch tries again, so the store
 recovers by itself when space returns.
+
+A damaged file is different: once SQLite reports a malformed page (in any
+operation, even a read), the batch is rolled back, the damage is logged as
+such, and every later batch fails (L{DatabaseDamaged}, a
+L{StorageUnavailable}) without touching the file, so nothing more is
+written into it, let alone acknowledged. A server also checks the file when
+it starts (L{sqlitefile.check_integrity}) and takes the file's lock
+(L{sqlitefile.ServerLock}) for as long as it runs.
 """
 
 from __future__ import annotations
@@ -37,9 +45,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
-from chat.errors import StorageUnavailable
+from chat.errors import StorageUnavailable, StoreReadOnly
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
-from chat.store import schema
+from chat.store import schema, sqlitefile
 from chat.store.batching import BatchOutcome, Operation, Transaction, run_batch
 from chat.store.caches import StoreCaches
 from chat.store.interfaces import IExternalChanges
@@ -80,6 +88,10 @@ class SQLiteStore(SQLStore):
         max_mailbox: int = DEFAULT_MAX_MAILBOX,
         max_per_sender: int | None = None,
         quotas: Quotas | None = None,
+        *,
+        read_only: bool = False,
+        server: bool = False,
+        check: bool = False,
     ) -> None:
         """
         Open (creating or upgrading if needed) the database at C{path}.
@@ -89,12 +101,38 @@ class SQLiteStore(SQLStore):
             as many as C{max_mailbox}).
         @param quotas: what each user may keep stored (by default
             L{Quotas}'s defaults).
+        @param read_only: open it for reading only: a missing file is not
+            created (otherwise it is, never its folder), and writing fails
+            with L{StoreReadOnly}.
+        @param server: hold the file's lock until L{close}, refusing the
+            file if another server holds it.
+        @param check: refuse a damaged file (SQLite's quick_check, which
+            reads the whole file).
 
         @raise chat.errors.SchemaTooNew: if a newer chat wrote it.
+        @raise StorageUnavailable: with a one-line reason, if the file
+            cannot be used (see L{sqlitefile.check_path}), is damaged
+            (L{DatabaseDamaged}), read-only (L{StoreReadOnly}) or held by
+            another server (L{chat.errors.StoreInUse}).
         """
-        schema.prepare(path)
+        sqlitefile.check_path(path, create=not read_only, write=not read_only)
+        self._lock: sqlitefile.ServerLock | None = None
+        if server:
+            self._lock = sqlitefile.ServerLock(path)
+            self._lock.acquire()
+        try:
+            schema.prepare(path, read_only)
+            if check:
+                sqlitefile.check_integrity(path)
+        except (OSError, sqlite3.Error) as e:
+            self._release(refused=True)
+            raise StorageUnavailable(f"cannot open {path}: {e}") from None
+        except BaseException:
+            self._release(refused=True)
+            raise
         super().__init__(reactor, "chat-sqlite")
         self.path = path
+        self.read_only = read_only
         self.max_mailbox = max_mailbox
         self.max_per_sender = max_mailbox if max_per_sender is None else max_per_sender
         if quotas is not None:
@@ -107,6 +145,14 @@ class SQLiteStore(SQLStore):
         #: none read yet), and how many changes by other processes it saw.
         self._data_version = -1
         self._external_changes = 0
+        #: Why the file is known to be damaged, once SQLite said so.
+        self.damage: str | None = None
+
+    def start(self) -> None:
+        if self._lock is not None:
+            # twistd may have forked (to run in the background) since.
+            self._lock.write_pid()
+        super().start()
 
     def external_changes(self) -> Deferred[int]:
         """
@@ -120,16 +166,23 @@ class SQLiteStore(SQLStore):
             self._connection.close()
             self._connection = None
             self._transaction = None
+        self._release()
+
+    def _release(self, refused: bool = False) -> None:
+        if self._lock is not None:
+            self._lock.release(refused)
+            self._lock = None
 
     def _connect(self) -> Transaction:
         if self._transaction is None:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            connection = sqlitefile.connect(self.path, self.read_only)
+            if not self.read_only:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
             connection.execute("PRAGMA busy_timeout=5000")
+            # Malformed pages are found when they are read, not later.
+            connection.execute("PRAGMA cell_size_check=ON")
             if self._setup is not None:
                 self._setup(connection)
             self._connection = connection
@@ -140,7 +193,7 @@ class SQLiteStore(SQLStore):
                 max_mailbox=self.max_mailbox,
                 max_per_sender=self.max_per_sender,
                 quotas=self.quotas,
-                begin="BEGIN IMMEDIATE",
+                begin="BEGIN" if self.read_only else "BEGIN IMMEDIATE",
             )
             self.caches.forget()
             if self._data_version != -1:
@@ -157,6 +210,8 @@ class SQLiteStore(SQLStore):
         @return: the outcome of each operation, and the seconds it took.
         """
         started = time.perf_counter()
+        if self.damage is not None:
+            raise sqlitefile.damaged(self.path, self.damage)
         try:
             txn = self._connect()
             txn.execute(txn.begin)
@@ -177,10 +232,29 @@ class SQLiteStore(SQLStore):
             self._abandon()
             if not isinstance(e, sqlite3.Error):
                 raise
-            self.log.error("Storage error, batch rolled back: {error}", error=str(e))
-            raise StorageUnavailable(str(e)) from None
+            raise self._storage_error(e) from None
         self.commits += 1
         return results, time.perf_counter() - started
+
+    def _storage_error(self, error: sqlite3.Error) -> StorageUnavailable:
+        """
+        What a batch that SQLite failed fails with, logged.
+        """
+        if sqlitefile.is_corruption(error):
+            self.damage = str(error)
+            self.log.critical(
+                "The database {path} is damaged ({error}): the batch was rolled "
+                "back, and nothing more will be written to it. Stop the server, "
+                "run chat-admin --store sqlite:{path} check, and restore a "
+                "backup (the file and its -wal file together).",
+                path=self.path,
+                error=str(error),
+            )
+            return sqlitefile.damaged(self.path, error)
+        if sqlitefile.is_read_only(error):
+            return StoreReadOnly(f"{self.path} is read-only: {error}")
+        self.log.error("Storage error, batch rolled back: {error}", error=str(error))
+        return StorageUnavailable(str(error))
 
     def _abandon(self) -> None:
         """
