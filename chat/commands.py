@@ -69,7 +69,7 @@ Grammar (requests, then the OK reply)::
 
 Without a token, creategroup, allgroups and users act for the user who
 logged in with auth (or register) on this connection. The course family's
-spellings of these commands are in L{ALIASES}.
+spellings of these commands are in L{chat.aliases.ALIASES}.
 
 Other realms (linked chat servers; see chat.federation)::
 
@@ -183,13 +183,26 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable
-from typing import ClassVar, TypeVar
 
 import attrs
 
+from chat.aliases import ALIASES
+from chat.grammar import (
+    VERBS,
+    BadEncoding,
+    Command,
+    InvalidArgument,
+    InvalidBase64,
+    MissingArgument,
+    NulByte,
+    UnknownCommand,
+    verb,
+    words,
+    words_and_text,
+    words_name_and_content,
+)
+from chat.grammar import BadCommand as BadCommand
 from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
-from chat.replies import dumps, error
 
 #: history: the default and the largest number of messages per page.
 HISTORY_LIMIT = 50
@@ -206,132 +219,6 @@ def max_line_for_file(max_file_size: int) -> int:
     bytes: its base64 (in the C{b'...'} form), plus L{COMMAND_ALLOWANCE}.
     """
     return 4 * math.ceil(max_file_size / 3) + len("b''") + COMMAND_ALLOWANCE
-
-
-class BadCommand(Exception):
-    """
-    A request line could not be parsed. C{message} and C{code} are the wire
-    error reply.
-    """
-
-    message = "**Protocol Tidak Benar"
-    code = "unknown_command"
-
-    def reply(self) -> dict[str, object]:
-        return error(self.message, self.code)
-
-    def reply_bytes(self) -> bytes:
-        return dumps(self.reply())
-
-
-class UnknownCommand(BadCommand):
-    message = "**Protocol Tidak Benar"
-    code = "unknown_command"
-
-
-class MissingArgument(BadCommand):
-    message = "--Protocol Tidak Benar"
-    code = "missing_argument"
-
-
-class BadEncoding(BadCommand):
-    message = "invalid UTF-8 in request"
-    code = "bad_encoding"
-
-
-class NulByte(BadCommand):
-    message = "NUL byte in request"
-    code = "bad_request"
-
-
-class InvalidArgument(BadCommand):
-    """
-    An argument is present but malformed; the reply says which.
-    """
-
-    code = "invalid_argument"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidBase64(BadCommand):
-    message = "invalid base64 content"
-    code = "invalid_base64"
-
-
-#: Command classes by their (lowercase) command word.
-VERBS: dict[str, type[Command]] = {}
-
-
-class Command:
-    """
-    Base of all commands. A subclass names its command word in C{verb} and
-    builds itself from the rest of the line in C{from_arguments}.
-    """
-
-    verb: ClassVar[str]
-
-    @classmethod
-    def from_arguments(cls, rest: str) -> Command:
-        raise NotImplementedError
-
-
-C = TypeVar("C", bound=type[Command])
-
-
-def verb(word: str) -> Callable[[C], C]:
-    """
-    Register a command class under its command word.
-    """
-
-    def register(cls: C) -> C:
-        cls.verb = word
-        VERBS[word] = cls
-        return cls
-
-    return register
-
-
-def words(rest: str, count: int) -> list[str]:
-    """
-    The first C{count} words of C{rest}; later words are ignored.
-
-    @raise MissingArgument: if there are fewer.
-    """
-    found = rest.split()
-    if len(found) < count:
-        raise MissingArgument()
-    return found[:count]
-
-
-def words_name_and_content(rest: str, count: int) -> tuple[list[str], str, str]:
-    """
-    C{count} words, a file name (which may hold spaces), then the content:
-    the last word.
-
-    @raise MissingArgument: if a word, the name or the content is missing.
-    """
-    parts = rest.split(None, count)
-    if len(parts) <= count:
-        raise MissingArgument()
-    name_and_content = parts[count].rsplit(None, 1)
-    if len(name_and_content) < 2:
-        raise MissingArgument()
-    return parts[:count], name_and_content[0].strip(), name_and_content[1]
-
-
-def words_and_text(rest: str, count: int) -> tuple[list[str], str]:
-    """
-    C{count} words, then the rest of the line as non-empty, stripped text.
-
-    @raise MissingArgument: if a word or the text is missing.
-    """
-    parts = rest.split(None, count)
-    if len(parts) <= count or not parts[count].strip():
-        raise MissingArgument()
-    return parts[:count], parts[count].strip()
 
 
 @attrs.frozen
@@ -732,82 +619,6 @@ class History(Command):
         if target.startswith("#"):
             return cls(token, None, target[1:], limit, before_id)
         return cls(token, target, None, limit, before_id)
-
-
-def group_target(rest: str) -> str:
-    """
-    C{<token> <group> ...} as C{<token> #<group> ...}: the target of a
-    C{history} is a group.
-    """
-    found = rest.split(None, 2)
-    if len(found) > 1 and not found[1].startswith("#"):
-        found[1] = f"#{found[1]}"
-    return " ".join(found)
-
-
-@attrs.frozen
-class Alias:
-    """
-    Another spelling of one of our commands, from the course family's
-    clients: the same rules, limits and errors. C{arguments}, if set,
-    rewrites the rest of the line into our command's arguments; C{shape},
-    if set, names the shape of the reply that spelling's clients read
-    (L{chat.compat.SHAPES}).
-    """
-
-    verb: str
-    shape: str | None = None
-    arguments: Callable[[str], str] | None = None
-
-    @property
-    def plain(self) -> bool:
-        """
-        Whether it is only another word for our command: the same
-        arguments and the same reply.
-        """
-        return self.shape is None and self.arguments is None
-
-    def parse(self, rest: str) -> Command:
-        if self.arguments is not None:
-            rest = self.arguments(rest)
-        command = VERBS[self.verb].from_arguments(rest)
-        if self.shape is None:
-            return command
-        return attrs.evolve(command, shape=self.shape)  # type: ignore[misc]
-
-
-#: The course family's spellings (issue 17) and our commands they mean.
-ALIASES: dict[str, Alias] = {
-    # Private messages and files.
-    "sendprivate": Alias("send"),
-    "sendprivatefile": Alias("sendfile"),
-    "inboxbysender": Alias("privateinbox"),
-    # Groups.
-    "addgroup": Alias("creategroup"),
-    "create_group": Alias("creategroup"),
-    "join_group": Alias("joingroup"),
-    "exitgroup": Alias("leavegroup"),
-    "leave_group": Alias("leavegroup"),
-    "send_group": Alias("sendgroup"),
-    "send_file_group": Alias("sendgroupfile"),
-    # A group's messages, <token> <group>: its history, as those clients'
-    # servers answered (the newest 50; the inbox still has them).
-    "groupinbox": Alias("history", "timeline", group_target),
-    "inboxgroup": Alias("history", None, group_target),
-    "inbox_group": Alias("history", "by-sender", group_target),
-    # Lists of users and groups.
-    "getusers": Alias("users"),
-    "getallusers": Alias("users"),
-    "get_all_users": Alias("users"),
-    "listusers": Alias("users", "user-names"),
-    "getgroups": Alias("allgroups", "group-objects"),
-    "getallgroups": Alias("allgroups"),
-    "get_all_groups": Alias("allgroups"),
-    "getgroup": Alias("allgroups", "group-names"),
-    "listgroups": Alias("allgroups", "group-names"),
-    # Other realms.
-    "inboxrealm": Alias("getrealminbox"),
-}
 
 
 def parse(line: bytes) -> Command:

@@ -4,7 +4,7 @@ to reply bytes.
 
 Hundreds of students extended the course's chat, each with a client of
 their own (issue 17). Their spellings of our commands are aliases in
-L{chat.commands.ALIASES}; this module has the rest:
+L{chat.aliases.ALIASES}; this module has the rest:
 
  - the reply keys they read: C{auth} (and C{register}, which logs in) also
    answer C{token_id} and C{realm_id};
@@ -38,7 +38,7 @@ from chat.replies import (
 #: The most users or groups one list gives; "more" says some were left out.
 LIST_LIMIT = 1000
 
-# The reply shapes aliases ask for (L{chat.commands.Alias.shape}).
+# The reply shapes aliases ask for (L{chat.aliases.Alias.shape}).
 
 #: users: a list of usernames.
 USER_NAMES = "user-names"

@@ -24,10 +24,10 @@ The flow on one connection:
     are parsed straight from the line's words, call the avatar's callback
     forms, and answer with prebuilt or directly built bytes: no command
     object and no Deferred per request. The others are parsed by
-    L{chat.commands} and run through Deferreds. The course family's
-    spellings (L{chat.commands.ALIASES}) run as the command they mean: an
-    alias of a hot command by its handler, any other as a command object
-    (the reply in the alias's shape, L{chat.compat}).
+    L{chat.commands} and run through Deferreds (L{chat.handlers}). The
+    course family's spellings (L{chat.aliases.ALIASES}) run as the command
+    they mean: an alias of a hot command by its handler, any other as a
+    command object (the reply in the alias's shape, L{chat.compat}).
  4. A connection may instead become a link from another realm: it says
     C{realm-hello}, and from then on its lines go to a
     L{chat.federation.InboundLinkHandler}, never to a user's dispatcher.
@@ -55,21 +55,16 @@ from chat import commands, compat, replies
 from chat.checkers import PasswordCredentials, SessionToken
 from chat.errors import (
     RateLimited,
-    RealmLinkOnly,
-    RealmNotAuthenticated,
-    RealmsDisabled,
     RegistrationClosed,
     SessionNotFound,
     WrongPassword,
 )
+from chat.handlers import Handlers
 from chat.interfaces import IChatUser, IDoor, ILineHandler, IRegistrar
 from chat.limits import FailureLimiter
 from chat.logs import debugging, make_logger, unverified_name
-from chat.model import Group, Message
 from chat.replies import (
     ACKNOWLEDGED,
-    BYE,
-    LOGGED_OUT,
     MESSAGE_SENT,
     PONG,
     SUBSCRIBED,
@@ -146,7 +141,7 @@ class Frontend:
 
 
 @implementer(ILineHandler)
-class Dispatcher:
+class Dispatcher(Handlers):
     """
     One connection's commands: parses each line, calls the avatar, formats
     the reply.
@@ -498,23 +493,8 @@ class Dispatcher:
         if reply is not None:
             self._door.answer(reply)
 
-    # One do_<verb> method per command that is not hot: each returns the
-    # reply, or a Deferred firing with it (or with None if it answered
-    # itself), or failing with a domain error that becomes the wire's error
-    # reply.
-
-    def do_send(self, command: commands.Send) -> Deferred[bytes]:
-        # Only for user@realm (the hot path takes the rest).
-        username, _, realm_id = command.recipient.partition("@")
-        federation = self._frontend.federation
-        d = self._with_avatar(command.token)
-        if federation is not None and realm_id == federation.realm_id:
-            d.addCallback(lambda avatar: avatar.send(username, command.text))
-        else:
-            d.addCallback(
-                lambda avatar: avatar.send_to_realm(realm_id, [username], command.text)
-            )
-        return d.addCallback(lambda _: MESSAGE_SENT)
+    # Logging in: auth and register. The other commands that are not hot
+    # are in chat.handlers (this class inherits them).
 
     def do_auth(self, command: commands.Auth) -> Deferred[bytes]:
         d = ensureDeferred(self._login(command))
@@ -606,117 +586,7 @@ class Dispatcher:
 
         return ensureDeferred(register(registrar))
 
-    def do_logout(self, command: commands.Logout) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.end_session(command.token))
-        return d.addCallback(lambda _: LOGGED_OUT)
-
-    def do_sendfile(self, command: commands.SendFile) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(
-            lambda avatar: avatar.send_file(
-                [command.recipient], command.file_name, command.content
-            )
-        )
-        return d.addCallback(_file_sent)
-
-    def do_sendgroupfile(self, command: commands.SendGroupFile) -> Deferred[bytes]:
-        targets = command.targets
-        d = self._with_avatar(command.token)
-        if targets.group is not None:
-            group = targets.group
-            d.addCallback(
-                lambda avatar: avatar.send_file_to_group(
-                    group, command.file_name, command.content
-                )
-            )
-        elif targets.name is not None:
-            name = targets.name
-            d.addCallback(
-                lambda avatar: avatar.send_file_to_name(
-                    name, command.file_name, command.content
-                )
-            )
-        else:
-            d.addCallback(
-                lambda avatar: avatar.send_file(
-                    targets.users, command.file_name, command.content
-                )
-            )
-        return d.addCallback(_file_sent)
-
-    def do_creategroup(self, command: commands.CreateGroup) -> Deferred[bytes]:
-        d = self._with_session(command.token)
-        d.addCallback(
-            lambda avatar: avatar.create_group(command.group, command.members)
-        )
-        return d.addCallback(_group_reply("Group Created"))
-
-    def do_joingroup(self, command: commands.JoinGroup) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.join_group(command.group))
-        return d.addCallback(_group_reply("Group Joined"))
-
-    def do_leavegroup(self, command: commands.LeaveGroup) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.leave_group(command.group))
-        return d.addCallback(
-            lambda group: dumps(
-                ok(
-                    message="Group Left",
-                    group=None if group is None else replies.group_fields(group),
-                )
-            )
-        )
-
-    def do_kickgroup(self, command: commands.KickGroup) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.kick(command.group, command.username))
-        return d.addCallback(_group_reply("Member Removed"))
-
-    def do_groups(self, command: commands.Groups) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.groups())
-        return d.addCallback(
-            lambda groups: dumps(
-                ok(groups=[replies.group_fields(group) for group in groups])
-            )
-        )
-
-    def do_users(self, command: commands.Users) -> Deferred[bytes]:
-        d = self._with_session(command.token)
-        d.addCallback(lambda avatar: avatar.all_users(compat.LIST_LIMIT))
-        return d.addCallback(
-            lambda listed: compat.users_reply(listed[0], listed[1], command.shape)
-        )
-
-    def do_allgroups(self, command: commands.AllGroups) -> Deferred[bytes]:
-        d = self._with_session(command.token)
-        d.addCallback(lambda avatar: avatar.all_groups(compat.LIST_LIMIT))
-        return d.addCallback(
-            lambda listed: compat.groups_reply(listed[0], listed[1], command.shape)
-        )
-
-    def do_privateinbox(self, command: commands.PrivateInbox) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.private_inbox(command.peer))
-        return d.addCallback(replies.inbox_json)
-
-    def do_history(self, command: commands.History) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        if command.group is not None:
-            group = command.group
-            d.addCallback(
-                lambda avatar: avatar.group_history(
-                    group, command.limit, command.before_id
-                )
-            )
-        else:
-            peer = command.peer
-            d.addCallback(
-                lambda avatar: avatar.history(peer, command.limit, command.before_id)
-            )
-        return d.addCallback(compat.history_reply, command.shape)
+    # The connection's events (a subscription ends with the connection).
 
     def do_subscribe(self, command: commands.Subscribe) -> Deferred[None]:
         def subscribe(avatar: IChatUser) -> None:
@@ -727,108 +597,11 @@ class Dispatcher:
 
         return self._with_avatar(command.token).addCallback(subscribe)
 
-    def do_who(self, command: commands.Who) -> Deferred[bytes]:
-        def who(avatar: IChatUser) -> bytes:
-            users = [
-                {"username": username, "full_name": full_name}
-                for username, full_name in avatar.online()
-            ]
-            return dumps(ok(users=users))
-
-        return self._with_avatar(command.token).addCallback(who)
-
-    def do_quit(self, command: commands.Quit) -> bytes:
-        self._door.close()
-        return BYE
-
     def _unsubscribe(self) -> None:
         if self._subscription is not None:
             avatar, subscription = self._subscription
             self._subscription = None
             avatar.unsubscribe(subscription)
-
-    # Other realms: users' commands.
-
-    def do_sendprivaterealm(
-        self, command: commands.SendPrivateRealm
-    ) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(
-            lambda avatar: avatar.send_to_realm(
-                command.realm_id, [command.recipient], command.text
-            )
-        )
-        return d.addCallback(lambda _: dumps(ok(message="Message Sent to Realm")))
-
-    def do_sendgrouprealm(self, command: commands.SendGroupRealm) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(
-            lambda avatar: avatar.send_to_realm(
-                command.realm_id, command.recipients, command.text
-            )
-        )
-        return d.addCallback(
-            lambda _: dumps(ok(message="Message Sent to Group in Realm"))
-        )
-
-    def do_getrealminbox(self, command: commands.GetRealmInbox) -> Deferred[bytes]:
-        d = self._with_avatar(command.token)
-        d.addCallback(lambda avatar: avatar.realm_inbox(command.realm_id))
-        return d.addCallback(replies.inbox_json)
-
-    def do_addrealm(self, command: commands.AddRealm) -> Deferred[bytes]:
-        # The course's form has no token: it acts as this connection's auth.
-        token = command.token if command.token is not None else self._auth_token
-        if token is None:
-            return fail(SessionNotFound("addrealm before auth"))
-        d = self._with_avatar(token)
-        d.addCallback(
-            lambda avatar: avatar.add_realm(
-                command.realm_id, command.host, command.port
-            )
-        )
-
-        def added(secret: str) -> bytes:
-            federation = self._frontend.federation
-            assert federation is not None
-            return dumps(
-                ok(
-                    message="Realm Added",
-                    realm=command.realm_id,
-                    secret=secret,
-                    this_realm=federation.realm_id,
-                )
-            )
-
-        return d.addCallback(added)
-
-    # Other realms: a connection that becomes a link.
-
-    def do_realm_hello(self, command: commands.RealmHello) -> bytes:
-        from chat.federation import InboundLinkHandler
-
-        federation = self._frontend.federation
-        if federation is None:
-            raise RealmsDisabled()
-        if self._logouts or not self._links:
-            raise RealmLinkOnly("a user's connection cannot become a realm link")
-        challenge = federation.hello(command.realm_id, command.to_realm, command.nonce)
-        self._door.take_over(
-            InboundLinkHandler(federation, self._door, challenge, self.peer)
-        )
-        return dumps(
-            ok(
-                message="realm-challenge",
-                realm=federation.realm_id,
-                nonce=challenge.server_nonce,
-            )
-        )
-
-    def do_realm_auth(self, command: commands.RealmAuth) -> bytes:
-        raise RealmNotAuthenticated("realm-auth without realm-hello")
-
-    def do_realm_msg(self, command: commands.RealmMsg) -> bytes:
-        raise RealmNotAuthenticated("realm-msg before realm-auth")
 
 
 _HOT: dict[str, Callable[[Dispatcher, list[str], float], Reply]] = {
@@ -838,21 +611,3 @@ _HOT: dict[str, Callable[[Dispatcher, list[str], float], Reply]] = {
     "ack": Dispatcher._ack,
     "ping": Dispatcher._ping,
 }
-
-
-def _file_sent(messages: list[Message]) -> bytes:
-    first = messages[0]
-    return dumps(
-        ok(
-            message="File Sent",
-            file_name=first.file_name,
-            file_size=first.file_size,
-            file_sha256=first.file_sha256,
-            # Where some of the course family's clients read the name.
-            address=first.file_name,
-        )
-    )
-
-
-def _group_reply(message: str) -> Callable[[Group], bytes]:
-    return lambda group: dumps(ok(message=message, group=replies.group_fields(group)))

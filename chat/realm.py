@@ -77,7 +77,7 @@ from chat.model import (
     validate_group_name,
 )
 from chat.push import LocalFanout, Presence, Subscription
-from chat.sessions import SessionManager, hash_token
+from chat.sessions import SessionManager, hash_token, user_gone
 from chat.store.interfaces import IChatStore
 
 #: The most message bytes (text and files) one inbox or history reply
@@ -136,11 +136,7 @@ class ChatRealm:
             self.presence.attach(username, user.full_name, mind)
             return IChatUser, avatar, logout
 
-        def gone(f: Failure) -> None:
-            f.trap(NoSuchUser)
-            raise SessionNotFound("the user no longer exists")
-
-        return self.store.get_user(username).addCallbacks(attach, gone)
+        return self.store.get_user(username).addCallbacks(attach, user_gone)
 
     def __attrs_post_init__(self) -> None:
         self.sessions.ended_listeners.append(self.end_subscriptions)

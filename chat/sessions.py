@@ -46,6 +46,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def user_gone(f: Failure) -> str:
+    """
+    An errback: a user who no longer exists (L{NoSuchUser}) has no
+    session, so a request in their name fails as with no session
+    (L{SessionNotFound}); any other failure passes through.
+    """
+    f.trap(NoSuchUser)
+    raise SessionNotFound("the user no longer exists")
+
+
 @attrs.define
 class Live:
     """
@@ -153,10 +163,6 @@ class SessionManager:
                     user=username,
                 )
             return token
-
-        def user_gone(f: Failure) -> str:
-            f.trap(NoSuchUser)
-            raise SessionNotFound("the user no longer exists")
 
         return d.addCallbacks(created, user_gone)
 

@@ -133,6 +133,7 @@ def test_presence_payloads_empty_reset_and_no_change() -> None:
 
 
 def test_expired_payloads() -> None:
+    """Gone nodes are announced sorted in one payload; none gone, no payload."""
     assert [json.loads(p) for p in expired_payloads("b", ["z", "y"])] == [
         {"node": "b", "expired": ["y", "z"]}
     ]
@@ -187,6 +188,7 @@ def test_fanout_reads_one_at_a_time_and_batches_the_rest() -> None:
 
 
 def test_fanout_skips_the_senders_own_group_copy() -> None:
+    """A group message's copy for its own sender is not pushed to the sender."""
     out, store, _clock, heard = fanout()
     out.listen("messi", heard.append)
     out.committed({"node": "b", "messages": [[7, "messi"]]})
@@ -226,6 +228,7 @@ def test_fanout_resync_and_unlisten() -> None:
 
 
 def test_malformed_entries_are_skipped() -> None:
+    """Malformed entries of a messages notification are skipped, the good ones read."""
     out, store, _clock, _heard = fanout()
     out.committed({"node": "b", "messages": [["x"], None, [2, "henderson"]]})
     assert [ids for ids, _ in store.reads] == [[2]]
@@ -319,6 +322,8 @@ def presence() -> tuple[ClusterPresence, Events, list[str]]:
 
 
 def test_local_users_are_announced_and_written() -> None:
+    """A local user is announced online at the first connection and offline after the
+    last, each change written once."""
     p, watcher, changes = presence()
     p.attach("messi", "Lionel Messi", "conn1")
     p.attach("messi", "Lionel Messi", "conn2")
@@ -347,6 +352,8 @@ def test_remote_users_count_for_the_cluster() -> None:
 
 
 def test_node_reset_and_nodes_gone() -> None:
+    """A restarted node's snapshot replaces its users, and a gone node's users go
+    offline."""
     p, watcher, _changes = presence()
     p.node_changed("b", {"messi": "M", "lineker": "L"}, [], False)
     p.node_changed("c", {"lineker": "L"}, [], False)
@@ -361,6 +368,8 @@ def test_node_reset_and_nodes_gone() -> None:
 
 
 def test_own_node_is_ignored_and_snapshot_replaces() -> None:
+    """This node's own presence is ignored, and a loaded snapshot replaces the other
+    nodes' users."""
     p, watcher, changes = presence()
     p.node_changed("a", {"messi": "M"}, [], False)
     assert watcher.presence() == []
@@ -425,6 +434,8 @@ def membership() -> tuple[Membership, FakeConnection, Clock, ClusterPresence]:
 
 
 def test_heartbeat_writes_everything_first_then_changes() -> None:
+    """The first heartbeat writes all local users, later ones the changes, one write at
+    a time, and others are reaped only after three good heartbeats."""
     m, connection, clock, p = membership()
     m.start()
     job, args, d = connection.pop()
@@ -446,6 +457,7 @@ def test_heartbeat_writes_everything_first_then_changes() -> None:
 
 
 def test_expired_nodes_users_go_offline() -> None:
+    """The users of a node the heartbeat found expired go offline."""
     m, connection, clock, p = membership()
     watcher = Events()
     p.watch(watcher)
@@ -463,6 +475,8 @@ def test_expired_nodes_users_go_offline() -> None:
 
 
 def test_failed_write_is_retried_whole_at_the_next_heartbeat() -> None:
+    """After a failed write the next one writes everything again, and others are not
+    reaped until healthy."""
     m, connection, clock, p = membership()
     m.start()
     connection.pop()[2].callback(SyncResult(True, []))
@@ -487,6 +501,7 @@ def test_failed_write_is_retried_whole_at_the_next_heartbeat() -> None:
 
 
 def test_rejoin_rewrites_everything() -> None:
+    """Rejoining the cluster writes all local users again, as a first heartbeat."""
     m, connection, _clock, _p = membership()
     m.start()
     connection.pop()[2].callback(SyncResult(True, []))
@@ -495,6 +510,8 @@ def test_rejoin_rewrites_everything() -> None:
 
 
 def test_stop_waits_for_the_write_then_leaves() -> None:
+    """Stopping waits for the write in flight, then leaves the cluster, and writes no
+    more."""
     m, connection, clock, p = membership()
     m.start()
     job, args, d = connection.pop()
@@ -512,6 +529,7 @@ def test_stop_waits_for_the_write_then_leaves() -> None:
 
 
 def test_stop_when_the_database_is_down_is_logged() -> None:
+    """Stopping succeeds when leaving fails because the database is down."""
     m, connection, _clock, _p = membership()
     m.start()
     connection.pop()[2].callback(SyncResult(True, []))
@@ -534,6 +552,8 @@ def leases() -> tuple[LinkLeases, FakeConnection, Clock, list[str]]:
 
 
 def test_leases_taken_released_and_lost() -> None:
+    """Link leases are taken as wanted, released when no longer wanted, and lost when
+    the connection was made again."""
     lease, connection, clock, events = leases()
     lease.start()
     job, args, d = connection.pop()
@@ -560,6 +580,7 @@ def test_leases_taken_released_and_lost() -> None:
 
 
 def test_leases_lost_when_the_connection_fails() -> None:
+    """Held link leases are lost, once, when the connection fails."""
     lease, connection, clock, events = leases()
     lease.start()
     lease.want({"x"})
@@ -574,6 +595,8 @@ def test_leases_lost_when_the_connection_fails() -> None:
 
 
 def test_queued_wakes_the_holder() -> None:
+    """A message queued for a realm wakes the node holding its link; a failure is not
+    raised."""
     lease, connection, _clock, _events = leases()
     lease.queued("x")
     job, args, d = connection.pop()
@@ -611,6 +634,8 @@ def cluster() -> tuple[Cluster, FakeNotifications, FakeConnection, Clock]:
 
 
 def test_listen_reconnects_with_backoff_and_resyncs() -> None:
+    """A lost LISTEN connection is made again with growing backoff, and each new one
+    resyncs presence and listeners."""
     c, notifications, _connection, clock = cluster()
     resyncs: list[int] = []
     c.fanout.listen("messi", lambda m: None, lambda: resyncs.append(1))
@@ -636,6 +661,8 @@ def test_listen_reconnects_with_backoff_and_resyncs() -> None:
 
 
 def test_notifications_are_dispatched() -> None:
+    """Presence, outbox and messages notifications reach presence, federation and
+    fan-out; this node's own and malformed ones are ignored."""
     c, notifications, _connection, _clock = cluster()
     woken: list[str] = []
     c.router.federation = type(
@@ -667,6 +694,8 @@ def test_notifications_are_dispatched() -> None:
 
 
 def test_sessions_ended_elsewhere_end_here() -> None:
+    """Sessions and users ended on another node or by chat-admin end here; this node's
+    own notifications are ignored."""
     c, notifications, _connection, _clock = cluster()
     ended: list[tuple[str, str]] = []
 

@@ -421,6 +421,7 @@ async def test_password_in_the_url_is_never_shown(
 
 
 def test_safe_url_masks_password_parameters() -> None:
+    """A database URL's password is masked in the user part and in the query."""
     assert (
         safe_url("postgresql://u@h/db?sslmode=require&password=pw")
         == "postgresql://u@h/db?sslmode=require&password=***"

@@ -309,6 +309,8 @@ def test_session_ended_elsewhere_stops_at_once() -> None:
 
 
 def test_user_changed_elsewhere_ends_all_its_sessions() -> None:
+    """A user changed on another node loses all its live sessions here; other users keep
+    theirs."""
     server = Server()
     first = result_of(server.sessions.create("messi"))
     second = result_of(server.sessions.create("messi"))

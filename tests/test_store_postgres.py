@@ -83,6 +83,7 @@ def test_same_tables_and_columns_as_sqlite(tmp_path: Path, postgres_url: str) ->
 
 
 def test_schema_version_recorded(postgres_url: str) -> None:
+    """A new database records the schema version; opening it again keeps it."""
     PostgresStore(reactor, postgres_url)
     with psycopg.connect(postgres_url) as connection:
         row = connection.execute("SELECT version FROM schema_version").fetchone()
@@ -126,6 +127,7 @@ def test_schema_upgrade_from_v1_equals_fresh(
 
 
 def test_schema_refuses_newer(postgres_url: str) -> None:
+    """A database with a newer schema version is refused and left unchanged."""
     PostgresStore(reactor, postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("UPDATE schema_version SET version = 99")
@@ -137,6 +139,7 @@ def test_schema_refuses_newer(postgres_url: str) -> None:
 
 
 def test_refuses_a_database_with_other_tables(postgres_url: str) -> None:
+    """A database holding other tables and no chat schema is refused."""
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("CREATE TABLE invoices (id INTEGER)")
     with pytest.raises(StorageUnavailable, match="not a chat database"):
@@ -155,11 +158,14 @@ def test_unreachable_at_start(postgres: ThrowawayPostgres) -> None:
 
 
 def test_safe_url() -> None:
+    """A database URL's password is masked; a URL without one is unchanged."""
     assert safe_url("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
     assert safe_url("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 def test_notification_payloads_split_under_the_limit() -> None:
+    """Many messages are announced in payloads under the notification size limit, all
+    ids in order."""
     messages = [
         Message(i, "messi", f"user{i:05d}", "M", "U", "text", 1.0)
         for i in range(1, 2001)
@@ -213,6 +219,7 @@ async def test_notify_in_the_commit(pg_store: PostgresStore, postgres_db: str) -
 
 @pytest_twisted.ensureDeferred
 async def test_messages_by_id(pg_store: PostgresStore) -> None:
+    """Messages are found by id in id order; unknown ids are skipped."""
     await pg_store.add_user(MESSI)
     await pg_store.add_user(HENDERSON)
     a = await pg_store.store_message("messi", "henderson", "a", 1.0)
@@ -290,6 +297,7 @@ async def test_database_down_then_back(postgres: ThrowawayPostgres) -> None:
 
 
 def test_open_store_passes_node_id(postgres_db: str) -> None:
+    """open_store gives a PostgreSQL URL's store its node id and mailbox limit."""
     store: Any = open_store(reactor, postgres_db, node_id="node-7", max_mailbox=5)
     assert isinstance(store, PostgresStore)
     assert (store.node_id, store.max_mailbox, store.url) == ("node-7", 5, postgres_db)

@@ -31,6 +31,7 @@ from chat.errors import (
 from chat.interfaces import IDoor, ILineHandler
 from chat.links import Delivery, InboundMessage
 from chat.logs import make_logger
+from chat.replies import BYE, PONG, error_reply
 
 if TYPE_CHECKING:
     from chat.federation.service import Federation
@@ -153,8 +154,6 @@ class InboundLinkHandler:
         self._challenge = None
 
     def dispatch(self, line: bytes, now: float) -> bytes | None:
-        from chat.dispatch import BYE, PONG, error_reply
-
         try:
             command = commands.parse(line)
         except commands.BadCommand as e:
@@ -186,8 +185,6 @@ class InboundLinkHandler:
             return error_reply(e, verb, self._peer)
 
     def _authenticate(self, given: str) -> None:
-        from chat.dispatch import error_reply
-
         challenge, self._challenge = self._challenge, None
         if challenge is None:
             raise RealmNotAuthenticated("realm-auth without realm-hello")

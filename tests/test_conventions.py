@@ -1,0 +1,64 @@
+"""
+The house rules that a reading of the source can check (issue 18).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trees(folder: str) -> Iterator[tuple[Path, ast.Module]]:
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        yield path.relative_to(ROOT), ast.parse(path.read_text(), str(path))
+
+
+def test_every_test_has_a_docstring() -> None:
+    """Every test function in tests/ has a docstring saying the behaviour."""
+    missing = [
+        f"{path}:{node.lineno} {node.name}"
+        for path, tree in trees("tests")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test")
+        and ast.get_docstring(node) is None
+    ]
+    assert missing == []
+
+
+def test_no_module_imports_underscored_names() -> None:
+    """No module of chat/ imports another module's underscored names."""
+    found = [
+        f"{path}:{node.lineno} {alias.name}"
+        for path, tree in trees("chat")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert found == []
+
+
+def test_only_the_store_speaks_sql() -> None:
+    """Only chat/store/ imports the database drivers (sqlite3, psycopg)."""
+    drivers = {"sqlite3", "psycopg", "psycopg_pool"}
+    found = []
+    for path, tree in trees("chat"):
+        if path.parts[:2] == ("chat", "store"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [
+                f"{path}:{node.lineno} {name}"
+                for name in names
+                if name.split(".")[0] in drivers
+            ]
+    assert found == []
