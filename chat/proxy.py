@@ -14,8 +14,10 @@ address and escape every per-address limit.
    counted, as that client. A version 2 C{LOCAL} header (HAProxy's health
    checks) or a version 1 C{UNKNOWN} one keeps the proxy's own address. A
    header that is malformed or too long, or does not arrive within the
-   line timeout, closes the connection. Connections from other addresses
-   are taken as they come, without reading a header.
+   line timeout, closes the connection. Until its header is read, a
+   connection is not counted by the chat's limits (only a trusted proxy
+   makes one, and the line timeout bounds how long it waits). Connections
+   from other addresses are taken as they come, without reading a header.
  - C{--web}: a request from a trusted proxy names its client in
    C{X-Forwarded-For}; L{forwarded_client} finds it (the right-most address
    there that is not a trusted proxy itself).

@@ -392,6 +392,18 @@ def test_half_close_passes_through() -> None:
     assert connection.closed
 
 
+def test_half_close_before_the_header_closes() -> None:
+    """A proxy connection that half-closes before its header is closed,
+    never counted."""
+    server, factory = proxied_server()
+    connection = Proxied(factory)
+    connection.send(b"PROXY TCP4")
+    connection.protocol.readConnectionLost()  # type: ignore[attr-defined]
+    assert connection.closed
+    connection.lose()
+    assert server.factory.connections.total == 0
+
+
 def test_no_proxies_no_wrapping() -> None:
     """Without trusted proxies, and on TLS endpoints, the chat factory
     listens as it is."""
@@ -508,6 +520,7 @@ def test_web_trusted_proxy_counts_each_client() -> None:
     refused = HTTPResponse(transport.value())
     assert refused.status == 503
     assert refused.headers["retry-after"] == "10"
+    assert transport.disconnecting
     assert site.connections.count("192.0.2.7") == 2
     _, transport = request(site, proxy, "192.0.2.8")
     assert HTTPResponse(transport.value()).status == 200

@@ -206,6 +206,7 @@ class SecureRequest(Request):
         self.setHeader("retry-after", "10")
         self.setHeader("connection", "close")
         self._refuse(503, f"{refused}; try again later\n".encode("ascii"))
+        channel.loseConnection()  # no longer counted: closed
         return False
 
     def _refuse(self, code: int, body: bytes) -> None:
