@@ -431,6 +431,10 @@ class ProxyFactory(Factory):
         self.wrapped = wrapped
         self.proxies = proxies
 
+    def logPrefix(self) -> str:
+        prefix: str = self.wrapped.logPrefix()
+        return prefix
+
     def doStart(self) -> None:
         self.wrapped.doStart()
 
