@@ -55,6 +55,8 @@ from chat.logs import make_logger
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = IPv4Address | IPv6Address
 
+_log = make_logger("chat.proxy")
+
 #: The start of a version 1 header, and of a version 2 one.
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -461,6 +463,14 @@ def listening_factory(factory: Any, proxies: TrustedProxies, description: str) -
     C{factory}, wrapped to read PROXY headers from trusted proxies on a
     plain TCP endpoint.
     """
-    if not proxies or is_tls(description):
+    if not proxies:
+        return factory
+    if is_tls(description):
+        _log.warn(
+            "--trusted-proxy: PROXY headers are not read on the TLS endpoint "
+            "{description} (let the proxy terminate TLS): its connections are "
+            "taken as they come",
+            description=description,
+        )
         return factory
     return ProxyFactory(factory, proxies)

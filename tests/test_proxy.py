@@ -404,9 +404,9 @@ def test_half_close_before_the_header_closes() -> None:
     assert server.factory.connections.total == 0
 
 
-def test_no_proxies_no_wrapping() -> None:
-    """Without trusted proxies, and on TLS endpoints, the chat factory
-    listens as it is."""
+def test_no_proxies_no_wrapping(events: EventLoggingObserver) -> None:
+    """Without trusted proxies, and on TLS endpoints (with a warning), the
+    chat factory listens as it is."""
     server = Server()
     assert listening_factory(server.factory, TrustedProxies(), "tcp:0") is (
         server.factory
@@ -415,6 +415,8 @@ def test_no_proxies_no_wrapping() -> None:
         server.factory
     )
     assert isinstance(listening_factory(server.factory, TRUSTED, "tcp:0"), ProxyFactory)
+    (warning,) = [e for e in events if "TLS endpoint" in e["log_format"]]
+    assert warning["description"] == "ssl:0:privateKey=k"
 
 
 class Reader(Protocol):
