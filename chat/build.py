@@ -29,6 +29,7 @@ from chat.interfaces import IClusterStore, IFanout, IPasswordHasher
 from chat.limits import Limits, RateLimiter
 from chat.lines import ChatFactory
 from chat.metrics import Metrics, OutboxWatcher
+from chat.proxy import TrustedProxies
 from chat.push import LocalFanout, Presence
 from chat.realm import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_RECIPIENTS, ChatRealm
 from chat.registration import Registrar
@@ -75,6 +76,9 @@ class Settings:
         addresses, localhost, this machine's name and the hosts of
         C{web_origins} (L{chat.web.hosts}).
     @ivar metrics: whether to collect Prometheus metrics (L{chat.metrics}).
+    @ivar trusted_proxies: addresses and networks of proxies whose word
+        about a client's address is believed: a PROXY header on C{--listen},
+        C{X-Forwarded-For} on C{--web} (L{chat.proxy}).
     """
 
     limits: Limits = attrs.field(factory=Limits)
@@ -93,6 +97,7 @@ class Settings:
     web_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     web_hosts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     metrics: bool = False
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def line_limit(self) -> int:
@@ -120,6 +125,7 @@ class Chat:
     @ivar metrics: the Prometheus metrics, if wanted.
     @ivar outbox_watcher: reads the realms' outbox sizes into the metrics,
         with metrics and federation.
+    @ivar proxies: the proxies trusted to say who their clients are.
     """
 
     settings: Settings
@@ -137,6 +143,7 @@ class Chat:
     site: ChatSite | None = None
     metrics: Metrics | None = None
     outbox_watcher: OutboxWatcher | None = None
+    proxies: TrustedProxies = attrs.field(factory=TrustedProxies)
 
 
 def build_chat(
@@ -227,6 +234,7 @@ def build_chat(
     if metrics is not None:
         outbox_watcher = collect_metrics(metrics, factory, store, fanout, federation)
 
+    proxies = TrustedProxies.parse(settings.trusted_proxies)
     site = None
     if settings.web_client:
         origins = OriginPolicy.from_strings(settings.web_origins)
@@ -239,6 +247,7 @@ def build_chat(
                 origins.allowed, settings.web_hosts, machine=socket.gethostname()
             ),
             limits=settings.limits,
+            proxies=proxies,
         )
     purger = None
     if settings.retention is not None:
@@ -260,6 +269,7 @@ def build_chat(
         site=site,
         metrics=metrics,
         outbox_watcher=outbox_watcher,
+        proxies=proxies,
     )
 
 

@@ -59,10 +59,15 @@ class LineConnection(Door, Protocol):
     One TCP or TLS client connection speaking the line protocol.
     """
 
-    __slots__ = ("_line_started", "_partial", "_partial_length", "_writer")
+    __slots__ = ("_line_started", "_partial", "_partial_length", "_writer", "client")
 
-    def __init__(self, max_line: int, max_pipeline: int = 64) -> None:
+    def __init__(
+        self, max_line: int, max_pipeline: int = 64, client: Any = None
+    ) -> None:
         super().__init__(max_line, max_pipeline)
+        #: The client's address: the one the connection was built for (a
+        #: proxy may carry it: L{chat.proxy}), else the transport's peer.
+        self.client = client
         self._writer: DirectWriter | None = None
         self._partial: list[bytes] = []
         self._partial_length = 0
@@ -73,7 +78,7 @@ class LineConnection(Door, Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         transport: Any = self.transport
-        peer = transport.getPeer()
+        peer = self.client or transport.getPeer()
         host = str(getattr(peer, "host", peer))
         self.address = address_key(str(getattr(peer, "host", "") or ""))
         self.peer = f"{host}:{getattr(peer, 'port', '')}"
@@ -367,7 +372,9 @@ class ChatFactory(Factory):
         self.frontend.open()
 
     def buildProtocol(self, addr: Any) -> LineConnection:  # type: ignore[override]
-        connection = LineConnection(min(self.max_line, UNAUTHENTICATED_LINE))
+        connection = LineConnection(
+            min(self.max_line, UNAUTHENTICATED_LINE), client=addr
+        )
         connection.factory = self
         return connection
 

@@ -32,6 +32,7 @@ from chat.lines import ChatFactory
 from chat.logs import make_logger
 from chat.metrics import metrics_site
 from chat.model import User
+from chat.proxy import listening_factory
 from chat.store.interfaces import IUserStore
 
 #: Allocations of container objects between two collections of the
@@ -174,7 +175,8 @@ class ChatService(Service):
         super().privilegedStartService()
         self._ensure_open_files()
         for description in self.endpoints:
-            port = self._listen(description, self.factory)
+            factory = listening_factory(self.factory, self.chat.proxies, description)
+            port = self._listen(description, factory)
             self.ports.append(port)
             self.log.info(
                 "Chat server listening on {address} ({description})",

@@ -27,6 +27,7 @@ from chat.hashing import (
 from chat.limits import Limits, Quotas, Rate
 from chat.links import realm_id_from_hostname, validate_realm_id
 from chat.options import ChatOptions
+from chat.proxy import proxy_network
 from chat.store import STORE_HELP, open_store, valid_store
 from chat.web.hosts import host_name
 from chat.web.origins import parse_origin
@@ -464,6 +465,7 @@ class Options(ChatOptions):
         self["web"] = []
         self["web-origin"] = []
         self["web-host"] = []
+        self["trusted-proxy"] = []
         self["metrics"] = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -509,6 +511,19 @@ class Options(ChatOptions):
         except ValueError as e:
             raise usage.UsageError(f"--web-host: {e}") from None
         self["web-host"].append(host)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """
+        Believe a proxy at this IP address or network (10.0.0.5,
+        10.0.0.0/24) about its clients' addresses: its connections to
+        --listen must begin with a PROXY protocol header (v1 or v2), and
+        its requests to --web name the client in X-Forwarded-For
+        (repeatable). [default: none]
+        """
+        try:
+            self["trusted-proxy"].append(proxy_network(address))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {e}") from None
 
     #: Each option's text to its value (defaults too), with errors that
     #: name the option (see L{ChatOptions.convert}).
@@ -671,6 +686,7 @@ def settings(options: Options, limits: Limits) -> Settings:
         heartbeat=options["heartbeat"],
         web_origins=options["web-origin"],
         web_hosts=options["web-host"],
+        trusted_proxies=options["trusted-proxy"],
     )
 
 

@@ -66,15 +66,23 @@ def free_ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-def answers(port: int) -> bool:
+#: What the nodes behind HAProxy need first from 127.0.0.1, the address
+#: they trust as HAProxy's (deploy/haproxy.cfg sends PROXY headers): a
+#: header, here one that names no client.
+NO_CLIENT = b"PROXY UNKNOWN\r\n"
+
+
+def answers(port: int, header: bytes = b"") -> bool:
     """
-    Whether a chat server (or HAProxy in front of one) answers a ping.
+    Whether a chat server (or HAProxy in front of one) answers a ping, sent
+    after C{header}.
     """
     try:
         client = LineClient(port, timeout=2)
     except OSError:
         return False
     try:
+        client.sock.sendall(header)
         return client.request("ping up").get("echo") == "up"
     except (OSError, ValueError):
         return False
@@ -213,11 +221,15 @@ def cluster(haproxy: str, postgres_url: str, tmp_path: Path) -> Iterator[Cluster
             workdir = tmp_path / name
             workdir.mkdir()
             arguments = ["--store", postgres_url, "--realm-id", "cluster-test"]
+            arguments += ["--trusted-proxy", "127.0.0.1"]
             if name == "node1":
                 arguments.append("--demo")
             node = nodes[name] = TwistdChat(workdir, *arguments)
-            node.start()
-            node.wait_ready()
+            node_port = node.start()
+            wait_until(
+                lambda p=node_port: answers(p, NO_CLIENT),  # type: ignore[misc]
+                what=f"{name} answers",
+            )
         port = free_port()
         ports = (nodes["node1"].port, nodes["node2"].port)
         config = local_config(tmp_path, port, ports)
@@ -340,6 +352,62 @@ def test_clients_of_a_hung_node_move(cluster: Cluster) -> None:
     assert cluster.node_of_only_client() == survivor
     client.close()
     assert inbox_texts(port, "messi") == ["still here"]
+
+
+def test_nodes_see_the_clients_addresses(haproxy: str, tmp_path: Path) -> None:
+    """
+    Through HAProxy (send-proxy-v2), a node trusting HAProxy's address
+    admits, limits and logs each client by its own address: with two
+    connections per address, a third from 127.0.0.2 is refused while one
+    from 127.0.0.3 is served; HAProxy's health checks still pass.
+    """
+    node = TwistdChat(
+        tmp_path,
+        "--demo",
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--max-connections-per-address",
+        "2",
+    )
+    proxy: HAProxy | None = None
+    clients: list[LineClient] = []
+    try:
+        node_port = node.start()
+        wait_until(lambda: answers(node_port, NO_CLIENT), what="the node answers")
+        port = free_port()
+        config = local_config(tmp_path, port, (node_port, node_port))
+        proxy = HAProxy(haproxy, config, port)
+        proxy.start()
+        servers = proxy.servers
+        wait_until(
+            lambda: all(r["status"] == "UP" for r in servers().values()),
+            what="the node UP in HAProxy (health checks with PROXY headers)",
+        )
+        for _ in range(2):
+            client = LineClient(port, source="127.0.0.2", timeout=10)
+            clients.append(client)
+            client.login("messi")  # logged in: no room made by closing it
+        third = LineClient(port, source="127.0.0.2", timeout=10)
+        clients.append(third)
+        assert third.request("ping") == {
+            "status": "ERROR",
+            "message": "too many connections from your address",
+            "code": "too_many_connections",
+        }
+        other = LineClient(port, source="127.0.0.3", timeout=10)
+        clients.append(other)
+        assert other.request("ping")["message"] == "PONG"
+        log = node.log_text()
+        assert "Connection from 127.0.0.2:" in log
+        assert "Connection from 127.0.0.3:" in log
+        assert "Refused connection from 127.0.0.2:" in log
+        assert all(r["status"] == "UP" for r in servers().values())
+    finally:
+        for client in clients:
+            client.close()
+        if proxy is not None:
+            proxy.stop()
+        node.kill()
 
 
 def _alive(pid: int) -> bool:

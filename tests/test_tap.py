@@ -428,3 +428,32 @@ def test_bad_endpoints_are_usage_errors(option: str, endpoint: str) -> None:
     option, instead of failing later at startup."""
     with pytest.raises(usage.UsageError, match=f"^{option}: not a server endpoint"):
         tap.Options().parseOptions([option, endpoint])
+
+
+def test_trusted_proxy_option(tmp_path: Path) -> None:
+    """--trusted-proxy (repeatable, an address or network) reaches the
+    settings, the web site and the --listen ports; none by default, and
+    anything but an address or network is a usage error."""
+    default = tap.makeService(parse("--store", f"sqlite:{tmp_path / 'a.sqlite'}"))
+    assert isinstance(default, ChatService)
+    assert not default.chat.proxies
+    options = parse(
+        "--store",
+        f"sqlite:{tmp_path / 'p.sqlite'}",
+        "--trusted-proxy",
+        "10.0.0.5",
+        "--trusted-proxy",
+        "fd00::/64",
+        "--web",
+        "tcp:0:interface=127.0.0.1",
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, ChatService)
+    assert service.chat.settings.trusted_proxies == ("10.0.0.5/32", "fd00::/64")
+    assert service.chat.proxies.trusts("10.0.0.5")
+    assert not service.chat.proxies.trusts("10.0.0.6")
+    site = service.chat.site
+    assert isinstance(site, ChatSite)
+    assert site.proxies.trusts("fd00::1")
+    with pytest.raises(usage.UsageError, match=r"^--trusted-proxy: not an IP"):
+        parse("--trusted-proxy", "haproxy.example.org")

@@ -97,6 +97,7 @@ class WebSocketClient(Client):
         origin: str | None = ORIGIN,
         host: str = HOST,
         peer: IPv4Address = PEER,
+        headers: dict[str, str] | None = None,
     ) -> None:
         channel = site.buildProtocol(peer)
         assert channel is not None
@@ -104,9 +105,13 @@ class WebSocketClient(Client):
         self.transport = StringTransport(peerAddress=peer, hostAddress=LOCAL)
         self.channel.makeConnection(self.transport)
         self.ws = WSConnection(ConnectionType.CLIENT)
-        headers = [] if origin is None else [(b"origin", origin.encode())]
+        extra = [
+            (name.encode(), value.encode()) for name, value in (headers or {}).items()
+        ]
+        if origin is not None:
+            extra.append((b"origin", origin.encode()))
         self.channel.dataReceived(
-            self.ws.send(Request(host=host, target="/ws", extra_headers=headers))
+            self.ws.send(Request(host=host, target="/ws", extra_headers=extra))
         )
         self.close_code: int | None = None
         self.rejected: int | None = None

@@ -31,7 +31,11 @@ Before anything else, a request must name a host the site serves
 
 Connections (L{ChatSite}): at most C{max_web_connections} plain HTTP
 connections at once, and C{max_web_connections_per_address} from one
-address; one more is answered C{503} and closed. A WebSocket, once open,
+address; one more is answered C{503} and closed. A connection from a
+trusted proxy (C{--trusted-proxy}) counts in the total only, until a
+request on it names its client in C{X-Forwarded-For}: from then on it
+counts as that client's, and the request's client address (the
+WebSocket's too) is that one. A WebSocket, once open,
 is a chat connection and counts against the chat's limits instead. Idle
 connections are closed after a minute. None of this logs a line per
 connection or per request at C{info}: refusals are summed up at most once
@@ -50,6 +54,7 @@ from importlib.resources.abc import Traversable
 from typing import Any
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -59,6 +64,7 @@ from twisted.web.server import Request, Site
 
 from chat.limits import ConnectionTracker, Limits, address_key
 from chat.logs import debugging, make_logger
+from chat.proxy import TrustedProxies, forwarded_client
 from chat.web.hosts import HostPolicy, header_host
 from chat.web.origins import OriginPolicy
 from chat.web.plain import PlainResource
@@ -134,6 +140,10 @@ def raw_response(status: str, body: bytes, *extra: tuple[str, str]) -> bytes:
     return f"HTTP/1.1 {status}\r\n{head}\r\n".encode("ascii") + body
 
 
+def _host(address: Any) -> str:
+    return str(getattr(address, "host", "") or "")
+
+
 class SecureRequest(Request):
     """
     A request whose every response carries the security headers, whatever
@@ -148,6 +158,8 @@ class SecureRequest(Request):
         for name, value in security_headers(None if header is None else header.strip()):
             self.setHeader(name, value)
         site = getattr(self.channel, "site", None)
+        if site is not None and not self._from_forwarded_client(site):
+            return
         hosts: HostPolicy | None = getattr(site, "hosts", None)
         if hosts is not None:
             host = header_host(header)
@@ -167,6 +179,35 @@ class SecureRequest(Request):
                 )
                 return
         super().process()
+
+    def _from_forwarded_client(self, site: ChatSite) -> bool:
+        """
+        A request from a trusted proxy is its client's, as named in
+        C{X-Forwarded-For} (L{chat.proxy.forwarded_client}): the client's
+        address is the request's, and the connection counts against the
+        client's limit from now on.
+
+        @return: whether to go on (False: refused, over the limits).
+        """
+        proxies = site.proxies
+        if not proxies or not proxies.trusts(_host(self.channel.getPeer())):
+            return True
+        client = forwarded_client(
+            self.requestHeaders.getRawHeaders(b"x-forwarded-for"), proxies
+        )
+        if client is None:
+            return True
+        kind = IPv6Address if ":" in client else IPv4Address
+        self.client = kind("TCP", client, 0)
+        channel: Any = self.channel
+        refused = site.count_as(channel, address_key(client))
+        if refused is None:
+            return True
+        self.setHeader("retry-after", "10")
+        self.setHeader("connection", "close")
+        self._refuse(503, f"{refused}; try again later\n".encode("ascii"))
+        channel.loseConnection()  # no longer counted: closed
+        return False
 
     def _refuse(self, code: int, body: bytes) -> None:
         self.setResponseCode(code)
@@ -272,10 +313,12 @@ class ChatSite(Site):
         hosts: HostPolicy,
         limits: Limits,
         reactor: Any = None,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         super().__init__(resource, requestFactory=SecureRequest, reactor=reactor)
         self.noisy = False
         self.hosts = hosts
+        self.proxies = proxies or TrustedProxies()
         self.connections = ConnectionTracker(
             limits.max_web_connections, limits.max_web_connections_per_address
         )
@@ -283,14 +326,41 @@ class ChatSite(Site):
         self._refusals_logged_at: float | None = None
 
     def buildProtocol(self, addr: Any) -> Any:
-        address = address_key(str(getattr(addr, "host", "") or ""))
-        why = self.connections.admit(address)
+        host = _host(addr)
+        address = address_key(host)
+        connections = self.connections
+        if self.proxies.trusts(host):
+            # Many clients' connections: only the total limit applies,
+            # until a request names its client (L{count_as}).
+            why = None
+            if connections.total >= connections.max_total:
+                why = "too many connections"
+            else:
+                connections.add(address)
+        else:
+            why = connections.admit(address)
         if why is not None:
             self._refused(why)
             return Refusal(why)
         channel = super().buildProtocol(addr)
         channel.counted_as = address
         return channel
+
+    def count_as(self, channel: SecureChannel, address: str) -> str | None:
+        """
+        Count C{channel}, a trusted proxy's connection, as one from
+        C{address} (the client its request came from) from now on.
+
+        @return: None, or why that is over the limits (then the connection
+            is no longer counted: it is to be closed).
+        """
+        if channel.counted_as == address:
+            return None
+        channel.release()
+        why = self.connections.admit(address)
+        if why is None:
+            channel.counted_as = address
+        return why
 
     def _refused(self, why: str) -> None:
         self.refused += 1
@@ -492,6 +562,7 @@ def make_site(
     reactor: Any = None,
     hosts: HostPolicy | None = None,
     limits: Limits | None = None,
+    proxies: TrustedProxies | None = None,
 ) -> ChatSite:
     """
     The web client's site: the page, and WebSockets into C{chat_factory}
@@ -501,6 +572,7 @@ def make_site(
     @param hosts: the host names it answers; by default those of
         C{origins}, and localhost.
     @param limits: its connection limits; L{Limits} defaults if None.
+    @param proxies: the proxies whose C{X-Forwarded-For} is believed.
     """
     origins = origins or OriginPolicy()
     root = WebRoot(
@@ -512,4 +584,4 @@ def make_site(
     )
     if hosts is None:
         hosts = HostPolicy.build(origins.allowed)
-    return ChatSite(root, hosts, limits or Limits(), reactor=reactor)
+    return ChatSite(root, hosts, limits or Limits(), reactor=reactor, proxies=proxies)
