@@ -569,7 +569,10 @@ class Dispatcher(Handlers):
             self._door.pause_login_clock()
             try:
                 user = await registrar.register(
-                    command.username, command.password, command.full_name, self._host
+                    command.username,
+                    command.password,
+                    command.full_name,
+                    self._address,
                 )
             finally:
                 self._door.resume_login_clock()

@@ -454,7 +454,9 @@ class IRegistrar(Interface):
         """
         Create an account, hashing the password with argon2id.
 
-        @param address: the client's host, the key of the rate limit.
+        @param address: the key of the client's address for the per-address
+            limits (L{chat.limits.address_key}: an IPv6 client by its /64),
+            the key of the rate limit and of the hashing queue.
         @return: fires with the new L{User}; fails with
             L{chat.errors.RegistrationClosed}, L{chat.errors.RateLimited},
             L{chat.errors.InvalidUsername}, L{chat.errors.InvalidPassword},

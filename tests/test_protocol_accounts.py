@@ -172,6 +172,19 @@ def test_register_rate_limited_per_address() -> None:
     assert again.request("register user5 rahasia123 X")["code"] == "rate_limited"
 
 
+def test_register_rate_limited_per_ipv6_network() -> None:
+    """An IPv6 client cannot escape the registration rate by changing
+    addresses within its /64: the addresses of one network share it."""
+    server = Server(limits=Limits(login_timeout=3600))
+    for i in range(5):
+        client = server.connect(f"2001:db8::{i + 1}")
+        assert client.request(f"register user{i} rahasia123 X")["status"] == "OK"
+    late = server.connect("2001:db8::99")
+    assert late.request("register user5 rahasia123 X")["code"] == "rate_limited"
+    elsewhere = server.connect("2001:db8:0:1::1")
+    assert elsewhere.request("register user6 rahasia123 X")["status"] == "OK"
+
+
 def test_register_never_logs_the_password() -> None:
     """The password of a registration appears in no log event."""
     server = Server()
