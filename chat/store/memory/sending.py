@@ -215,30 +215,21 @@ class MemorySending(MemoryState):
         for member in members:
             if member == sender:
                 continue
-            if self._refusal(member, sender) is not None:
-                # Kept as delivered, for the member's group history, and
-                # not returned, so nobody pushes it (as L{chat.store.sending}
-                # does).
-                self._add(
-                    from_user,
-                    self.users[member],
-                    text,
-                    sent_at,
-                    group,
-                    attachment,
-                    sent_at,
-                )
-            else:
-                stored.append(
-                    self._add(
-                        from_user,
-                        self.users[member],
-                        text,
-                        sent_at,
-                        group,
-                        attachment,
-                    )
-                )
+            # A member whose mailbox refuses it gets the message as
+            # delivered, for the group's history, and it is not returned,
+            # so nobody pushes it (as L{chat.store.sending} does).
+            refused = self._refusal(member, sender) is not None
+            message = self._add(
+                from_user,
+                self.users[member],
+                text,
+                sent_at,
+                group,
+                attachment,
+                sent_at if refused else None,
+            )
+            if not refused:
+                stored.append(message)
         return stored
 
     def _store_to_name(
