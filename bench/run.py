@@ -787,6 +787,25 @@ def summarize_profile(text: str, top: int = 12) -> dict[str, Any]:
     }
 
 
+def cpu_marks(
+    deployment: Deployment,
+) -> tuple[dict[str, dict[str, Any]], Callable[[str], bool]]:
+    """
+    For a tool that prints C{LOAD} when its load starts and C{DONE} when it
+    ends: the CPU snapshots taken at those lines (filled in as they come),
+    and the reader of its lines, which says C{DONE} ends it.
+    """
+    cpu: dict[str, dict[str, Any]] = {}
+
+    def on_line(line: str) -> bool:
+        word = line.strip()
+        if word in ("LOAD", "DONE"):
+            cpu[word] = cpu_snapshot(deployment)
+        return word == "DONE"
+
+    return cpu, on_line
+
+
 def push_run(
     kind: str,
     same_node: bool,
@@ -801,13 +820,7 @@ def push_run(
     deployment = Deployment(kind, args, workdir, pg)
     result: dict[str, Any] = {"server": kind, "same_node": same_node}
     result["nodes"] = NODES[kind]
-    cpu: dict[str, dict[str, Any]] = {}
-
-    def on_line(line: str) -> bool:
-        word = line.strip()
-        if word in ("LOAD", "DONE"):
-            cpu[word] = cpu_snapshot(deployment)
-        return word == "DONE"
+    cpu, on_line = cpu_marks(deployment)
 
     try:
         deployment.start()
@@ -848,13 +861,7 @@ def storm_run(
     """
     deployment = Deployment(kind, args, workdir, pg, cpus)
     result: dict[str, Any] = {"server": kind, "server_cpus": cpus}
-    cpu: dict[str, dict[str, Any]] = {}
-
-    def on_line(line: str) -> bool:
-        word = line.strip()
-        if word in ("LOAD", "DONE"):
-            cpu[word] = cpu_snapshot(deployment)
-        return word == "DONE"
+    cpu, on_line = cpu_marks(deployment)
 
     def tool(conns: int) -> list[str]:
         command = [args.python, str(LOGIN_STORM)]
