@@ -41,6 +41,17 @@ MAILBOX_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))
 IN_MAILBOX = "mailbox b JOIN messages m ON m.id = b.message_id"
 
 
+def _counted(recipient: str) -> str:
+    """
+    PostgreSQL: how many messages the mailbox of C{recipient} (a column)
+    holds, counted up to the limit (a parameter) and no further.
+    """
+    return (
+        "(SELECT count(*) FROM (SELECT 1 FROM mailbox"
+        f" WHERE recipient = {recipient} LIMIT %s) AS m)"
+    )
+
+
 def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]:
     """
     The undelivered messages of each of C{recipients} (remembered by the
@@ -54,9 +65,7 @@ def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]
         wanted = sorted(set(recipients))
         if wanted:
             for recipient, count in txn.connection.execute(
-                "SELECT r, (SELECT count(*) FROM (SELECT 1 FROM mailbox"
-                " WHERE recipient = r LIMIT %s) AS m)"
-                " FROM unnest(%s::text[]) AS r",
+                f"SELECT r, {_counted('r')} FROM unnest(%s::text[]) AS r",
                 (limit, wanted),
             ):
                 found[recipient] = Mailbox(count)
@@ -96,9 +105,9 @@ def names_and_mailboxes(
     boxes: dict[str, Mailbox] = {}
     for username, full_name, created_at, count in txn.connection.execute(
         "SELECT u.username, u.full_name, u.created_at,"
-        " CASE WHEN u.username = ANY(%s::text[]) THEN (SELECT count(*) FROM"
-        " (SELECT 1 FROM mailbox WHERE recipient = u.username LIMIT %s) AS m)"
-        " END FROM users u WHERE u.username = ANY(%s::text[])",
+        " CASE WHEN u.username = ANY(%s::text[])"
+        f" THEN {_counted('u.username')} END"
+        " FROM users u WHERE u.username = ANY(%s::text[])",
         (sorted(set(recipients)), txn.max_mailbox, sorted(set(usernames))),
     ):
         names[username] = (full_name, created_at)
