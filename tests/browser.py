@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--disable-crash-reporter",
+    # ChromeDriver talks to Chromium over a pipe, not a port Chromium
+    # announces in a DevToolsActivePort file (ChromeDriver's advice: "more
+    # reliable and more secure").
+    "--remote-debugging-pipe",
 ]
 
 
@@ -65,19 +72,53 @@ def chromium(
     width: int = 1280,
     height: int = 800,
     downloads: Path | None = None,
-    profile: Path | None = None,
 ) -> Any:
     """
     A headless Chromium with a fresh profile, its window C{width} by
     C{height} CSS pixels; files it downloads go to C{downloads}.
+
+    A start that fails is tried again, up to L{STARTS} times, each time
+    with a fresh profile: once, on a CI machine, Chromium exited before
+    it was ready ("DevToolsActivePort file doesn't exist") and could not
+    be made to do so here. If every start fails, the test fails with the
+    end of ChromeDriver's and Chromium's own log, which says why.
     """
+    from selenium.common.exceptions import WebDriverException
+
+    logs: list[str] = []
+    for attempt in range(1, STARTS + 1):
+        home = Path(tempfile.mkdtemp(prefix="chat-chromium-"))
+        started = time.monotonic()
+        try:
+            driver = _start(home, width, height, downloads)
+        except WebDriverException as e:
+            took = time.monotonic() - started
+            log = _log_tail(home / "chromedriver.log")
+            logs.append(f"start {attempt} ({took:.1f} s): {e.msg}\n{log}")
+            shutil.rmtree(home, ignore_errors=True)
+            continue
+        driver.profile = home
+        return driver
+    pytest.fail(
+        f"Chromium did not start ({STARTS} tries):\n" + "\n".join(logs),
+        pytrace=False,
+    )
+
+
+STARTS = 3
+
+# How long ChromeDriver waits for Chromium to be ready, in seconds: it
+# starts in 1-3 s here, loaded or not; ChromeDriver's own default is 60.
+STARTUP_TIMEOUT = 20
+
+
+def _start(home: Path, width: int, height: int, downloads: Path | None) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    profile = profile or Path(tempfile.mkdtemp(prefix="chat-chromium-"))
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={home / 'profile'}"]:
         options.add_argument(flag)
     options.add_argument(f"--window-size={width},{height}")
     if downloads is not None:
@@ -89,20 +130,50 @@ def chromium(
             },
         )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=CHROMEDRIVER)
+    options.add_experimental_option("browserStartupTimeout", STARTUP_TIMEOUT * 1000)
+    # Chromium's caches and settings outside the profile go under the
+    # same fresh folder, whatever HOME is on the machine running it.
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+    service = Service(
+        executable_path=CHROMEDRIVER,
+        service_args=["--enable-chrome-logs"],
+        log_output=str(home / "chromedriver.log"),
+        env=env,
+    )
     driver = webdriver.Chrome(service=service, options=options)
-    driver.profile = profile
-    # The window size includes the browser's frame: make the page itself
-    # the size asked for.
-    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    if inner != [width, height]:
-        driver.set_window_size(width + (width - inner[0]), height + (height - inner[1]))
-    if downloads is not None:
-        driver.execute_cdp_cmd(
-            "Browser.setDownloadBehavior",
-            {"behavior": "allow", "downloadPath": str(downloads)},
-        )
+    try:
+        # The window size includes the browser's frame: make the page
+        # itself the size asked for.
+        inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        if inner != [width, height]:
+            driver.set_window_size(
+                width + (width - inner[0]), height + (height - inner[1])
+            )
+        if downloads is not None:
+            driver.execute_cdp_cmd(
+                "Browser.setDownloadBehavior",
+                {"behavior": "allow", "downloadPath": str(downloads)},
+            )
+    except BaseException:
+        driver.quit()
+        raise
     return driver
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"(no log: {e})"
+    # Leave out the capabilities and preferences ChromeDriver prints as
+    # indented JSON: the reason is in Chromium's own lines.
+    kept = [line for line in text.splitlines() if line[:1] not in ("", " ", "}", "{")]
+    return "\n".join(kept[-lines:])
 
 
 def page_errors(driver: Any) -> list[str]:

@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import sqlite3
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -472,3 +473,25 @@ def test_missing_browser_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         require_browser()
+
+
+def test_a_browser_that_cannot_start_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A Chromium that exits at once is tried again, then fails the test
+    with ChromeDriver's log of each start, not a bare "session not
+    created"; no profile folder is left behind.
+    """
+    require_browser()
+    import tests.browser
+
+    monkeypatch.setattr(tests.browser, "CHROMIUM", "/bin/false")
+    monkeypatch.setattr(tests.browser, "STARTUP_TIMEOUT", 1)
+    before = set(Path(tempfile.gettempdir()).glob("chat-chromium-*"))
+    with pytest.raises(pytest.fail.Exception) as failed:
+        chromium()
+    message = str(failed.value)
+    assert message.startswith("Chromium did not start (3 tries):")
+    assert [f"start {n} (" in message for n in (1, 2, 3)] == [True, True, True]
+    assert "Launching chrome: /bin/false" in message
+    assert "--remote-debugging-pipe" in message
+    assert set(Path(tempfile.gettempdir()).glob("chat-chromium-*")) == before
