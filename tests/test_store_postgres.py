@@ -182,6 +182,14 @@ def test_notification_payloads_split_under_the_limit() -> None:
     assert seen == [[m.id, m.recipient] for m in messages]
 
 
+def test_notification_payloads_few_in_one() -> None:
+    """A batch's few messages are announced in one payload; none, in none."""
+    messages = [Message(i, "messi", "henderson", "M", "H", "t", 1.0) for i in (7, 8)]
+    (payload,) = notification_payloads("node-a", messages)
+    assert json.loads(payload)["messages"] == [[7, "henderson"], [8, "henderson"]]
+    assert notification_payloads("node-a", []) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_notify_in_the_commit(pg_store: PostgresStore, postgres_db: str) -> None:
     """One notification per committed batch, with ids and recipients only;

@@ -65,7 +65,7 @@ def mailboxes(txn: Transaction, recipients: Iterable[str]) -> dict[str, Mailbox]
         wanted = sorted(set(recipients))
         if wanted:
             for recipient, count in txn.connection.execute(
-                f"SELECT r, {_counted('r')} FROM unnest(%s::text[]) AS r",
+                f"SELECT r, {_counted('r')} FROM unnest(%b::text[]) AS r",
                 (limit, wanted),
             ):
                 found[recipient] = Mailbox(count)
@@ -105,9 +105,9 @@ def names_and_mailboxes(
     boxes: dict[str, Mailbox] = {}
     for username, full_name, created_at, count in txn.connection.execute(
         "SELECT u.username, u.full_name, u.created_at,"
-        " CASE WHEN u.username = ANY(%s::text[])"
+        " CASE WHEN u.username = ANY(%b::text[])"
         f" THEN {_counted('u.username')} END"
-        " FROM users u WHERE u.username = ANY(%s::text[])",
+        " FROM users u WHERE u.username = ANY(%b::text[])",
         (sorted(set(recipients)), txn.max_mailbox, sorted(set(usernames))),
     ):
         names[username] = (full_name, created_at)
@@ -235,7 +235,7 @@ def _drain_many_postgres(
         # One plain index scan per mailbox (not a bitmap scan of all of
         # them): it marks the index entries of delivered (deleted) rows dead
         # as it passes them, so the next reads skip them until vacuum.
-        "SELECT b.message_id FROM unnest(%s::text[]) AS r (name), LATERAL"
+        "SELECT b.message_id FROM unnest(%b::text[]) AS r (name), LATERAL"
         " (SELECT message_id FROM mailbox WHERE recipient = r.name"
         " ORDER BY message_id FOR UPDATE) AS b",
         (usernames,),
@@ -243,7 +243,8 @@ def _drain_many_postgres(
     waiting: dict[str, list[Sequence[Any]]] = {name: [] for name in usernames}
     if boxed:
         for row in txn.connection.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s) ORDER BY id",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages"
+            " WHERE id = ANY(%b::bigint[]) ORDER BY id",
             ([message_id for (message_id,) in boxed],),
         ):
             waiting[row[RECIPIENT]].append(row)
@@ -255,7 +256,7 @@ def _drain_many_postgres(
     delivered = [row for rows in taken for row in rows]
     if delivered:
         txn.connection.execute(
-            "DELETE FROM mailbox USING unnest(%s::text[], %s::bigint[]) AS u (r, i)"
+            "DELETE FROM mailbox USING unnest(%b::text[], %b::bigint[]) AS u (r, i)"
             " WHERE mailbox.recipient = u.r AND mailbox.message_id = u.i",
             ([row[RECIPIENT] for row in delivered], [row[ID] for row in delivered]),
         )

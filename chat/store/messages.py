@@ -133,13 +133,16 @@ def _insert_postgres(
     in its recipient's mailbox in the same statement); return their ids.
     """
     columns = [list(values) for values in zip(*rows, strict=True)]
+    # %b: the arrays go in PostgreSQL's binary format. In the text format
+    # psycopg searches every element for characters to escape, with a
+    # regular expression each: that was a third of this thread's time.
     insert = (
         "INSERT INTO messages (sender, recipient, sender_name,"
         " recipient_name, body, sent_at, group_name, file_name, file_size,"
         " file_sha256)"
         " SELECT s, r, sn, rn, b, t, g, fn, fs, fh FROM unnest("
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::float8[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
+        "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
+        " %b::float8[], %b::text[], %b::text[], %b::bigint[], %b::text[])"
         " WITH ORDINALITY AS u (s, r, sn, rn, b, t, g, fn, fs, fh, n)"
         " ORDER BY n"
     )
@@ -165,7 +168,7 @@ def _into_mailboxes(txn: Transaction, boxed: list[tuple[str, int, str]]) -> None
         recipients, ids, senders = (list(c) for c in zip(*boxed, strict=True))
         txn.connection.execute(
             "INSERT INTO mailbox (recipient, message_id, sender)"
-            " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])",
+            " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[])",
             (recipients, ids, senders),
         )
         return
