@@ -62,3 +62,31 @@ def test_only_the_store_speaks_sql() -> None:
                 if name.split(".")[0] in drivers
             ]
     assert found == []
+
+
+def test_documents_are_valid_restructuredtext() -> None:
+    """README, CHANGELOG and the other .rst documents parse without a
+    warning (a title's underline shorter than the title, say), so they
+    render on a package index as written."""
+    import docutils.core
+    import docutils.utils
+
+    documents = sorted(
+        p for p in ROOT.rglob("*.rst") if not {".venv", "build"} & set(p.parts)
+    )
+    assert ROOT / "CHANGELOG.rst" in documents
+    problems = []
+    for path in documents:
+        try:
+            docutils.core.publish_doctree(
+                path.read_text(),
+                source_path=str(path),
+                settings_overrides={
+                    "report_level": 2,
+                    "halt_level": 2,
+                    "warning_stream": False,
+                },
+            )
+        except docutils.utils.SystemMessage as e:
+            problems.append(f"{path.relative_to(ROOT)}: {e}")
+    assert problems == []
