@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -932,8 +933,79 @@ def failure(r: dict[str, Any]) -> str:
     return str(r.get("failed") or r.get("loadgen_failed") or "?").replace("\n", " ")
 
 
+#: The figures of a closed run that are summed over rounds (counts of
+#: failures); the other numbers are their median.
+SUMMED = ("errors", "disconnects", "setup_failures")
+MEDIAN = (
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "setup_s",
+    "server_cpu_pct",
+    "db_cpu_pct",
+    "lg_cpu_pct",
+    "server_cpu_us",
+    "db_cpu_us",
+)
+
+
+def combine_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    One row for a server kind and N out of its rounds: the median of each
+    figure over the rounds that ran, the failures of all of them; a failed
+    round makes the row a failure.
+    """
+    failed = [r for r in runs if "rps" not in r]
+    if failed:
+        return failed[0]
+    row: dict[str, Any] = dict(runs[0])
+    for key in MEDIAN:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    for key in SUMMED:
+        row[key] = sum(r.get(key, 0) for r in runs)
+    return row
+
+
+def round_ratios(
+    base_runs: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, list[float]]:
+    """
+    Each round's ratios of a server kind to the baseline of the same round
+    (they ran one after the other): req/s, latencies, and CPU per request
+    (baseline over ours, so that higher is better as for req/s).
+    """
+    base_by_round = {r.get("round"): r for r in base_runs if "rps" in r}
+    ratios: dict[str, list[float]] = {}
+    for r in runs:
+        base = base_by_round.get(r.get("round"))
+        if base is None or "rps" not in r:
+            continue
+        for key in ("rps", "p50_ms", "p90_ms", "p99_ms"):
+            if r[key] and base[key]:
+                ratios.setdefault(key, []).append(r[key] / base[key])
+        ours_cpu, base_cpu = cpu_us(r), cpu_us(base)
+        if ours_cpu and base_cpu:
+            ratios.setdefault("cpu", []).append(base_cpu / ours_cpu)
+    return ratios
+
+
+def median_ratio(values: list[float] | None) -> str:
+    return f"{statistics.median(values):.2f}x" if values else "-"
+
+
 def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    closed = {(r["server"], r["conns"]): r for r in results}
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        grouped.setdefault((r["server"], r["conns"]), []).append(r)
+    closed = {key: combine_rounds(runs) for key, runs in grouped.items()}
+    if args.rounds > 1:
+        print(
+            f"Each row: the median of {args.rounds} rounds; each ratio: the "
+            "median of the rounds' ratios to the baseline run just before"
+        )
     print(
         f"Closed loop: {args.warmup:g} s warmup + {args.duration:g} s measured; "
         f"send with {args.msg_size}-byte text, every 10th request an inbox; "
@@ -964,21 +1036,26 @@ def print_closed(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
                 f"{r['lg_cpu_pct']:>5.0f}% "
                 f"{fmt(cpu_us(r), '.1f'):>10}"
             )
-        base = closed.get(("baseline", conns))
+        base_runs = grouped.get(("baseline", conns), [])
         for kind in args.servers:
-            ours = closed.get((kind, conns))
-            if kind == "baseline" or not ours or not base:
+            runs = grouped.get((kind, conns))
+            if kind == "baseline" or not runs or not base_runs:
                 continue
-            if "rps" in ours and "rps" in base:
-                print(
-                    f"{kind + '/base':<13} {conns:>6} "
-                    f"{ratio(ours['rps'], base['rps']):>9} "
-                    f"{ratio(ours['p50_ms'], base['p50_ms']):>8} "
-                    f"{ratio(ours['p90_ms'], base['p90_ms']):>8} "
-                    f"{ratio(ours['p99_ms'], base['p99_ms']):>8} "
-                    f"{'':>8} {'':>8} {'':>6} {'':>5} {'':>7} {'':>7} {'':>6} "
-                    f"{'':>6} {'cpu ' + ratio(cpu_us(base), cpu_us(ours)):>10}"
-                )
+            ratios = round_ratios(base_runs, runs)
+            if not ratios:
+                continue
+            spread = ""
+            if len(ratios.get("cpu", [])) > 1:
+                spread = f"  cpu {min(ratios['cpu']):.2f}-{max(ratios['cpu']):.2f}x"
+            print(
+                f"{kind + '/base':<13} {conns:>6} "
+                f"{median_ratio(ratios.get('rps')):>9} "
+                f"{median_ratio(ratios.get('p50_ms')):>8} "
+                f"{median_ratio(ratios.get('p90_ms')):>8} "
+                f"{median_ratio(ratios.get('p99_ms')):>8} "
+                f"{'':>8} {'':>8} {'':>6} {'':>5} {'':>7} {'':>7} {'':>6} "
+                f"{'':>6} {'cpu ' + median_ratio(ratios.get('cpu')):>10}{spread}"
+            )
 
 
 def print_idle(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -1206,6 +1283,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add = parser.add_argument
     add("--conns", default="1,10,100,1000", help="connection counts (%(default)s)")
     add("--duration", type=float, default=10.0, help="measured s (%(default)s)")
+    add(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the closed-loop table this many times, each server kind right "
+        "after the baseline at each N, and report medians (%(default)s)",
+    )
     add("--warmup", type=float, default=1.0, help="unmeasured s before (%(default)s)")
     add(
         "--idle-conns",
@@ -1369,6 +1453,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.conns = [int(n) for n in args.conns.split(",") if n.strip()]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.pg_bin = args.pg_bin or find_bindir()
     if args.servers is None:
         if args.pg_bin is None:
@@ -1545,18 +1631,31 @@ def main(argv: list[str]) -> int:
                 "SQLite commit (WAL, synchronous=FULL) in the servers' folder: "
                 f"p50 {results['commit']['p50_ms']:.2f} ms"
             )
-        for kind in args.servers:
+        # Each server kind right after the others at the same N, round
+        # after round: the ratios compare runs minutes apart at most, not a
+        # whole table apart, on a machine whose speed drifts.
+        for round_ in range(1, args.rounds + 1):
             for conns in args.conns:
-                log(f"{kind}: {conns} connections, {args.duration:g} s")
-                r = undisturbed(args, closed_run, kind, conns, args, workdir, pg)
-                results["closed"].append(r)
-                if "rps" in r:
+                for kind in args.servers:
                     log(
-                        f"  {r['rps']:.1f} req/s, p99 {r['p99_ms']:.2f} ms, "
-                        f"{r['errors']} errors, loadgen cpu {r['lg_cpu_pct']:.0f}%"
+                        f"{kind}: {conns} connections, {args.duration:g} s"
+                        + (
+                            f" (round {round_} of {args.rounds})"
+                            if args.rounds > 1
+                            else ""
+                        )
                     )
-                else:
-                    log(f"  failed: {failure(r)}")
+                    r = undisturbed(args, closed_run, kind, conns, args, workdir, pg)
+                    r["round"] = round_
+                    results["closed"].append(r)
+                    if "rps" in r:
+                        log(
+                            f"  {r['rps']:.1f} req/s, p99 {r['p99_ms']:.2f} ms, "
+                            f"{r['errors']} errors, loadgen cpu {r['lg_cpu_pct']:.0f}%"
+                        )
+                    else:
+                        log(f"  failed: {failure(r)}")
+        for kind in args.servers:
             if args.idle_conns > 0:
                 log(f"{kind}: {args.idle_conns} idle connections, {args.hold:g} s")
                 wait_quiet(args.quiet_wait)
