@@ -123,7 +123,7 @@ class TwistdChat:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, port: int = 0, timeout: float = 30) -> int:
+    def start(self, port: int = 0, timeout: float = 60) -> int:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.log.touch()
         offset = self.log.stat().st_size
@@ -161,7 +161,15 @@ class TwistdChat:
             if self.process.poll() is not None:
                 raise AssertionError(f"twistd exited:\n{text}")
             time.sleep(0.05)
-        raise AssertionError("twistd did not start listening")
+        # Stop it, and say what it had logged and how busy the machine
+        # was: a start takes a second or two, so this is worth reading.
+        text = self.log.read_bytes()[offset:].decode("utf-8", "replace")
+        self.kill()
+        load = ", ".join(f"{n:.1f}" for n in os.getloadavg())
+        raise AssertionError(
+            f"twistd did not start listening within {timeout:g} s "
+            f"(load average {load}); its log:\n{text}"
+        )
 
     def wait_ready(self) -> None:
         """
