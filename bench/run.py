@@ -1635,16 +1635,10 @@ def main(argv: list[str]) -> int:
         # after round: the ratios compare runs minutes apart at most, not a
         # whole table apart, on a machine whose speed drifts.
         for round_ in range(1, args.rounds + 1):
+            which = f" (round {round_} of {args.rounds})" if args.rounds > 1 else ""
             for conns in args.conns:
                 for kind in args.servers:
-                    log(
-                        f"{kind}: {conns} connections, {args.duration:g} s"
-                        + (
-                            f" (round {round_} of {args.rounds})"
-                            if args.rounds > 1
-                            else ""
-                        )
-                    )
+                    log(f"{kind}: {conns} connections, {args.duration:g} s{which}")
                     r = undisturbed(args, closed_run, kind, conns, args, workdir, pg)
                     r["round"] = round_
                     results["closed"].append(r)

@@ -42,6 +42,14 @@ CHROMIUM_FLAGS = [
 ]
 
 
+#: How many starts of Chromium are tried before giving up.
+STARTS = 3
+
+# How long ChromeDriver waits for Chromium to be ready, in seconds: it
+# starts in 1-3 s here, loaded or not; ChromeDriver's own default is 60.
+STARTUP_TIMEOUT = 20
+
+
 def missing() -> str | None:
     """
     Why the browser tests cannot run here, or None if they can.
@@ -104,13 +112,6 @@ def chromium(
         driver.profile = home
         return driver
     pytest.skip(f"Chromium did not start ({STARTS} tries):\n" + "\n".join(logs))
-
-
-STARTS = 3
-
-# How long ChromeDriver waits for Chromium to be ready, in seconds: it
-# starts in 1-3 s here, loaded or not; ChromeDriver's own default is 60.
-STARTUP_TIMEOUT = 20
 
 
 def _start(home: Path, width: int, height: int, downloads: Path | None) -> Any:
