@@ -195,6 +195,7 @@ def build_chat(
             reactor,
             fanout,
             connect=connect or partial(clientFromString, reactor),
+            leases=None if cluster is None else cluster.leases,
             **_given(jitter=jitter, new_uid=new_uid),
         )
         if cluster is not None:

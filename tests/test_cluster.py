@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from chat.build import Settings, build_chat
 from chat.cluster import (
     Cluster,
     ClusterPresence,
@@ -24,6 +25,7 @@ from chat.cluster import (
     new_node_id,
 )
 from chat.errors import StorageUnavailable
+from chat.federation import FederationSettings
 from chat.interfaces import IClusterConnection, IClusterStore, INotificationListener
 from chat.model import Message
 from chat.push import LocalFanout, Subscription
@@ -38,7 +40,7 @@ from chat.store.cluster import (
     presence_payloads,
 )
 from chat.store.memory import MemoryStore
-from tests.helpers import demo_users, no_result, result_of
+from tests.helpers import InlineHasher, demo_users, no_result, result_of
 
 
 def message(id: int, recipient: str = "henderson", **kw: Any) -> Message:
@@ -786,6 +788,21 @@ class FakeLeases:
 
     def queued(self, realm_id: str) -> None:
         self.queued_for.append(realm_id)
+
+
+def test_build_makes_federation_with_the_nodes_leases() -> None:
+    """With a shared store, build_chat makes the federation with this
+    node's link leases (nothing patches it afterwards), and the cluster
+    tells the federation of leases gained, lost and held."""
+    settings = Settings(federation=FederationSettings("realm-a"))
+    chat = build_chat(Clock(), FakeStore(), settings, InlineHasher())
+    cluster, federation = chat.cluster, chat.federation
+    assert cluster is not None and federation is not None
+    assert federation.leases is cluster.leases
+    assert cluster.leases.gained == federation.lease_gained
+    assert cluster.leases.lost == federation.lease_lost
+    assert cluster.leases.held == federation.wake
+    assert cluster.router.federation is federation
 
 
 def test_federation_runs_only_leased_links() -> None:

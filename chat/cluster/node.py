@@ -94,11 +94,11 @@ class Cluster:
 
     def serve_federation(self, federation: Federation) -> None:
         """
-        Let C{federation} deliver only the links whose lease this node
-        holds.
+        Tell C{federation} (made with this node's L{LinkLeases}, so that it
+        delivers only the links whose lease this node holds) when a lease is
+        gained, lost or held, and what other nodes say about its links.
         """
         self.router.federation = federation
-        federation.leases = self.leases
         self.leases.gained = federation.lease_gained
         self.leases.lost = federation.lease_lost
         self.leases.held = federation.wake
