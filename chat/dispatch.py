@@ -393,11 +393,16 @@ class Dispatcher(Handlers):
         return None
 
     def _inboxed(self, succeeded: bool, value: Any) -> None:
-        self._door.answer(
-            replies.inbox_json(value)
-            if succeeded
-            else error_reply(value, "inbox", self.peer)
-        )
+        if succeeded:
+            try:
+                reply = replies.inbox_json(value)
+            except Exception as e:
+                # Never the case for what the store holds; if it were, the
+                # client still gets its answer and the connection goes on.
+                reply = error_reply(e, "inbox", self.peer)
+        else:
+            reply = error_reply(value, "inbox", self.peer)
+        self._door.answer(reply)
 
     def _ack(self, parts: list[str], now: float) -> Reply:
         if len(parts) < 3:
