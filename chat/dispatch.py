@@ -296,7 +296,7 @@ class Dispatcher(Handlers):
                     self._tokens.clear()
                 self._tokens[token] = (live, avatar)
         if first:
-            self._door.logged_in()
+            self._door.logged_in(avatar.username)
         return avatar
 
     def _token_invalid(self, f: Failure) -> Failure:
@@ -554,7 +554,7 @@ class Dispatcher(Handlers):
         self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
         if first:
-            self._door.logged_in()
+            self._door.logged_in(command.username)
         self._auth_token = token
         return token
 
