@@ -99,7 +99,6 @@ class Door:
         "_deadline_at",
         "_deadline_slot",
         "_draining",
-        "_held",
         "_input_closed",
         "_last_active",
         "_last_write",
@@ -115,6 +114,7 @@ class Door:
         "_unsent",
         "address",
         "handler",
+        "held_output",
         "max_pipeline",
         "peer",
         "state",
@@ -139,9 +139,9 @@ class Door:
         self._throttle: IDelayedCall | None = None
         self._output_blocked = False
         self._unsent = 0
-        #: Bytes counted against the factory's output totals (see
+        #: Bytes counted against the factory's output totals (kept by
         #: L{chat.lines.ChatFactory.hold_output}) while output is blocked.
-        self._held = 0
+        self.held_output = 0
         self._last_write = 0
         #: The user the connection first acted as, for the per-user limits.
         self.user: str | None = None
@@ -262,6 +262,12 @@ class Door:
         self._input_closed = True
         self._queue.clear()
         self._lose(abort or self._output_blocked)
+
+    def abort(self) -> None:
+        """
+        Close the connection at once, dropping what it has not sent.
+        """
+        self._close(abort=True)
 
     def close_with_error(self, message: str, code: str) -> None:
         """

@@ -469,7 +469,7 @@ class ChatFactory(Factory):
         however many connections stop reading.
         """
         limits = self.limits
-        door._held += count
+        door.held_output += count
         self._holding.add(door)
         self.output_bytes += count
         user = door.user
@@ -483,7 +483,7 @@ class ChatFactory(Factory):
             self._drop_holder(self._holding, "in all", limits.max_output_total)
 
     def _drop_holder(self, doors: Any, scope: str, limit: int) -> None:
-        victim = max(doors, key=lambda d: d._held)
+        victim = max(doors, key=lambda d: d.held_output)
         self.log.warn(
             "Dropping connection from {peer}: over {limit} bytes unsent {scope}",
             peer=victim.peer,
@@ -491,16 +491,16 @@ class ChatFactory(Factory):
             scope=scope,
         )
         self.release_output(victim)
-        victim._close(abort=True)
+        victim.abort()
 
     def release_output(self, door: Door) -> None:
         """
         C{door}'s client took what it held, or is gone.
         """
-        held = door._held
+        held = door.held_output
         if not held:
             return
-        door._held = 0
+        door.held_output = 0
         self._holding.discard(door)
         self.output_bytes -= held
         user = door.user
