@@ -411,8 +411,9 @@ def check(description: str, stdout: TextIO) -> int:
     for problem in problems:
         print(problem, file=stdout)
     if problems:
+        count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
         raise ChatError(
-            f"{shown} is damaged ({len(problems)} problems, above): restore it "
+            f"{shown} is damaged ({count}, above): restore it "
             "from a backup (a SQLite file together with its -wal file)"
         )
     print(f"{shown}: ok", file=stdout)

@@ -296,7 +296,7 @@ class Dispatcher(Handlers):
                     self._tokens.clear()
                 self._tokens[token] = (live, avatar)
         if first:
-            self._door.logged_in()
+            self._door.logged_in(avatar.username)
         return avatar
 
     def _token_invalid(self, f: Failure) -> Failure:
@@ -393,11 +393,16 @@ class Dispatcher(Handlers):
         return None
 
     def _inboxed(self, succeeded: bool, value: Any) -> None:
-        self._door.answer(
-            replies.inbox_json(value)
-            if succeeded
-            else error_reply(value, "inbox", self.peer)
-        )
+        if succeeded:
+            try:
+                reply = replies.inbox_json(value)
+            except Exception as e:
+                # Never the case for what the store holds; if it were, the
+                # client still gets its answer and the connection goes on.
+                reply = error_reply(e, "inbox", self.peer)
+        else:
+            reply = error_reply(value, "inbox", self.peer)
+        self._door.answer(reply)
 
     def _ack(self, parts: list[str], now: float) -> Reply:
         if len(parts) < 3:
@@ -549,7 +554,7 @@ class Dispatcher(Handlers):
         self._logouts.setdefault(command.username, logout)
         token = await IChatUser(avatar).open_session()
         if first:
-            self._door.logged_in()
+            self._door.logged_in(command.username)
         self._auth_token = token
         return token
 

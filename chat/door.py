@@ -14,7 +14,10 @@ over), one at a time, writing each reply before the next line runs:
  - Backpressure: when the client stops reading and its transport's buffer
    fills, reading and running commands pause until it has read what was
    sent; if more than C{max_output} bytes (of pushed events) pile up
-   meanwhile anyway, the connection is dropped.
+   meanwhile anyway, the connection is dropped. What all such clients
+   hold together, and the connections of one user, is bounded too
+   (C{max_output_total}, C{max_output_per_user}): past either, the
+   connection holding the most is dropped.
  - The command rate: beyond it, reading pauses.
  - Deadlines (one slot in the factory's L{chat.limits.Deadlines}): a line
    in progress must keep arriving (C{line_timeout}: slowloris), and, if
@@ -98,6 +101,7 @@ class Door:
         "_draining",
         "_input_closed",
         "_last_active",
+        "_last_write",
         "_login_paused",
         "_max_line",
         "_output_blocked",
@@ -110,9 +114,11 @@ class Door:
         "_unsent",
         "address",
         "handler",
+        "held_output",
         "max_pipeline",
         "peer",
         "state",
+        "user",
     )
 
     def __init__(self, max_line: int, max_pipeline: int = 64) -> None:
@@ -133,6 +139,12 @@ class Door:
         self._throttle: IDelayedCall | None = None
         self._output_blocked = False
         self._unsent = 0
+        #: Bytes counted against the factory's output totals (kept by
+        #: L{chat.lines.ChatFactory.hold_output}) while output is blocked.
+        self.held_output = 0
+        self._last_write = 0
+        #: The user the connection first acted as, for the per-user limits.
+        self.user: str | None = None
         self._rate_tokens = 0.0
         self._rate_at = 0.0
         self._last_active = 0.0
@@ -199,9 +211,12 @@ class Door:
         if self._deadline_at is not None:
             factory.deadlines.remove(self, self._deadline_slot)
             self._deadline_at = None
+        factory.release_output(self)
         factory.release(self)
 
-    def logged_in(self) -> None:
+    def logged_in(self, username: str | None = None) -> None:
+        if self.user is None:
+            self.user = username
         if self.state is State.NEW:
             self.state = State.ACTIVE
             factory = self.factory
@@ -247,6 +262,12 @@ class Door:
         self._input_closed = True
         self._queue.clear()
         self._lose(abort or self._output_blocked)
+
+    def abort(self) -> None:
+        """
+        Close the connection at once, dropping what it has not sent.
+        """
+        self._close(abort=True)
 
     def close_with_error(self, message: str, code: str) -> None:
         """
@@ -345,10 +366,15 @@ class Door:
         self._output_blocked = True
         self._unsent = 0
         self._pause_reading(OUTPUT)
+        if self.state in (State.NEW, State.ACTIVE):
+            # What the client has not taken: about the write that filled
+            # the transport's buffer (a reply may be megabytes).
+            self.factory.hold_output(self, self._last_write)
 
     def resumeProducing(self) -> None:
         self._output_blocked = False
         self._unsent = 0
+        self.factory.release_output(self)
         self._resume_reading(OUTPUT)
         self._drain()
 
@@ -518,6 +544,10 @@ class Door:
                 )
                 self._close(abort=True)
                 return
+            self._emit(data)
+            self.factory.hold_output(self, len(data))
+            return
+        self._last_write = len(data)
         self._emit(data)
 
     # IChatClient: events for a subscribed connection.

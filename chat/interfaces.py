@@ -366,10 +366,10 @@ class IDoor(IChatClient):
         unanswered.
         """
 
-    def logged_in() -> None:
+    def logged_in(username: str | None = None) -> None:
         """
-        The connection proved who it is (a login or a valid token): the
-        login deadline gives way to the idle timeout.
+        The connection proved who it is (a login or a valid token, as
+        C{username}): the login deadline gives way to the idle timeout.
         """
 
     def close() -> None:

@@ -101,6 +101,10 @@ class Limits:
     @ivar max_connections_per_address: open connections per address.
     @ivar max_output: bytes of replies queued for a client that is not
         reading before it is disconnected.
+    @ivar max_output_total: bytes of replies and events held for clients
+        that are not reading, all connections together; past it, the
+        connection holding the most is dropped.
+    @ivar max_output_per_user: the same for the connections of one user.
     @ivar max_mailbox: undelivered messages stored per recipient.
     @ivar max_web_connections: open HTTP connections to the web client in
         total (a WebSocket, once open, counts as a chat connection instead).
@@ -118,6 +122,8 @@ class Limits:
     max_connections: int = 10_000
     max_connections_per_address: int = 1_000
     max_output: int = 1024 * 1024
+    max_output_total: int = 256 * 1024 * 1024
+    max_output_per_user: int = 32 * 1024 * 1024
     max_mailbox: int = DEFAULT_MAX_MAILBOX
     max_web_connections: int = 2_000
     max_web_connections_per_address: int = 500

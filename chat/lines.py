@@ -333,6 +333,11 @@ class ChatFactory(Factory):
         )
         self._new: dict[Door, float] = {}
         self._partial: dict[Door, int] = {}
+        #: Bytes of replies and events held for connections that are not
+        #: reading: in all, per user, and the connections holding them.
+        self.output_bytes = 0
+        self._output_by_user: dict[str, int] = {}
+        self._holding: set[Door] = set()
         #: Bytes of lines in progress held for connections not logged in.
         self.partial_bytes = 0
 
@@ -454,6 +459,58 @@ class ChatFactory(Factory):
         """
         self._forget_new(door)
         self.connections.release(door.address)
+
+    def hold_output(self, door: Door, count: int) -> None:
+        """
+        C{door}'s client, which is not reading, holds C{count} more bytes
+        of replies or events. Past C{max_output_total} in all, or
+        C{max_output_per_user} for its user, the connection holding the
+        most (of all, or of that user's) is dropped: memory stays bounded
+        however many connections stop reading.
+        """
+        limits = self.limits
+        door.held_output += count
+        self._holding.add(door)
+        self.output_bytes += count
+        user = door.user
+        if user is not None:
+            by_user = self._output_by_user
+            by_user[user] = held = by_user.get(user, 0) + count
+            if held > limits.max_output_per_user:
+                mine = [d for d in self._holding if d.user == user]
+                self._drop_holder(mine, "for its user", limits.max_output_per_user)
+        if self.output_bytes > limits.max_output_total:
+            self._drop_holder(self._holding, "in all", limits.max_output_total)
+
+    def _drop_holder(self, doors: Any, scope: str, limit: int) -> None:
+        victim = max(doors, key=lambda d: d.held_output)
+        self.log.warn(
+            "Dropping connection from {peer}: over {limit} bytes unsent {scope}",
+            peer=victim.peer,
+            limit=limit,
+            scope=scope,
+        )
+        self.release_output(victim)
+        victim.abort()
+
+    def release_output(self, door: Door) -> None:
+        """
+        C{door}'s client took what it held, or is gone.
+        """
+        held = door.held_output
+        if not held:
+            return
+        door.held_output = 0
+        self._holding.discard(door)
+        self.output_bytes -= held
+        user = door.user
+        if user is not None:
+            by_user = self._output_by_user
+            left = by_user.get(user, 0) - held
+            if left > 0:
+                by_user[user] = left
+            else:
+                by_user.pop(user, None)
 
     def keep_partial(self, door: Door, count: int) -> bool:
         """

@@ -102,13 +102,25 @@ def encode(reply: dict[str, object]) -> bytes:
 
 _ISO_SECONDS: dict[int, str] = {}
 
+#: The first and the last millisecond a datetime holds, as POSIX times.
+_EARLIEST = datetime(1, 1, 1, tzinfo=timezone.utc).timestamp()
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp()
+
 
 def iso_utc(when: float) -> str:
     """
     Format a POSIX timestamp as ISO-8601 UTC with millisecond precision
     (C{2026-12-02T04:17:55.123Z}), as C{datetime.isoformat} does: the
     microseconds rounded, then cut to milliseconds.
+
+    Any float is formatted, so that a reply carrying messages can always
+    be built once the store has handed them out (and marked them
+    delivered): a time past what a datetime holds (a row written before
+    links were validated, a clock gone wrong) is shown as the nearest
+    time it holds, and NaN as the epoch.
     """
+    if not _EARLIEST <= when <= _LATEST:
+        when = 0.0 if when != when else min(max(when, _EARLIEST), _LATEST)
     fraction, whole = math.modf(when)
     micros = round(fraction * 1_000_000)
     if micros < 0 or whole < 0:

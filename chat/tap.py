@@ -336,6 +336,20 @@ class Options(ChatOptions):
             "them before it is disconnected (64k, 1M, ...).",
         ],
         [
+            "max-output-total",
+            None,
+            "256M",
+            "Bytes of replies and events held for all the clients that are "
+            "not reading, together; past it, the connection holding the most "
+            "is disconnected.",
+        ],
+        [
+            "max-output-per-user",
+            None,
+            "32M",
+            "The same for the connections of one user.",
+        ],
+        [
             "max-mailbox",
             None,
             str(_DEFAULTS.max_mailbox),
@@ -551,6 +565,8 @@ class Options(ChatOptions):
         "max-connections": positive_int,
         "max-connections-per-address": positive_int,
         "max-output": size,
+        "max-output-total": size,
+        "max-output-per-user": size,
         "max-mailbox": positive_int,
         "max-unread-per-sender": positive_int,
         "max-files-per-user": positive_int,
@@ -751,6 +767,8 @@ def limits_from(options: Options) -> Limits:
         max_connections=options["max-connections"],
         max_connections_per_address=options["max-connections-per-address"],
         max_output=options["max-output"],
+        max_output_total=options["max-output-total"],
+        max_output_per_user=options["max-output-per-user"],
         max_mailbox=options["max-mailbox"],
         max_web_connections=options["max-web-connections"],
         max_web_connections_per_address=options["max-web-connections-per-address"],

@@ -527,6 +527,73 @@ def test_too_many_events_disconnect_a_client_that_does_not_read() -> None:
     assert [s.delivered_at for s in server.store.messages] == [None] * sent
 
 
+def _not_reading(server: Server, port: int, username: str | None = None) -> Any:
+    """
+    A client that logs in (as C{username}, if given), asks for a reply of
+    about 3000 bytes and does not read it: its transport.
+    """
+    from twisted.internet.address import IPv4Address
+
+    address = IPv4Address("TCP", "127.0.0.1", port)
+    protocol = server.factory.buildProtocol(address)
+    transport = BufferedTransport(100, peerAddress=address)
+    protocol.makeConnection(transport)
+    client = Connection(protocol, transport)
+    if username is not None:
+        client.login(username)
+        transport.read_all()
+    client.send(f"ping {'p' * 3000}\r\n".encode())
+    assert transport.producer_paused
+    return transport
+
+
+def test_output_held_for_all_clients_not_reading_is_bounded() -> None:
+    """Clients that do not read hold at most max_output_total bytes of
+    replies together: past it, the connection holding the most is dropped,
+    whoever they are; what a client reads is no longer counted."""
+    server = limited(max_output_total=10_000)
+    factory = server.factory
+    held = [_not_reading(server, 50000 + i) for i in range(3)]
+    assert not any(t.aborted for t in held)
+    assert 9000 <= factory.output_bytes <= 10_000
+    fourth = _not_reading(server, 50010)
+    assert [t.aborted for t in [*held, fourth]].count(True) == 1
+    assert factory.output_bytes <= 10_000
+    for transport in [*held, fourth]:
+        if not transport.aborted:
+            transport.read_all()
+    assert factory.output_bytes == 0
+
+
+def test_output_held_for_one_user_is_bounded() -> None:
+    """The connections of one user that do not read hold at most
+    max_output_per_user bytes together; another user's are not touched."""
+    server = limited(max_output_per_user=7000)
+    henderson = _not_reading(server, 50100, "henderson")
+    first = _not_reading(server, 50101, "messi")
+    second = _not_reading(server, 50102, "messi")
+    assert not (first.aborted or second.aborted)
+    third = _not_reading(server, 50103, "messi")
+    assert [first.aborted, second.aborted, third.aborted].count(True) == 1
+    assert not henderson.aborted
+
+
+def test_output_limits_are_options() -> None:
+    """--max-output-total and --max-output-per-user: sizes, with defaults
+    no classroom reaches."""
+    from chat.tap import Options, limits_from
+
+    options = Options()
+    options.parseOptions([])
+    limits = limits_from(options)
+    assert limits.max_output_total == 256 * 1024 * 1024
+    assert limits.max_output_per_user == 32 * 1024 * 1024
+    options = Options()
+    options.parseOptions(["--max-output-total", "64M", "--max-output-per-user", "8M"])
+    limits = limits_from(options)
+    assert (limits.max_output_total, limits.max_output_per_user) == (64 << 20, 8 << 20)
+
+
 def test_timeout_while_client_not_reading_aborts() -> None:
     """A timeout on a connection whose client is not reading aborts it at once."""
     server = limited(login_timeout=30)

@@ -44,6 +44,30 @@ def test_huge_message_id_is_refused_by_the_parser() -> None:
     assert client.request(f"send {token} henderson still fine")["status"] == "OK"
 
 
+def test_a_stored_time_no_datetime_holds_still_reaches_the_inbox() -> None:
+    """A message whose stored time a datetime cannot hold (a link's
+    sent_at of 4e12, stored before links were validated) is still
+    formatted: the inbox that took it out of the mailbox answers with
+    every message, and the connection goes on."""
+    server = Server()
+    store = server.store
+    store.store_message_then("messi", "henderson", "local", 1764037200.0, _ignore)
+    store.store_message_then("messi", "henderson", "far", 4e12, _ignore)
+    store.store_message_then("messi", "henderson", "nan", math.nan, _ignore)
+    client = server.connect()
+    token = client.login("henderson")
+    reply = client.request(f"inbox {token}")
+    messages = reply["messages"]["messi"]
+    assert [m["msg"] for m in messages] == ["local", "far", "nan"]
+    assert messages[1]["sent_at"].startswith("9999-12-31T23:59:59.")
+    assert messages[2]["sent_at"] == "1970-01-01T00:00:00.000Z"
+    assert client.request("ping")["message"] == "PONG"
+
+
+def _ignore(succeeded: bool, value: object) -> None:
+    assert succeeded, value
+
+
 # Half-close.
 
 
