@@ -80,6 +80,9 @@ Other realms (linked chat servers; see chat.federation)::
     sendgrouprealm <token> <realm> <user>,<user>,... <text...>
                                   {"status":"OK",
                                    "message":"Message Sent to Group in Realm"}
+    sendfilerealm <token> <realm> <user>,... <file name...> <content>
+                                  refused: realm_files_unsupported (realm
+                                  links carry no files)
     getrealminbox <token> <realm> {"status":"OK",
                                    "messages":{"<user>@<realm>":[<msg>, ...]}}
     addrealm [<token>] <realm> <host> <port>
@@ -136,6 +139,7 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     Realm sudah ada           realm_exists       addrealm: the realm is linked already
     realm queue full          realm_queue_full   too many messages wait for that realm
     not an administrator      not_admin          addrealm by a user who is not one
+    files are not sent to other realms  realm_files_unsupported  sendfilerealm
     realm authentication failed  realm_auth_failed  then the server closes the link
     mailbox full              mailbox_full       send: the recipient's mailbox is full
     too many unread messages from you  unread_limit  send: too many of yours
@@ -679,6 +683,33 @@ class SendGroupRealm(Command):
         if not names:
             raise MissingArgument()
         return cls(token, realm_id, names, text)
+
+
+@verb("sendfilerealm")
+@attrs.frozen
+class SendFileRealm(Command):
+    """
+    The course family's file for users of another realm (also spelled
+    C{sendprivatefilerealm} and C{sendgroupfilerealm}, L{chat.aliases}):
+    its arguments are read as C{sendfile}'s after the realm, and it is then
+    refused, because realm links carry messages, not files.
+    """
+
+    token: str = attrs.field(repr=False)
+    realm_id: str
+    recipients: tuple[str, ...]
+    file_name: str
+    content: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def from_arguments(cls, rest: str) -> SendFileRealm:
+        (token, realm_id, recipients), file_name, content = words_name_and_content(
+            rest, 3
+        )
+        names = tuple(name for name in recipients.split(",") if name)
+        if not names:
+            raise MissingArgument()
+        return cls(token, realm_id, names, *file_name_and_content(file_name, content))
 
 
 @verb("getrealminbox")

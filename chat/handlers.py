@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, fail
 
 from chat import commands, compat, replies
 from chat.errors import (
+    RealmFilesUnsupported,
     RealmLinkOnly,
     RealmNotAuthenticated,
     RealmsDisabled,
@@ -231,6 +232,12 @@ class Handlers:
         return d.addCallback(
             lambda _: dumps(ok(message="Message Sent to Group in Realm"))
         )
+
+    def do_sendfilerealm(self, command: commands.SendFileRealm) -> Deferred[bytes]:
+        def refuse(avatar: object) -> bytes:
+            raise RealmFilesUnsupported(command.realm_id)
+
+        return self._with_avatar(command.token).addCallback(refuse)
 
     def do_getrealminbox(self, command: commands.GetRealmInbox) -> Deferred[bytes]:
         d = self._with_avatar(command.token)

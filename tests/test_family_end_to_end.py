@@ -127,6 +127,10 @@ def test_family_spellings_against_twistd(server: TwistdChat) -> None:
     # Another realm's inbox, by its other name (no link here: the error).
     missing = messi.sendstring(f"inboxrealm {m} realm-x \r\n")
     assert missing["message"] == "Realm Tidak Ditemukan"
+    # Files to another realm: refused with a reason, not as unknown words.
+    for verb in ("sendfilerealm", "sendprivatefilerealm", "sendgroupfilerealm"):
+        line = f"{verb} {m} realm-x henderson /tmp/hi.txt {_file(b'hi')} \r\n"
+        assert messi.sendstring(line)["code"] == "realm_files_unsupported"
 
     _ok(budi, f"logout {token}\r\n")
     for client in (budi, messi, henderson, stranger):

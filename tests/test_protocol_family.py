@@ -176,6 +176,60 @@ def test_inboxrealm_is_getrealminbox() -> None:
     assert unknown["message"] == "Realm Tidak Ditemukan"
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        # As the family's clients format them: the content as b'...'.
+        "sendfilerealm {t} realm-b henderson /home/me/hi.txt b'aGk='\r\n",
+        "sendprivatefilerealm {t} realm-b henderson hi.txt b'aGk=' \r\n",
+        "sendgroupfilerealm {t} realm-b henderson,lineker hi.txt b'aGk='\r\n",
+    ],
+)
+def test_files_to_other_realms_are_refused_with_a_reason(line: str) -> None:
+    """sendfilerealm and kin are known words: a logged-in sender is told
+    that files do not go to other realms (nothing is queued), not that the
+    command is unknown; without a session or arguments, sendfile's errors."""
+    realms = Realms()
+    client, token = realms.login("realm-a", "messi")
+    reply = _exact(client, line.format(t=token).encode())
+    assert reply == {
+        "status": "ERROR",
+        "message": "files are not sent to other realms",
+        "code": "realm_files_unsupported",
+    }
+    anonymous = _exact(realms["realm-a"].connect(), line.format(t="x").encode())
+    assert anonymous["code"] == "no_session"
+    verb = line.split()[0]
+    missing = client.request(f"{verb} {token} realm-b henderson hi.txt")
+    assert missing["code"] == "missing_argument"
+    realms.settle()
+    henderson, other = realms.login("realm-b", "henderson")
+    assert henderson.request(f"inbox {other}")["messages"] == {}
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_what_makes_the_family_unsafe_is_not_copied(logged_in: bool) -> None:
+    """Listing sessions (info, logininfo), presence for anyone
+    (getpresence), realm messages without a link (recv...) stay unknown
+    commands, logged in or not; addrealm needs an administrator."""
+    client = Realms()["realm-a"].connect()
+    token = client.login("messi") if logged_in else "x"
+    for line in [
+        "info",
+        "logininfo",
+        "getpresence",
+        "getpresence messi",
+        f"getpresence {token} messi",
+        "recvrealm messi henderson realm-b hi",
+        "recvfilerealm messi henderson realm-b hi.txt aGk=",
+        "recvgroupfilerealm messi henderson realm-b hi.txt aGk=",
+        "recvsendprivatefilerealm messi henderson realm-b hi.txt aGk=",
+    ]:
+        assert client.request(line)["code"] == "unknown_command", line
+    added = client.request(f"addrealm {token} realm-b 127.0.0.1 9")
+    assert added["code"] == ("not_admin" if logged_in else "no_session")
+
+
 def test_alias_words_are_case_insensitive() -> None:
     """An alias word, like any command word, may be in any case."""
     server = Server()
