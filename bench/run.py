@@ -1700,7 +1700,8 @@ def main(argv: list[str]) -> int:
         pgi = results["postgres"]
         settings = ", ".join(pgi["settings"]) or "defaults"
         print(f"PostgreSQL: {pgi['version']}, CPUs {pgi['cpus']}, settings {settings}")
-    print_closed(results["closed"], args)
+    if args.conns:  # --conns '' runs no closed loop (a login storm alone)
+        print_closed(results["closed"], args)
     commit = results.get("commit")
     if commit:
         print(

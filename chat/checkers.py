@@ -13,6 +13,7 @@ L{chat.realm.ChatUser}.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -33,13 +34,16 @@ from chat.store.interfaces import IUserStore
 @attrs.frozen
 class PasswordCredentials:
     """
-    Credentials of C{auth}: a username and password, and the client address
-    they came from (hashes are computed in turns across addresses).
+    Credentials of C{auth}: a username and password, the client address
+    they came from (hashes are computed in turns across addresses), and
+    what may still refuse them when their hash's turn comes (C{admit}: the
+    failure limits, which earlier attempts may have used up meanwhile).
     """
 
     username: str
     password: str = attrs.field(repr=False)
     address: str = ""
+    admit: Callable[[], None] | None = attrs.field(default=None, repr=False, eq=False)
 
     def checkPassword(self, password: bytes) -> bool:
         return hmac.compare_digest(
@@ -68,6 +72,7 @@ class StoreChecker:
         username = _text(credentials.username)
         password = _text(credentials.password)
         address = getattr(credentials, "address", "")
+        admit = getattr(credentials, "admit", None)
 
         def unknown(f: Failure) -> VerifiedPassword:
             f.trap(NoSuchUser)
@@ -82,7 +87,7 @@ class StoreChecker:
                 rehash = Rehash(user.password_hash, result.new_hash)
                 return VerifiedPassword(user.username, rehash)
 
-            d = self.hasher.check(user.password_hash, password, address)
+            d = self.hasher.check(user.password_hash, password, address, admit)
             return d.addCallback(checked)
 
         return self.store.get_user(username).addCallbacks(check, unknown)

@@ -510,19 +510,25 @@ class Dispatcher(Handlers):
         Log in with a username and password, and open a session: its token.
         """
         failures = self._frontend.failures
-        try:
-            # Before hashing: a refused attempt costs no KDF.
-            failures.check_login(command.username, self._address)
-        except RateLimited:
-            if debugging():
-                self.log.debug(
-                    "Refused login for {user} from {peer}: too many failures",
-                    user=unverified_name(command.username),
-                    peer=self.peer,
-                )
-            raise
+
+        def admit() -> None:
+            try:
+                failures.check_login(command.username, self._address)
+            except RateLimited:
+                if debugging():
+                    self.log.debug(
+                        "Refused login for {user} from {peer}: too many failures",
+                        user=unverified_name(command.username),
+                        peer=self.peer,
+                    )
+                raise
+
+        # Before hashing: a refused attempt costs no KDF. Checked again when
+        # the hasher comes to it, since attempts queued before it may have
+        # failed meanwhile (a burst of guesses on many connections).
+        admit()
         credentials = PasswordCredentials(
-            command.username, command.password, self._address
+            command.username, command.password, self._address, admit
         )
         door = self._door
         # Waiting for the password hasher is the server's time, not the

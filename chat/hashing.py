@@ -17,7 +17,10 @@ the default parameters). So:
    address, and the addresses take turns, so one address cannot starve the
    others. Past C{max_queued} waiting requests, a request fails at once
    with L{chat.errors.ServerBusy}, saying how long the queue will take,
-   instead of waiting for minutes.
+   instead of waiting for minutes. A request may carry an C{admit} check
+   (the failure limits of its login), run again when its turn comes, just
+   before it is hashed: attempts that waited behind others' failures are
+   refused then, without hashing.
  - A verify that matches a hash made with other parameters also hashes the
    password again with the configured ones, in the same turn
    (L{chat.model.PasswordCheck}), so that changing the options migrates
@@ -284,7 +287,9 @@ class FairQueue(Generic[T]):
 #: Runs a function somewhere else (a worker thread): C{run(f, *args)}
 #: fires with C{f(*args)}.
 Runner = Callable[..., "Deferred[Any]"]
-_Job = tuple[Callable[..., Any], tuple[Any, ...], "Deferred[Any]"]
+#: Raises if a request may no longer be hashed (L{Argon2Hasher.check}).
+Admit = Callable[[], None]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "Deferred[Any]", Admit | None]
 
 
 @implementer(IPasswordHasher)
@@ -355,7 +360,7 @@ class Argon2Hasher:
         """
         self._stopped = True
         while self._queue:
-            _, _, d = self._queue.pop()
+            _, _, d, _ = self._queue.pop()
             d.errback(ServerBusy(1.0))
         if self._pool is not None:
             self._pool.stop()
@@ -380,13 +385,21 @@ class Argon2Hasher:
         return self._submit(key, self._hasher.hash, password)
 
     def check(
-        self, password_hash: str, password: str, key: str = ""
+        self,
+        password_hash: str,
+        password: str,
+        key: str = "",
+        admit: Admit | None = None,
     ) -> Deferred[PasswordCheck]:
-        return self._submit(key, check_password, self._hasher, password_hash, password)
+        return self._submit(
+            key, check_password, self._hasher, password_hash, password, admit=admit
+        )
 
     # The queue.
 
-    def _submit(self, key: str, f: Callable[..., T], *args: Any) -> Deferred[T]:
+    def _submit(
+        self, key: str, f: Callable[..., T], *args: Any, admit: Admit | None = None
+    ) -> Deferred[T]:
         if self._stopped:
             return fail(ServerBusy(1.0))
         if len(self._queue) >= self.max_queued:
@@ -398,7 +411,7 @@ class Argon2Hasher:
             )
             self._refused = 0
         d: Deferred[T] = Deferred()
-        self._queue.push(key, (f, args, d))
+        self._queue.push(key, (f, args, d, admit))
         self._dispatch()
         return d
 
@@ -420,22 +433,34 @@ class Argon2Hasher:
         if self._dispatching:
             return
         self._dispatching = True
+        refused: list[tuple[Deferred[Any], Failure]] = []
         try:
             while self.running < self.threads and self._queue:
-                f, args, d = self._queue.pop()
+                f, args, d, admit = self._queue.pop()
+                if admit is not None:
+                    try:
+                        admit()
+                    except Exception:
+                        refused.append((d, Failure()))
+                        continue
                 self.running += 1
                 started = self._clock.seconds()
                 self._runner(f, *args).addBoth(self._finished, d, started)
         finally:
             self._dispatching = False
+        for d, failure in refused:
+            d.errback(failure)
 
     def _finished(self, result: object, d: Deferred[Any], started: float) -> None:
         self.running -= 1
         elapsed = self._clock.seconds() - started
         self.seconds_per_hash += _SMOOTHING * (elapsed - self.seconds_per_hash)
-        # The worker takes the next request before this one's callbacks run.
-        self._dispatch()
+        # This request's callbacks run before the worker takes the next one:
+        # a wrong password is charged to the failure limits first, which
+        # the next request's admit check then sees. (They take microseconds;
+        # a hash, milliseconds.)
         if isinstance(result, Failure):
             d.errback(result)
         else:
             d.callback(result)
+        self._dispatch()

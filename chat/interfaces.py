@@ -480,10 +480,16 @@ class IPasswordHasher(Interface):
         """
 
     def check(
-        password_hash: str, password: str, key: str = ""
+        password_hash: str,
+        password: str,
+        key: str = "",
+        admit: Callable[[], None] | None = None,
     ) -> Deferred[PasswordCheck]:
         """
         @param key: who asks (a client address).
+        @param admit: called when the request's turn comes, just before the
+            password is hashed; if it raises, the request fails with that
+            (the failure limits, checked again after a wait).
         @return: fires with whether C{password} matches C{password_hash},
             and a new hash of it if that one has other parameters than the
             hasher's (L{PasswordCheck}).

@@ -48,8 +48,17 @@ class InlineHasher:
         return succeed(FAST_ARGON2.hash(password))
 
     def check(
-        self, password_hash: str, password: str, key: str = ""
+        self,
+        password_hash: str,
+        password: str,
+        key: str = "",
+        admit: Callable[[], None] | None = None,
     ) -> Deferred[PasswordCheck]:
+        if admit is not None:
+            try:
+                admit()
+            except Exception as e:
+                return fail(e)
         return succeed(check_password(FAST_ARGON2, password_hash, password))
 
 
@@ -91,17 +100,26 @@ def no_result(d: Deferred[Any]) -> None:
 
 class CountingHasher(InlineHasher):
     """
-    An L{InlineHasher} that counts the passwords it verifies.
+    An L{InlineHasher} that counts the passwords it verifies (not those
+    its C{admit} check refuses).
     """
 
     def __init__(self) -> None:
         self.verified = 0
 
     def check(
-        self, password_hash: str, password: str, key: str = ""
+        self,
+        password_hash: str,
+        password: str,
+        key: str = "",
+        admit: Callable[[], None] | None = None,
     ) -> Deferred[PasswordCheck]:
-        self.verified += 1
-        return super().check(password_hash, password, key)
+        def counted() -> None:
+            if admit is not None:
+                admit()
+            self.verified += 1
+
+        return super().check(password_hash, password, key, counted)
 
 
 class FaultyStore:

@@ -687,6 +687,34 @@ def test_brute_force_is_limited_and_cheap(chat: Callable[..., TwistdChat]) -> No
     )
 
 
+def test_a_burst_of_guesses_is_limited_before_hashing(
+    chat: Callable[..., TwistdChat],
+) -> None:
+    """Guesses sent at once on many connections wait for the hasher together;
+    each is checked against the failure limits again when its turn comes,
+    so no more are hashed than the limit allows (plus one per thread)."""
+    server = chat(
+        "--login-failures-per-user",
+        "5/1h",
+        "--login-failures-per-address",
+        "20/1h",
+        "--hash-concurrency",
+        "2",
+    )
+    port = server.start()
+    server.wait_ready()
+    clients = [LineClient(port, source="127.0.8.1") for _ in range(100)]
+    for i, client in enumerate(clients):
+        client.write(f"auth messi guess{i}")
+    codes = collections.Counter(str(c.read().get("code")) for c in clients)
+    for client in clients:
+        client.close()
+    assert codes["wrong_password"] + codes["rate_limited"] == len(clients)
+    assert 5 <= codes["wrong_password"] <= 5 + 2
+    assert server.log_text().count("Failed login for messi") == codes["wrong_password"]
+    report("guess burst", sent=len(clients), hashed=codes["wrong_password"])
+
+
 def test_client_that_never_reads(chat: Callable[..., TwistdChat]) -> None:
     """A client that pipelines without reading pauses its input; nothing is lost."""
     server = chat()

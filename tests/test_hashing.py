@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from chat.errors import ServerBusy
+from chat.errors import RateLimited, ServerBusy
 from chat.hashing import (
     INITIAL_SECONDS_PER_HASH,
     Argon2Hasher,
@@ -26,7 +26,7 @@ from chat.hashing import (
     check_password,
     usable_cpus,
 )
-from chat.limits import Limits
+from chat.limits import Limits, Rate
 from chat.model import PasswordCheck
 from tests.helpers import FAST_ARGON2, FAST_PARAMETERS, Server, failure_of, result_of
 
@@ -224,6 +224,34 @@ def test_refusals_are_logged_once_per_episode() -> None:
     assert not any("p0" in repr(e) or "p1" in repr(e) for e in observer)
 
 
+def test_a_request_refused_when_its_turn_comes_is_not_hashed() -> None:
+    """A request's admit check runs when its turn comes; if it raises, the
+    request fails with that, unhashed, and the next one takes its place."""
+    hasher, runner, _ = held_hasher(threads=1)
+    checked: list[str] = []
+
+    def admit(name: str, allowed: bool) -> Callable[[], None]:
+        def check() -> None:
+            checked.append(name)
+            if not allowed:
+                raise RateLimited(7.0)
+
+        return check
+
+    stored = FAST_ARGON2.hash("p")
+    first = hasher.check(stored, "p", "10.0.0.1", admit("first", True))
+    refused = hasher.check(stored, "p", "10.0.0.1", admit("refused", False))
+    third = hasher.check(stored, "p", "10.0.0.1", admit("third", True))
+    assert checked == ["first"]
+    runner.finish()
+    assert checked == ["first", "refused", "third"]
+    assert failure_of(refused, RateLimited).value.retry_after == 7.0
+    assert len(runner.running) == 1
+    runner.finish()
+    assert result_of(first).matches and result_of(third).matches
+    assert (hasher.running, hasher.waiting) == (0, 0)
+
+
 def test_stop_refuses_what_waits() -> None:
     """Stopping fails the waiting requests and new ones with ServerBusy."""
     hasher, runner, _ = held_hasher(threads=1)
@@ -378,3 +406,34 @@ def test_a_successful_login_after_a_wait_has_no_login_deadline() -> None:
     server.clock.advance(3600)
     assert not client.closed
     assert client.request(f"inbox {token}")["status"] == "OK"
+
+
+def test_failure_limits_are_checked_again_before_hashing() -> None:
+    """Guesses sent at once on many connections are checked against the
+    failure limits again when the hasher comes to them: once the earlier
+    ones have used up the limit, the rest are refused without hashing."""
+    clock = Clock()
+    runner = HeldRunner()
+    hasher = Argon2Hasher(
+        clock,  # type: ignore[arg-type]
+        FAST_PARAMETERS,
+        threads=1,
+        runner=runner,
+    )
+    limits = Limits(login_failures_per_user=Rate(2, 60))
+    server = Server(clock=clock, hasher=hasher, limits=limits)
+    runner_calls = 0
+    clients = [server.connect() for _ in range(5)]
+    for i, client in enumerate(clients):
+        client.send(f"auth messi guess{i}\r\n".encode())
+    while runner.running:
+        runner_calls += 1
+        runner.finish()
+    codes = [client.replies()[0]["code"] for client in clients]
+    assert codes == ["wrong_password"] * 2 + ["rate_limited"] * 3
+    assert runner_calls == 2
+    # Another address, which has not failed for messi, still gets in.
+    other = server.connect("10.9.8.7")
+    other.send(b"auth messi surabaya\r\n")
+    runner.finish()
+    assert other.replies()[0]["status"] == "OK"
