@@ -54,6 +54,7 @@ from zope.interface import implementer
 from chat import commands, compat, replies
 from chat.checkers import PasswordCredentials, SessionToken
 from chat.errors import (
+    ClientGone,
     RateLimited,
     RegistrationClosed,
     SessionNotFound,
@@ -159,6 +160,7 @@ class Dispatcher(Handlers):
         "_host",
         "_links",
         "_logouts",
+        "_lost",
         "_sessions",
         "_subscription",
         "_tokens",
@@ -191,6 +193,7 @@ class Dispatcher(Handlers):
         self._logouts: dict[str, Callable[[], None]] = {}
         self._subscription: tuple[Any, Any] | None = None
         self._auth_token: str | None = None
+        self._lost = False
 
     @property
     def listening(self) -> bool:
@@ -204,6 +207,7 @@ class Dispatcher(Handlers):
         """
         The connection is gone: end its subscription and its logins.
         """
+        self._lost = True
         self._unsubscribe()
         self._tokens.clear()
         logouts, self._logouts = self._logouts, {}
@@ -512,6 +516,10 @@ class Dispatcher(Handlers):
         failures = self._frontend.failures
 
         def admit() -> None:
+            if self._lost:
+                # Nobody is waiting for this login any more: no hash for
+                # it (a storm's clients that gave up cost nothing).
+                raise ClientGone()
             try:
                 failures.check_login(command.username, self._address)
             except RateLimited:

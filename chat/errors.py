@@ -233,6 +233,13 @@ class ServerBusy(ChatError):
         self.retry_after = retry_after
 
 
+class ClientGone(ChatError):
+    """
+    The connection that asked closed before the work for it started, so
+    the work was not done (a queued login is not hashed).
+    """
+
+
 class MailboxFull(ChatError):
     """
     The recipient already has as many undelivered messages as a mailbox

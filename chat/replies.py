@@ -26,6 +26,7 @@ from chat.errors import (
     AlreadyAMember,
     BadRealmMessage,
     CannotKickSelf,
+    ClientGone,
     FileTooLarge,
     ForgedSender,
     GroupExists,
@@ -287,6 +288,8 @@ ERRORS: dict[type[Exception], tuple[str, str]] = {
     MailboxFull: ("mailbox full", "mailbox_full"),
     TooManyUnread: ("too many unread messages from you", "unread_limit"),
     ServerBusy: ("server busy", "server_busy"),
+    # Answered to no one: the connection is closed.
+    ClientGone: ("connection closed", "closed"),
     # Other realms (chat.federation).
     NoSuchRealm: ("Realm Tidak Ditemukan", "no_such_realm"),
     RealmExists: ("Realm sudah ada", "realm_exists"),

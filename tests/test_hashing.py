@@ -437,3 +437,29 @@ def test_failure_limits_are_checked_again_before_hashing() -> None:
     other.send(b"auth messi surabaya\r\n")
     runner.finish()
     assert other.replies()[0]["status"] == "OK"
+
+
+def test_a_login_whose_connection_closed_is_not_hashed() -> None:
+    """A client that gives up while its auth waits for the hasher costs no
+    hash: when its turn comes it is skipped, and the next one runs."""
+    clock = Clock()
+    runner = HeldRunner()
+    hasher = Argon2Hasher(
+        clock,  # type: ignore[arg-type]
+        FAST_PARAMETERS,
+        threads=1,
+        runner=runner,
+    )
+    server = Server(clock=clock, hasher=hasher)
+    first, gone, last = (server.connect() for _ in range(3))
+    for client in (first, gone, last):
+        client.send(b"auth messi surabaya\r\n")
+    gone.lose()
+    hashed = 0
+    while runner.running:
+        hashed += 1
+        runner.finish()
+    assert hashed == 2
+    assert first.replies()[0]["status"] == "OK"
+    assert last.replies()[0]["status"] == "OK"
+    assert gone.replies() == []
