@@ -68,7 +68,12 @@ def run_node(arguments: list[str], stdin: str = "") -> subprocess.CompletedProce
 def test_javascript_unit_tests() -> None:
     """The web client's modules pass their unit tests on Node's test runner."""
     files = sorted(str(path.relative_to(ROOT)) for path in JS_TESTS.glob("*.test.js"))
-    assert {"tests/js/format.test.js", "tests/js/state.test.js"} <= set(files)
+    assert {
+        "tests/js/format.test.js",
+        "tests/js/screen.test.js",
+        "tests/js/sender.test.js",
+        "tests/js/state.test.js",
+    } <= set(files)
     result = run_node(["--test", *files])
     if result.returncode != 0:
         pytest.fail(

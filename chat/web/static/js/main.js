@@ -8,13 +8,17 @@
 // What the page knows lives in `session` (a Session of state.js, while
 // logged in) and in `page` (how the page is shown); the server's settings
 // and rules for names come in the page itself. Errors are told apart by
-// their code, never by their message.
+// their code, never by their message. screen.js draws the chat screen,
+// sender.js sends the user's messages; this module logs in, reads
+// history, and wires the page's events to them.
 
 import { Connection } from "./connection.js";
 import * as fmt from "./format.js";
 import { Rules } from "./rules.js";
+import { renderChat, renderConnState, renderConversationInfo, renderMe } from "./screen.js";
+import { Sender } from "./sender.js";
 import { Session } from "./state.js";
-import { avatar, renderList, renderMessages, toast } from "./view.js";
+import { toast } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -89,6 +93,17 @@ const page = {
   toTimer: null, // reads To once typing pauses
   reconcileTimers: new Map(), // by conversation: read own messages back
 };
+
+// Sends the session's outbox (sender.js).
+const sender = new Sender(connection, request, () => session, {
+  changed: scheduleRender,
+  sent: reconcileSoon,
+  gone: forget,
+  progress: (local) => {
+    const bar = ui.messageList.querySelector(`[data-local="${local.localId}"] progress`);
+    if (bar) bar.value = local.progress;
+  },
+});
 
 // Session storage.
 
@@ -232,14 +247,14 @@ function enterChat() {
   ui.login.hidden = true;
   ui.chat.hidden = false;
   ui.chat.dataset.view = "list";
-  renderMe();
+  renderMe(ui, session);
   const open = sessionStorage.getItem(OPEN);
   if (rules.isConversationKey(open)) openConversation(open, { focus: false });
   else closeConversation();
   connection.persistent = true;
   if (connection.connected) resume();
   else connection.start(true);
-  renderConnState();
+  page.retryTicker = renderConnState(ui, connection, page.retryTicker);
   scheduleRender();
 }
 
@@ -295,14 +310,14 @@ async function resume() {
     return;
   }
   if (session !== current) return;
-  renderMe();
+  renderMe(ui, session);
   scheduleRender();
   const unsure = [...current.chat.conversations.values()].filter((c) => c.isUnsure());
   for (const conversation of unsure) await loadNewest(conversation.key);
   for (const conversation of unsure) conversation.failUnsure("the connection was lost while sending");
   if (session !== current) return;
   if (current.active !== null) await loadNewest(current.active);
-  flushOutbox();
+  sender.flush();
   await loadPreviews();
 }
 
@@ -473,7 +488,7 @@ function onToInput() {
     const key = rules.conversationKey(ui.composeTo.value);
     if (key === null) {
       if (!ui.composeTo.value.trim()) closeConversation();
-      else renderConversationInfo();
+      else renderConversationInfo(ui, session, rules, groupAction);
       return;
     }
     if (key !== session.active) openConversation(key, { focus: false, fromInput: true });
@@ -532,7 +547,7 @@ function queueLocal(key, fields) {
   session.queue(key, fields);
   page.stickToBottom = true;
   scheduleRender();
-  flushOutbox();
+  sender.flush();
 }
 
 function sendText() {
@@ -571,67 +586,9 @@ function attachFiles(files) {
   }
 }
 
-async function flushOutbox() {
-  if (session === null || session.flushing) return;
-  const current = session;
-  const outbox = current.outbox;
-  current.flushing = true;
-  try {
-    while (outbox.length && connection.connected && session === current) {
-      const { key, local } = outbox[0];
-      local.status = "sending";
-      scheduleRender();
-      try {
-        await deliver(current.token, key, local);
-        local.status = "sent";
-        delete local.progress;
-        delete local.file;
-        reconcileSoon(key);
-      } catch (error) {
-        if (error.code === "connection_lost") {
-          // It may or may not have arrived: the next history read tells.
-          local.status = "unknown";
-          outbox.shift();
-          break;
-        }
-        local.status = "failed";
-        local.error =
-          error.code === "line_too_long" ? "too large for this server" : fmt.friendlyError(error).replace(/\.$/, "");
-        if ((error.code === "no_such_user" || error.code === "no_such_group") && session === current) forget(key);
-      }
-      outbox.shift();
-      scheduleRender();
-    }
-  } finally {
-    current.flushing = false;
-  }
-}
-
-async function deliver(token, key, local) {
-  const group = key.startsWith("#");
-  if (!local.file_name) {
-    await request(`${group ? "sendgroup" : "send"} ${token} ${key} ${local.msg}`);
-    return;
-  }
-  const content = await fmt.fileToBase64(local.file);
-  const line = `${group ? "sendgroupfile" : "sendfile"} ${token} ${key} ${local.file_name} ${content}`;
-  const total = line.length;
-  const reply = request(line);
-  const ticker = setInterval(() => {
-    local.progress = Math.max(0, Math.min(1, 1 - connection.buffered / total));
-    const bar = ui.messageList.querySelector(`[data-local="${local.localId}"] progress`);
-    if (bar) bar.value = local.progress;
-  }, 100);
-  try {
-    await reply;
-  } finally {
-    clearInterval(ticker);
-  }
-}
-
 function retry(local) {
   if (session === null) return;
-  if (session.retry(local)) flushOutbox();
+  if (session.retry(local)) sender.flush();
   scheduleRender();
 }
 
@@ -647,142 +604,14 @@ function scheduleRender() {
   }, 0);
 }
 
+// Draws the chat screen (screen.js) and keeps the unread counts for a reload.
 function render() {
   if (session === null) return;
-  const state = session.chat;
-  const active = session.active;
-  const total = state.unreadTotal();
-  document.title = total ? `(${total}) Chat` : "Chat";
-  sessionStorage.setItem(UNREAD, JSON.stringify(state.unreadSnapshot()));
-  renderList(ui.conversations, ui.conversationsEmpty, state, active);
-  renderPeople();
-  renderMe();
-  renderConversationInfo();
-  const conversation = active === null ? null : state.conversation(active);
-  ui.emptyState.hidden = conversation !== null && !conversation.isEmpty();
-  if (conversation === null) {
-    ui.emptyText.textContent = "Pick a conversation, or type a username or #group in To.";
-    ui.messageList.replaceChildren();
-    ui.historyStatus.textContent = "";
-    return;
-  }
-  const atBottom = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 80;
-  renderMessages(ui.messageList, conversation, state, retry);
-  if (conversation.isEmpty()) {
-    ui.emptyText.textContent = conversation.loading
-      ? "Loading…"
-      : conversation.error
-        ? ""
-        : `No messages with ${state.title(active)} yet. Say hello!`;
-  }
-  ui.historyStatus.textContent = conversation.loading && !conversation.isEmpty()
-    ? "Loading earlier messages…"
-    : conversation.loaded && !conversation.hasMore && !conversation.isEmpty()
-      ? "This is the beginning of the conversation."
-      : "";
-  if (page.stickToBottom || atBottom) {
-    ui.messages.scrollTop = ui.messages.scrollHeight;
+  sessionStorage.setItem(UNREAD, JSON.stringify(session.chat.unreadSnapshot()));
+  if (renderChat(ui, session, rules, page.stickToBottom, { onRetry: retry, onGroupAction: groupAction })) {
     page.stickToBottom = false;
     page.pinned = true;
   }
-}
-
-function renderMe() {
-  if (session === null) return;
-  const me = session.username;
-  const fullName = session.chat.fullNames.get(me) || me;
-  ui.meName.textContent = fullName;
-  ui.meUsername.textContent = `@${me}`;
-  const picture = avatar(me, fullName);
-  ui.meAvatar.className = picture.className + " small";
-  ui.meAvatar.textContent = picture.textContent;
-}
-
-function renderPeople() {
-  const state = session.chat;
-  const names = new Set([...state.fullNames.keys(), ...state.online.keys()]);
-  names.delete(state.me);
-  const options = [...names].sort().map((name) => {
-    const option = document.createElement("option");
-    option.value = name;
-    option.label = state.fullNames.get(name) || name;
-    return option;
-  });
-  for (const name of [...state.groups.keys()].sort()) {
-    const option = document.createElement("option");
-    option.value = `#${name}`;
-    options.push(option);
-  }
-  ui.people.replaceChildren(...options);
-}
-
-function actionButton(text, onClick) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "button small";
-  button.textContent = text;
-  button.addEventListener("click", onClick);
-  return button;
-}
-
-function renderConversationInfo() {
-  ui.convActions.replaceChildren();
-  const state = session.chat;
-  const active = session.active;
-  if (active === null) {
-    const typed = ui.composeTo.value.trim();
-    ui.convStatus.textContent = typed && rules.conversationKey(typed) === null ? "Not a valid username or #group" : "";
-    return;
-  }
-  const conversation = state.conversation(active);
-  const error = conversation.error;
-  if (conversation.isGroup) {
-    const name = conversation.name;
-    if (error === "no_such_group") {
-      ui.convStatus.textContent = `There is no group ${active} yet.`;
-      ui.convActions.append(actionButton(`Create ${active}`, () => groupAction("creategroup", name)));
-    } else if (conversation.member === false || error === "not_a_member") {
-      ui.convStatus.textContent = `You are not in ${active}.`;
-      ui.convActions.append(actionButton(`Join ${active}`, () => groupAction("joingroup", name)));
-    } else {
-      const count = conversation.members.length;
-      ui.convStatus.textContent = count ? `${count} member${count === 1 ? "" : "s"}` : "";
-      if (conversation.member) ui.convActions.append(actionButton("Leave", () => groupAction("leavegroup", name)));
-    }
-    return;
-  }
-  if (error === "no_such_user") {
-    ui.convStatus.textContent = `There is no user named ${active}.`;
-    return;
-  }
-  const fullName = state.fullNames.get(active);
-  const online = state.online.has(active);
-  ui.convStatus.replaceChildren();
-  if (fullName && fullName !== active) ui.convStatus.append(fullName, " · ");
-  const presence = document.createElement("span");
-  presence.className = online ? "online-text" : "offline-text";
-  presence.textContent = online ? "online" : "offline";
-  ui.convStatus.append(presence);
-}
-
-function renderConnState() {
-  const labels = { connected: "Online", connecting: "Connecting…", offline: "Offline" };
-  const status = connection.state;
-  ui.connState.dataset.state = status;
-  clearInterval(page.retryTicker);
-  if (status === "waiting") {
-    const tick = () => {
-      const seconds = Math.max(1, Math.ceil((connection.retryAt - Date.now()) / 1000));
-      ui.connText.textContent = `Offline · retry in ${seconds}s`;
-    };
-    tick();
-    page.retryTicker = setInterval(tick, 500);
-    ui.connState.title = "Not connected. Click to try again now.";
-  } else {
-    ui.connText.textContent = labels[status];
-    ui.connState.title = status === "connected" ? "Connected to the server" : "Connecting to the server";
-  }
-  ui.composeSend.title = status === "connected" ? "Send" : "Send (when connected again)";
 }
 
 // Wiring.
@@ -871,8 +700,8 @@ function bind() {
   });
   window.addEventListener("online", () => connection.retryNow());
   connection.addEventListener("state", () => {
-    renderConnState();
-    if (connection.connected) flushOutbox();
+    page.retryTicker = renderConnState(ui, connection, page.retryTicker);
+    if (connection.connected) sender.flush();
   });
   connection.addEventListener("open", () => {
     if (session !== null) resume();
