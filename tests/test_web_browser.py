@@ -130,6 +130,38 @@ def test_two_browsers_chat_live(alice: Page, bob: Page) -> None:
         assert len(page.texts(reply)) == 1
 
 
+def test_a_group_made_joined_and_left_in_the_header(alice: Page) -> None:
+    """A group's header offers what can be done with it: Create while it
+    does not exist, Leave for a member, and Create again once the last
+    member has left (the group is gone, so it cannot be joined)."""
+    alice.login("messi")
+    key = "#" + uuid.uuid4().hex[:12]
+    alice.open(key)
+
+    def header() -> tuple[str, list[str]]:
+        status = alice.driver.find_element("id", "conv-status").text
+        actions = alice.driver.find_element("id", "conv-actions")
+        buttons = actions.find_elements("css selector", "button")
+        return status, [button.text for button in buttons]
+
+    def click(label: str) -> None:
+        actions = alice.driver.find_element("id", "conv-actions")
+        for button in actions.find_elements("css selector", "button"):
+            if button.text == label:
+                button.click()
+                return
+        raise AssertionError(f"no {label!r} button in {header()!r}")
+
+    absent = (f"There is no group {key} yet.", [f"Create {key}"])
+    wait_until(lambda: header() == absent, what="the header offers Create")
+    click(f"Create {key}")
+    wait_until(
+        lambda: header() == ("1 member", ["Leave"]), what="the header offers Leave"
+    )
+    click("Leave")
+    wait_until(lambda: header() == absent, what="the header offers Create again")
+
+
 def test_course_client_and_browser(server: WebChat, bob: Page) -> None:
     """The course's TCP client and a browser in one conversation, both
     ways."""

@@ -512,7 +512,7 @@ async function groupAction(verb, name) {
   if (session === null) return;
   const current = session;
   try {
-    await request(`${verb} ${current.token} ${name}`);
+    const reply = await request(`${verb} ${current.token} ${name}`);
     current.chat.setGroups((await request(`groups ${current.token}`)).groups);
     if (session !== current) return;
     const conversation = current.chat.conversation(`#${name}`);
@@ -523,8 +523,14 @@ async function groupAction(verb, name) {
       loadNewest(`#${name}`);
     } else {
       conversation.member = false;
+      // The last member left: the group is gone, so it can be made again
+      // but not joined.
+      if (reply.group === null) conversation.error = "no_such_group";
     }
   } catch (error) {
+    if (session === current && error.code === "no_such_group") {
+      current.chat.conversation(`#${name}`).error = "no_such_group";
+    }
     toast(ui.toasts, fmt.friendlyError(error), "error");
   }
   scheduleRender();
