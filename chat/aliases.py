@@ -86,7 +86,7 @@ ALIASES: dict[str, Alias] = {
     "listgroups": Alias("allgroups", "group-names"),
     # Other realms.
     "inboxrealm": Alias("getrealminbox"),
-    # Files to other realms: refused with a reason, not as unknown words.
+    # Files to other realms.
     "sendprivatefilerealm": Alias("sendfilerealm"),
-    "sendgroupfilerealm": Alias("sendfilerealm"),
+    "sendgroupfilerealm": Alias("sendfilerealm", "group-in-realm"),
 }

@@ -80,9 +80,14 @@ Other realms (linked chat servers; see chat.federation)::
     sendgrouprealm <token> <realm> <user>,<user>,... <text...>
                                   {"status":"OK",
                                    "message":"Message Sent to Group in Realm"}
-    sendfilerealm <token> <realm> <user>,... <file name...> <content>
-                                  refused: realm_files_unsupported (realm
-                                  links carry no files)
+    sendfilerealm <token> <realm> <user>[,<user>...] <file name...> <content>
+                                  {"status":"OK","message":"File Sent to Realm",
+                                   <file>}
+      (also sendprivatefilerealm; sendgroupfilerealm answers
+       "File Sent to Group in Realm")
+    sendfile <token> <user>@<realm> <file name...> <content>
+                                  {"status":"OK","message":"File Sent to Realm",
+                                   <file>}
     getrealminbox <token> <realm> {"status":"OK",
                                    "messages":{"<user>@<realm>":[<msg>, ...]}}
     addrealm [<token>] <realm> <host> <port>
@@ -95,9 +100,15 @@ Between realms, on a connection that is a link (never a user's)::
                                   {"status":"OK","message":"realm-challenge",
                                    "realm":..,"nonce":..}
     realm-auth <proof>            {"status":"OK","message":"Realm Authenticated",
-                                   "realm":..,"proof":..,"max_line":..}
+                                   "realm":..,"proof":..,"max_line":..,
+                                   "files":true}
     realm-msg <json>              {"status":"OK","message":"Delivered","id":..,
                                    "delivered":<n>,"unknown":[..],"duplicate":..}
+
+    <json> = {"id":<uid>,"from":"<user>","from_name":..,"to":["<user>", ...],
+              "msg":"<text>","sent_at":<seconds>
+              [,"file_name":"<name>","file_size":<bytes>,"file_sha256":"<hex>",
+                "file_content":"<base64>"]}    (a file: msg is its name)
 
     <msg> = {"msg_from":"<full name>","msg_to":"<full name>","msg":"<text>",
              "id":<int>,"sent_at":"<ISO-8601 UTC>","from":"<user>","to":"<user>"
@@ -139,7 +150,6 @@ Error replies are {"status":"ERROR","message":<text>,"code":<code>}:
     Realm sudah ada           realm_exists       addrealm: the realm is linked already
     realm queue full          realm_queue_full   too many messages wait for that realm
     not an administrator      not_admin          addrealm by a user who is not one
-    files are not sent to other realms  realm_files_unsupported  sendfilerealm
     realm authentication failed  realm_auth_failed  then the server closes the link
     mailbox full              mailbox_full       send: the recipient's mailbox is full
     too many unread messages from you  unread_limit  send: too many of yours
@@ -691,8 +701,11 @@ class SendFileRealm(Command):
     """
     The course family's file for users of another realm (also spelled
     C{sendprivatefilerealm} and C{sendgroupfilerealm}, L{chat.aliases}):
-    its arguments are read as C{sendfile}'s after the realm, and it is then
-    refused, because realm links carry messages, not files.
+    its arguments are read as C{sendfile}'s after the realm and the
+    recipients (usernames there, comma-separated). The file goes in the
+    outbox for that realm, as C{sendgrouprealm}'s text does
+    (L{chat.federation}). C{shape} is the reply's (L{chat.compat.SHAPES}):
+    C{sendgroupfilerealm}'s says "File Sent to Group in Realm".
     """
 
     token: str = attrs.field(repr=False)
@@ -700,6 +713,7 @@ class SendFileRealm(Command):
     recipients: tuple[str, ...]
     file_name: str
     content: bytes = attrs.field(repr=False)
+    shape: str | None = None
 
     @classmethod
     def from_arguments(cls, rest: str) -> SendFileRealm:

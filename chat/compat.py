@@ -51,6 +51,9 @@ GROUP_OBJECTS = "group-objects"
 TIMELINE = "timeline"
 #: history: grouped by sender, oldest first, as inbox answers.
 BY_SENDER = "by-sender"
+#: sendfilerealm: "File Sent to Group in Realm", as sendgrouprealm's
+#: "Message Sent to Group in Realm" (sendgroupfilerealm).
+GROUP_IN_REALM = "group-in-realm"
 
 #: Each shape, and the command whose reply it reshapes.
 SHAPES: dict[str, str] = {
@@ -59,6 +62,7 @@ SHAPES: dict[str, str] = {
     GROUP_OBJECTS: "allgroups",
     TIMELINE: "history",
     BY_SENDER: "history",
+    GROUP_IN_REALM: "sendfilerealm",
 }
 
 

@@ -355,13 +355,6 @@ class TooManyRealmRecipients(ChatError):
     """
 
 
-class RealmFilesUnsupported(ChatError):
-    """
-    A file for another realm (the course family's C{sendfilerealm} and
-    kin): realm links carry messages, not files.
-    """
-
-
 class NotAdmin(ChatError):
     """
     The command is for administrators only.

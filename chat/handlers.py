@@ -15,17 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 
 from chat import commands, compat, replies
 from chat.errors import (
-    RealmFilesUnsupported,
     RealmLinkOnly,
     RealmNotAuthenticated,
     RealmsDisabled,
     SessionNotFound,
 )
 from chat.interfaces import IChatUser, IDoor
+from chat.links import OutboundMessage
 from chat.model import Group, Message
 from chat.replies import (
     BYE,
@@ -90,6 +91,18 @@ class Handlers:
 
     def do_sendfile(self, command: commands.SendFile) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
+        username, at, realm_id = command.recipient.partition("@")
+        federation = self._frontend.federation
+        if at and (federation is None or realm_id != federation.realm_id):
+            # user@realm: a file for another realm, as send does with text.
+            d.addCallback(
+                lambda avatar: avatar.send_file_to_realm(
+                    realm_id, [username], command.file_name, command.content
+                )
+            )
+            return d.addCallback(_file_sent_to_realm, False)
+        if at:
+            command = attrs.evolve(command, recipient=username)
         d.addCallback(
             lambda avatar: avatar.send_file(
                 [command.recipient], command.file_name, command.content
@@ -234,10 +247,14 @@ class Handlers:
         )
 
     def do_sendfilerealm(self, command: commands.SendFileRealm) -> Deferred[bytes]:
-        def refuse(avatar: object) -> bytes:
-            raise RealmFilesUnsupported(command.realm_id)
-
-        return self._with_avatar(command.token).addCallback(refuse)
+        d = self._with_avatar(command.token)
+        d.addCallback(
+            lambda avatar: avatar.send_file_to_realm(
+                command.realm_id, command.recipients, command.file_name, command.content
+            )
+        )
+        to_group = command.shape == compat.GROUP_IN_REALM
+        return d.addCallback(_file_sent_to_realm, to_group)
 
     def do_getrealminbox(self, command: commands.GetRealmInbox) -> Deferred[bytes]:
         d = self._with_avatar(command.token)
@@ -309,6 +326,25 @@ def _file_sent(messages: list[Message]) -> bytes:
             file_sha256=first.file_sha256,
             # Where some of the course family's clients read the name.
             address=first.file_name,
+        )
+    )
+
+
+def _file_sent_to_realm(queued: list[OutboundMessage], to_group: bool) -> bytes:
+    """
+    The reply to a file queued for another realm: the course family's text
+    (as C{sendprivaterealm}'s and C{sendgrouprealm}'s), with the file's
+    keys as C{sendfile} gives them.
+    """
+    attachment = queued[0].attachment
+    assert attachment is not None
+    return dumps(
+        ok(
+            message="File Sent to Group in Realm" if to_group else "File Sent to Realm",
+            file_name=attachment.name,
+            file_size=attachment.size,
+            file_sha256=attachment.sha256,
+            address=attachment.name,
         )
     )
 

@@ -283,6 +283,18 @@ class IChatUser(Interface):
             malformed username, or L{chat.errors.StorageUnavailable}.
         """
 
+    def send_file_to_realm(
+        realm_id: str, recipients: Sequence[str], file_name: str, content: bytes
+    ) -> Deferred[list[OutboundMessage]]:
+        """
+        Like L{send_to_realm}, for a file: named and limited as by
+        L{send_file} (a path's last component, C{--max-file-size}), and
+        counted in this user's file quota until the other realm has it.
+
+        @return: also fails with L{chat.errors.InvalidFileName},
+            L{chat.errors.FileTooLarge} or L{chat.errors.QuotaExceeded}.
+        """
+
     def realm_inbox(realm_id: str) -> Deferred[list[Message]]:
         """
         Like L{inbox}, but only the messages from users of C{realm_id}.

@@ -10,8 +10,11 @@ another realm, and the part after the C{@} is that realm.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ import attrs
 from chat.errors import (
     BadRealmMessage,
     ChatError,
+    FileTooLarge,
     ForgedSender,
     InvalidRealmId,
     InvalidSecret,
@@ -28,7 +32,9 @@ from chat.errors import (
 from chat.model import (
     RESERVED_NAMES,
     USERNAME_PATTERN,
+    Attachment,
     Message,
+    validate_file_name,
     validate_full_name,
     validate_sent_at,
     validate_text,
@@ -64,6 +70,16 @@ POSTMASTER = "postmaster"
 POSTMASTER_NAME = "Mail Delivery System"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+#: A sha256 in lowercase hex.
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def base64_length(size: int) -> int:
+    """
+    The length of the base64 of C{size} bytes.
+    """
+    return 4 * math.ceil(size / 3)
 
 
 def validate_realm_id(realm_id: str) -> str:
@@ -190,12 +206,15 @@ class OutboundMessage:
     recipients: tuple[str, ...]
     text: str
     sent_at: float
+    #: The file it carries (then C{text} is the file's name), if any.
+    attachment: Attachment | None = None
 
     def to_payload(self) -> dict[str, object]:
         """
-        The JSON object of a C{realm-msg} line.
+        The JSON object of a C{realm-msg} line; a file's bytes go in
+        C{file_content}, in base64.
         """
-        return {
+        payload: dict[str, object] = {
             "id": self.uid,
             "from": self.sender,
             "from_name": self.sender_name,
@@ -203,6 +222,15 @@ class OutboundMessage:
             "msg": self.text,
             "sent_at": self.sent_at,
         }
+        attachment = self.attachment
+        if attachment is not None:
+            payload["file_name"] = attachment.name
+            payload["file_size"] = attachment.size
+            payload["file_sha256"] = attachment.sha256
+            payload["file_content"] = base64.b64encode(attachment.content).decode(
+                "ascii"
+            )
+        return payload
 
 
 @attrs.frozen
@@ -219,9 +247,17 @@ class InboundMessage:
     recipients: tuple[str, ...]
     text: str
     sent_at: float
+    #: The file it carries (then C{text} is the file's name), if any.
+    attachment: Attachment | None = None
 
     @classmethod
-    def from_payload(cls, payload: object, max_text: int, now: float) -> InboundMessage:
+    def from_payload(
+        cls,
+        payload: object,
+        max_text: int,
+        now: float,
+        max_file_size: int | None = None,
+    ) -> InboundMessage:
         """
         Validate a C{realm-msg} payload by the rules a local message
         follows: the sender and recipients are valid usernames, the full
@@ -229,10 +265,12 @@ class InboundMessage:
         C{send} line could carry (L{validate_text}, at most C{max_text}
         bytes), and C{sent_at} a time from 2000 to a day after C{now}
         (L{validate_sent_at}): whatever is stored can be shown by
-        C{inbox}. Files do not travel between realms; other keys are
-        ignored.
+        C{inbox}. A file (L{file_from_payload}) is checked as a local
+        C{sendfile}'s, at most C{max_file_size} bytes (None: no files);
+        its name is then the message's text. Other keys are ignored.
 
         @raise ForgedSender: if C{from} names a user of another realm.
+        @raise FileTooLarge: if the file is larger than C{max_file_size}.
         @raise BadRealmMessage: for anything else that is wrong.
         """
         if not isinstance(payload, dict):
@@ -283,7 +321,76 @@ class InboundMessage:
             sent_at = validate_sent_at(payload.get("sent_at"), now)
         except ValueError:
             raise BadRealmMessage("bad sent_at") from None
-        return cls(uid, sender, name, tuple(dict.fromkeys(recipients)), text, sent_at)
+        attachment = file_from_payload(payload, max_file_size)
+        if attachment is not None:
+            text = attachment.name
+        return cls(
+            uid,
+            sender,
+            name,
+            tuple(dict.fromkeys(recipients)),
+            text,
+            sent_at,
+            attachment,
+        )
+
+
+#: The keys of a file in a C{realm-msg}.
+FILE_KEYS = ("file_name", "file_size", "file_sha256", "file_content")
+
+
+def file_from_payload(
+    payload: dict[str, object], max_file_size: int | None
+) -> Attachment | None:
+    """
+    The file a C{realm-msg} payload carries, if any (none of L{FILE_KEYS}),
+    checked by a local file's rules: C{file_name} a plain file name
+    (L{validate_file_name}: a path is refused, not shortened: the sending
+    realm kept its last component already), C{file_content} valid base64
+    of at most C{max_file_size} bytes, and C{file_size} and
+    C{file_sha256} what that content has.
+
+    @raise FileTooLarge: if the file is larger than C{max_file_size}.
+    @raise BadRealmMessage: for anything else that is wrong, or for a file
+        when C{max_file_size} is None.
+    """
+    if not any(key in payload for key in FILE_KEYS):
+        return None
+    if max_file_size is None:
+        raise BadRealmMessage("files are not accepted")
+    name = payload.get("file_name")
+    if not isinstance(name, str):
+        raise BadRealmMessage("bad file_name")
+    try:
+        name.encode("utf-8")  # no lone surrogates
+        name = validate_file_name(name)
+    except (ChatError, UnicodeEncodeError):
+        raise BadRealmMessage("bad file_name") from None
+    size = payload.get("file_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRealmMessage("bad file_size")
+    if size > max_file_size:
+        raise FileTooLarge(max_file_size)
+    sha256 = payload.get("file_sha256")
+    if not isinstance(sha256, str) or SHA256_PATTERN.fullmatch(sha256) is None:
+        raise BadRealmMessage("bad file_sha256")
+    encoded = payload.get("file_content")
+    if not isinstance(encoded, str):
+        raise BadRealmMessage("bad file_content")
+    if len(encoded) > base64_length(max_file_size):
+        raise FileTooLarge(max_file_size)
+    try:
+        content = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise BadRealmMessage("bad file_content: not base64") from None
+    if len(content) > max_file_size:
+        raise FileTooLarge(max_file_size)
+    if len(content) != size:
+        raise BadRealmMessage("bad file_size: not the content's")
+    attachment = Attachment(name, content)
+    if attachment.sha256 != sha256:
+        raise BadRealmMessage("bad file_sha256: not the content's")
+    return attachment
 
 
 @attrs.frozen

@@ -69,6 +69,10 @@ RESERVED_NAMES = frozenset(
 #: The longest file name, in UTF-8 bytes (what most file systems allow).
 MAX_FILE_NAME_BYTES = 255
 
+#: Default of the C{--max-file-size} option: the largest file a message
+#: carries, in bytes.
+DEFAULT_MAX_FILE_SIZE = 1024 * 1024
+
 #: Passwords of new accounts: at least 8 characters (and at most 1024).
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024

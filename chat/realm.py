@@ -65,6 +65,7 @@ from chat.errors import (
 from chat.interfaces import IChatClient, IChatUser, IFanout
 from chat.logs import make_logger
 from chat.model import (
+    DEFAULT_MAX_FILE_SIZE,
     Attachment,
     Group,
     Message,
@@ -85,8 +86,7 @@ from chat.store.interfaces import IChatStore
 #: next inbox, or the next history page.
 REPLY_BUDGET = 8 * 1024 * 1024
 
-#: Defaults of the C{--max-file-size} and C{--max-recipients} options.
-DEFAULT_MAX_FILE_SIZE = 1024 * 1024
+#: Default of the C{--max-recipients} option.
 DEFAULT_MAX_RECIPIENTS = 100
 
 T = TypeVar("T")
@@ -510,6 +510,30 @@ class ChatUser:
         if federation is None:
             return fail(NoSuchRealm(realm_id))
         d = federation.send(self.username, realm_id, recipients, text)
+        return d.addErrback(self._sender_gone)
+
+    def send_file_to_realm(
+        self,
+        realm_id: str,
+        recipients: Sequence[str],
+        file_name: str,
+        content: bytes,
+    ) -> Deferred[list[OutboundMessage]]:
+        """
+        Queue a file for users of another realm, by the rules of a local
+        C{sendfile}: its name (L{plain_file_name}), C{--max-file-size} and
+        the sender's file quota.
+        """
+        federation = self.realm.federation
+        if federation is None:
+            return fail(NoSuchRealm(realm_id))
+        try:
+            attachment = self._attachment(file_name, content)
+        except ChatError:
+            return fail()
+        d = federation.send(
+            self.username, realm_id, recipients, attachment.name, attachment
+        )
         return d.addErrback(self._sender_gone)
 
     def realm_inbox(self, realm_id: str) -> Deferred[list[Message]]:

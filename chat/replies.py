@@ -47,7 +47,6 @@ from chat.errors import (
     QuotaExceeded,
     RateLimited,
     RealmExists,
-    RealmFilesUnsupported,
     RealmLinkOnly,
     RealmMismatch,
     RealmNotAuthenticated,
@@ -296,10 +295,6 @@ ERRORS: dict[type[Exception], tuple[str, str]] = {
     InvalidRealmId: ("invalid realm id", "invalid_realm_id"),
     RealmQueueFull: ("realm queue full", "realm_queue_full"),
     TooManyRealmRecipients: ("too many recipients", "too_many_recipients"),
-    RealmFilesUnsupported: (
-        "files are not sent to other realms",
-        "realm_files_unsupported",
-    ),
     NotAdmin: ("not an administrator", "not_admin"),
     RealmsDisabled: ("realms are not enabled", "realms_disabled"),
     RealmMismatch: ("wrong realm", "wrong_realm"),

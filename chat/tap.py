@@ -738,6 +738,7 @@ def federation_settings(options: Options) -> FederationSettings:
         timeout=options["realm-timeout"],
         seen_ttl=options["realm-seen-ttl"],
         max_text=options["max-line"],
+        max_file_size=options["max-file-size"],
     )
 
 

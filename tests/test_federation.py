@@ -6,6 +6,8 @@ StringTransports pumped by hand.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -125,7 +127,10 @@ def test_handshake_with_the_right_secret_links_both_ways() -> None:
         "message": "Realm Authenticated",
         "realm": "realm-b",
         "proof": replies[1]["proof"],
-        "max_line": 7 * 16 * 1024,
+        # The longest text, escaped, and a file of --max-file-size (1 MiB
+        # here), in base64.
+        "max_line": 7 * 16 * 1024 + 4 * ((1024 * 1024 + 2) // 3),
+        "files": True,
     }
 
 
@@ -414,11 +419,11 @@ def test_refused_message_bounces_with_the_reason() -> None:
 
 def test_message_too_long_for_the_other_realm_bounces() -> None:
     """A message longer than the other realm's links accept is returned at once."""
-    realms = Realms(**{"realm-b": {"max_text": 100}})
+    realms = Realms(**{"realm-b": {"max_text": 100, "max_file_size": 300}})
     (wire,) = realms.network.live(origin="realm-a")
-    assert lines_of(wire, "server")[1]["max_line"] == 600 + 16 * 1024
+    assert lines_of(wire, "server")[1]["max_line"] == 600 + 400 + 16 * 1024
     a = realms["realm-a"]
-    a.federation.send("messi", "realm-b", ["henderson"], "x" * 17_000)
+    a.federation.send("messi", "realm-b", ["henderson"], "x" * 18_000)
     a.federation.send("messi", "realm-b", ["henderson"], "short")
     realms.settle()
     got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
@@ -899,3 +904,104 @@ def test_realms_disabled_without_federation() -> None:
     token = client.login()
     assert client.request(f"realm-hello a b {'ab' * 16}")["code"] == "realms_disabled"
     assert client.request(f"send {token} henderson@b hi")["code"] == "no_such_realm"
+
+
+# Files between realms.
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_file_to_another_realm_is_pushed_as_a_local_file() -> None:
+    """A file for a user of another realm is queued (the realm link says it
+    takes files), delivered once, and pushed to a subscribed recipient as a
+    local file message from user@realm; the outbox is then empty."""
+    realms = Realms()
+    (wire,) = realms.network.live(origin="realm-a")
+    assert lines_of(wire, "server")[1]["files"] is True
+    henderson, other = realms.login("realm-b", "henderson")
+    henderson.send(f"subscribe {other}\r\n".encode())
+    henderson.events()
+    content = bytes(range(256)) * 8
+    messi, token = realms.login("realm-a", "messi")
+    reply = messi.request(
+        f"sendprivatefilerealm {token} realm-b henderson data.bin {_b64(content)}"
+    )
+    assert reply["message"] == "File Sent to Realm"
+    realms.settle()
+    (event,) = [e for e in henderson.events() if e.get("event") == "message"]
+    assert (event["from"], event["realm"], event["msg"]) == (
+        "messi@realm-a",
+        "realm-a",
+        "data.bin",
+    )
+    assert (event["file_name"], event["file_size"]) == ("data.bin", len(content))
+    assert event["file_sha256"] == hashlib.sha256(content).hexdigest()
+    assert base64.b64decode(event["file_content"]) == content
+    assert outbox_size(realms["realm-a"], "realm-b") == 0
+    assert inbox(realms, "realm-a", "messi") == {}
+
+
+def test_file_too_large_for_the_other_realm_bounces() -> None:
+    """A file larger than the other realm's --max-file-size is refused
+    there and comes back to its sender; a smaller one goes through."""
+    realms = Realms(**{"realm-b": {"max_file_size": 100}})
+    messi, token = realms.login("realm-a", "messi")
+    big = messi.request(
+        f"sendfilerealm {token} realm-b henderson big.bin {_b64(b'x' * 101)}"
+    )
+    assert big["status"] == "OK"
+    messi.request(f"sendfile {token} henderson@realm-b small.bin {_b64(b'y' * 100)}")
+    realms.settle()
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [(m["file_name"], m["file_size"]) for m in got] == [("small.bin", 100)]
+    (bounce,) = inbox(realms, "realm-a", "messi")["postmaster@realm-b"]
+    assert bounce["msg"] == (
+        "Undeliverable to henderson@realm-b: refused by realm-b (file too large)."
+        " Your message: big.bin"
+    )
+
+
+def test_files_follow_the_local_rules_when_sent() -> None:
+    """The sending realm checks a file as a local sendfile: its name (a
+    path's last component; '..' refused), its --max-file-size, the sender's
+    file quota; nothing is queued when refused."""
+    realms = Realms(**{"realm-a": {"max_file_size": 10}})
+    a = realms["realm-a"]
+    a.realm.max_file_size = 10
+    messi, token = realms.login("realm-a", "messi")
+    too_big = messi.request(
+        f"sendfilerealm {token} realm-b henderson a.bin {_b64(b'x' * 11)}"
+    )
+    assert too_big["code"] == "file_too_large"
+    bad = messi.request(
+        f"sendfilerealm {token} realm-b henderson ../a.bin {_b64(b'x')}"
+    )
+    assert bad["code"] == "invalid_file_name"
+    unknown = messi.request(
+        f"sendfilerealm {token} realm-z henderson a.bin {_b64(b'x')}"
+    )
+    assert unknown["message"] == "Realm Tidak Ditemukan"
+    assert outbox_size(a, "realm-b") == 0
+
+
+def test_a_realm_that_takes_no_files_gets_none() -> None:
+    """A link to an older realm, which does not say it takes files, would
+    lose the file (kept as a text of its name): the file comes back to its
+    sender instead, and texts still go."""
+    realms = Realms()
+    outbound = realms["realm-a"].federation.links["realm-b"]
+    assert outbound._protocol.peer_files is True
+    outbound._protocol.peer_files = False
+    messi, token = realms.login("realm-a", "messi")
+    messi.request(f"sendfilerealm {token} realm-b henderson a.txt {_b64(b'hi')}")
+    messi.request(f"send {token} henderson@realm-b text still goes")
+    realms.settle()
+    got = inbox(realms, "realm-b", "henderson")["messi@realm-a"]
+    assert [m["msg"] for m in got] == ["text still goes"]
+    (bounce,) = inbox(realms, "realm-a", "messi")["postmaster@realm-b"]
+    assert bounce["msg"] == (
+        "Undeliverable to henderson@realm-b: refused by realm-b (files are not"
+        " sent to that realm). Your message: a.txt"
+    )

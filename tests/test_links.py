@@ -5,6 +5,7 @@ bounces; and the parsing of the realm commands.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from typing import Any
@@ -12,8 +13,15 @@ from typing import Any
 import pytest
 
 from chat import commands, links
-from chat.errors import BadRealmMessage, ForgedSender, InvalidRealmId, InvalidSecret
+from chat.errors import (
+    BadRealmMessage,
+    FileTooLarge,
+    ForgedSender,
+    InvalidRealmId,
+    InvalidSecret,
+)
 from chat.federation import tcp_endpoint
+from chat.model import Attachment
 from chat.replies import iso_utc
 
 
@@ -174,6 +182,129 @@ def test_text_and_name_follow_the_local_rules() -> None:
         {**GOOD, "msg": "  hola\tamigos\r ", "from_name": " Lionel Messi "}, 100, NOW
     )
     assert (message.text, message.sender_name) == ("hola\tamigos", "Lionel Messi")
+
+
+#: A file in a realm-msg: 300 bytes, every byte value.
+FILE = bytes(range(256)) + b"\x00\xff" * 22
+FILE_FIELDS: dict[str, Any] = {
+    "msg": "notes.bin",
+    "file_name": "notes.bin",
+    "file_size": len(FILE),
+    "file_sha256": hashlib.sha256(FILE).hexdigest(),
+    "file_content": base64.b64encode(FILE).decode("ascii"),
+}
+
+
+def test_file_payload_round_trip() -> None:
+    """A queued file's payload carries its name, size, sha256 and base64
+    content, and reads back as the same file; its name is the text."""
+    attachment = Attachment("notes.bin", FILE)
+    outbound = links.OutboundMessage(
+        7,
+        "u-1",
+        "realm-b",
+        "messi",
+        "Lionel Messi",
+        ("henderson",),
+        "notes.bin",
+        NOW - 5,
+        attachment,
+    )
+    payload = outbound.to_payload()
+    assert {key: payload[key] for key in FILE_FIELDS} == FILE_FIELDS
+    message = links.InboundMessage.from_payload(payload, 100, NOW, len(FILE))
+    assert message == links.InboundMessage(
+        "u-1",
+        "messi",
+        "Lionel Messi",
+        ("henderson",),
+        "notes.bin",
+        NOW - 5,
+        attachment,
+    )
+    # A text message has no file keys, and reads back without a file.
+    assert (
+        "file_name"
+        not in links.OutboundMessage(
+            1, "u", "realm-b", "messi", "M", ("x",), "hi", NOW
+        ).to_payload()
+    )
+    assert links.InboundMessage.from_payload(GOOD, 100, NOW, 10).attachment is None
+
+
+def test_file_name_is_the_text() -> None:
+    """The stored text of a file message is its file name, whatever msg says."""
+    payload = {**GOOD, **FILE_FIELDS, "msg": "something else"}
+    message = links.InboundMessage.from_payload(payload, 100, NOW, 1000)
+    assert message.text == "notes.bin"
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        # Names: the rules of a local file; a path is refused, not cut.
+        ({"file_name": "../etc/passwd"}, BadRealmMessage),
+        ({"file_name": "dir/notes.bin"}, BadRealmMessage),
+        ({"file_name": "C:\\notes.bin"}, BadRealmMessage),
+        ({"file_name": ".hidden"}, BadRealmMessage),
+        ({"file_name": ""}, BadRealmMessage),
+        ({"file_name": "nul.txt"}, BadRealmMessage),
+        ({"file_name": "a\nb"}, BadRealmMessage),
+        ({"file_name": "x" * 256}, BadRealmMessage),
+        ({"file_name": "lone \ud800"}, BadRealmMessage),
+        ({"file_name": None}, BadRealmMessage),
+        # Content: base64 of what size and sha256 say.
+        ({"file_content": "not base64!"}, BadRealmMessage),
+        ({"file_content": "aGk"}, BadRealmMessage),
+        ({"file_content": "aGk=\n"}, BadRealmMessage),
+        ({"file_content": "\u00e9A=="}, BadRealmMessage),
+        ({"file_content": 42}, BadRealmMessage),
+        ({"file_content": base64.b64encode(FILE[:-1]).decode()}, BadRealmMessage),
+        ({"file_size": len(FILE) + 1}, BadRealmMessage),
+        ({"file_size": "300"}, BadRealmMessage),
+        ({"file_size": True}, BadRealmMessage),
+        ({"file_size": -1}, BadRealmMessage),
+        ({"file_sha256": hashlib.sha256(b"other").hexdigest()}, BadRealmMessage),
+        ({"file_sha256": "ABC"}, BadRealmMessage),
+        ({"file_sha256": FILE_FIELDS["file_sha256"].upper()}, BadRealmMessage),
+        # Only some of the keys: not a file, not a text either.
+        ({"file_name": None, "file_size": None}, BadRealmMessage),
+    ],
+)
+def test_bad_file_payloads(change: dict[str, Any], error: type[Exception]) -> None:
+    """A file that a local sendfile could not have sent is refused."""
+    payload = {**GOOD, **FILE_FIELDS, **change}
+    payload = {key: value for key, value in payload.items() if value is not None}
+    with pytest.raises(error):
+        links.InboundMessage.from_payload(payload, 100, NOW, 1000)
+
+
+@pytest.mark.parametrize("key", list(FILE_FIELDS)[1:])
+def test_a_file_needs_every_key(key: str) -> None:
+    """A payload with some of the file keys but not all is refused."""
+    payload = {**GOOD, **FILE_FIELDS}
+    del payload[key]
+    with pytest.raises(BadRealmMessage):
+        links.InboundMessage.from_payload(payload, 100, NOW, 1000)
+
+
+def test_oversize_files_are_too_large() -> None:
+    """A file larger than this realm's --max-file-size is refused as too
+    large, whether it says so or its content shows it (before decoding)."""
+    payload = {**GOOD, **FILE_FIELDS}
+    links.InboundMessage.from_payload(payload, 100, NOW, len(FILE))
+    with pytest.raises(FileTooLarge) as raised:
+        links.InboundMessage.from_payload(payload, 100, NOW, len(FILE) - 1)
+    assert raised.value.limit == len(FILE) - 1
+    lying = {**payload, "file_size": 10}
+    with pytest.raises(FileTooLarge):
+        links.InboundMessage.from_payload(lying, 100, NOW, 100)
+    huge = {**payload, "file_content": "A" * 10_000, "file_size": 1}
+    with pytest.raises(FileTooLarge):
+        links.InboundMessage.from_payload(huge, 100, NOW, 100)
+    # Without a file size, files are not accepted at all.
+    with pytest.raises(BadRealmMessage):
+        links.InboundMessage.from_payload(payload, 100, NOW)
 
 
 def test_payload_must_be_an_object() -> None:

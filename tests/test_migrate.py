@@ -126,6 +126,15 @@ async def fill(store: SQLiteStore) -> None:
     await store.queue_outbound(
         "henderson", "to both", 43.0, [("realm-b", ("xavi", "puyol"), "u2")], 9
     )
+    # A file for another realm, kept only by its outbox entry (schema 3).
+    await store.queue_outbound(
+        "messi",
+        "plan.txt",
+        43.5,
+        [("realm-c", ("puyol",), "u3")],
+        9,
+        Attachment("plan.txt", b"only in the outbox"),
+    )
     inbound = InboundMessage("r1", "xavi", "Xavi", ("messi", "nobody"), "hola", 44.0)
     await store.receive_remote("realm-b", inbound, 45.0)
     inbound = InboundMessage("r2", "xavi", "Xavi", ("henderson",), "dua", 46.0)

@@ -7,6 +7,7 @@ commands they added, with an in-memory store and a fake clock.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
@@ -177,34 +178,64 @@ def test_inboxrealm_is_getrealminbox() -> None:
 
 
 @pytest.mark.parametrize(
-    "line",
+    ("line", "message", "recipients"),
     [
         # As the family's clients format them: the content as b'...'.
-        "sendfilerealm {t} realm-b henderson /home/me/hi.txt b'aGk='\r\n",
-        "sendprivatefilerealm {t} realm-b henderson hi.txt b'aGk=' \r\n",
-        "sendgroupfilerealm {t} realm-b henderson,lineker hi.txt b'aGk='\r\n",
+        (
+            "sendfilerealm {t} realm-b henderson /home/me/hi.txt b'aGk='\r\n",
+            "File Sent to Realm",
+            ["henderson"],
+        ),
+        (
+            "sendprivatefilerealm {t} realm-b henderson hi.txt b'aGk=' \r\n",
+            "File Sent to Realm",
+            ["henderson"],
+        ),
+        (
+            "sendgroupfilerealm {t} realm-b henderson,lineker hi.txt b'aGk='\r\n",
+            "File Sent to Group in Realm",
+            ["henderson", "lineker"],
+        ),
+        (
+            "sendfile {t} henderson@realm-b hi.txt aGk=\r\n",
+            "File Sent to Realm",
+            ["henderson"],
+        ),
     ],
 )
-def test_files_to_other_realms_are_refused_with_a_reason(line: str) -> None:
-    """sendfilerealm and kin are known words: a logged-in sender is told
-    that files do not go to other realms (nothing is queued), not that the
-    command is unknown; without a session or arguments, sendfile's errors."""
+def test_files_to_other_realms(line: str, message: str, recipients: list[str]) -> None:
+    """sendfilerealm and kin (and sendfile to user@realm) queue the file for
+    the other realm, answered as the family's clients expect (the name is a
+    path's last component); each recipient there finds it in their inbox as
+    a file from messi@realm-a. Without a session or arguments, sendfile's
+    errors."""
     realms = Realms()
     client, token = realms.login("realm-a", "messi")
     reply = _exact(client, line.format(t=token).encode())
     assert reply == {
-        "status": "ERROR",
-        "message": "files are not sent to other realms",
-        "code": "realm_files_unsupported",
+        "status": "OK",
+        "message": message,
+        "file_name": "hi.txt",
+        "file_size": 2,
+        "file_sha256": hashlib.sha256(b"hi").hexdigest(),
+        "address": "hi.txt",
     }
     anonymous = _exact(realms["realm-a"].connect(), line.format(t="x").encode())
     assert anonymous["code"] == "no_session"
     verb = line.split()[0]
-    missing = client.request(f"{verb} {token} realm-b henderson hi.txt")
-    assert missing["code"] == "missing_argument"
+    if verb != "sendfile":
+        missing = client.request(f"{verb} {token} realm-b henderson hi.txt")
+        assert missing["code"] == "missing_argument"
     realms.settle()
-    henderson, other = realms.login("realm-b", "henderson")
-    assert henderson.request(f"inbox {other}")["messages"] == {}
+    for user in recipients:
+        other, other_token = realms.login("realm-b", user)
+        (got,) = other.request(f"inbox {other_token}")["messages"]["messi@realm-a"]
+        assert (got["msg"], got["file_name"], got["file_content"]) == (
+            "hi.txt",
+            "hi.txt",
+            "aGk=",
+        )
+    assert client.request(f"inbox {token}")["messages"] == {}
 
 
 @pytest.mark.parametrize("logged_in", [False, True])

@@ -32,6 +32,9 @@ def test_realm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.timeout == 30.0
     assert settings.seen_ttl == 30 * 86400.0
     assert settings.max_text == options["max-line"]
+    assert settings.max_file_size == options["max-file-size"] == 1024 * 1024
+    # A link's lines carry the largest file, in base64, and the longest text.
+    assert settings.max_line >= 4 * 1024 * 1024 // 3 + 6 * options["max-line"]
 
 
 def test_realm_options() -> None:
@@ -69,7 +72,9 @@ def test_realm_options() -> None:
         timeout=10.0,
         seen_ttl=7 * 86400.0,
         max_text=20000,
+        max_file_size=1024,
     )
+    assert settings.max_line == 6 * 20000 + 1368 + 16 * 1024
 
 
 @pytest.mark.parametrize(

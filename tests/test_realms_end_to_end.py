@@ -8,6 +8,8 @@ security checks (wrong secret, forged sender, addrealm by a non-admin).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import signal
 import sqlite3
@@ -360,3 +362,74 @@ async def test_link_security(realms: Callable[..., Realm]) -> None:
     realms_b = [r for (r,) in connection.execute("SELECT realm_id FROM realm_links")]
     connection.close()
     assert realms_b == ["realm-a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_to_another_realm_across_a_restart(
+    realms: Callable[..., Realm],
+) -> None:
+    """sendprivatefilerealm and sendgroupfilerealm deliver files to another
+    realm: the recipients' inbox shows each as a file from messi@realm-a with
+    its bytes. A file queued while the receiving realm is down is kept (in
+    the outbox, with its file) and arrives once after it restarts."""
+    a, b = realms("realm-a"), realms("realm-b")
+    await admin_all(*linked(a, b))
+    a.start()
+    b.start()
+    messi, token = a.client("messi")
+    henderson, other = b.client("henderson")
+    # Near --max-file-size (1 MiB): the link's lines carry it.
+    big = bytes(range(256)) * 3000 + b"end"
+    line = (
+        f"sendprivatefilerealm {token} realm-b henderson /home/messi/big.bin"
+        f" b'{base64.b64encode(big).decode()}'\r\n"
+    )
+    reply = messi.sendstring(line)
+    assert reply == {
+        "status": "OK",
+        "message": "File Sent to Realm",
+        "file_name": "big.bin",
+        "file_size": len(big),
+        "file_sha256": hashlib.sha256(big).hexdigest(),
+        "address": "big.bin",
+    }
+    (got,) = collect(henderson, other, 1)
+    assert (got["from"], got["realm"], got["msg"], got["file_name"]) == (
+        "messi@realm-a",
+        "realm-a",
+        "big.bin",
+        "big.bin",
+    )
+    assert base64.b64decode(got["file_content"]) == big
+    wait_until(lambda: a.outbox_size() == 0, what="realm-a's outbox empty")
+
+    # realm-b goes down hard; the group's file waits in realm-a's outbox.
+    b.stop(signal.SIGKILL)
+    henderson.close()
+    plan = b"rencana: kumpul jam 5\n"
+    reply = messi.sendstring(
+        f"sendgroupfilerealm {token} realm-b henderson,lineker plan.txt"
+        f" {base64.b64encode(plan).decode()} \r\n"
+    )
+    assert reply["message"] == "File Sent to Group in Realm", reply
+    assert a.outbox_size() == 1
+    b.start()
+    for user in ("henderson", "lineker"):
+        client, user_token = b.client(user)
+        (got,) = collect(client, user_token, 1)
+        assert (got["from"], got["file_name"], got["file_size"]) == (
+            "messi@realm-a",
+            "plan.txt",
+            len(plan),
+        )
+        assert base64.b64decode(got["file_content"]) == plan
+        client.close()
+    wait_until(lambda: a.outbox_size() == 0, what="realm-a's outbox empty")
+    # Delivered once: nothing more comes before the next message.
+    messi.sendstring(f"send {token} henderson@realm-b one more \r\n")
+    henderson, other = b.client("henderson")
+    assert [m["msg"] for m in collect(henderson, other, 1)] == ["one more"]
+    henderson.close()
+    messi.close()
+    for realm in (a, b):
+        assert "Traceback" not in realm.log_text()

@@ -39,6 +39,7 @@ from chat.errors import (
     UserExists,
 )
 from chat.limits import Quotas
+from chat.links import RealmLink
 from chat.model import Attachment, Rehash, Session, User
 from chat.store import open_store, schema
 from chat.store.batching import Call
@@ -1319,6 +1320,65 @@ def test_schema_upgrade_from_v1_equals_fresh(tmp_path: Path) -> None:
     assert schema.read_version(connection) == schema.SCHEMA_VERSION
     assert connection.execute("SELECT username FROM users").fetchall() == [("messi",)]
     connection.close()
+
+
+def test_schema_upgrade_from_v2_equals_fresh(tmp_path: Path) -> None:
+    """A version 2 database upgrades to version 3 (files in the realm
+    outbox): the fresh schema, its outbox rows kept, without a file."""
+    old = str(tmp_path / "old.sqlite")
+    connection = sqlite3.connect(old, isolation_level=None)
+    schema._run_script(connection, schema._sql("v2.sql"))
+    connection.execute(
+        "INSERT INTO users (username, full_name, password_hash, created_at)"
+        " VALUES ('messi', 'Lionel Messi', 'x', 1.0)"
+    )
+    connection.execute(
+        "INSERT INTO realm_links VALUES ('realm-b', 'tcp:host=b:port=1', 's', 1.0)"
+    )
+    connection.execute(
+        "INSERT INTO realm_outbox (realm_id, message_uid, sender, sender_name,"
+        " recipients, body, sent_at) VALUES ('realm-b', 'u1', 'messi',"
+        " 'Lionel Messi', '[\"xavi\"]', 'queued before', 1.0)"
+    )
+    connection.close()
+    assert schema.prepare(old) == 2
+    assert os.path.exists(old + ".v2.bak")
+    fresh = str(tmp_path / "fresh.sqlite")
+    schema.prepare(fresh)
+    assert _schema_of(old) == _schema_of(fresh)
+    connection = sqlite3.connect(old)
+    assert schema.read_version(connection) == 3
+    assert connection.execute(
+        "SELECT message_uid, body, file_name, file_size, file_sha256 FROM realm_outbox"
+    ).fetchall() == [("u1", "queued before", None, None, None)]
+    connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgraded_v2_outbox_delivers_and_takes_files(tmp_path: Path) -> None:
+    """After the upgrade, a text queued before reads back without a file,
+    and files can be queued."""
+    path = str(tmp_path / "chat.sqlite")
+    connection = sqlite3.connect(path, isolation_level=None)
+    schema._run_script(connection, schema._sql("v2.sql"))
+    connection.close()
+    store = SQLiteStore(reactor, path)
+    store.start()
+    try:
+        await _with_users(store)
+        await store.add_realm_link(
+            RealmLink("realm-b", "tcp:host=b:port=1", "secret-of-the-link", 1.0)
+        )
+        await store.queue_outbound("messi", "t", 1.0, [("realm-b", ("x",), "u1")], 9)
+        photo = Attachment("p.png", PNG)
+        await store.queue_outbound(
+            "messi", "p.png", 1.0, [("realm-b", ("x",), "u2")], 9, photo
+        )
+        text, file = await store.next_outbound("realm-b", 9)
+        assert text.attachment is None
+        assert file.attachment == photo
+    finally:
+        await store.close()
 
 
 def test_open_store_descriptions(tmp_path: Path) -> None:

@@ -126,6 +126,38 @@ def test_schema_upgrade_from_v1_equals_fresh(
     assert _indexes(postgres_url) == _indexes(fresh)
 
 
+def test_schema_upgrade_from_v2_equals_fresh(
+    postgres_url: str, postgres: ThrowawayPostgres
+) -> None:
+    """A version 2 database upgrades to version 3 (files in the realm
+    outbox): the fresh schema's tables, columns and indexes, its outbox
+    rows kept, without a file."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        with connection.transaction():
+            for statement in schema._statements(schema._sql("v2.sql", "postgresql")):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO realm_links VALUES ('realm-b', 'tcp:host=b:port=1',"
+                " 's', 1.0)"
+            )
+            connection.execute(
+                "INSERT INTO realm_outbox (realm_id, message_uid, sender,"
+                " sender_name, recipients, body, sent_at) VALUES ('realm-b',"
+                " 'u1', 'messi', 'Lionel Messi', '[\"xavi\"]', 'queued', 1.0)"
+            )
+        assert schema.prepare_postgres(connection) == 2
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        assert row == (3,)
+        assert connection.execute(
+            "SELECT message_uid, body, file_name, file_size, file_sha256"
+            " FROM realm_outbox"
+        ).fetchall() == [("u1", "queued", None, None, None)]
+    fresh = postgres.create_database()
+    PostgresStore(reactor, fresh)
+    assert postgres_columns(postgres_url) == postgres_columns(fresh)
+    assert _indexes(postgres_url) == _indexes(fresh)
+
+
 def test_schema_refuses_newer(postgres_url: str) -> None:
     """A database with a newer schema version is refused and left unchanged."""
     PostgresStore(reactor, postgres_url)

@@ -9,7 +9,10 @@ the way mail goes between mail servers:
 
  1. C{send} (or C{sendprivaterealm}, C{sendgrouprealm}) stores the message
     in the outbox for that realm (L{Federation.send}); "Message Sent" means
-    it is durably queued.
+    it is durably queued. A file (C{sendfilerealm} and its kin, or
+    C{sendfile} to C{user@realm}) is queued the same way with the file,
+    which goes in the C{realm-msg} line (base64), to a realm that said in
+    the handshake that it takes files.
  2. For each link, an L{OutboundLink} keeps one connection to the other
     realm with a L{ClientService<twisted.application.internet.ClientService>},
     reconnecting with exponential backoff. On each connection

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from chat import commands, replies
 from chat.errors import (
     BadRealmMessage,
+    FileTooLarge,
     ForgedSender,
     RateLimited,
     RealmAuthFailed,
@@ -71,17 +72,23 @@ class InboundLink:
 
         @return: fires with the acknowledgement, after the commit; fails
             with L{RateLimited}, L{BadRealmMessage}, L{ForgedSender},
-            L{NoSuchRealm} (the link was removed) or L{StorageUnavailable}.
+            L{NoSuchRealm} (the link was removed), L{FileTooLarge} or
+            L{QuotaExceeded} (a file: by the rules of a local one) or
+            L{StorageUnavailable}.
         """
         federation = self.federation
+        settings = federation.settings
         wait = federation.limiter.consume(self.realm_id)
         if wait:
             return fail(RateLimited(wait))
         try:
             message = InboundMessage.from_payload(
-                payload, federation.settings.max_text, federation.clock.seconds()
+                payload,
+                settings.max_text,
+                federation.clock.seconds(),
+                settings.max_file_size,
             )
-        except (BadRealmMessage, ForgedSender) as e:
+        except (BadRealmMessage, ForgedSender, FileTooLarge) as e:
             self.log.warn(
                 "Refused a message from realm {realm}: {kind}: {why}",
                 realm=self.realm_id,
@@ -207,6 +214,8 @@ class InboundLinkHandler:
                         realm=federation.realm_id,
                         proof=link.server_proof,
                         max_line=max_line,
+                        # This realm takes files in realm-msg (version 3).
+                        files=True,
                     )
                 )
             )

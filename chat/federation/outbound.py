@@ -83,6 +83,9 @@ class LinkClientProtocol(LineReceiver):
         self.authenticated = False
         #: The longest line the other realm accepts on a link, as it said.
         self.peer_max_line: int | None = None
+        #: Whether the other realm said it takes files in realm-msg (an
+        #: older one does not, and would keep only the file's name).
+        self.peer_files = False
         self._nonce = new_nonce()
         self._pending: deque[Deferred[Reply]] = deque()
         self._deadline: IDelayedCall | None = None
@@ -117,6 +120,7 @@ class LinkClientProtocol(LineReceiver):
         max_line = reply.get("max_line")
         if isinstance(max_line, int) and max_line > 0:
             self.peer_max_line = max_line
+        self.peer_files = reply.get("files") is True
         self.authenticated = True
         self._arm_keepalive()
         self.link.authenticated(self)
@@ -153,6 +157,14 @@ class LinkClientProtocol(LineReceiver):
         """
         Offer one queued message.
         """
+        if message.attachment is not None and not self.peer_files:
+            # An older realm would store the file's name as a text: refuse
+            # the message here (it goes back to its sender).
+            return succeed(
+                replies.error(
+                    "files are not sent to that realm", "realm_files_unsupported"
+                )
+            )
         payload = json.dumps(
             message.to_payload(), separators=(",", ":"), ensure_ascii=False
         )

@@ -43,6 +43,7 @@ from chat.links import (
     MAX_RECIPIENTS,
     OutboundMessage,
     RealmLink,
+    base64_length,
     new_nonce,
     new_secret,
     proof,
@@ -50,7 +51,7 @@ from chat.links import (
     validate_realm_id,
 )
 from chat.logs import make_logger
-from chat.model import USERNAME_PATTERN, Message
+from chat.model import DEFAULT_MAX_FILE_SIZE, USERNAME_PATTERN, Attachment, Message
 from chat.store.interfaces import IChatStore
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class FederationSettings:
         idle before it is checked with a ping.
     @ivar seen_ttl: how long the ids of received messages are remembered.
     @ivar max_text: the longest text (UTF-8 bytes) accepted from a realm.
+    @ivar max_file_size: the largest file (bytes) accepted from a realm, as
+        C{--max-file-size} is for a local C{sendfile}.
     @ivar sync_interval: how often the link table is read again, to pick up
         what C{chat-admin} changed.
     """
@@ -91,14 +94,16 @@ class FederationSettings:
     seen_ttl: float = 30 * 86400.0
     max_text: int = 16 * 1024
     sync_interval: float = 30.0
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
 
     @property
     def max_line(self) -> int:
         """
         The longest line an authenticated link may send: a message's JSON,
-        where escaping may make the text up to six times longer.
+        where escaping may make the text up to six times longer, with the
+        base64 of a file of C{max_file_size} bytes, and room for the rest.
         """
-        return 6 * self.max_text + 16 * 1024
+        return 6 * self.max_text + base64_length(self.max_file_size) + 16 * 1024
 
 
 def tcp_endpoint(host: str, port: int) -> str:
@@ -282,23 +287,35 @@ class Federation:
     # What users do.
 
     def send(
-        self, sender: str, realm_id: str, recipients: Sequence[str], text: str
+        self,
+        sender: str,
+        realm_id: str,
+        recipients: Sequence[str],
+        text: str,
+        attachment: Attachment | None = None,
     ) -> Deferred[list[OutboundMessage]]:
         """
         Queue a message from a local user for users of other realms: each
         recipient is a username of C{realm_id}, or a C{user@realm} address.
+        A file (C{attachment}, whose name is then C{text}) is queued with
+        it, within the sender's file quota (L{chat.store.quotas}).
 
         @return: fires with one queued message per realm, once committed;
             fails with L{NoSuchRealm}, L{NoSuchUser} (a malformed username),
-            L{TooManyRealmRecipients}, L{chat.errors.RealmQueueFull} or
-            L{StorageUnavailable}.
+            L{TooManyRealmRecipients}, L{chat.errors.RealmQueueFull},
+            L{chat.errors.QuotaExceeded} or L{StorageUnavailable}.
         """
         try:
             batches = self._batches(realm_id, recipients)
         except ChatError:
             return fail()
         d = self.store.queue_outbound(
-            sender, text, self.clock.seconds(), batches, self.settings.max_queue
+            sender,
+            text,
+            self.clock.seconds(),
+            batches,
+            self.settings.max_queue,
+            attachment,
         )
         return d.addCallback(self._queued)
 

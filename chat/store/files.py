@@ -1,7 +1,8 @@
 """
 Files sent with messages: each distinct content is stored once (by its
 sha256), whoever sent it to how many, and deleted with the last message
-that uses it.
+that uses it, once no message waiting in the outbox for another realm
+(C{realm_outbox}) uses it either.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def file_contents(txn: Transaction, hashes: Iterable[str]) -> dict[str, bytes]:
 
 def forget_unused_files(txn: Transaction, hashes: Iterable[str]) -> None:
     """
-    Delete the files of C{hashes} that no message uses any more.
+    Delete the files of C{hashes} that no message uses any more, stored
+    or queued for another realm.
     """
     for sha256 in hashes:
         txn.execute(
             "DELETE FROM files WHERE sha256 = ? AND NOT EXISTS"
-            " (SELECT 1 FROM messages WHERE file_sha256 = ?)",
-            (sha256, sha256),
+            " (SELECT 1 FROM messages WHERE file_sha256 = ?) AND NOT EXISTS"
+            " (SELECT 1 FROM realm_outbox WHERE file_sha256 = ?)",
+            (sha256, sha256, sha256),
         )

@@ -488,16 +488,21 @@ class IRealmStore(Interface):
         sent_at: float,
         batches: Sequence[tuple[str, tuple[str, ...], str]],
         max_queue: int,
+        attachment: Attachment | None = None,
     ) -> Deferred[list[OutboundMessage]]:
         """
         Queue one message for each C{(realm_id, recipients, uid)} batch, all
-        or none, with the sender's full name as of now.
+        or none, with the sender's full name as of now. With an
+        C{attachment} (C{text} is then its name), each carries the file,
+        kept until that realm acknowledges it, and counted meanwhile in
+        the sender's file quota (L{chat.store.quotas}).
 
         @return: fires with the queued messages; fails with
             L{chat.errors.NoSuchRealm} if a realm has no link,
             L{chat.errors.RealmQueueFull} if a realm already has
             C{max_queue} messages queued, L{chat.errors.NoSuchUser} if the
-            sender does not exist.
+            sender does not exist, L{chat.errors.QuotaExceeded} if a new
+            file would take the sender past their quota.
         """
 
     def next_outbound(realm_id: str, limit: int) -> Deferred[list[OutboundMessage]]:
@@ -531,11 +536,14 @@ class IRealmStore(Interface):
         Store a message from a user of another realm in the mailboxes of
         its recipients that exist here, as from C{<sender>@<realm_id>}, and
         remember its id: a message whose id was accepted from that realm
-        before is not stored again.
+        before is not stored again. A file is stored as a local one, within
+        the file quota of C{<sender>@<realm_id>} (L{chat.store.quotas}).
 
         @return: fires with the L{Delivery}; fails with
             L{chat.errors.NoSuchRealm} if no link to that realm is
-            configured (any more).
+            configured (any more), L{chat.errors.QuotaExceeded} if a new
+            file would take the sender past their quota (then nothing is
+            stored, nor the id remembered).
         """
 
     def drain_realm_inbox(

@@ -5,9 +5,10 @@ store a file (L{chat.store.sending}) or add a member to a group
 (L{chat.store.groups}); nothing else pays for them.
 
 Files. What a user "has stored" is every distinct file (by sha256) that a
-message they sent still carries. Files are stored once per content
-(C{files}, keyed by sha256) and deleted with the last message carrying
-them, so:
+message they sent still carries, stored here or waiting in the outbox for
+another realm (C{realm_outbox}, until that realm acknowledges it). Files
+are stored once per content (C{files}, keyed by sha256) and deleted with
+the last message carrying them, so:
 
     - sending a file again, to more people, or to a group (a copy per
       member and the sender's own) costs nothing more: it is one file;
@@ -44,8 +45,10 @@ def file_usage(txn: Transaction, username: str) -> tuple[int, int]:
     count, size = txn.execute(
         "SELECT count(*), coalesce(sum(size), 0) FROM files WHERE sha256 IN"
         " (SELECT file_sha256 FROM messages WHERE sender = ?"
+        " AND file_sha256 IS NOT NULL"
+        " UNION SELECT file_sha256 FROM realm_outbox WHERE sender = ?"
         " AND file_sha256 IS NOT NULL)",
-        (username,),
+        (username, username),
     ).fetchone()
     return int(count), int(size)
 
@@ -53,8 +56,10 @@ def file_usage(txn: Transaction, username: str) -> tuple[int, int]:
 def _has_file(txn: Transaction, username: str, sha256: str) -> bool:
     return (
         txn.execute(
-            "SELECT 1 FROM messages WHERE sender = ? AND file_sha256 = ? LIMIT 1",
-            (username, sha256),
+            "SELECT 1 FROM messages WHERE sender = ? AND file_sha256 = ?"
+            " UNION ALL SELECT 1 FROM realm_outbox WHERE sender = ?"
+            " AND file_sha256 = ? LIMIT 1",
+            (username, sha256, username, sha256),
         ).fetchone()
         is not None
     )

@@ -23,13 +23,16 @@ from chat.links import (
     address,
     bounce_text,
 )
-from chat.model import Message
+from chat.model import Attachment, Message
 from chat.store.batching import Operation, Transaction, chunks, marks
+from chat.store.files import file_contents, forget_unused_files, store_file
 from chat.store.mailbox import IN_MAILBOX, MAILBOX_COLUMNS, take_from_mailbox
-from chat.store.messages import insert_messages
+from chat.store.messages import insert_messages, to_messages
+from chat.store.quotas import check_file_quota
 
 _OUTBOX_COLUMNS = (
-    "id, message_uid, realm_id, sender, sender_name, recipients, body, sent_at"
+    "id, message_uid, realm_id, sender, sender_name, recipients, body, sent_at,"
+    " file_name, file_sha256"
 )
 
 
@@ -47,8 +50,28 @@ def require_link(txn: Transaction, realm_id: str) -> RealmLink:
     return RealmLink(*row)
 
 
-def _outbound(row: Sequence[Any]) -> OutboundMessage:
-    outbox_id, uid, realm_id, sender, sender_name, recipients, body, sent_at = row
+def _outbound(
+    row: Sequence[Any], contents: dict[str, bytes] | None = None
+) -> OutboundMessage:
+    """
+    An outbox row (L{_OUTBOX_COLUMNS}) as a message; with its file, from
+    C{contents} (by sha256; none given: without the file's bytes).
+    """
+    (
+        outbox_id,
+        uid,
+        realm_id,
+        sender,
+        sender_name,
+        recipients,
+        body,
+        sent_at,
+        file_name,
+        file_sha256,
+    ) = row
+    attachment = None
+    if file_sha256 is not None and contents is not None:
+        attachment = Attachment(file_name, contents[file_sha256])
     return OutboundMessage(
         outbox_id,
         uid,
@@ -58,7 +81,12 @@ def _outbound(row: Sequence[Any]) -> OutboundMessage:
         tuple(json.loads(recipients)),
         body,
         sent_at,
+        attachment,
     )
+
+
+def _outbox_files(rows: Sequence[Sequence[Any]]) -> list[str]:
+    return [row[-1] for row in rows if row[-1] is not None]
 
 
 def _outbox_size(txn: Transaction, realm_id: str) -> int:
@@ -177,6 +205,7 @@ class RemoveRealmLink(Operation):
                 bounces.append(bounce)
         txn.execute("DELETE FROM realm_outbox WHERE realm_id = ?", (self.realm_id,))
         txn.execute("DELETE FROM realm_links WHERE realm_id = ?", (self.realm_id,))
+        forget_unused_files(txn, set(_outbox_files(rows)))
         return bounces
 
 
@@ -184,11 +213,16 @@ class RemoveRealmLink(Operation):
 class QueueOutbound(Operation):
     """
     Queue a message for other realms: one outbox entry per realm, each
-    C{(realm id, recipients there, message uid)} of C{batches}.
+    C{(realm id, recipients there, message uid)} of C{batches}. A file
+    (C{attachment}; C{text} is then its name) is stored once in C{files},
+    which each entry references until it is acknowledged; it counts in
+    the sender's quota of stored files meanwhile (L{chat.store.quotas}).
 
     @raise NoSuchUser: if the sender does not exist.
     @raise NoSuchRealm: if a realm is not linked.
     @raise RealmQueueFull: if a realm's outbox holds C{max_queue} already.
+    @raise QuotaExceeded: if a new file would take the sender past their
+        quota.
     """
 
     sender: str
@@ -196,6 +230,7 @@ class QueueOutbound(Operation):
     sent_at: float
     batches: list[tuple[str, tuple[str, ...], str]]
     max_queue: int
+    attachment: Attachment | None = None
 
     def run(self, txn: Transaction) -> list[OutboundMessage]:
         row = txn.execute(
@@ -204,15 +239,22 @@ class QueueOutbound(Operation):
         if row is None:
             raise NoSuchUser(self.sender)
         (sender_name,) = row
-        queued = []
-        for realm_id, recipients, uid in self.batches:
+        for realm_id, _, _ in self.batches:
             require_link(txn, realm_id)
             if _outbox_size(txn, realm_id) >= self.max_queue:
                 raise RealmQueueFull(realm_id, self.max_queue)
+        attachment = self.attachment
+        file_values: tuple[Any, ...] = (None, None, None)
+        if attachment is not None:
+            check_file_quota(txn, self.sender, attachment)
+            store_file(txn, attachment)
+            file_values = (attachment.name, attachment.size, attachment.sha256)
+        queued = []
+        for realm_id, recipients, uid in self.batches:
             (new_id,) = txn.execute(
                 "INSERT INTO realm_outbox (message_uid, realm_id, sender,"
-                " sender_name, recipients, body, sent_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " sender_name, recipients, body, sent_at, file_name, file_size,"
+                " file_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     uid,
                     realm_id,
@@ -221,6 +263,7 @@ class QueueOutbound(Operation):
                     json.dumps(list(recipients)),
                     self.text,
                     self.sent_at,
+                    *file_values,
                 ),
             ).fetchone()
             queued.append(
@@ -233,6 +276,7 @@ class QueueOutbound(Operation):
                     tuple(recipients),
                     self.text,
                     self.sent_at,
+                    attachment,
                 )
             )
         return queued
@@ -251,7 +295,8 @@ class NextOutbound(Operation):
             " ORDER BY id LIMIT ?",
             (self.realm_id, self.limit),
         ).fetchall()
-        return [_outbound(row) for row in rows]
+        contents = file_contents(txn, _outbox_files(rows))
+        return [_outbound(row, contents) for row in rows]
 
 
 @attrs.define(eq=False)
@@ -288,6 +333,7 @@ class FinishOutbound(Operation):
         if row is None:
             return None
         txn.execute("DELETE FROM realm_outbox WHERE id = ?", (self.outbox_id,))
+        forget_unused_files(txn, _outbox_files([row]))
         if not self.failed:
             return None
         return _bounce(txn, _outbound(row), self.failed, self.reason, self.now)
@@ -298,11 +344,16 @@ class ReceiveRemote(Operation):
     """
     Store a message from another realm in its recipients' mailboxes, once:
     a message whose uid was seen is acknowledged again, not stored again.
+    A file is stored as a local one is: once in C{files}, within the quota
+    of its sender (C{user@realm}, as its messages name them here).
 
     @raise NoSuchRealm: if the realm is not linked.
+    @raise QuotaExceeded: if a new file would take the sender past their
+        quota here (nothing is stored, nor the id remembered).
     """
 
-    checks_first = True
+    # The quota is checked after the id is recorded: a savepoint undoes it.
+    checks_first = False
     stores_messages = True
 
     realm_id: str
@@ -335,17 +386,35 @@ class ReceiveRemote(Operation):
                 ).fetchall()
             )
         sender = address(message.sender, realm_id)
+        attachment = message.attachment
+        file_values: tuple[Any, ...] = (None, None, None)
+        content = None
+        if attachment is not None and any(r in names for r in recipients):
+            check_file_quota(txn, sender, attachment)
+            store_file(txn, attachment)
+            file_values = (attachment.name, attachment.size, attachment.sha256)
+            content = attachment.content
         values = [
-            (sender, r, message.sender_name, names[r], message.text, message.sent_at)
+            (
+                sender,
+                r,
+                message.sender_name,
+                names[r],
+                message.text,
+                message.sent_at,
+                None,
+                *file_values,
+            )
             for r in recipients
             if r in names
         ]
         stored: list[Message] = []
         if values:
-            ids = insert_messages(
-                txn, [(*row, None, None, None, None) for row in values]
-            )
-            stored = [Message(i, *row) for i, row in zip(ids, values, strict=True)]
+            ids = insert_messages(txn, values)
+            stored = [
+                Message._make((i, *row, content))
+                for i, row in zip(ids, values, strict=True)
+            ]
         _drop_mailboxes(txn, stored)
         unknown = tuple(r for r in recipients if r not in names)
         if unknown:
@@ -389,7 +458,7 @@ class DrainRealmInbox(Operation):
             (self.username, pattern),
         ).fetchall()
         take_from_mailbox(txn, self.username, [row[0] for row in rows])
-        return [Message(*row) for row in rows]
+        return to_messages(txn, rows)
 
 
 @attrs.define(eq=False)

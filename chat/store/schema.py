@@ -13,6 +13,9 @@ SCHEMA_VERSION changelog:
        fewer indexes on messages (none by time: retention goes by id);
        messages_files_by_sender: file messages by sender, for the per-user
        quota of stored files (chat.store.quotas).
+    3: files for other realms: realm_outbox carries file_name, file_size and
+       file_sha256 (referencing files, which keeps the file until the other
+       realm acknowledges the entry), with indexes by file and by sender.
 
 PostgreSQL (L{prepare_postgres}) has the same versions, from
 C{sql/postgresql/}: created or upgraded in one transaction (DDL is
@@ -40,7 +43,7 @@ from chat.store import sqlitefile
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _sql(name: str, dialect: str = "sqlite") -> str:

@@ -326,9 +326,12 @@ class SQLStore(GroupCommit):
         sent_at: float,
         batches: Sequence[tuple[str, tuple[str, ...], str]],
         max_queue: int,
+        attachment: Attachment | None = None,
     ) -> Deferred[list[OutboundMessage]]:
         return self.run(
-            realms.QueueOutbound(sender, text, sent_at, list(batches), max_queue)
+            realms.QueueOutbound(
+                sender, text, sent_at, list(batches), max_queue, attachment
+            )
         )
 
     def next_outbound(

@@ -21,7 +21,7 @@ from chat.links import (
     address,
     bounce_text,
 )
-from chat.model import Message
+from chat.model import Attachment, Message
 from chat.store.memory.state import MemoryState, Stored
 
 
@@ -77,6 +77,7 @@ class MemoryRealms(MemoryState):
         sent_at: float,
         batches: Sequence[tuple[str, tuple[str, ...], str]],
         max_queue: int,
+        attachment: Attachment | None = None,
     ) -> Deferred[list[OutboundMessage]]:
         def queue() -> list[OutboundMessage]:
             user = self.require_user(sender)
@@ -84,6 +85,8 @@ class MemoryRealms(MemoryState):
                 self._link(realm_id)
                 if self._outbox_size(realm_id) >= max_queue:
                     raise RealmQueueFull(realm_id, max_queue)
+            if attachment is not None:
+                self._check_file_quota(sender, attachment)
             queued = []
             for realm_id, recipients, uid in batches:
                 message = OutboundMessage(
@@ -95,6 +98,7 @@ class MemoryRealms(MemoryState):
                     tuple(recipients),
                     text,
                     sent_at,
+                    attachment,
                 )
                 self.outbox[message.id] = message
                 queued.append(message)
@@ -158,6 +162,11 @@ class MemoryRealms(MemoryState):
             if seen is not None:
                 return Delivery((), tuple(json.loads(seen[0])), True)
             sender = address(message.sender, realm_id)
+            attachment = message.attachment
+            if attachment is not None and any(
+                r in self.users for r in message.recipients
+            ):
+                self._check_file_quota(sender, attachment)
             stored = []
             unknown = []
             for recipient in message.recipients:
@@ -173,6 +182,17 @@ class MemoryRealms(MemoryState):
                     user.full_name,
                     message.text,
                     message.sent_at,
+                    None,
+                    *(
+                        (None, None, None, None)
+                        if attachment is None
+                        else (
+                            attachment.name,
+                            attachment.size,
+                            attachment.sha256,
+                            attachment.content,
+                        )
+                    ),
                 )
                 self.messages.append(Stored(stored_message))
                 stored.append(stored_message)

@@ -14,7 +14,6 @@ from chat.errors import (
     MailboxFull,
     NoSuchUsers,
     NotAMember,
-    QuotaExceeded,
     TooManyUnread,
 )
 from chat.model import Attachment, Message, User
@@ -58,30 +57,6 @@ class MemorySending(MemoryState):
         )
         self.messages.append(Stored(message, delivered_at))
         return message
-
-    def file_usage(self, username: str) -> tuple[int, int]:
-        """
-        How many distinct files the messages C{username} sent still carry,
-        and their bytes (as L{chat.store.quotas.file_usage}).
-        """
-        sizes = {
-            s.message.file_sha256: s.message.file_size or 0
-            for s in self.messages
-            if s.message.sender == username and s.message.file_sha256 is not None
-        }
-        return len(sizes), sum(sizes.values())
-
-    def _check_file_quota(self, sender: str, attachment: Attachment) -> None:
-        if any(
-            s.message.sender == sender and s.message.file_sha256 == attachment.sha256
-            for s in self.messages
-        ):
-            return
-        count, size = self.file_usage(sender)
-        if count + 1 > self.quotas.max_files:
-            raise QuotaExceeded("files", self.quotas.max_files)
-        if size + attachment.size > self.quotas.max_file_bytes:
-            raise QuotaExceeded("bytes", self.quotas.max_file_bytes)
 
     def _refusal(self, recipient: str, sender: str) -> Exception | None:
         """

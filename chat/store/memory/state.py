@@ -13,10 +13,16 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
 from chat.callbacks import Done
-from chat.errors import NoSuchGroup, NoSuchUser, NotAMember, StorageUnavailable
+from chat.errors import (
+    NoSuchGroup,
+    NoSuchUser,
+    NotAMember,
+    QuotaExceeded,
+    StorageUnavailable,
+)
 from chat.limits import DEFAULT_MAX_MAILBOX, Quotas
 from chat.links import OutboundMessage, RealmLink
-from chat.model import Group, Message, Session, User
+from chat.model import Attachment, Group, Message, Session, User
 
 
 @attrs.define
@@ -117,6 +123,42 @@ class MemoryState:
             return self.users[username]
         except KeyError:
             raise NoSuchUser(username) from None
+
+    def _files_of(self, username: str) -> dict[str, int]:
+        """
+        The size of each distinct file (by sha256) the messages
+        C{username} sent still carry, stored or in the outbox for another
+        realm.
+        """
+        sizes = {
+            s.message.file_sha256: s.message.file_size or 0
+            for s in self.messages
+            if s.message.sender == username and s.message.file_sha256 is not None
+        }
+        for queued in self.outbox.values():
+            if queued.sender == username and queued.attachment is not None:
+                sizes[queued.attachment.sha256] = queued.attachment.size
+        return sizes
+
+    def file_usage(self, username: str) -> tuple[int, int]:
+        """
+        How many distinct files the messages C{username} sent still carry,
+        and their bytes (as L{chat.store.quotas.file_usage}).
+        """
+        sizes = self._files_of(username)
+        return len(sizes), sum(sizes.values())
+
+    def _check_file_quota(self, sender: str, attachment: Attachment) -> None:
+        """
+        As L{chat.store.quotas.check_file_quota}.
+        """
+        sizes = self._files_of(sender)
+        if attachment.sha256 in sizes:
+            return
+        if len(sizes) + 1 > self.quotas.max_files:
+            raise QuotaExceeded("files", self.quotas.max_files)
+        if sum(sizes.values()) + attachment.size > self.quotas.max_file_bytes:
+            raise QuotaExceeded("bytes", self.quotas.max_file_bytes)
 
     def require_group(self, name: str) -> MemoryGroup:
         """
