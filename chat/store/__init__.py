@@ -108,10 +108,13 @@ def check_store(description: str) -> list[str]:
     version; for PostgreSQL (which checks its own pages), that it can be
     reached and has this chat's schema.
 
+    @raise ValueError: for a description this version does not understand.
     @raise StorageUnavailable: if it cannot be read at all.
     """
     path = _sqlite_path(description)
     if path is None:
+        if not is_postgres_url(description):
+            raise ValueError(f"unknown store {description!r}; expected {STORE_HELP}")
         version = postgres.schema_version(description)
         if version is None:
             return ["no chat schema (a server creates it when it first starts)"]
