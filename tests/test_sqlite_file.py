@@ -95,15 +95,31 @@ def test_twistd_store_path_errors_are_one_line(tmp_path: Path, argv: list[str]) 
 @pytest_twisted.ensureDeferred
 async def test_admin_read_commands_create_nothing(tmp_path: Path) -> None:
     """users, realm list and check on a mistyped path create no database
-    and no folder; commands that write create the file, never its folder."""
-    for argv in (["users"], ["realm", "list"], ["check"]):
+    and no folder, and neither do the commands that change what must
+    already be there (passwd, userdel, setadmin, realm remove); useradd and
+    realm add create the file, never its folder."""
+    for argv in (
+        ["users"],
+        ["realm", "list"],
+        ["check"],
+        ["passwd", "x"],
+        ["userdel", "x"],
+        ["setadmin", "x", "yes"],
+        ["realm", "remove", "realm-b"],
+    ):
         for store in (tmp_path / "chat.sqlite", tmp_path / "typo" / "chat.sqlite"):
-            result = await run_admin("--store", f"sqlite:{store}", *argv)
+            result = await run_admin("--store", f"sqlite:{store}", *argv, stdin="")
             assert result.returncode == 1, result
-            assert result.stderr.startswith(f"chat-admin: no database at {store}")
+            assert result.stderr == (
+                f"chat-admin: no database at {store} (twistd chat creates it "
+                "when it first starts, and so do chat-admin useradd and realm "
+                "add)\n"
+            )
     assert os.listdir(tmp_path) == []
     typo = tmp_path / "typo" / "chat.sqlite"
-    result = await run_admin("--store", f"sqlite:{typo}", "userdel", "x")
+    result = await run_admin(
+        "--store", f"sqlite:{typo}", "useradd", "x", "--name", "X", stdin="rahasia1"
+    )
     assert result.stderr == (
         f"chat-admin: cannot open {typo}: there is no folder {typo.parent} "
         "(make it first)\n"

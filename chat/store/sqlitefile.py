@@ -78,7 +78,7 @@ def check_path(path: str, *, create: bool, write: bool) -> bool:
     if not exists and not create:
         raise StorageUnavailable(
             f"no database at {path} (twistd chat creates it when it first "
-            "starts, and so do chat-admin commands that write)"
+            "starts, and so do chat-admin useradd and realm add)"
         )
     if not os.path.isdir(folder):
         raise StorageUnavailable(
