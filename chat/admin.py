@@ -72,6 +72,9 @@ from chat.store.sqlitefile import ServerLock
 
 #: The commands that only read the store.
 READ_ONLY = frozenset({"users", "realm list", "check"})
+#: The commands that may create a missing database: the others could only
+#: answer that there is no such user or realm in it.
+CREATES = frozenset({"useradd", "realm add"})
 
 
 class InterspersedOptions(ChatOptions):
@@ -349,7 +352,7 @@ async def run(
     sub = options.subOptions
     read_only = options.command in READ_ONLY
     # Everything that can be checked before asking for a password is.
-    preflight(options["store"], write=not read_only)
+    preflight(options["store"], write=not read_only, create=options.command in CREATES)
     if command == "check":
         return check(options["store"], stdout)
     password_hash = None

@@ -633,12 +633,30 @@ def endpoint_description(text: str) -> str:
         description = f"tcp:host={host}:port={shorthand.group('port')}"
     try:
         clientFromString(reactor, description)
+        _check_port(description)
     except Exception as e:
         raise ValueError(
             f"expected HOST:PORT (such as 127.0.0.1:8889) or a Twisted client "
             f"endpoint (such as tcp:host=127.0.0.1:port=8889), not {text!r} ({e})"
         ) from None
     return description
+
+
+def _check_port(description: str) -> None:
+    """
+    Twisted takes any number for a port, and a connection to port 99999
+    fails inside its client service, with a traceback.
+
+    @raise ValueError: if the endpoint's port is not 1-65535.
+    """
+    kind, *arguments = re.split(r"(?<!\\):", description)
+    if kind not in ("tcp", "ssl", "tls"):
+        return
+    positional = [a for a in arguments if "=" not in a]
+    named = dict(a.split("=", 1) for a in arguments if "=" in a)
+    port = named.get("port", positional[1] if len(positional) > 1 else None)
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not 1-65535")
 
 
 class Options(ChatOptions):
@@ -692,6 +710,10 @@ async def run(reactor: Any, options: Options) -> int:
     console = ConsoleProtocol(controller)
     stdio.StandardIO(console, reactor=reactor)
     code = await controller.done
+    # The last command may have failed inside the service's own state
+    # machine (a host name that resolves to nothing listening): stop it
+    # from the reactor, not from within that call.
+    await task.deferLater(reactor, 0, lambda: None)
     await service.stopService()
     if interactive:
         console.write("\n")

@@ -371,7 +371,19 @@ def test_connect_shorthand(given: str, endpoint: str) -> None:
     assert options["where"] == given
 
 
-@pytest.mark.parametrize("given", ["nonsense", "tcp:127.0.0.1", "127.0.0.1:", ":80"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "nonsense",
+        "tcp:127.0.0.1",
+        "127.0.0.1:",
+        ":80",
+        "localhost:99999",
+        "127.0.0.1:0",
+        "tcp:host=127.0.0.1:port=70000",
+        "tls:127.0.0.1:65536",
+    ],
+)
 def test_connect_mistakes_are_usage_errors(given: str) -> None:
     """A --connect that is neither is a one-line usage error, with the
     program's usage line."""

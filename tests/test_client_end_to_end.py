@@ -87,15 +87,11 @@ def server(tmp_path: Path) -> Iterator[TwistdChat]:
         server.process.wait()
 
 
-def script(port: int, commands: str) -> subprocess.CompletedProcess[str]:
+def script(
+    port: int, commands: str, connect: str = "tcp:host=127.0.0.1:port={}"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chat.client",
-            "--connect",
-            f"tcp:host=127.0.0.1:port={port}",
-        ],
+        [sys.executable, "-m", "chat.client", "--connect", connect.format(port)],
         input=commands,
         capture_output=True,
         text=True,
@@ -174,6 +170,12 @@ def test_piped_commands_and_exit_codes(server: TwistdChat) -> None:
     assert f"cannot reach the server at tcp:host=127.0.0.1:port={port}" in (
         unreachable.stdout
     )
+    # A host name is resolved first: its failure comes from within Twisted's
+    # client service, which the client then stops without a traceback.
+    named = script(port, "auth messi surabaya\n", connect="localhost:{}")
+    assert named.returncode == 1
+    assert "Traceback" not in named.stderr, named.stderr
+    assert f"cannot reach the server at localhost:{port}" in named.stdout
 
 
 def test_file_round_trip_between_clients(server: TwistdChat, tmp_path: Path) -> None:

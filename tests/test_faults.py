@@ -715,6 +715,22 @@ def test_a_burst_of_guesses_is_limited_before_hashing(
     report("guess burst", sent=len(clients), hashed=codes["wrong_password"])
 
 
+def _receive_queue(local_port: int, remote_port: int) -> int:
+    """
+    The bytes waiting to be read on this machine's IPv4 TCP connection from
+    C{local_port} to C{remote_port} (0 if there is none).
+    """
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if (int(local.split(":")[1], 16), int(remote.split(":")[1], 16)) == (
+            local_port,
+            remote_port,
+        ):
+            return int(fields[4].split(":")[1], 16)
+    return 0
+
+
 def test_client_that_never_reads(chat: Callable[..., TwistdChat]) -> None:
     """A client that pipelines without reading pauses its input; nothing is lost."""
     server = chat()
@@ -732,7 +748,19 @@ def test_client_that_never_reads(chat: Callable[..., TwistdChat]) -> None:
     writer = threading.Thread(target=write_all, daemon=True)
     rss_before = server.rss_kib()
     writer.start()
-    time.sleep(2)
+    # The server stops reading: what it has not read stays in its socket's
+    # receive queue, unchanged (rather than a fixed sleep, hoping it did).
+    client_port = greedy.sock.getsockname()[1]
+    seen = {"queue": -1, "since": 0.0}
+
+    def stopped_reading() -> bool:
+        queue = _receive_queue(port, client_port)
+        now = time.monotonic()
+        if queue != seen["queue"]:
+            seen.update(queue=queue, since=now)
+        return queue > 0 and now - seen["since"] >= 1.0
+
+    wait_until(stopped_reading, what="the server to stop reading the greedy client")
     rss_paused = server.rss_kib()
     # The server stopped reading: the requests do not fit in the kernel's
     # socket buffers, so the writer is still blocked.

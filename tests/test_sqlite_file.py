@@ -95,15 +95,31 @@ def test_twistd_store_path_errors_are_one_line(tmp_path: Path, argv: list[str]) 
 @pytest_twisted.ensureDeferred
 async def test_admin_read_commands_create_nothing(tmp_path: Path) -> None:
     """users, realm list and check on a mistyped path create no database
-    and no folder; commands that write create the file, never its folder."""
-    for argv in (["users"], ["realm", "list"], ["check"]):
+    and no folder, and neither do the commands that change what must
+    already be there (passwd, userdel, setadmin, realm remove); useradd and
+    realm add create the file, never its folder."""
+    for argv in (
+        ["users"],
+        ["realm", "list"],
+        ["check"],
+        ["passwd", "x"],
+        ["userdel", "x"],
+        ["setadmin", "x", "yes"],
+        ["realm", "remove", "realm-b"],
+    ):
         for store in (tmp_path / "chat.sqlite", tmp_path / "typo" / "chat.sqlite"):
-            result = await run_admin("--store", f"sqlite:{store}", *argv)
+            result = await run_admin("--store", f"sqlite:{store}", *argv, stdin="")
             assert result.returncode == 1, result
-            assert result.stderr.startswith(f"chat-admin: no database at {store}")
+            assert result.stderr == (
+                f"chat-admin: no database at {store} (twistd chat creates it "
+                "when it first starts, and so do chat-admin useradd and realm "
+                "add)\n"
+            )
     assert os.listdir(tmp_path) == []
     typo = tmp_path / "typo" / "chat.sqlite"
-    result = await run_admin("--store", f"sqlite:{typo}", "userdel", "x")
+    result = await run_admin(
+        "--store", f"sqlite:{typo}", "useradd", "x", "--name", "X", stdin="rahasia1"
+    )
     assert result.stderr == (
         f"chat-admin: cannot open {typo}: there is no folder {typo.parent} "
         "(make it first)\n"
@@ -111,6 +127,20 @@ async def test_admin_read_commands_create_nothing(tmp_path: Path) -> None:
     made = await admin(tmp_path, "useradd", "ani", "--name", "Ani", stdin="rahasia1")
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "chat.sqlite").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_unknown_store_is_one_line(tmp_path: Path) -> None:
+    """A --store that names no store is the same line for every command,
+    check included (it was taken for a PostgreSQL URL)."""
+    for store in ("sqlite:", "nonsense"):
+        for argv in (["users"], ["check"], ["userdel", "x"]):
+            result = await run_admin("--store", store, *argv)
+            assert result.returncode == 1, result
+            assert result.stderr.startswith(
+                f"chat-admin: unknown store {store!r}; expected sqlite:PATH"
+            ), result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 # Read-only.
@@ -156,6 +186,33 @@ def test_twistd_refuses_a_read_only_database(
     options.parseOptions(["--store", f"sqlite:{path}"])
     with pytest.raises(SystemExit, match=r"is read-only \(its folder .* is not"):
         tap.makeService(options)
+
+
+@pytest_twisted.ensureDeferred
+async def test_companion_files_another_user_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A -wal or -shm file this process may not write (left by another
+    user's reading chat-admin) makes every write fail: the server and the
+    writing commands refuse to start on it, saying which file; reading
+    works."""
+    path = tmp_path / "chat.sqlite"
+    made = await admin(tmp_path, "useradd", "ani", "--name", "Ani", stdin="rahasia1")
+    assert made.returncode == 0, made.stderr
+    shm = tmp_path / "chat.sqlite-shm"
+    shm.write_bytes(b"")
+    read_only(monkeypatch, shm)
+    options = tap.Options()
+    options.parseOptions(["--store", f"sqlite:{path}"])
+    with pytest.raises(SystemExit, match=f"{shm} is not writable"):
+        tap.makeService(options)
+    refused = await admin(tmp_path, "passwd", "ani", stdin="rahasia2")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        f"chat-admin: {path} cannot be written: {shm} is not writable"
+    )
+    listed = await admin(tmp_path, "users")
+    assert (listed.returncode, listed.stdout) == (0, "ani\tAni\t\n")
 
 
 @pytest_twisted.ensureDeferred

@@ -87,17 +87,18 @@ def _sqlite_path(description: str) -> str | None:
     return where if kind == "sqlite" and where else None
 
 
-def preflight(description: str, *, write: bool) -> None:
+def preflight(description: str, *, write: bool, create: bool) -> None:
     """
     Check, before anything is asked or done, that the store named by
-    C{description} can be opened to be read (or, with C{write}, written,
-    created if missing): for a SQLite file, its folder and permissions.
+    C{description} can be opened to be read (or, with C{write}, written;
+    with C{create}, created if missing): for a SQLite file, its folder and
+    permissions.
 
     @raise StorageUnavailable: saying what is wrong.
     """
     path = _sqlite_path(description)
     if path is not None:
-        sqlitefile.check_path(path, create=write, write=write)
+        sqlitefile.check_path(path, create=create, write=write)
 
 
 def check_store(description: str) -> list[str]:
@@ -108,10 +109,13 @@ def check_store(description: str) -> list[str]:
     version; for PostgreSQL (which checks its own pages), that it can be
     reached and has this chat's schema.
 
+    @raise ValueError: for a description this version does not understand.
     @raise StorageUnavailable: if it cannot be read at all.
     """
     path = _sqlite_path(description)
     if path is None:
+        if not is_postgres_url(description):
+            raise ValueError(f"unknown store {description!r}; expected {STORE_HELP}")
         version = postgres.schema_version(description)
         if version is None:
             return ["no chat schema (a server creates it when it first starts)"]

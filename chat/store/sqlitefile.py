@@ -78,7 +78,7 @@ def check_path(path: str, *, create: bool, write: bool) -> bool:
     if not exists and not create:
         raise StorageUnavailable(
             f"no database at {path} (twistd chat creates it when it first "
-            "starts, and so do chat-admin commands that write)"
+            "starts, and so do chat-admin useradd and realm add)"
         )
     if not os.path.isdir(folder):
         raise StorageUnavailable(
@@ -98,6 +98,17 @@ def check_path(path: str, *, create: bool, write: bool) -> bool:
             f"{path} is read-only ({which} is not writable): it can be read "
             "(chat-admin users, realm list, check) but not changed"
         )
+    if write:
+        # A reader that may not write the database (another user's
+        # chat-admin users) leaves these behind, as its own: with them
+        # read-only, every write fails although the file is writable.
+        for companion in (path + "-wal", path + "-shm"):
+            if os.path.exists(companion) and not writable(companion):
+                raise StoreReadOnly(
+                    f"{path} cannot be written: {companion} is not writable "
+                    "(another user's chat-admin left it?); remove it while no "
+                    "server runs, or run as its owner"
+                )
     return True
 
 
