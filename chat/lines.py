@@ -42,6 +42,7 @@ from chat.limits import (
 from chat.logs import make_logger
 from chat.replies import DELIMITER
 from chat.sessions import SessionManager
+from chat.trim import Trimmer, malloc_trim
 
 #: The most bytes of a line kept before a connection has logged in: room
 #: for any command but a file.
@@ -340,6 +341,8 @@ class ChatFactory(Factory):
         self._holding: set[Door] = set()
         #: Bytes of lines in progress held for connections not logged in.
         self.partial_bytes = 0
+        #: Returns the memory of released buffers to the system.
+        self.trimmer = Trimmer(clock, malloc_trim())
 
     # What the service and the tests set and read.
 
@@ -493,6 +496,9 @@ class ChatFactory(Factory):
         self.release_output(victim)
         victim.abort()
 
+    def stopFactory(self) -> None:
+        self.trimmer.stop()
+
     def release_output(self, door: Door) -> None:
         """
         C{door}'s client took what it held, or is gone.
@@ -503,6 +509,7 @@ class ChatFactory(Factory):
         door.held_output = 0
         self._holding.discard(door)
         self.output_bytes -= held
+        self.trimmer.released(held)
         user = door.user
         if user is not None:
             by_user = self._output_by_user
@@ -528,4 +535,6 @@ class ChatFactory(Factory):
         return True
 
     def forget_partial(self, door: Door) -> None:
-        self.partial_bytes -= self._partial.pop(door, 0)
+        held = self._partial.pop(door, 0)
+        self.partial_bytes -= held
+        self.trimmer.released(held)
