@@ -357,6 +357,18 @@ class Attachment:
     def sha256(self) -> str:
         return hashlib.sha256(self.content).hexdigest()
 
+    @staticmethod
+    def fields(
+        attachment: Attachment | None,
+    ) -> tuple[str | None, int | None, str | None, bytes | None]:
+        """
+        A L{Message}'s file fields (name, size, sha256, content) for
+        C{attachment}, all None for no file.
+        """
+        if attachment is None:
+            return (None, None, None, None)
+        return (attachment.name, attachment.size, attachment.sha256, attachment.content)
+
 
 class Message(NamedTuple):
     """

@@ -183,16 +183,7 @@ class MemoryRealms(MemoryState):
                     message.text,
                     message.sent_at,
                     None,
-                    *(
-                        (None, None, None, None)
-                        if attachment is None
-                        else (
-                            attachment.name,
-                            attachment.size,
-                            attachment.sha256,
-                            attachment.content,
-                        )
-                    ),
+                    *Attachment.fields(attachment),
                 )
                 self.messages.append(Stored(stored_message))
                 stored.append(stored_message)

@@ -44,16 +44,7 @@ class MemorySending(MemoryState):
             text,
             sent_at,
             group,
-            *(
-                (None, None, None, None)
-                if attachment is None
-                else (
-                    attachment.name,
-                    attachment.size,
-                    attachment.sha256,
-                    attachment.content,
-                )
-            ),
+            *Attachment.fields(attachment),
         )
         self.messages.append(Stored(message, delivered_at))
         return message
