@@ -654,7 +654,12 @@ def _check_port(description: str) -> None:
         return
     positional = [a for a in arguments if "=" not in a]
     named = dict(a.split("=", 1) for a in arguments if "=" in a)
-    port = named.get("port", positional[1] if len(positional) > 1 else None)
+    port = named.get("port")
+    if port is None and len(positional) > 1:
+        port = positional[1]
+    elif port is None and len(positional) == 1 and "host" in named:
+        # tcp:host=HOST:PORT: Twisted reads a lone positional as the port.
+        port = positional[0]
     if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port} is not 1-65535")
 

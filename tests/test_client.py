@@ -381,6 +381,8 @@ def test_connect_shorthand(given: str, endpoint: str) -> None:
         "localhost:99999",
         "127.0.0.1:0",
         "tcp:host=127.0.0.1:port=70000",
+        "tcp:host=127.0.0.1:99999",
+        "ssl:host=127.0.0.1:0",
         "tls:127.0.0.1:65536",
     ],
 )
