@@ -503,11 +503,11 @@ class ChatFactory(Factory):
         """
         C{door}'s client took what it held, or is gone.
         """
+        self._holding.discard(door)
         held = door.held_output
         if not held:
             return
         door.held_output = 0
-        self._holding.discard(door)
         self.output_bytes -= held
         self.trimmer.released(held)
         user = door.user
