@@ -22,7 +22,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from chat import commands
-from chat.checkers import SessionChecker, StoreChecker
+from chat.checkers import NewAccountChecker, SessionChecker, StoreChecker
 from chat.cluster import DEFAULT_HEARTBEAT, Cluster
 from chat.federation import Federation, FederationSettings
 from chat.interfaces import IClusterStore, IFanout, IPasswordHasher
@@ -212,7 +212,14 @@ def build_chat(
         presence=presence,
         federation=federation,
     )
-    portal = Portal(realm, [StoreChecker(store, hasher), SessionChecker(sessions)])
+    portal = Portal(
+        realm,
+        [
+            StoreChecker(store, hasher),
+            SessionChecker(sessions),
+            NewAccountChecker(store),
+        ],
+    )
     count, seconds = settings.registration_rate
     registrar = Registrar(
         store,

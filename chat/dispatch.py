@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat import commands, compat, replies
-from chat.checkers import PasswordCredentials, SessionToken
+from chat.checkers import NewAccount, PasswordCredentials, SessionToken
 from chat.errors import (
     ClientGone,
     RateLimited,
@@ -509,7 +509,7 @@ class Dispatcher(Handlers):
         d = ensureDeferred(self._login(command))
         return d.addCallback(lambda token: dumps(self._auth_fields(token)))
 
-    async def _login(self, command: commands.Auth | commands.Register) -> str:
+    async def _login(self, command: commands.Auth) -> str:
         """
         Log in with a username and password, and open a session: its token.
         """
@@ -561,14 +561,20 @@ class Dispatcher(Handlers):
         finally:
             door.resume_login_clock()
         failures.login_succeeded(command.username, self._address)
-        self.log.info(
-            "Login by {user} from {peer}", user=command.username, peer=self.peer
-        )
+        return await self._opened(command.username, avatar, logout)
+
+    async def _opened(
+        self, username: str, avatar: Any, logout: Callable[[], None]
+    ) -> str:
+        """
+        C{username} logged in on this connection: open a session, its token.
+        """
+        self.log.info("Login by {user} from {peer}", user=username, peer=self.peer)
         first = not self._logouts
-        self._logouts.setdefault(command.username, logout)
+        self._logouts.setdefault(username, logout)
         token = await IChatUser(avatar).open_session()
         if first:
-            self._door.logged_in(command.username)
+            self._door.logged_in(username)
         self._auth_token = token
         return token
 
@@ -596,8 +602,12 @@ class Dispatcher(Handlers):
             finally:
                 self._door.resume_login_clock()
             # Registering logs in, as in most of the course family (issue
-            # 17): the reply carries auth's keys.
-            token = await self._login(command)
+            # 17): the reply carries auth's keys. As the account just made,
+            # shown by its new hash: the password is not hashed again.
+            _, avatar, logout = await self._frontend.portal.login(
+                NewAccount(user.username, user.password_hash), self._door, IChatUser
+            )
+            token = await self._opened(user.username, avatar, logout)
             return dumps(
                 {
                     **self._auth_fields(token),

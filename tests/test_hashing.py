@@ -463,3 +463,29 @@ def test_a_login_whose_connection_closed_is_not_hashed() -> None:
     assert first.replies()[0]["status"] == "OK"
     assert last.replies()[0]["status"] == "OK"
     assert gone.replies() == []
+
+
+def test_register_hashes_the_password_once() -> None:
+    """register hashes the new password once, then logs in as the account
+    it made (its new hash is the proof) without verifying it again."""
+    clock = Clock()
+    runner = HeldRunner()
+    hasher = Argon2Hasher(
+        clock,  # type: ignore[arg-type]
+        FAST_PARAMETERS,
+        threads=1,
+        runner=runner,
+    )
+    server = Server(clock=clock, hasher=hasher)
+    client = server.connect()
+    client.send(b"register budi rahasia123 Budi\r\n")
+    hashed = 0
+    while runner.running:
+        hashed += 1
+        runner.finish()
+    assert hashed == 1
+    (reply,) = client.replies()
+    assert reply["message"] == "User Registered"
+    token = reply["tokenid"]
+    client.send(f"send {token} messi halo\r\n".encode())
+    assert client.replies() == [{"status": "OK", "message": "Message Sent"}]

@@ -14,7 +14,13 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 
-from chat.checkers import SessionChecker, SessionToken, StoreChecker
+from chat.checkers import (
+    NewAccount,
+    NewAccountChecker,
+    SessionChecker,
+    SessionToken,
+    StoreChecker,
+)
 from chat.errors import (
     SessionNotFound,
     StorageUnavailable,
@@ -48,6 +54,24 @@ def test_store_checker_wrong_password_and_unknown_user() -> None:
         checker.requestAvatarId(UsernamePassword("ronaldo", "x")), UnknownUser
     )
     assert wrong.check(UnauthorizedLogin) and unknown.check(UnauthorizedLogin)
+
+
+def test_new_account_checker_takes_the_hash_its_registration_stored() -> None:
+    """A just-registered account logs in by the hash its registration
+    stored; any other hash (the password changed meanwhile) is a wrong
+    password, a missing account an unknown user, and neither hashes."""
+    server = Server()
+    checker = NewAccountChecker(server.store)
+    stored = server.store.users["messi"].password_hash
+    d = checker.requestAvatarId(NewAccount("messi", stored))
+    assert result_of(d) == VerifiedPassword("messi")
+    other = NewAccount("messi", stored.replace("$argon2id$", "$argon2i$"))
+    wrong = failure_of(checker.requestAvatarId(other), WrongPassword)
+    unknown = failure_of(
+        checker.requestAvatarId(NewAccount("ronaldo", stored)), UnknownUser
+    )
+    assert wrong.check(UnauthorizedLogin) and unknown.check(UnauthorizedLogin)
+    assert stored not in repr(NewAccount("messi", stored))
 
 
 def test_malformed_hash_never_matches() -> None:
