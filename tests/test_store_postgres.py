@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
 from chat.errors import MailboxFull, NoSuchUser, SchemaTooNew, StorageUnavailable
-from chat.model import Message
+from chat.model import Attachment, Message
 from chat.store import open_store, schema
 from chat.store.cluster import MAX_PAYLOAD, notification_payloads
 from chat.store.migration import CLUSTER_TABLES
@@ -458,3 +458,57 @@ async def test_ended_sessions_are_notified(
         {"node": "node-a", "user": "messi"},
         {"node": "node-a", "user": "henderson"},
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_another_node_starts_using_is_not_deleted(
+    pg_store: PostgresStore, postgres_db: str
+) -> None:
+    """Another node's transaction starts using a file (its message is not
+    committed yet) while this store deletes the last message that used it:
+    the store waits for that transaction, then keeps the file, and the
+    operation succeeds rather than failing on the foreign key."""
+    await pg_store.add_user(MESSI)
+    await pg_store.add_user(HENDERSON)
+    await pg_store.add_user(LINEKER)
+    attachment = Attachment("plan.txt", b"the plan\n")
+    await pg_store.store_messages("messi", ["henderson"], "plan.txt", 1.0, attachment)
+    other = psycopg.connect(postgres_db)
+    try:
+        # The other node's send of the same file to lineker, not committed.
+        row = other.execute(
+            "INSERT INTO messages (sender, recipient, sender_name,"
+            " recipient_name, body, sent_at, file_name, file_size, file_sha256)"
+            " VALUES ('messi', 'lineker', 'Lionel Messi', 'Gary Lineker',"
+            " 'plan.txt', 2.0, 'plan.txt', %s, %s) RETURNING id",
+            (attachment.size, attachment.sha256),
+        ).fetchone()
+        assert row is not None
+        other.execute(
+            "INSERT INTO mailbox (recipient, message_id, sender)"
+            " VALUES ('lineker', %s, 'messi')",
+            (row[0],),
+        )
+        # henderson's account goes, with the only committed use of the file.
+        deleted = pg_store.delete_user("henderson")
+
+        def waiting_for_the_other() -> bool:
+            row = other_watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                " current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            return bool(row and row[0])
+
+        with psycopg.connect(postgres_db, autocommit=True) as other_watch:
+            await eventually(waiting_for_the_other, what="the store waits for the lock")
+        other.commit()
+        await deleted
+    finally:
+        other.close()
+    with psycopg.connect(postgres_db) as check:
+        (files,) = check.execute(
+            "SELECT count(*) FROM files WHERE sha256 = %s", (attachment.sha256,)
+        ).fetchone() or (0,)
+    assert files == 1
+    (got,) = await pg_store.drain_inbox("lineker", 3.0)
+    assert got.file_content == b"the plan\n"
