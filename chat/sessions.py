@@ -284,11 +284,14 @@ class SessionManager:
                 del self._live[token_hash]
                 self._ended(token_hash, why)
 
-    def revalidate(self) -> Deferred[int]:
+    def revalidate(
+        self, why: str = "password changed or user deleted"
+    ) -> Deferred[int]:
         """
         Another process changed the store: end here every cached session it
         deleted (C{chat-admin passwd} or C{userdel} did, with the user's
-        password or account), as L{ended_elsewhere} does.
+        password or account; or another node, while this one did not hear
+        it), as L{ended_elsewhere} does, for C{why}.
 
         @return: fires with how many ended; fails with
             L{chat.errors.StorageUnavailable}.
@@ -300,7 +303,7 @@ class SessionManager:
             for token_hash, live in cached.items():
                 if token_hash in existing or self._live.get(token_hash) is not live:
                     continue
-                self.ended_elsewhere(token_hash, "password changed or user deleted")
+                self.ended_elsewhere(token_hash, why)
                 ended += 1
             return ended
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
@@ -718,6 +718,31 @@ def test_sessions_ended_elsewhere_end_here() -> None:
         ("abc", "logged out on another node"),
         ("messi", "password changed or user deleted"),
     ]
+
+
+def test_sessions_ended_while_not_listening_end_when_listening_again() -> None:
+    """Each time LISTEN is in effect (at start, after a reconnect), the
+    cached sessions are checked against the store: one another node ended
+    while this one could not hear it ends here too. A failed check is
+    logged, not raised."""
+    c, notifications, _connection, clock = cluster()
+    checks: list[str] = []
+    results: list[Deferred[int]] = [succeed(1), fail(StorageUnavailable("down"))]
+
+    class Sessions:
+        def revalidate(self, why: str) -> Deferred[int]:
+            checks.append(why)
+            return results.pop(0)
+
+    c.serve_sessions(Sessions())  # type: ignore[arg-type]
+    c.start()
+    ready, _notified, session = notifications.sessions[-1]
+    ready({})
+    assert checks == ["ended on another node"]
+    session.errback(StorageUnavailable("terminated"))
+    clock.advance(0.5)
+    notifications.sessions[-1][0]({})
+    assert checks == ["ended on another node"] * 2
 
 
 def test_found_dead_rejoins() -> None:

@@ -55,10 +55,19 @@ class Router:
         """
         LISTEN is in effect again, with every node's users as of now
         (node -> username -> full name): replace the remote users with
-        them, and read what may have been missed while not listening.
+        them, and read what may have been missed while not listening
+        (messages, and the sessions other nodes ended meanwhile).
         """
         self.presence.load(snapshot)
         self.fanout.resync()
+        sessions = self.sessions
+        if sessions is not None:
+            d = sessions.revalidate("ended on another node")
+            d.addErrback(
+                lambda f: self.log.warn(
+                    "Could not check the cached sessions: {why}", why=f.value
+                )
+            )
         federation = self.federation
         if federation is not None:
             for realm_id in list(federation.links):
