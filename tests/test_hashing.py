@@ -63,6 +63,16 @@ class HeldRunner:
         f, args, d = self.running.pop(index)
         d.callback(f(*args))
 
+    def finish_all(self) -> int:
+        """
+        Finish every hash, those each one lets start included: how many.
+        """
+        finished = 0
+        while self.running:
+            finished += 1
+            self.finish()
+        return finished
+
 
 def inline(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return succeed(f(*args))
@@ -199,8 +209,7 @@ def test_past_the_bound_requests_are_refused_at_once() -> None:
     assert failure_of(refused, ServerBusy).value.retry_after == pytest.approx(0.06)
     runner.finish()
     again = hasher.hash("p5", "10.0.0.2")
-    while runner.running:
-        runner.finish()
+    runner.finish_all()
     assert all(result_of(d) for d in [*accepted, again])
 
 
@@ -268,15 +277,7 @@ def test_stop_refuses_what_waits() -> None:
 
 
 def busy_server(**limits: Any) -> tuple[Server, HeldRunner]:
-    clock = Clock()
-    runner = HeldRunner()
-    hasher = Argon2Hasher(
-        clock,  # type: ignore[arg-type]
-        FAST_PARAMETERS,
-        threads=1,
-        max_queued=1,
-        runner=runner,
-    )
+    hasher, runner, clock = held_hasher(threads=1, max_queued=1)
     server = Server(clock=clock, hasher=hasher, limits=Limits(**limits))
     return server, runner
 
@@ -412,23 +413,13 @@ def test_failure_limits_are_checked_again_before_hashing() -> None:
     """Guesses sent at once on many connections are checked against the
     failure limits again when the hasher comes to them: once the earlier
     ones have used up the limit, the rest are refused without hashing."""
-    clock = Clock()
-    runner = HeldRunner()
-    hasher = Argon2Hasher(
-        clock,  # type: ignore[arg-type]
-        FAST_PARAMETERS,
-        threads=1,
-        runner=runner,
-    )
+    hasher, runner, clock = held_hasher()
     limits = Limits(login_failures_per_user=Rate(2, 60))
     server = Server(clock=clock, hasher=hasher, limits=limits)
-    runner_calls = 0
     clients = [server.connect() for _ in range(5)]
     for i, client in enumerate(clients):
         client.send(f"auth messi guess{i}\r\n".encode())
-    while runner.running:
-        runner_calls += 1
-        runner.finish()
+    runner_calls = runner.finish_all()
     codes = [client.replies()[0]["code"] for client in clients]
     assert codes == ["wrong_password"] * 2 + ["rate_limited"] * 3
     assert runner_calls == 2
@@ -442,24 +433,13 @@ def test_failure_limits_are_checked_again_before_hashing() -> None:
 def test_a_login_whose_connection_closed_is_not_hashed() -> None:
     """A client that gives up while its auth waits for the hasher costs no
     hash: when its turn comes it is skipped, and the next one runs."""
-    clock = Clock()
-    runner = HeldRunner()
-    hasher = Argon2Hasher(
-        clock,  # type: ignore[arg-type]
-        FAST_PARAMETERS,
-        threads=1,
-        runner=runner,
-    )
+    hasher, runner, clock = held_hasher()
     server = Server(clock=clock, hasher=hasher)
     first, gone, last = (server.connect() for _ in range(3))
     for client in (first, gone, last):
         client.send(b"auth messi surabaya\r\n")
     gone.lose()
-    hashed = 0
-    while runner.running:
-        hashed += 1
-        runner.finish()
-    assert hashed == 2
+    assert runner.finish_all() == 2
     assert first.replies()[0]["status"] == "OK"
     assert last.replies()[0]["status"] == "OK"
     assert gone.replies() == []
@@ -468,22 +448,11 @@ def test_a_login_whose_connection_closed_is_not_hashed() -> None:
 def test_register_hashes_the_password_once() -> None:
     """register hashes the new password once, then logs in as the account
     it made (its new hash is the proof) without verifying it again."""
-    clock = Clock()
-    runner = HeldRunner()
-    hasher = Argon2Hasher(
-        clock,  # type: ignore[arg-type]
-        FAST_PARAMETERS,
-        threads=1,
-        runner=runner,
-    )
+    hasher, runner, clock = held_hasher()
     server = Server(clock=clock, hasher=hasher)
     client = server.connect()
     client.send(b"register budi rahasia123 Budi\r\n")
-    hashed = 0
-    while runner.running:
-        hashed += 1
-        runner.finish()
-    assert hashed == 1
+    assert runner.finish_all() == 1
     (reply,) = client.replies()
     assert reply["message"] == "User Registered"
     token = reply["tokenid"]
