@@ -195,7 +195,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 
 import attrs
@@ -217,6 +216,7 @@ from chat.grammar import (
 )
 from chat.grammar import BadCommand as BadCommand
 from chat.links import NONCE_PATTERN, REALM_ID_PATTERN
+from chat.model import base64_length
 
 #: history: the default and the largest number of messages per page.
 HISTORY_LIMIT = 50
@@ -232,7 +232,7 @@ def max_line_for_file(max_file_size: int) -> int:
     The shortest request line that carries a file of C{max_file_size}
     bytes: its base64 (in the C{b'...'} form), plus L{COMMAND_ALLOWANCE}.
     """
-    return 4 * math.ceil(max_file_size / 3) + len("b''") + COMMAND_ALLOWANCE
+    return base64_length(max_file_size) + len("b''") + COMMAND_ALLOWANCE
 
 
 @attrs.frozen

@@ -14,10 +14,9 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -34,6 +33,7 @@ from chat.model import (
     USERNAME_PATTERN,
     Attachment,
     Message,
+    base64_length,
     validate_file_name,
     validate_full_name,
     validate_sent_at,
@@ -73,13 +73,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: A sha256 in lowercase hex.
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
-
-
-def base64_length(size: int) -> int:
-    """
-    The length of the base64 of C{size} bytes.
-    """
-    return 4 * math.ceil(size / 3)
 
 
 def validate_realm_id(realm_id: str) -> str:
@@ -296,11 +289,7 @@ class InboundMessage:
         name = payload.get("from_name")
         if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH:
             raise BadRealmMessage("bad from_name")
-        try:
-            name.encode("utf-8")  # no lone surrogates
-            name = validate_full_name(name)
-        except (ChatError, UnicodeEncodeError):
-            raise BadRealmMessage("bad from_name") from None
+        name = _by_local_rule(validate_full_name, name, "from_name")
         recipients = payload.get("to")
         if (
             not isinstance(recipients, list)
@@ -335,6 +324,22 @@ class InboundMessage:
         )
 
 
+def _by_local_rule(validate: Callable[[str], str], value: object, key: str) -> str:
+    """
+    A payload's C{key}, C{value}, as the local rule C{validate} makes it
+    (with no lone surrogates).
+
+    @raise BadRealmMessage: if it is not a string the rule takes.
+    """
+    if not isinstance(value, str):
+        raise BadRealmMessage(f"bad {key}")
+    try:
+        value.encode("utf-8")  # no lone surrogates
+        return validate(value)
+    except (ChatError, UnicodeEncodeError):
+        raise BadRealmMessage(f"bad {key}") from None
+
+
 #: The keys of a file in a C{realm-msg}.
 FILE_KEYS = ("file_name", "file_size", "file_sha256", "file_content")
 
@@ -358,14 +363,7 @@ def file_from_payload(
         return None
     if max_file_size is None:
         raise BadRealmMessage("files are not accepted")
-    name = payload.get("file_name")
-    if not isinstance(name, str):
-        raise BadRealmMessage("bad file_name")
-    try:
-        name.encode("utf-8")  # no lone surrogates
-        name = validate_file_name(name)
-    except (ChatError, UnicodeEncodeError):
-        raise BadRealmMessage("bad file_name") from None
+    name = _by_local_rule(validate_file_name, payload.get("file_name"), "file_name")
     size = payload.get("file_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadRealmMessage("bad file_size")

@@ -5,6 +5,7 @@ Frozen values passed between the realm, the store and the protocol.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 from typing import NamedTuple
@@ -338,6 +339,13 @@ class Session:
     username: str
     created_at: float
     last_seen_at: float
+
+
+def base64_length(size: int) -> int:
+    """
+    The length of the base64 of C{size} bytes.
+    """
+    return 4 * math.ceil(size / 3)
 
 
 @attrs.frozen

@@ -43,7 +43,6 @@ from chat.links import (
     MAX_RECIPIENTS,
     OutboundMessage,
     RealmLink,
-    base64_length,
     new_nonce,
     new_secret,
     proof,
@@ -51,7 +50,13 @@ from chat.links import (
     validate_realm_id,
 )
 from chat.logs import make_logger
-from chat.model import DEFAULT_MAX_FILE_SIZE, USERNAME_PATTERN, Attachment, Message
+from chat.model import (
+    DEFAULT_MAX_FILE_SIZE,
+    USERNAME_PATTERN,
+    Attachment,
+    Message,
+    base64_length,
+)
 from chat.store.interfaces import IChatStore
 
 if TYPE_CHECKING:
