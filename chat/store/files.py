@@ -8,9 +8,31 @@ that uses it, once no message waiting in the outbox for another realm
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from chat.model import Attachment
 from chat.store.batching import Transaction, chunks, marks
+from chat.store.quotas import check_file_quota
+
+
+def keep_file(txn: Transaction, sender: str, attachment: Attachment) -> None:
+    """
+    Store C{attachment}, sent by C{sender}, within their quota.
+
+    @raise QuotaExceeded: as L{check_file_quota}.
+    """
+    check_file_quota(txn, sender, attachment)
+    store_file(txn, attachment)
+
+
+def file_columns(attachment: Attachment | None) -> tuple[Any, ...]:
+    """
+    The C{file_name}, C{file_size} and C{file_sha256} of a row (a message,
+    an outbox entry) that carries C{attachment}: all None for no file.
+    """
+    if attachment is None:
+        return (None, None, None)
+    return (attachment.name, attachment.size, attachment.sha256)
 
 
 def store_file(txn: Transaction, attachment: Attachment) -> None:

@@ -18,7 +18,7 @@ import attrs
 
 from chat.model import Attachment, Message
 from chat.store.batching import Operation, Outcome, Transaction, chunks, marks
-from chat.store.files import file_contents
+from chat.store.files import file_columns, file_contents
 
 R = TypeVar("R", bound=Sequence[Any])
 
@@ -208,10 +208,6 @@ def message_values(
     The values of L{insert_messages} for one copy of a message: the
     sender's and the recipient's (username, full name).
     """
-    if attachment is None:
-        file_fields: tuple[Any, ...] = (None, None, None)
-    else:
-        file_fields = (attachment.name, attachment.size, attachment.sha256)
     return (
         sender[0],
         recipient[0],
@@ -220,7 +216,7 @@ def message_values(
         text,
         sent_at,
         group,
-        *file_fields,
+        *file_columns(attachment),
     )
 
 

@@ -25,10 +25,14 @@ from chat.links import (
 )
 from chat.model import Attachment, Message
 from chat.store.batching import Operation, Transaction, chunks, marks
-from chat.store.files import file_contents, forget_unused_files, store_file
+from chat.store.files import (
+    file_columns,
+    file_contents,
+    forget_unused_files,
+    keep_file,
+)
 from chat.store.mailbox import IN_MAILBOX, MAILBOX_COLUMNS, take_from_mailbox
-from chat.store.messages import insert_messages, to_messages
-from chat.store.quotas import check_file_quota
+from chat.store.messages import insert_messages, message_values, to_messages
 
 _OUTBOX_COLUMNS = (
     "id, message_uid, realm_id, sender, sender_name, recipients, body, sent_at,"
@@ -244,11 +248,8 @@ class QueueOutbound(Operation):
             if _outbox_size(txn, realm_id) >= self.max_queue:
                 raise RealmQueueFull(realm_id, self.max_queue)
         attachment = self.attachment
-        file_values: tuple[Any, ...] = (None, None, None)
         if attachment is not None:
-            check_file_quota(txn, self.sender, attachment)
-            store_file(txn, attachment)
-            file_values = (attachment.name, attachment.size, attachment.sha256)
+            keep_file(txn, self.sender, attachment)
         queued = []
         for realm_id, recipients, uid in self.batches:
             (new_id,) = txn.execute(
@@ -263,7 +264,7 @@ class QueueOutbound(Operation):
                     json.dumps(list(recipients)),
                     self.text,
                     self.sent_at,
-                    *file_values,
+                    *file_columns(attachment),
                 ),
             ).fetchone()
             queued.append(
@@ -387,27 +388,22 @@ class ReceiveRemote(Operation):
             )
         sender = address(message.sender, realm_id)
         attachment = message.attachment
-        file_values: tuple[Any, ...] = (None, None, None)
-        content = None
-        if attachment is not None and any(r in names for r in recipients):
-            check_file_quota(txn, sender, attachment)
-            store_file(txn, attachment)
-            file_values = (attachment.name, attachment.size, attachment.sha256)
-            content = attachment.content
         values = [
-            (
-                sender,
-                r,
-                message.sender_name,
-                names[r],
+            message_values(
+                (sender, message.sender_name),
+                (r, names[r]),
                 message.text,
                 message.sent_at,
                 None,
-                *file_values,
+                attachment,
             )
             for r in recipients
             if r in names
         ]
+        content = None
+        if attachment is not None and values:
+            keep_file(txn, sender, attachment)
+            content = attachment.content
         stored: list[Message] = []
         if values:
             ids = insert_messages(txn, values)

@@ -24,11 +24,10 @@ import attrs
 from chat.errors import NoSuchGroup, NoSuchUser, NoSuchUsers, NotAMember
 from chat.model import Attachment, Message
 from chat.store.batching import Operation, Outcome, Transaction
-from chat.store.files import store_file
+from chat.store.files import keep_file
 from chat.store.groups import require_group
 from chat.store.mailbox import mailbox_refuses, mailboxes, names_and_mailboxes
 from chat.store.messages import insert_messages, message_values
-from chat.store.quotas import check_file_quota
 from chat.store.users import full_names
 
 
@@ -172,8 +171,7 @@ class StoreMessages(Operation):
             if refused is not None:
                 raise refused
         if self.attachment is not None:
-            check_file_quota(txn, sender, self.attachment)
-            store_file(txn, self.attachment)
+            keep_file(txn, sender, self.attachment)
         from_sender = (sender, names[sender][0])
         rows = []
         for recipient in recipients:
@@ -233,8 +231,7 @@ class StoreGroupMessage(Operation):
         if sender not in member_names:
             raise NotAMember(group, sender)
         if self.attachment is not None:
-            check_file_quota(txn, sender, self.attachment)
-            store_file(txn, self.attachment)
+            keep_file(txn, sender, self.attachment)
         from_sender = (sender, member_names[sender])
         others = [member for member in member_names if member != sender]
         boxes = mailboxes(txn, others)
