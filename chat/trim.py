@@ -15,21 +15,21 @@ Where the C library has no C{malloc_trim} (musl, macOS), nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
+@functools.cache
 def malloc_trim() -> Callable[[], object] | None:
     """
-    The C library's C{malloc_trim(0)}, or None where it has none.
+    The C library's C{malloc_trim(0)}, or None where it has none: looked
+    up once, among the symbols the process has loaded (no search for the
+    library, which runs C{ldconfig}).
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
