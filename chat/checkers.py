@@ -76,10 +76,6 @@ class StoreChecker:
         address = getattr(credentials, "address", "")
         admit = getattr(credentials, "admit", None)
 
-        def unknown(f: Failure) -> VerifiedPassword:
-            f.trap(NoSuchUser)
-            raise UnknownUser()
-
         def check(user: User) -> Deferred[VerifiedPassword]:
             def checked(result: PasswordCheck) -> VerifiedPassword:
                 if not result.matches:
@@ -92,7 +88,7 @@ class StoreChecker:
             d = self.hasher.check(user.password_hash, password, address, admit)
             return d.addCallback(checked)
 
-        return self.store.get_user(username).addCallbacks(check, unknown)
+        return self.store.get_user(username).addCallbacks(check, _unknown_user)
 
 
 class INewAccount(ICredentials):
@@ -132,11 +128,17 @@ class NewAccountChecker:
                 raise WrongPassword()
             return VerifiedPassword(user.username)
 
-        def unknown(f: Failure) -> VerifiedPassword:
-            f.trap(NoSuchUser)
-            raise UnknownUser()
+        d = self.store.get_user(credentials.username)
+        return d.addCallbacks(check, _unknown_user)
 
-        return self.store.get_user(credentials.username).addCallbacks(check, unknown)
+
+def _unknown_user(f: Failure) -> VerifiedPassword:
+    """
+    A login's user is not in the store: L{UnknownUser}, which the course
+    protocol tells apart from a wrong password.
+    """
+    f.trap(NoSuchUser)
+    raise UnknownUser()
 
 
 def _text(value: str | bytes) -> str:
