@@ -316,18 +316,27 @@ class Handlers:
         raise RealmNotAuthenticated("realm-msg before realm-auth")
 
 
-def _file_sent(messages: list[Message]) -> bytes:
-    first = messages[0]
+def _file_reply(
+    message: str, name: str | None, size: int | None, sha256: str | None
+) -> bytes:
+    """
+    The reply to a file sent: C{message}, with the file's keys.
+    """
     return dumps(
         ok(
-            message="File Sent",
-            file_name=first.file_name,
-            file_size=first.file_size,
-            file_sha256=first.file_sha256,
+            message=message,
+            file_name=name,
+            file_size=size,
+            file_sha256=sha256,
             # Where some of the course family's clients read the name.
-            address=first.file_name,
+            address=name,
         )
     )
+
+
+def _file_sent(messages: list[Message]) -> bytes:
+    first = messages[0]
+    return _file_reply("File Sent", first.file_name, first.file_size, first.file_sha256)
 
 
 def _file_sent_to_realm(queued: list[OutboundMessage], to_group: bool) -> bytes:
@@ -338,14 +347,11 @@ def _file_sent_to_realm(queued: list[OutboundMessage], to_group: bool) -> bytes:
     """
     attachment = queued[0].attachment
     assert attachment is not None
-    return dumps(
-        ok(
-            message="File Sent to Group in Realm" if to_group else "File Sent to Realm",
-            file_name=attachment.name,
-            file_size=attachment.size,
-            file_sha256=attachment.sha256,
-            address=attachment.name,
-        )
+    return _file_reply(
+        "File Sent to Group in Realm" if to_group else "File Sent to Realm",
+        attachment.name,
+        attachment.size,
+        attachment.sha256,
     )
 
 
